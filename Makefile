@@ -1,0 +1,50 @@
+# Pulse: `make dev` runs the whole stack natively (honcho + Procfile); `make up` runs it in Docker.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+COMPOSE ?= docker compose
+
+.PHONY: help setup dev test test-unit test-integration test-e2e demo bench up down logs clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+setup: ## venv + dependencies, database + migrations, RabbitMQ management plugin
+	@scripts/setup
+
+dev: setup ## run every process in the foreground (Ctrl-C stops them all)
+	exec $(VENV)/bin/honcho start -f Procfile
+
+test: ## the whole suite against real Postgres, RabbitMQ, Redis, MongoDB-wire server and workers
+	@scripts/setup --no-migrate
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit:
+	@scripts/setup --no-migrate
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration:
+	@scripts/setup --no-migrate
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e:
+	@scripts/setup --no-migrate
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+demo: ## replay the guide's scenarios against the running stack
+	$(PY) -m scripts.demo
+
+bench: ## every benchmark in bench/
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+up: ## the same stack under docker compose (mongo:7, RabbitMQ with the UI, Mailpit, Flower)
+	$(COMPOSE) up --build --detach --wait
+
+down:
+	$(COMPOSE) down
+
+logs:
+	$(COMPOSE) logs --follow
+
+clean:
+	rm -rf var .pytest_cache

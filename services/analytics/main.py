@@ -1,0 +1,22 @@
+"""The analytics service's Celery app and beat schedule:
+`celery -A services.analytics.main worker -Q pulse.analytics` and `celery -A services.analytics.main beat`."""
+from celery import signals
+from celery.schedules import crontab
+
+from shared.celery_app import create_celery_app
+from shared.mongo import ensure_indexes, get_database
+from shared.settings import get_settings
+from shared.topology import FIT_MODELS
+
+app = create_celery_app("pulse-analytics", include=["services.analytics.tasks"])
+app.conf.beat_schedule = {
+    "refit-population-models": {
+        "task": FIT_MODELS,
+        "schedule": crontab(hour=get_settings().model_refit_cron_hour, minute=0),
+    },
+}
+
+
+@signals.worker_init.connect
+def _indexes(**_kwargs) -> None:
+    ensure_indexes(get_database())

@@ -1,0 +1,58 @@
+"""Pure-numerical core of the Pulse analytics service (numpy/scipy, no I/O).
+
+* :mod:`.summary` -- transaction log -> per-customer (x, t_x, T, m) and RFM facts
+* :mod:`.bgnbd` -- BG/NBD (Fader, Hardie & Lee 2005): fit, P(alive), expected purchases
+* :mod:`.gamma_gamma` -- Gamma-Gamma spend model (Fader & Hardie 2013)
+* :mod:`.clv` -- discounted CLV (lifetimes' method, weeks)
+* :mod:`.rfm` -- RFM quintile scores
+* :mod:`.rules` -- the companion guide's segment / churn rules and the engagement score
+* :mod:`.recommend` -- user-based cosine recommendations
+"""
+
+from .bgnbd import (
+    BGNBDParams,
+    bgnbd_log_likelihood,
+    conditional_expected_purchases,
+    expected_purchases,
+    fit_bgnbd,
+    probability_alive,
+)
+from .clv import WEEKS_PER_MONTH, customer_lifetime_value
+from .gamma_gamma import (
+    GammaGammaParams,
+    conditional_expected_average_spend,
+    fit_gamma_gamma,
+    gamma_gamma_log_likelihood,
+)
+from .recommend import recommend
+from .rfm import RFMScores, quintile_scores, rfm_scores
+from .rules import (
+    ACTIVE,
+    AT_RISK,
+    DORMANT,
+    ENGAGEMENT_WEIGHTS,
+    VIP,
+    churn_risk,
+    churn_risks,
+    days_since_last_purchase,
+    engagement_score,
+    engagement_scores,
+    segment,
+    segments,
+)
+from .simulate import simulate_bgnbd, simulate_gamma_gamma_spend
+from .summary import CustomerSummary, summarise_purchases
+
+__all__ = [
+    "BGNBDParams", "bgnbd_log_likelihood", "conditional_expected_purchases",
+    "expected_purchases", "fit_bgnbd", "probability_alive",
+    "WEEKS_PER_MONTH", "customer_lifetime_value",
+    "GammaGammaParams", "conditional_expected_average_spend", "fit_gamma_gamma",
+    "gamma_gamma_log_likelihood",
+    "recommend",
+    "RFMScores", "quintile_scores", "rfm_scores",
+    "ACTIVE", "AT_RISK", "DORMANT", "VIP", "ENGAGEMENT_WEIGHTS", "churn_risk", "churn_risks",
+    "days_since_last_purchase", "engagement_score", "engagement_scores", "segment", "segments",
+    "simulate_bgnbd", "simulate_gamma_gamma_spend",
+    "CustomerSummary", "summarise_purchases",
+]

@@ -1,0 +1,39 @@
+"""The Flask app factory (flask-openapi3: the request models also produce /openapi), with
+Celery bound to it for publishing (nickjj/docker-flask-example style)."""
+from flask import Flask
+from flask_openapi3 import Info, OpenAPI
+
+from services.api.analytics import analytics_bp
+from services.api.events import events_bp
+from services.api.health import health_bp
+from services.api.problems import register_problem_handlers, validation_problem
+from services.api.users import users_bp
+from shared.celery_app import create_celery_app
+from shared.logging import configure_logging
+
+
+def init_celery(app: Flask) -> None:
+    # The API only publishes (send_task by name); it never imports worker code.
+    app.extensions["celery"] = create_celery_app("pulse-api")
+
+
+def create_app() -> OpenAPI:
+    configure_logging()
+    app = OpenAPI(
+        __name__,
+        info=Info(
+            title="Pulse API",
+            version="0.1.0",
+            description="Signups, activity events and user-analytics profiles. "
+            "Errors are RFC 9457 `application/problem+json`. Interactive docs: /openapi/swagger",
+        ),
+        validation_error_status=422,
+        validation_error_callback=validation_problem,
+        doc_prefix="/openapi",
+    )
+    app.json.sort_keys = False
+    register_problem_handlers(app)
+    init_celery(app)
+    for blueprint in (health_bp, users_bp, events_bp, analytics_bp):
+        app.register_api(blueprint)
+    return app

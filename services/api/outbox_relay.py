@@ -1,0 +1,86 @@
+"""The outbox relay: publishes committed outbox rows to RabbitMQ with publisher confirms.
+
+Run as its own process (`python -m services.api.outbox_relay`); any number may run at once.
+Each round locks a batch of pending rows with FOR UPDATE SKIP LOCKED, so two relays never
+publish the same row, publishes each (send_task blocks until RabbitMQ confirms), and marks the
+published rows in the same transaction. A crash between the confirm and the commit republishes
+those rows: consumers deduplicate by the outbox id, which travels as the task/message id.
+"""
+import signal
+import threading
+from datetime import UTC, datetime
+
+from celery import Celery
+from sqlalchemy import select
+
+from shared.celery_app import create_celery_app
+from shared.db import session_scope
+from shared.logging import configure_logging, get_logger
+from shared.models import OutboxMessage
+from shared.settings import get_settings
+
+log = get_logger("pulse.outbox_relay")
+
+
+def publish_pending(app: Celery, batch_size: int) -> tuple[int, Exception | None]:
+    """One round. Returns (rows published, the broker error that stopped the round, if any)."""
+    published, error = 0, None
+    with session_scope() as session:
+        rows = session.scalars(
+            select(OutboxMessage)
+            .where(OutboxMessage.published_at.is_(None))
+            .order_by(OutboxMessage.created_at)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for row in rows:
+            try:
+                app.send_task(
+                    row.task_name,
+                    kwargs=row.payload,
+                    task_id=str(row.id),
+                    message_id=str(row.id),
+                )
+            except Exception as exc:  # broker down or message nacked: keep the row pending
+                row.attempts += 1
+                row.last_error = f"{type(exc).__name__}: {exc}"[:1000]
+                error = exc
+                break
+            row.published_at = datetime.now(UTC)
+            published += 1
+    return published, error
+
+
+def run(stop: threading.Event | None = None) -> None:
+    configure_logging()
+    settings = get_settings()
+    app = create_celery_app("pulse-outbox-relay")
+    stop = stop or threading.Event()
+    log.info("relay_started", batch_size=settings.outbox_batch_size)
+    idle = settings.outbox_poll_interval
+    while not stop.is_set():
+        try:
+            published, error = publish_pending(app, settings.outbox_batch_size)
+        except Exception as exc:  # Postgres unavailable: wait and try again, nothing is lost
+            published, error = 0, exc
+        if published:
+            log.info("outbox_published", count=published)
+        if error is not None:
+            log.warning("outbox_publish_failed", error=str(error))
+            idle = min(idle * 2, 10.0)  # back off while a dependency is down
+            stop.wait(idle)
+        elif published < settings.outbox_batch_size:
+            idle = settings.outbox_poll_interval
+            stop.wait(idle)
+    log.info("relay_stopped")
+
+
+def main() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run(stop)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""RFC 9457 problem responses: every error the API gives is `application/problem+json`."""
+from http import HTTPStatus
+
+from flask import Flask, Response, request
+from pydantic import ValidationError
+from werkzeug.exceptions import BadRequest, HTTPException
+
+from shared.logging import get_logger
+from shared.schemas import EVENT_TYPES, FieldProblem, Problem
+
+log = get_logger(__name__)
+PROBLEM_JSON = "application/problem+json"
+
+
+class ProblemError(Exception):
+    """Raised by handlers to answer with a problem document."""
+
+    def __init__(self, status: int, detail: str, errors: list[FieldProblem] | None = None):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = errors
+
+
+def problem_response(status: int, detail: str | None = None, errors: list[FieldProblem] | None = None) -> Response:
+    body = Problem(title=HTTPStatus(status).phrase, status=status, detail=detail, errors=errors)
+    return Response(
+        body.model_dump_json(exclude_none=True), status=status, mimetype=PROBLEM_JSON
+    )
+
+
+def field_path(loc: tuple) -> str:
+    """('events', 3, 'user_purchase', 'metadata', 'price') → 'events[3].metadata.price'."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in EVENT_TYPES:  # the discriminated union's tag, not a field of the request
+            continue
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "body"
+
+
+def validation_problem(error: ValidationError) -> Response:
+    errors = [
+        FieldProblem(field=field_path(tuple(e["loc"])), message=e["msg"])
+        for e in error.errors(include_url=False)
+    ]
+    fields = ", ".join(dict.fromkeys(e.field for e in errors))
+    return problem_response(422, f"Invalid fields: {fields}", errors)
+
+
+def register_problem_handlers(app: Flask) -> None:
+    @app.before_request
+    def _reject_malformed_json():
+        # flask-openapi3 reads bodies with get_json(silent=True): without this check a syntax
+        # error would surface as a vague 422 instead of saying the JSON itself is broken.
+        if request.method in ("POST", "PUT", "PATCH") and request.content_length != 0:
+            if not request.is_json:
+                return problem_response(415, "Send the body as application/json")
+            try:
+                request.get_json()  # parsed once; Flask caches it for the view's validation
+            except BadRequest as exc:
+                return problem_response(400, f"Malformed JSON body: {exc.description}")
+        return None
+
+    @app.errorhandler(ProblemError)
+    def _problem(exc: ProblemError):
+        return problem_response(exc.status, exc.detail, exc.errors)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        if exc.response is not None and exc.response.mimetype == PROBLEM_JSON:
+            return exc.response  # already a problem (flask-openapi3's abort with our callback)
+        return problem_response(exc.code or 500, exc.description)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled_error", path=request.path)
+        return problem_response(500, "Internal error; it has been logged")

@@ -1,0 +1,207 @@
+"""Users: signup (with its outbox message) and reads with eager-loaded addresses."""
+import uuid
+from flask_openapi3 import APIBlueprint, Tag
+from psycopg.errors import UniqueViolation
+from pydantic import BaseModel, Field
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, contains_eager
+
+from services.api.problems import ProblemError
+from shared.db import session_scope
+from services.analytics.profiles import compute_profiles
+from shared import profile_cache
+from shared.models import Address, City, Country, OutboxMessage, User
+from shared.mongo import get_database
+from shared.profile_docs import PROFILE_DOC, ProfileOut
+from shared.reference import country_by_code, resolve_city
+from shared.schemas import FieldProblem, Problem, SignupRequest, UserCreatedMessage
+from shared.topology import USER_CREATED
+from shared.user_views import UserOut, with_address
+
+users_bp = APIBlueprint("users", __name__, url_prefix="/api/users", abp_tags=[Tag(name="users")])
+
+
+class SignupCreated(BaseModel):
+    id: int
+    username: str
+    email: str
+
+
+class UserPath(BaseModel):
+    user_id: int = Field(gt=0, lt=2**31)
+
+
+def _taken_fields(session: Session, username: str, email: str) -> list[FieldProblem]:
+    rows = session.execute(
+        select(User.username, User.email).where(
+            or_(func.lower(User.username) == username.lower(), User.email == email)
+        )
+    ).all()
+    problems = []
+    if any(row.username.lower() == username.lower() for row in rows):
+        problems.append(FieldProblem(field="username", message="username is already taken"))
+    if any(row.email == email for row in rows):
+        problems.append(FieldProblem(field="email", message="email is already registered"))
+    return problems
+
+
+def _conflict(problems: list[FieldProblem]) -> ProblemError:
+    return ProblemError(409, "A user with this " + " and ".join(p.field for p in problems) + " exists", problems)
+
+
+def register_user(session: Session, body: SignupRequest) -> User:
+    """Write user, address (city, country) and the `user.created` outbox row in one transaction."""
+    country = country_by_code(body.address.country_code)
+    if country is None:
+        raise ProblemError(
+            422,
+            "Invalid fields: address.country_code",
+            [FieldProblem(field="address.country_code", message="not an ISO 3166-1 alpha-2 country code")],
+        )
+    if taken := _taken_fields(session, body.username, body.email):
+        raise _conflict(taken)
+
+    city_id = resolve_city(session, body.address.city, country[0])
+    address = Address(street=body.address.street, city_id=city_id)
+    user = User(username=body.username, email=body.email, full_name=body.full_name, address=address)
+    session.add(user)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        # The pre-check lost a race with a concurrent signup: the constraint decides, still a 409.
+        session.rollback()
+        if isinstance(exc.orig, UniqueViolation):
+            constraint = exc.orig.diag.constraint_name or ""
+            field = "email" if "email" in constraint else "username"
+            raise _conflict([FieldProblem(field=field, message=f"{field} is already taken")]) from exc
+        raise
+
+    outbox_id = uuid.uuid4()
+    message = UserCreatedMessage(
+        event_id=str(outbox_id),
+        user_id=user.id,
+        username=user.username,
+        email=user.email,
+        full_name=user.full_name,
+        city=body.address.city,
+        country_code=body.address.country_code,
+        created_at=session.scalar(select(func.now())),
+    )
+    session.add(OutboxMessage(id=outbox_id, task_name=USER_CREATED, payload=message.model_dump(mode="json")))
+    return user
+
+
+@users_bp.post(
+    "/signup",
+    summary="Register a user",
+    description="Stores the user with address, city and country, and queues `user.created` in the "
+    "same transaction (transactional outbox). Answers at once; the welcome e-mail and the profile "
+    "follow asynchronously.",
+    responses={201: SignupCreated, 409: Problem, 422: Problem},
+)
+def signup(body: SignupRequest):
+    with session_scope() as session:
+        user = register_user(session, body)
+        created = SignupCreated(id=user.id, username=user.username, email=user.email)
+    return created.model_dump(), 201, {"Location": f"/api/users/{created.id}"}
+
+
+@users_bp.get(
+    "/<int:user_id>",
+    summary="A user with address, city and country (one SQL query)",
+    responses={200: UserOut, 404: Problem},
+)
+def get_user(path: UserPath):
+    with session_scope() as session:
+        user = session.scalar(select(User).options(with_address()).where(User.id == path.user_id))
+        if user is None:
+            raise ProblemError(404, f"No user with id {path.user_id}")
+        return UserOut.of(user).model_dump(mode="json")
+
+
+class UserListQuery(BaseModel):
+    country: str | None = Field(None, description="ISO code, e.g. UA", pattern=r"^[A-Za-z]{2}$")
+    city: str | None = Field(None, max_length=100)
+    page: int = Field(1, ge=1)
+    per_page: int = Field(50, ge=1, le=500)
+
+
+class UserPage(BaseModel):
+    items: list[UserOut]
+    page: int
+    per_page: int
+    total: int
+
+
+class TopQuery(BaseModel):
+    min_score: float = Field(80, ge=0, le=100)
+    limit: int = Field(10, ge=1, le=100)
+
+
+@users_bp.get(
+    "",
+    summary="Users by country and city, with their addresses (one SQL query per page)",
+    responses={200: UserPage, 422: Problem},
+)
+def list_users(query: UserListQuery):
+    # Joined for the filter and eager-loaded from the same join; the total rides along as a
+    # window function, so a page is exactly one statement whatever its size.
+    statement = (
+        select(User, func.count().over().label("total"))
+        .join(User.address)
+        .join(Address.city)
+        .join(City.country)
+        .options(contains_eager(User.address).contains_eager(Address.city).contains_eager(City.country))
+        .order_by(User.id)
+        .limit(query.per_page)
+        .offset((query.page - 1) * query.per_page)
+    )
+    if query.country:
+        statement = statement.where(Country.code == query.country.upper())
+    if query.city:
+        statement = statement.where(func.lower(City.name) == query.city.strip().lower())
+    with session_scope() as session:
+        rows = session.execute(statement).all()
+        items = [UserOut.of(row.User) for row in rows]
+    total = rows[0].total if rows else 0
+    return UserPage(items=items, page=query.page, per_page=query.per_page, total=total).model_dump(mode="json")
+
+
+@users_bp.get(
+    "/top",
+    summary="Top users by profile score (the guide's `profile_score > 80`)",
+    responses={200: UserPage, 422: Problem},
+)
+def top_users(query: TopQuery):
+    with session_scope() as session:
+        users = session.scalars(
+            select(User)
+            .options(with_address())
+            .where(User.profile_score > query.min_score)
+            .order_by(User.profile_score.desc(), User.id)
+            .limit(query.limit)
+        ).all()
+        items = [UserOut.of(u) for u in users]
+    return UserPage(items=items, page=1, per_page=query.limit, total=len(items)).model_dump(mode="json")
+
+
+@users_bp.get(
+    "/<int:user_id>/profile",
+    summary="The user's analytics profile (cache-aside in Redis; header X-Cache: HIT|MISS)",
+    description=PROFILE_DOC,
+    responses={200: ProfileOut, 404: Problem},
+)
+def get_profile(path: UserPath):
+    def compute():
+        with session_scope() as session:
+            profiles = compute_profiles(get_database(), session, [path.user_id])
+        profile = profiles.get(path.user_id)
+        if profile is not None:
+            profile["user"]["profile_score"] = profile["engagement"]
+        return profile
+
+    profile, hit = profile_cache.get_or_compute(path.user_id, compute)
+    if profile is None:
+        raise ProblemError(404, f"No user with id {path.user_id}")
+    return profile, 200, {"X-Cache": "HIT" if hit else "MISS"}

@@ -1,0 +1,34 @@
+"""The welcome e-mail, sent over SMTP to the configured server (a local catcher in dev)."""
+import smtplib
+from email.message import EmailMessage
+from email.utils import make_msgid
+
+from shared.schemas import UserCreatedMessage
+from shared.settings import get_settings
+
+
+def welcome_message(user: UserCreatedMessage) -> EmailMessage:
+    settings = get_settings()
+    message = EmailMessage()
+    message["From"] = settings.mail_from
+    message["To"] = f"{user.full_name} <{user.email}>"
+    message["Subject"] = f"Welcome to Pulse, {user.full_name}!"
+    message["Message-ID"] = make_msgid(idstring=user.event_id, domain="pulse.local")
+    message["X-Pulse-Event-Id"] = user.event_id
+    message.set_content(
+        f"Hello {user.full_name},\n\n"
+        f"your Pulse account '{user.username}' is ready.\n"
+        f"We will tailor recommendations as you explore.\n\n"
+        f"— the Pulse team\n"
+    )
+    return message
+
+
+def send(message: EmailMessage) -> None:
+    settings = get_settings()
+    with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=10) as smtp:
+        if settings.smtp_starttls:
+            smtp.starttls()
+        if settings.smtp_user:
+            smtp.login(settings.smtp_user, settings.smtp_password or "")
+        smtp.send_message(message)

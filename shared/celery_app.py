@@ -1,0 +1,55 @@
+"""The Celery app factory: every Pulse process builds its app here, so all agree on the wire."""
+from celery import Celery, signals
+
+from shared.logging import configure_logging
+from shared.settings import Settings, get_settings
+from shared.topology import build_topology
+
+
+def create_celery_app(name: str, include: list[str] | None = None, settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    topology = build_topology(settings.queue_prefix)
+    app = Celery(name, broker=settings.broker_url, backend=settings.result_backend, include=include or [])
+    app.conf.update(
+        # JSON only: a pickle on the wire is remote code execution.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        # At-least-once: ack after the task ran, requeue if the worker process dies mid-task,
+        # and reject (dead-letter) instead of ack when a task fails for good.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=False,
+        worker_prefetch_multiplier=1,
+        task_default_delivery_mode="persistent",
+        # Publisher confirms: send_task returns only once RabbitMQ has the message on disk.
+        broker_transport_options={"confirm_publish": True},
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2},
+        task_time_limit=300,
+        task_soft_time_limit=240,
+        task_ignore_result=True,
+        result_expires=3600,
+        task_queues=topology.all_queues,
+        task_routes=topology.routes(),
+        task_default_queue=topology.users.name,
+        task_default_exchange=topology.exchange.name,
+        task_default_exchange_type="topic",
+        task_create_missing_queues=False,
+        # Celery must not reconfigure the root logger: structlog owns logging (see below).
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,  # Flower's live view
+        task_send_sent_event=True,
+        enable_utc=True,
+        timezone="UTC",
+    )
+    return app
+
+
+@signals.setup_logging.connect
+def _use_pulse_logging(**_kwargs) -> None:
+    # Connecting this signal stops Celery from installing its own handlers.
+    configure_logging()

@@ -1,0 +1,70 @@
+"""SQLAlchemy engine/session per process, and creation of the database when it is missing."""
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+import psycopg
+from psycopg import sql
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.settings import get_settings
+
+
+@lru_cache(maxsize=4)
+def get_engine(url: str | None = None) -> Engine:
+    return create_engine(
+        url or get_settings().database_url,
+        pool_pre_ping=True,  # a Postgres restart must not turn the next request into a 500
+        pool_size=5,
+        max_overflow=10,
+    )
+
+
+@lru_cache(maxsize=4)
+def _session_factory(url: str | None) -> sessionmaker[Session]:
+    return sessionmaker(get_engine(url), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(url: str | None = None) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any exception."""
+    session = _session_factory(url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def ensure_database(url: str | None = None) -> bool:
+    """Create the database named in the URL when it does not exist. Returns True if created."""
+    target = make_url(url or get_settings().database_url)
+    admin = target.set(database="postgres", drivername="postgresql")
+    conninfo = admin.render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (target.database,)
+        ).fetchone()
+        if exists:
+            return False
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.database)))
+        except psycopg.errors.DuplicateDatabase:  # created by a concurrent starter
+            return False
+        return True
+
+
+def drop_database(url: str) -> None:
+    target = make_url(url)
+    admin = target.set(database="postgres", drivername="postgresql")
+    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(target.database)
+            )
+        )

@@ -1,0 +1,110 @@
+"""Postgres schema: User → Address → City → Country, plus the transactional outbox.
+
+Alembic migrations in `shared/migrations` create exactly these tables; a test compares the two.
+"""
+import uuid
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Country(Base):
+    __tablename__ = "countries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(2), unique=True)  # ISO 3166-1 alpha-2
+    name: Mapped[str] = mapped_column(String(100))
+    population: Mapped[int | None] = mapped_column(BigInteger)
+    gdp_per_capita: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
+
+    cities: Mapped[list["City"]] = relationship(back_populates="country")
+
+
+class City(Base):
+    __tablename__ = "cities"
+    __table_args__ = (UniqueConstraint("name", "country_id", name="uq_cities_name_country"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    country_id: Mapped[int] = mapped_column(ForeignKey("countries.id"), index=True)
+
+    country: Mapped[Country] = relationship(back_populates="cities")
+    addresses: Mapped[list["Address"]] = relationship(back_populates="city")
+
+
+class Address(Base):
+    __tablename__ = "addresses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    street: Mapped[str] = mapped_column(String(200))
+    city_id: Mapped[int] = mapped_column(ForeignKey("cities.id"), index=True)
+
+    city: Mapped[City] = relationship(back_populates="addresses")
+    users: Mapped[list["User"]] = relationship(back_populates="address")
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        # Usernames are unique regardless of case: "Ivan" and "ivan" are one person to a human.
+        Index("uq_users_username_lower", func.lower(text("username")), unique=True),
+        Index("ix_users_profile_score", "profile_score"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(32))
+    email: Mapped[str] = mapped_column(String(254), unique=True)  # stored normalised (lower case)
+    full_name: Mapped[str] = mapped_column(String(200))
+    profile_score: Mapped[float] = mapped_column(Float, server_default=text("0"), default=0.0)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    address_id: Mapped[int] = mapped_column(ForeignKey("addresses.id"), index=True)
+
+    address: Mapped[Address] = relationship(back_populates="users")
+
+
+class OutboxMessage(Base):
+    """A message committed with the business rows it describes; the relay publishes it.
+
+    Its id is the AMQP message id / Celery task id, so consumers can deduplicate redeliveries.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index(
+            "ix_outbox_pending",
+            "created_at",
+            postgresql_where=text("published_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    task_name: Mapped[str] = mapped_column(String(200))
+    payload: Mapped[dict] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)

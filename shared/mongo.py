@@ -1,0 +1,42 @@
+"""MongoDB access: one client per process, the collections Pulse uses and their indexes.
+
+Product code only speaks pymongo to MONGO_URI, so a real MongoDB and the dev server behave alike.
+"""
+from functools import lru_cache
+
+from pymongo import ASCENDING, DESCENDING, MongoClient
+from pymongo.database import Database
+
+from shared.settings import get_settings
+
+EVENTS = "events"
+PROFILES = "profiles"
+WELCOME_EMAILS = "welcome_emails"
+MODELS = "models"
+
+
+@lru_cache(maxsize=4)
+def get_client(uri: str | None = None) -> MongoClient:
+    return MongoClient(
+        uri or get_settings().mongo_uri,
+        tz_aware=True,
+        serverSelectionTimeoutMS=5000,
+        retryWrites=False,  # the dev server runs standalone; our writes are idempotent anyway
+    )
+
+
+def get_database(uri: str | None = None) -> Database:
+    uri = uri or get_settings().mongo_uri
+    return get_client(uri).get_default_database(default="pulse")
+
+
+def ensure_indexes(db: Database) -> None:
+    """Idempotent: create_index is a no-op when the same index exists."""
+    db[EVENTS].create_index([("event_id", ASCENDING)], unique=True, name="uq_event_id")
+    db[EVENTS].create_index(
+        [("user_id", ASCENDING), ("timestamp", DESCENDING)], name="ix_user_time"
+    )
+    db[EVENTS].create_index([("event_type", ASCENDING), ("timestamp", ASCENDING)], name="ix_type_time")
+    db[PROFILES].create_index([("user_id", ASCENDING)], unique=True, name="uq_user_id")
+    db[PROFILES].create_index([("segment", ASCENDING)], name="ix_segment")
+    db[MODELS].create_index([("version", DESCENDING)], unique=True, name="uq_version")

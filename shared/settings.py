@@ -1,0 +1,64 @@
+"""Every setting Pulse reads, from the environment (or a `.env` file), in one place.
+
+The README's settings table is generated from nothing else: keep names and defaults here.
+"""
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/pulse",
+        description="SQLAlchemy URL of the Postgres database (created when missing).",
+    )
+    broker_url: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672//", description="RabbitMQ (AMQP) URL for Celery."
+    )
+    mongo_uri: str = Field(
+        "mongodb://127.0.0.1:27017/pulse",
+        description="MongoDB URI; its path names the database.",
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for the profile cache.")
+    result_backend: str = Field(
+        "redis://127.0.0.1:6379/1",
+        description="Celery result backend (only the model-fit call waits for a result).",
+    )
+    cache_prefix: str = Field("pulse:", description="Prefix of every Redis key Pulse writes.")
+    profile_cache_ttl: int = Field(3600, description="Seconds a cached profile lives in Redis.")
+
+    smtp_host: str = Field("127.0.0.1", description="SMTP server for the welcome e-mail.")
+    smtp_port: int = Field(1025, description="SMTP port (the dev mail catcher listens on 1025).")
+    smtp_user: str | None = Field(None, description="SMTP login, when the server wants one.")
+    smtp_password: str | None = Field(None, description="SMTP password.")
+    smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS.")
+    mail_from: str = Field("Pulse <welcome@pulse.local>", description="Sender of the welcome e-mail.")
+
+    queue_prefix: str = Field(
+        "pulse", description="Prefix of Pulse's RabbitMQ exchanges and queues."
+    )
+    outbox_batch_size: int = Field(100, description="Outbox rows the relay publishes per round.")
+    outbox_poll_interval: float = Field(
+        0.5, description="Seconds the relay sleeps when the outbox is empty or the broker is down."
+    )
+    events_batch_max: int = Field(
+        1000, description="Largest number of events POST /api/events/batch accepts (larger: 413)."
+    )
+    events_chunk_size: int = Field(
+        500, description="Events per RabbitMQ message when a batch is published."
+    )
+    model_refit_cron_hour: int = Field(
+        3, description="Hour (UTC) at which Celery beat refits the population models daily."
+    )
+    clv_horizon_months: int = Field(12, description="CLV horizon in months.")
+    clv_monthly_discount_rate: float = Field(0.01, description="Monthly discount rate for CLV.")
+    log_level: str = Field("INFO", description="Log level of every Pulse process.")
+    log_json: bool = Field(False, description="Log JSON lines instead of coloured console output.")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

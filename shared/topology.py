@@ -1,0 +1,77 @@
+"""The RabbitMQ topology and task names: the one contract producers and consumers share.
+
+Producers publish by task *name* (``send_task``) so the API never imports worker code.
+
+Queues are classic durable queues (not quorum); the reason is in the README ("Why classic queues").
+Each work queue dead-letters into a fanout exchange whose queue keeps what failed for good, so a
+poison message is parked for inspection instead of being redelivered forever or dropped.
+"""
+from dataclasses import dataclass
+
+from kombu import Exchange, Queue
+
+# Task names (stable wire contract).
+USER_CREATED = "pulse.worker.user_created"
+STORE_EVENTS = "pulse.worker.store_events"
+COMPUTE_PROFILES = "pulse.analytics.compute_profiles"
+FIT_MODELS = "pulse.analytics.fit_models"
+
+# Routing keys.
+RK_USER_CREATED = "user.created"
+RK_EVENTS_INGEST = "events.ingest"
+RK_ANALYTICS_PROFILES = "analytics.profiles"
+RK_ANALYTICS_FIT = "analytics.fit"
+
+
+@dataclass(frozen=True)
+class Topology:
+    exchange: Exchange
+    dead_letter_exchange: Exchange
+    users: Queue
+    events: Queue
+    analytics: Queue
+    dead_letter: Queue
+
+    @property
+    def work_queues(self) -> tuple[Queue, ...]:
+        return (self.users, self.events, self.analytics)
+
+    @property
+    def all_queues(self) -> tuple[Queue, ...]:
+        return (*self.work_queues, self.dead_letter)
+
+    def routes(self) -> dict[str, dict[str, str]]:
+        by_task = {
+            USER_CREATED: (self.users, RK_USER_CREATED),
+            STORE_EVENTS: (self.events, RK_EVENTS_INGEST),
+            COMPUTE_PROFILES: (self.analytics, RK_ANALYTICS_PROFILES),
+            FIT_MODELS: (self.analytics, RK_ANALYTICS_FIT),
+        }
+        return {
+            task: {"queue": queue.name, "exchange": self.exchange.name, "routing_key": key}
+            for task, (queue, key) in by_task.items()
+        }
+
+
+def build_topology(prefix: str = "pulse") -> Topology:
+    exchange = Exchange(prefix, type="topic", durable=True)
+    dlx = Exchange(f"{prefix}.dlx", type="fanout", durable=True)
+    dead_letter_args = {"x-dead-letter-exchange": dlx.name}
+
+    def work_queue(name: str, binding: str) -> Queue:
+        return Queue(
+            f"{prefix}.{name}",
+            exchange=exchange,
+            routing_key=binding,
+            durable=True,
+            queue_arguments=dict(dead_letter_args),
+        )
+
+    return Topology(
+        exchange=exchange,
+        dead_letter_exchange=dlx,
+        users=work_queue("users", "user.*"),
+        events=work_queue("events", "events.*"),
+        analytics=work_queue("analytics", "analytics.*"),
+        dead_letter=Queue(f"{prefix}.dead_letter", exchange=dlx, durable=True),
+    )

@@ -1,0 +1,161 @@
+"""Session fixtures: the real services, started and torn down per test run."""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from email import message_from_bytes
+from email.message import Message
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+from aiosmtpd.controller import Controller
+from pymongo import MongoClient
+
+from tests.conftest import MONGO_PORT, SMTP_PORT, TEST_ENV, VHOST
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    """Poll until `predicate()` is truthy; fail with `what` when the deadline passes."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the thing polled may not be up yet
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error!r})" if last_error else ""))
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def start_mongo(port: int, storage: str) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [str(BIN / "secantusd-py"), "--host", "127.0.0.1", "--port", str(port), "--storage-path", storage,
+         "--standalone", "--sync-on-commit"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = MongoClient(f"mongodb://127.0.0.1:{port}", serverSelectionTimeoutMS=500)
+    wait_for(lambda: client.admin.command("ping"), timeout=60, what=f"SecantusDB on :{port}")
+    client.close()
+    return process
+
+
+def stop(process: subprocess.Popen, timeout: float = 20) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class MailCatcher:
+    """A real SMTP server (aiosmtpd) that keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self._lock = threading.Lock()
+
+    async def handle_DATA(self, server, session, envelope):
+        with self._lock:
+            self.messages.append(message_from_bytes(envelope.content))
+        return "250 OK"
+
+    def to(self, address: str) -> list[Message]:
+        with self._lock:
+            return [m for m in self.messages if address in (m["To"] or "")]
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[dict]:
+    """Postgres database, RabbitMQ vhost, MongoDB-wire server and SMTP catcher of this run."""
+    from shared.db import drop_database
+    from shared.migrate import upgrade
+
+    upgrade(TEST_ENV["DATABASE_URL"])
+    rabbitmqctl("add_vhost", VHOST)
+    rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+    storage = tempfile.mkdtemp(prefix="pulse-test-mongo-")
+    mongo = start_mongo(MONGO_PORT, storage)
+    catcher = MailCatcher()
+    smtp = Controller(catcher, hostname="127.0.0.1", port=SMTP_PORT)
+    smtp.start()
+    try:
+        yield {"mail": catcher}
+    finally:
+        smtp.stop()
+        stop(mongo)
+        shutil.rmtree(storage, ignore_errors=True)
+        rabbitmqctl("delete_vhost", VHOST)
+        drop_database(TEST_ENV["DATABASE_URL"])
+        r = redis_lib.Redis.from_url(TEST_ENV["REDIS_URL"])
+        keys = list(r.scan_iter(match=TEST_ENV["CACHE_PREFIX"] + "*", count=1000))
+        if keys:
+            r.delete(*keys)
+
+
+def spawn(args: list[str], name: str, env: dict | None = None) -> subprocess.Popen:
+    log = open(Path(tempfile.gettempdir()) / f"pulse-test-{name}.log", "wb")
+    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+
+
+def celery_worker_args(app: str, queues: str, name: str, concurrency: int = 1) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queues, "-n", f"{name}@%h",
+            "--concurrency", str(concurrency), "--without-mingle", "--without-gossip", "--loglevel", "WARNING"]
+
+
+@pytest.fixture(scope="session")
+def pipeline(services) -> Iterator[dict]:
+    """The real asynchronous pipeline: outbox relay, worker and analytics worker subprocesses."""
+    from tests.conftest import RUN_ID
+
+    processes = {
+        "relay": spawn([sys.executable, "-m", "services.api.outbox_relay"], "relay"),
+        "worker": spawn(celery_worker_args("services.worker.main", "pulse.users,pulse.events", f"worker-{RUN_ID}", 2), "worker"),
+        "analytics": spawn(celery_worker_args("services.analytics.main", "pulse.analytics", f"analytics-{RUN_ID}"), "analytics"),
+    }
+    from shared.celery_app import create_celery_app
+
+    control = create_celery_app("pulse-test-control")
+    wait_for(lambda: len(control.control.ping(timeout=1.0)) >= 2, timeout=90, what="both Celery workers to answer ping")
+    try:
+        yield processes
+    finally:
+        for process in processes.values():
+            stop(process)
+
+
+@pytest.fixture(scope="session")
+def app(services):
+    from services.api.app import create_app
+
+    application = create_app()
+    application.testing = True
+    return application
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def mongo(services):
+    from shared.mongo import get_database
+
+    return get_database()
