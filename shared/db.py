@@ -12,10 +12,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.settings import get_settings
 
 
-@lru_cache(maxsize=4)
 def get_engine(url: str | None = None) -> Engine:
+    return _engine(url or get_settings().database_url)
+
+
+@lru_cache(maxsize=4)
+def _engine(url: str) -> Engine:
     return create_engine(
-        url or get_settings().database_url,
+        url,
         pool_pre_ping=True,  # a Postgres restart must not turn the next request into a 500
         pool_size=5,
         max_overflow=10,
@@ -23,14 +27,14 @@ def get_engine(url: str | None = None) -> Engine:
 
 
 @lru_cache(maxsize=4)
-def _session_factory(url: str | None) -> sessionmaker[Session]:
-    return sessionmaker(get_engine(url), expire_on_commit=False)
+def _session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
 
 
 @contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any exception."""
-    session = _session_factory(url)()
+    session = _session_factory(get_engine(url))()
     try:
         yield session
         session.commit()

@@ -23,7 +23,7 @@ return {version, redis.call('GET', ARGV[1] .. version)}
 LOCK_SECONDS = 10
 WAIT_SECONDS = 5.0
 
-_stats = {"hits": 0, "misses": 0, "waited": 0}
+_stats = {"hits": 0, "misses": 0, "waited": 0, "computed": 0}
 
 
 def _version_key(user_id: int) -> str:
@@ -83,6 +83,7 @@ def get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[di
                 version = now_version  # events arrived: the holder's result is stale, compute afresh
                 break
     try:
+        _stats["computed"] += 1
         profile = compute()
         if profile is not None:
             write(user_id, version, profile)

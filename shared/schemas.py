@@ -17,7 +17,15 @@ from pydantic import (
     field_validator,
 )
 
-NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+def _printable(value: str) -> str:
+    # Postgres text cannot hold NUL, and no name or label has a use for control characters.
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1), AfterValidator(_printable)]
+MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 
 
 def _collapse_spaces(value: str) -> str:
@@ -133,7 +141,9 @@ class CartEvent(_EventBase):
 
 class ActivityEvent(_EventBase):
     event_type: Literal["page_view", "login", "logout", "search"]
-    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    metadata: dict[MetadataKey, Annotated[str, StringConstraints(max_length=1000)] | int | float | bool | None] = Field(
+        default_factory=dict
+    )
 
 
 EVENT_TYPES = ("user_purchase", "add_to_cart", "page_view", "login", "logout", "search")

@@ -42,10 +42,16 @@ def field_path(loc: tuple) -> str:
     return path or "body"
 
 
+def error_field(error: dict) -> str:
+    loc = tuple(error["loc"])
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc += ("event_type",)  # pydantic reports a bad discriminator at the union, not the field
+    return field_path(loc)
+
+
 def validation_problem(error: ValidationError) -> Response:
     errors = [
-        FieldProblem(field=field_path(tuple(e["loc"])), message=e["msg"])
-        for e in error.errors(include_url=False)
+        FieldProblem(field=error_field(e), message=e["msg"]) for e in error.errors(include_url=False)
     ]
     fields = ", ".join(dict.fromkeys(e.field for e in errors))
     return problem_response(422, f"Invalid fields: {fields}", errors)

@@ -10,15 +10,16 @@ in months (default 12, lifetimes' default ``time=12``), ``d`` the MONTHLY discou
 0.01, lifetimes' default ``discount_rate=0.01``), ``E[Y]`` is FHL (2005) eq. 10 and ``E[M]`` the
 Gamma-Gamma conditional expected average spend (Fader & Hardie 2013, eq. 5).
 
-Vectorised over customers; the only loop is over the H months (12 by default).  Because the
-customer's P(alive) factor is common to every month, it is computed once.
+Vectorised over customers; the only loop is over the H months (12 by default).  P(alive) is
+common to every month and computed once; the hypergeometric factor depends on (x, T) only and
+is evaluated per distinct (x, T) pair.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .bgnbd import BGNBDParams, _bracket, _validate, probability_alive
+from .bgnbd import BGNBDParams, _ConditionalCurve, _validate
 from .gamma_gamma import GammaGammaParams, conditional_expected_average_spend
 
 __all__ = ["customer_lifetime_value", "WEEKS_PER_MONTH"]
@@ -43,18 +44,12 @@ def customer_lifetime_value(
         raise ValueError("monthly_discount_rate must be > -1")
     x, t_x, T = _validate(frequency, recency, T)
     spend = conditional_expected_average_spend(gg, x, monetary_value)
-    r, alpha, a, b = bgnbd.r, bgnbd.alpha, bgnbd.a, bgnbd.b
-    c = a + b + x - 1.0
-    lead = c / (a - 1.0) * probability_alive(bgnbd, x, t_x, T)
+    curve = _ConditionalCurve(bgnbd, x, t_x, T)   # E[Y(t) | history], reused for every month
 
-    def cum(t):  # E[Y(t) | x, t_x, T] without the common P(alive) factor recomputed
-        z = t / (alpha + T + t)
-        return lead * (1.0 - _bracket(a, b, r, c, z))
-
-    clv = np.zeros(np.broadcast(x, t_x, T).shape, dtype=np.float64)
+    clv = np.zeros(curve.shape, dtype=np.float64)
     prev = np.zeros_like(clv)
     for k in range(1, int(horizon_months) + 1):
-        cur = cum(k * WEEKS_PER_MONTH)
+        cur = curve(k * WEEKS_PER_MONTH)
         clv += spend * (cur - prev) / (1.0 + monthly_discount_rate) ** k
         prev = cur
     return clv

@@ -15,8 +15,9 @@ not counted in ``n_customers``).  The conditional expectation of a customer's me
 note 025 eq. 5, a credibility-weighted average of the population mean ``p gamma / (q - 1)`` and
 the customer's own ``m``.
 
-Fitting maximises the summed log-density over ``log(p, q, gamma)`` with L-BFGS-B and the
-analytic gradient (digamma terms), with a tight polish run; monetary values are rescaled
+Fitting maximises the summed log-density over ``log(p, q, gamma)`` with BFGS and the
+analytic gradient (digamma terms, evaluated on the distinct values of ``x``), then a Newton
+polish; monetary values are rescaled
 internally by their mean (``gamma`` is a scale parameter and is scaled back), which keeps the
 problem well conditioned whatever the currency unit.
 """
@@ -26,7 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special
+
+from .bgnbd import _maximise
 
 __all__ = [
     "GammaGammaParams",
@@ -87,48 +90,66 @@ def gamma_gamma_log_likelihood(params, frequency, monetary_value) -> float:
     return float(_terms(np.log(np.asarray(params, dtype=np.float64)), x, m)[0].sum())
 
 
+class _Objective:
+    """Mean negative log-likelihood and gradient; ``x``-only special functions on distinct x."""
+
+    def __init__(self, x, m):
+        self.ux, self.inv = np.unique(x, return_inverse=True)
+        self.nx = np.bincount(self.inv, minlength=self.ux.size).astype(np.float64)
+        self.n = float(x.size)
+        self.x, self.m = x, m
+        self.xm = x * m
+        ln_m, ln_x = np.log(m), np.log(x)
+        # sum over rows of x*(ln m + ln x) and of ln m: the parameter-free parts
+        self.sum_x_lnm_lnx = float(np.dot(x, ln_m + ln_x))
+        self.sum_lnm = float(ln_m.sum())
+
+    def __call__(self, theta):
+        p, q, g = np.exp(theta)
+        ux, nx = self.ux, self.nx
+        pux = p * ux
+        ll = (np.dot(nx, special.gammaln(pux + q) - special.gammaln(pux))
+              - self.n * special.gammaln(q) + self.n * q * np.log(g)
+              + p * self.sum_x_lnm_lnx - self.sum_lnm)
+        ln_den = np.log(g + self.xm)
+        pxq = p * self.x + q
+        ll -= np.dot(pxq, ln_den)
+        psi_pxq_u = special.digamma(pux + q)
+        d_p = (np.dot(nx * ux, psi_pxq_u - special.digamma(pux)) + self.sum_x_lnm_lnx
+               - np.dot(self.x, ln_den))
+        d_q = np.dot(nx, psi_pxq_u) - self.n * special.digamma(q) + self.n * np.log(g) \
+            - ln_den.sum()
+        d_g = self.n * q / g - np.dot(pxq, 1.0 / (g + self.xm))
+        grad = np.array([d_p * p, d_q * q, d_g * g])
+        val = -ll / self.n
+        if not np.isfinite(val) or not np.all(np.isfinite(grad)):
+            return 1e10, np.zeros_like(theta)
+        return val, -grad / self.n
+
+
 def fit_gamma_gamma(frequency, monetary_value, *, initial_params=None) -> GammaGammaParams:
     """Maximum-likelihood Gamma-Gamma fit on repeat buyers (rows with ``x > 0`` and ``m > 0``).
 
     Rows with ``x == 0`` are ignored (they carry no repeat-spend information), so the whole
     customer table can be passed.  Returns the parameters in the input currency unit.
+    Optimiser: BFGS on log-parameters with the analytic gradient, then Newton polish
+    (``bgnbd._maximise``).
     """
     x, m = _repeat_rows(frequency, monetary_value)
     if x.size < 2:
         raise ValueError("need at least two repeat buyers with positive spend to fit Gamma-Gamma")
     scale = 1.0 / float(np.mean(m))
-    ms = m * scale
-    n = x.size
-
-    def objective(theta):
-        ll, grad = _terms(theta, x, ms)
-        val = -ll.sum() / n
-        if not np.isfinite(val):
-            return 1e10, np.zeros(3)
-        return val, -grad.sum(axis=1) / n
-
+    objective = _Objective(x, m * scale)
     if initial_params is None:
-        starts = [np.log([1.0, 1.0, 1.0]), np.log([2.0, 3.0, 1.0])]
+        starts = [np.zeros(3), np.log([2.0, 3.0, 1.0])]
     else:
         p0, q0, g0 = initial_params
-        starts = [np.log([p0, q0, g0 * scale])]
-    bounds = [(-20.0, 20.0)] * 3
-    best = None
-    for theta0 in starts:
-        res = optimize.minimize(objective, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
-                                options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10})
-        if best is None or res.fun < best.fun:
-            best = res
-    res = optimize.minimize(objective, best.x, jac=True, method="L-BFGS-B", bounds=bounds,
-                            options={"maxiter": 2000, "ftol": 1e-16, "gtol": 1e-12, "maxcor": 20})
-    if res.fun > best.fun:
-        res = best
-    if not np.isfinite(res.fun):
-        raise RuntimeError("Gamma-Gamma fit did not converge")
-    p, q, g_s = np.exp(res.x)
+        starts = [np.log([p0, q0, g0 * scale]), np.zeros(3)]
+    theta, _ = _maximise(objective, starts, [(-20.0, 20.0)] * 3)
+    p, q, g_s = np.exp(theta)
     g = g_s / scale
     ll = float(_terms(np.log([p, q, g]), x, m)[0].sum())
-    return GammaGammaParams(float(p), float(q), float(g), ll, int(n))
+    return GammaGammaParams(float(p), float(q), float(g), ll, int(x.size))
 
 
 def conditional_expected_average_spend(params: GammaGammaParams, frequency,
@@ -140,7 +161,7 @@ def conditional_expected_average_spend(params: GammaGammaParams, frequency,
     For ``x = 0`` the weight of ``m`` is 0 and the result is the population mean
     ``p gamma / (q - 1)`` (``inf`` if the fitted ``q <= 1``, where that mean does not exist).
     """
-    p, q, g = params.p, params.q, params.gamma
+    p, q = params.p, params.q
     x = np.asarray(frequency, dtype=np.float64)
     m = np.asarray(monetary_value, dtype=np.float64)
     px = p * x

@@ -1,0 +1,45 @@
+"""Small builders shared by integration and end-to-end tests."""
+import uuid
+from contextlib import contextmanager
+
+from sqlalchemy import event
+
+from shared.db import get_engine
+
+
+def signup_body(city: str = "Kyiv", country: str = "UA", **overrides) -> dict:
+    suffix = uuid.uuid4().hex[:10]
+    body = {
+        "username": f"user_{suffix}",
+        "email": f"user.{suffix}@example.com",
+        "full_name": "Ivan Ivanov",
+        "address": {"street": "Khreschatyk Street", "city": city, "country_code": country},
+    }
+    body.update(overrides)
+    return body
+
+
+def purchase(user_id: int, price: float, category: str, **extra) -> dict:
+    return {
+        "event_id": extra.pop("event_id", uuid.uuid4().hex),
+        "user_id": user_id,
+        "event_type": "user_purchase",
+        "metadata": {"product_id": f"P-{category}", "price": price, "category": category},
+        **extra,
+    }
+
+
+@contextmanager
+def count_statements():
+    """Counts the SQL statements the engine executes inside the block."""
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    engine = get_engine()
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)

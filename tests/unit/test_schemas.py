@@ -1,0 +1,108 @@
+"""Validation and mapping: the request schemas and how their errors are named."""
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from services.api.problems import error_field, field_path
+from shared.schemas import Event, EventBatch, SignupRequest, event_document
+
+EVENT = TypeAdapter(Event)
+
+
+def signup(**overrides):
+    body = {
+        "username": "ivan_data",
+        "email": "Ivan.Data@Example.com",
+        "full_name": "  Ivan   Ivanov ",
+        "address": {"street": "Khreschatyk Street", "city": " Kyiv ", "country_code": "ua"},
+    }
+    body.update(overrides)
+    return body
+
+
+def error_fields(exc: ValidationError) -> set[str]:
+    return {error_field(e) for e in exc.errors()}
+
+
+def test_signup_normalises_email_names_and_country():
+    request = SignupRequest.model_validate(signup())
+    assert request.email == "ivan.data@example.com"
+    assert request.full_name == "Ivan Ivanov"
+    assert request.address.city == "Kyiv"
+    assert request.address.country_code == "UA"
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"email": "ivan@"}, "email"),
+        ({"email": 42}, "email"),
+        ({"username": "iv"}, "username"),
+        ({"username": "ivan data"}, "username"),
+        ({"full_name": "   "}, "full_name"),
+        ({"address": {"street": "x", "city": "Kyiv", "country_code": "UKR"}}, "address.country_code"),
+        ({"address": {"street": "x", "country_code": "UA"}}, "address.city"),
+        ({"nickname": "x"}, "nickname"),
+    ],
+)
+def test_signup_errors_name_the_field(overrides, field):
+    with pytest.raises(ValidationError) as exc:
+        SignupRequest.model_validate(signup(**overrides))
+    assert field in error_fields(exc.value)
+
+
+def purchase(**metadata):
+    return {"user_id": 1, "event_type": "user_purchase", "metadata": {"product_id": "P1", "price": 9.5, "category": "books", **metadata}}
+
+
+@pytest.mark.parametrize(
+    "event, field",
+    [
+        (purchase(price=-1), "metadata.price"),
+        (purchase(price=float("nan")), "metadata.price"),
+        ({"user_id": 1, "event_type": "user_purchase", "metadata": {"product_id": "P", "price": 1}}, "metadata.category"),
+        ({**purchase(), "user_id": "abc"}, "user_id"),
+        ({**purchase(), "event_type": "teleport"}, "event_type"),
+        ({**purchase(), "timestamp": "yesterday"}, "timestamp"),
+        ({**purchase(), "geo": {"coordinates": [91, 0]}}, "geo.coordinates[0]"),
+    ],
+)
+def test_bad_events_name_the_field(event, field):
+    with pytest.raises(ValidationError) as exc:
+        EVENT.validate_python(event)
+    assert field in error_fields(exc.value), error_fields(exc.value)
+
+
+def test_batch_errors_carry_the_index():
+    with pytest.raises(ValidationError) as exc:
+        EventBatch.model_validate({"events": [purchase(), purchase(price=-5)]})
+    assert error_fields(exc.value) == {"events[1].metadata.price"}
+
+
+def test_timestamps_become_utc_and_future_is_refused():
+    event = EVENT.validate_python({**purchase(), "timestamp": "2024-01-15T12:30:00+02:00"})
+    assert event.timestamp == datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
+    naive = EVENT.validate_python({**purchase(), "timestamp": "2024-01-15T10:30:00"})
+    assert naive.timestamp.tzinfo is UTC
+    with pytest.raises(ValidationError):
+        EVENT.validate_python({**purchase(), "timestamp": (datetime.now(UTC) + timedelta(days=3)).isoformat()})
+
+
+def test_event_document_maps_the_guide_fields():
+    event = EVENT.validate_python({**purchase(), "geo": {"country": "Ukraine", "city": "Kyiv", "coordinates": [50.45, 30.52]}})
+    received = datetime(2024, 1, 15, tzinfo=UTC)
+    doc = event_document(event, "e-1", received)
+    assert doc == {
+        "event_id": "e-1",
+        "user_id": 1,
+        "event_type": "user_purchase",
+        "timestamp": received.isoformat(),
+        "metadata": {"product_id": "P1", "price": 9.5, "category": "books"},
+        "geo": {"country": "Ukraine", "city": "Kyiv", "coordinates": (50.45, 30.52)},
+    }
+
+
+def test_field_path_formats_locations():
+    assert field_path(("events", 3, "user_purchase", "metadata", "price")) == "events[3].metadata.price"
+    assert field_path(()) == "body"

@@ -1,0 +1,29 @@
+"""The queue topology every process agrees on."""
+from shared.celery_app import create_celery_app
+from shared.settings import Settings
+from shared.topology import COMPUTE_PROFILES, FIT_MODELS, STORE_EVENTS, USER_CREATED, build_topology
+
+
+def test_every_task_routes_to_a_durable_dead_lettered_queue():
+    topology = build_topology("pulse")
+    routes = topology.routes()
+    assert {USER_CREATED, STORE_EVENTS, COMPUTE_PROFILES, FIT_MODELS} == set(routes)
+    queues = {q.name: q for q in topology.work_queues}
+    for route in routes.values():
+        queue = queues[route["queue"]]
+        assert queue.durable
+        assert queue.queue_arguments["x-dead-letter-exchange"] == "pulse.dlx"
+        assert queue.exchange.name == route["exchange"] == "pulse"
+    assert topology.dead_letter.exchange.type == "fanout"
+
+
+def test_celery_is_configured_for_at_least_once_json_and_confirms():
+    app = create_celery_app("t", settings=Settings(broker_url="amqp://x//"))
+    conf = app.conf
+    assert conf.task_serializer == "json" and conf.accept_content == ["json"]
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.task_acks_on_failure_or_timeout is False
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.broker_transport_options["confirm_publish"] is True
+    assert conf.worker_hijack_root_logger is False
+    assert conf.task_default_delivery_mode == "persistent"
