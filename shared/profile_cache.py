@@ -1,9 +1,13 @@
 """Cache-aside for profiles in Redis, with per-user versions so that nothing stale survives.
 
-Keys: ``<prefix>profile:ver:<id>`` (an integer, bumped whenever the user's events change) and
-``<prefix>profile:<id>:v<ver>`` (the JSON profile, TTL one hour). A writer reads the version
-*before* it reads the data and writes under that version: if events arrive meanwhile the version
-moves on and its now-stale result lands under a key nobody reads again (it expires by TTL).
+Keys: ``<prefix>profile:ver:<id>`` (an integer), ``<prefix>profile:writing:<id>`` (how many event
+writes for the user are in flight) and ``<prefix>profile:<id>:v<ver>`` (the JSON profile, TTL one
+hour). Whoever stores events for a user brackets the MongoDB write with `begin_events_write` and
+`end_events_write`: both bump the version, so no profile cached before or during the write is
+reachable afterwards. A profile is cached only if, atomically at the moment of caching, the version
+is still the one read *before* the data was read and no event write is in flight; otherwise the
+result is served but not cached. Hence a read that starts after events are stored never sees a
+profile without them.
 
 Concurrent misses for one user compute once: the first takes a short lock, the others wait for
 its result (bounded), so a burst of reads does not turn into a burst of computations.
@@ -20,6 +24,18 @@ _READ = """
 local version = redis.call('GET', KEYS[1]) or '0'
 return {version, redis.call('GET', ARGV[1] .. version)}
 """
+# Cache only when nothing moved: same version as before the data was read, no write in flight.
+_WRITE_IF_CURRENT = """
+local version = redis.call('GET', KEYS[1]) or '0'
+local writing = tonumber(redis.call('GET', KEYS[2]) or '0')
+if version == ARGV[1] and writing <= 0 then
+  redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
+# An event write that dies half-way must not disable caching for its users forever.
+WRITING_TTL_SECONDS = 600
 LOCK_SECONDS = 10
 WAIT_SECONDS = 5.0
 
@@ -40,9 +56,23 @@ def read(user_id: int) -> tuple[str, dict | None]:
     return version, (json.loads(raw) if raw else None)
 
 
-def write(user_id: int, version: str, profile: dict) -> None:
-    get_redis().set(
-        _profile_prefix(user_id) + version, json.dumps(profile, default=str), ex=get_settings().profile_cache_ttl
+def _writing_key(user_id: int) -> str:
+    return key("profile", "writing", user_id)
+
+
+def write(user_id: int, version: str, profile: dict) -> bool:
+    """Cache `profile`, computed from data read after `version` was read, if it is still current."""
+    return bool(
+        get_redis().eval(
+            _WRITE_IF_CURRENT,
+            3,
+            _version_key(user_id),
+            _writing_key(user_id),
+            _profile_prefix(user_id) + version,
+            version,
+            json.dumps(profile, default=str),
+            get_settings().profile_cache_ttl,
+        )
     )
 
 
@@ -60,9 +90,26 @@ def invalidate(user_ids: Iterable[int]) -> None:
     pipe.execute()
 
 
+def begin_events_write(user_ids: Iterable[int]) -> None:
+    pipe = get_redis().pipeline(transaction=True)
+    for user_id in user_ids:
+        pipe.incr(_version_key(user_id))
+        pipe.incr(_writing_key(user_id))
+        pipe.expire(_writing_key(user_id), WRITING_TTL_SECONDS)
+    pipe.execute()
+
+
+def end_events_write(user_ids: Iterable[int]) -> None:
+    pipe = get_redis().pipeline(transaction=True)
+    for user_id in user_ids:
+        pipe.incr(_version_key(user_id))
+        pipe.decr(_writing_key(user_id))
+    pipe.execute()
+
+
 def get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[dict | None, bool]:
-    """(profile, hit). `compute` runs at most once per user and version across all processes,
-    except when the lock holder takes longer than WAIT_SECONDS."""
+    """(profile, hit). Concurrent misses for one user and version share one computation: the
+    first takes a short lock, the others wait for its result while it holds the lock."""
     version, cached = read(user_id)
     if cached is not None:
         _stats["hits"] += 1
@@ -74,13 +121,15 @@ def get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[di
     if not locked:
         deadline = time.monotonic() + WAIT_SECONDS
         while time.monotonic() < deadline:
-            time.sleep(0.01)
+            time.sleep(0.005)
             now_version, cached = read(user_id)
             if cached is not None:
                 _stats["waited"] += 1
                 return cached, False
-            if now_version != version:
-                version = now_version  # events arrived: the holder's result is stale, compute afresh
+            if now_version != version or not redis.exists(lock):
+                # Events arrived, or the holder finished without caching (a write was in flight):
+                # its result cannot be shared, so compute our own.
+                version = now_version
                 break
     try:
         _stats["computed"] += 1

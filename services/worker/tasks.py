@@ -116,12 +116,15 @@ def insert_events(collection, docs: list[dict]) -> int:
 def store_events(events: list[dict]) -> dict:
     db = get_database()
     docs = event_documents(events, datetime.now(UTC))
-    inserted = insert_events(db[EVENTS], docs)
+    user_ids = sorted({doc["user_id"] for doc in docs})
+    # Bracket the write so that no profile cached before or during it can be served after it.
+    profile_cache.begin_events_write(user_ids)
+    try:
+        inserted = insert_events(db[EVENTS], docs)
+    finally:
+        profile_cache.end_events_write(user_ids)
     # Notify for every user in the batch, not only the newly inserted: a redelivery after a crash
     # between the insert and this call must still get those users rescored.
-    user_ids = sorted({doc["user_id"] for doc in docs})
-    # Before the ack: from here on no cached profile of these users can be served as fresh.
-    profile_cache.invalidate(user_ids)
     app.send_task(COMPUTE_PROFILES, kwargs={"user_ids": user_ids})
     log.info("events_stored", received=len(docs), inserted=inserted, users=len(user_ids))
     return {"received": len(docs), "inserted": inserted, "users": len(user_ids)}

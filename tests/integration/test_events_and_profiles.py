@@ -1,0 +1,149 @@
+"""Events through the real worker into MongoDB, and cached profiles that are never stale."""
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from shared import profile_cache
+from tests.fixtures import wait_for
+from tests.helpers import purchase, signup_body
+
+pytestmark = pytest.mark.usefixtures("pipeline")
+
+
+@pytest.fixture()
+def user_id(client):
+    return client.post("/api/users/signup", json=signup_body()).get_json()["id"]
+
+
+def stored(mongo, event_ids):
+    return mongo.events.count_documents({"event_id": {"$in": list(event_ids)}})
+
+
+def test_batch_is_stored_once_even_when_resent(client, mongo, user_id):
+    events = [purchase(user_id, 10.0 + i, "books") for i in range(20)]
+    first = client.post("/api/events/batch", json={"events": events})
+    assert first.status_code == 202
+    ids = first.get_json()["event_ids"]
+    assert ids == [e["event_id"] for e in events]
+    wait_for(lambda: stored(mongo, ids) == 20, what="20 events in MongoDB")
+
+    again = client.post("/api/events/batch", json={"events": events})
+    assert again.status_code == 202
+    single = client.post("/api/events", json=events[0])
+    assert single.status_code == 202 and single.get_json() == {"event_id": events[0]["event_id"]}
+    # A marker sent after the duplicates is stored after them (one queue, FIFO per consumer is not
+    # guaranteed with 2 processes, so wait for the marker and then for the duplicates' users to be rescored).
+    marker = purchase(user_id, 1.0, "books")
+    client.post("/api/events", json=marker)
+    wait_for(lambda: stored(mongo, [marker["event_id"]]) == 1, what="marker event")
+    assert stored(mongo, ids) == 20
+    assert mongo.events.count_documents({"user_id": user_id, "event_type": "user_purchase"}) == 21
+
+
+def test_generated_ids_and_utc_timestamps(client, mongo, user_id):
+    response = client.post(
+        "/api/events",
+        json={"user_id": user_id, "event_type": "page_view", "timestamp": "2024-01-15T12:30:00+02:00", "metadata": {"page": "/home"}},
+    )
+    assert response.status_code == 202
+    event_id = response.get_json()["event_id"]
+    doc = wait_for(lambda: mongo.events.find_one({"event_id": event_id}), what="page_view stored")
+    assert doc["timestamp"].isoformat() == "2024-01-15T10:30:00+00:00"
+    assert doc["metadata"] == {"page": "/home"}
+
+
+@pytest.mark.parametrize(
+    "event, field",
+    [
+        ({"event_type": "user_purchase", "metadata": {"product_id": "P", "price": -1, "category": "x"}}, "metadata.price"),
+        ({"event_type": "user_purchase", "metadata": {"product_id": "P", "price": 3}}, "metadata.category"),
+        ({"event_type": "user_purchase", "metadata": {"product_id": "P", "price": "cheap", "category": "x"}}, "metadata.price"),
+        ({"event_type": "mystery"}, "event_type"),
+    ],
+)
+def test_bad_events_are_422_and_nothing_is_stored(client, mongo, user_id, event, field):
+    good = purchase(user_id, 5.0, "toys")
+    bad = {"event_id": uuid.uuid4().hex, "user_id": user_id, **event}
+    response = client.post("/api/events/batch", json={"events": [good, bad]})
+    assert response.status_code == 422
+    assert response.mimetype == "application/problem+json"
+    assert [e["field"] for e in response.get_json()["errors"]] == [f"events[1].{field}"]
+    single = client.post("/api/events", json=bad)
+    assert single.status_code == 422 and single.get_json()["errors"][0]["field"] == field
+    marker = purchase(user_id, 1.0, "toys")
+    client.post("/api/events", json=marker)
+    wait_for(lambda: stored(mongo, [marker["event_id"]]) == 1, what="marker event")
+    assert stored(mongo, [good["event_id"], bad["event_id"]]) == 0
+
+
+def test_unknown_user_and_oversized_batch_are_refused(client, mongo, user_id):
+    ghost = purchase(2_000_000_000, 5.0, "toys")
+    response = client.post("/api/events/batch", json={"events": [purchase(user_id, 1.0, "toys"), ghost]})
+    assert response.status_code == 422
+    assert response.get_json()["errors"] == [{"field": "events[1].user_id", "message": "no user with id 2000000000"}]
+    single = client.post("/api/events", json=ghost)
+    assert single.status_code == 422 and single.get_json()["errors"][0]["field"] == "user_id"
+
+    too_many = [purchase(user_id, 1.0, "toys") for _ in range(1001)]
+    oversized = client.post("/api/events/batch", json={"events": too_many})
+    assert oversized.status_code == 413
+    assert "at most 1000" in oversized.get_json()["detail"]
+    empty = client.post("/api/events/batch", json={"events": []})
+    assert empty.status_code == 422 and empty.get_json()["errors"][0]["field"] == "events"
+    marker = purchase(user_id, 1.0, "toys")
+    client.post("/api/events", json=marker)
+    wait_for(lambda: stored(mongo, [marker["event_id"]]) == 1, what="marker event")
+    assert stored(mongo, [ghost["event_id"]] + [e["event_id"] for e in too_many]) == 0
+
+
+def test_profile_is_cached_and_reflects_events_stored_after_caching(client, mongo, user_id):
+    wait_for(lambda: mongo.profiles.find_one({"user_id": user_id, "segment": {"$ne": None}}), what="first profile")
+    first = client.get(f"/api/users/{user_id}/profile")
+    assert first.status_code == 200
+    assert first.get_json()["totals"]["total_spent"] == 0
+    assert first.get_json()["segment"] == "AT_RISK"  # the guide: no purchase counts as buying today
+    second = client.get(f"/api/users/{user_id}/profile")
+    assert second.headers["X-Cache"] == "HIT"
+    assert second.get_json() == first.get_json()
+
+    event = purchase(user_id, 1500.0, "electronics")
+    assert client.post("/api/events", json=event).status_code == 202
+    wait_for(lambda: stored(mongo, [event["event_id"]]) == 1, what="purchase stored")
+
+    # As soon as the event is stored, no read may show the old totals.
+    after = client.get(f"/api/users/{user_id}/profile").get_json()
+    assert after["totals"]["total_spent"] == 1500.0
+    assert after["totals"]["purchases"] == 1
+    assert after["segment"] == "VIP"
+    assert after["recommendations"] == [] or "electronics" not in after["recommendations"]
+
+
+def test_concurrent_misses_compute_once(app, client, user_id, mongo):
+    wait_for(lambda: mongo.profiles.find_one({"user_id": user_id, "segment": {"$ne": None}}), what="first profile")
+    profile_cache.invalidate([user_id])
+    before = profile_cache.stats()["computed"]
+
+    def read(_):
+        response = app.test_client().get(f"/api/users/{user_id}/profile")
+        return response.status_code, response.get_json()["user_id"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(read, range(8)))
+    assert results == [(200, user_id)] * 8
+    assert profile_cache.stats()["computed"] - before == 1
+
+
+def test_unknown_profile_is_404(client):
+    response = client.get("/api/users/2000000000/profile")
+    assert response.status_code == 404 and response.mimetype == "application/problem+json"
+
+
+def test_engagement_is_written_back_as_profile_score(client, mongo, user_id):
+    event = purchase(user_id, 250.0, "garden")
+    client.post("/api/events", json=event)
+    def score_matches():
+        profile = mongo.profiles.find_one({"user_id": user_id, "totals.purchases": 1})
+        user = client.get(f"/api/users/{user_id}").get_json()
+        return profile and user["profile_score"] == profile["engagement"] and user["profile_score"] > 0
+    wait_for(score_matches, what="profile_score == engagement")
