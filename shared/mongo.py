@@ -40,3 +40,17 @@ def ensure_indexes(db: Database) -> None:
     db[PROFILES].create_index([("user_id", ASCENDING)], unique=True, name="uq_user_id")
     db[PROFILES].create_index([("segment", ASCENDING)], name="ix_segment")
     db[MODELS].create_index([("version", DESCENDING)], unique=True, name="uq_version")
+
+
+def prepare_database(uri: str | None = None, timeout: float = 60.0) -> None:
+    """Create the indexes at process start, waiting for the server (it may start alongside us).
+
+    Uses a client of its own and closes it: Celery forks its pool after this, and a MongoClient
+    must not cross a fork.
+    """
+    uri = uri or get_settings().mongo_uri
+    client = MongoClient(uri, serverSelectionTimeoutMS=int(timeout * 1000))
+    try:
+        ensure_indexes(client.get_default_database(default="pulse"))
+    finally:
+        client.close()

@@ -4,7 +4,7 @@ from celery import signals
 from celery.schedules import crontab
 
 from shared.celery_app import create_celery_app
-from shared.mongo import ensure_indexes, get_database
+from shared.mongo import prepare_database
 from shared.settings import get_settings
 from shared.topology import FIT_MODELS
 
@@ -19,4 +19,4 @@ app.conf.beat_schedule = {
 
 @signals.worker_init.connect
 def _indexes(**_kwargs) -> None:
-    ensure_indexes(get_database())
+    prepare_database()

@@ -2,11 +2,11 @@
 from celery import signals
 
 from shared.celery_app import create_celery_app
-from shared.mongo import ensure_indexes, get_database
+from shared.mongo import prepare_database
 
 app = create_celery_app("pulse-worker", include=["services.worker.tasks"])
 
 
 @signals.worker_init.connect
 def _indexes(**_kwargs) -> None:
-    ensure_indexes(get_database())
+    prepare_database()

@@ -1,0 +1,79 @@
+"""End to end, as a person runs it: `make dev` starts every process from the Procfile, a signup
+over HTTP becomes a profile document, a `user_created` event and a welcome e-mail."""
+import os
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+import requests
+from pymongo import MongoClient
+
+from tests.conftest import RUN_ID, TEST_ENV, free_port
+from tests.fixtures import ROOT, wait_for
+from tests.helpers import signup_body
+
+
+@pytest.fixture(scope="module")
+def dev_stack(services):
+    from shared.db import drop_database
+
+    var_dir = Path(tempfile.mkdtemp(prefix="pulse-e2e-"))
+    ports = {name: free_port() for name in ("API_PORT", "SMTP_PORT", "FLOWER_PORT", "MONGO")}
+    env = {
+        **os.environ,
+        **TEST_ENV,
+        "DATABASE_URL": TEST_ENV["DATABASE_URL"] + "_e2e",
+        "MONGO_URI": f"mongodb://127.0.0.1:{ports['MONGO']}/pulse_e2e",
+        "QUEUE_PREFIX": f"pulse_e2e_{RUN_ID}",
+        "CACHE_PREFIX": f"pulse-e2e-{RUN_ID}:",
+        "API_PORT": str(ports["API_PORT"]),
+        "SMTP_PORT": str(ports["SMTP_PORT"]),
+        "FLOWER_PORT": str(ports["FLOWER_PORT"]),
+        "PULSE_VAR_DIR": str(var_dir),
+        "LOG_LEVEL": "INFO",
+    }
+    log_path = var_dir / "make-dev.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(["make", "dev"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{ports['API_PORT']}"
+    try:
+        wait_for(lambda: requests.get(f"{base}/health/ready", timeout=2).status_code == 200, timeout=180, interval=0.5,
+                 what=f"make dev to be ready (log: {log_path})")
+        yield {"url": base, "mongo_uri": env["MONGO_URI"], "maildir": var_dir / "mail", "log": log_path}
+    finally:
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        drop_database(env["DATABASE_URL"])
+
+
+def welcome_mails(maildir: Path, address: str) -> list[str]:
+    return [p.read_text(errors="replace") for p in (maildir / "new").glob("*") if address in p.read_text(errors="replace")]
+
+
+def test_signup_over_http_reaches_mongodb_and_the_mail_catcher(dev_stack):
+    body = signup_body(full_name="Ivan Ivanov")
+    response = requests.post(f"{dev_stack['url']}/api/users/signup", json=body, timeout=10)
+    assert response.status_code == 201, response.text
+    user_id = response.json()["id"]
+
+    db = MongoClient(dev_stack["mongo_uri"], tz_aware=True).get_default_database()
+    profile = wait_for(lambda: db.profiles.find_one({"user_id": user_id, "segment": {"$ne": None}}), timeout=60,
+                       what="profile document")
+    assert profile["username"] == body["username"]
+    assert db.events.count_documents({"user_id": user_id, "event_type": "user_created"}) == 1
+    mails = wait_for(lambda: welcome_mails(dev_stack["maildir"], body["email"]), timeout=60, what="welcome e-mail in the catcher")
+    assert "Subject: Welcome to Pulse, Ivan Ivanov!" in mails[0]
+
+    again = requests.post(f"{dev_stack['url']}/api/users/signup", json=body, timeout=10)
+    assert again.status_code == 409
+    bad = requests.post(f"{dev_stack['url']}/api/users/signup", json={**body, "email": "not-an-email"}, timeout=10)
+    assert bad.status_code == 422 and [e["field"] for e in bad.json()["errors"]] == ["email"]
+
+    profile = requests.get(f"{dev_stack['url']}/api/users/{user_id}/profile", timeout=10)
+    assert profile.status_code == 200 and profile.json()["user"]["username"] == body["username"]

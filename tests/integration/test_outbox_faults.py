@@ -1,0 +1,178 @@
+"""No lost signups: the outbox under a broker outage, competing relays and redelivery.
+
+The outage is real: the test starts its own RabbitMQ node on another port and stops it.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import requests
+from kombu import Connection
+from pymongo import MongoClient
+from sqlalchemy import select, update
+
+from shared.db import session_scope
+from shared.models import OutboxMessage
+from tests.conftest import TEST_ENV, free_port
+from tests.fixtures import BIN, celery_worker_args, spawn, stop, wait_for
+from tests.helpers import signup_body
+
+
+class ExtraRabbit:
+    """A throwaway RabbitMQ node (own port, own data directory), startable and stoppable."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.node = f"pulse-test-{self.port}@localhost"
+        self.base = Path(tempfile.mkdtemp(prefix="pulse-rabbit-"))
+        for sub in ("mnesia", "log"):
+            (self.base / sub).mkdir()
+        (self.base / "enabled_plugins").write_text("[].\n")
+        (self.base / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users = none\n")
+        shutil.chown(self.base, "rabbitmq", "rabbitmq")
+        for path in self.base.rglob("*"):
+            shutil.chown(path, "rabbitmq", "rabbitmq")
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        self.process = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq.conf"),
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.base / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
+            "RABBITMQ_FEATURE_FLAGS_FILE": str(self.base / "feature_flags"),
+        }
+        self.process = subprocess.Popen(["rabbitmq-server"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def accepts():
+            with Connection(self.url, connect_timeout=1) as conn:
+                conn.ensure_connection(max_retries=1)
+                return True
+
+        wait_for(accepts, timeout=120, interval=0.5, what=f"extra RabbitMQ on :{self.port}")
+
+    def stop(self) -> None:
+        subprocess.run(["rabbitmqctl", "-q", "-n", self.node, "stop"], capture_output=True, timeout=60)
+        if self.process:
+            self.process.wait(timeout=60)
+
+    def queue_depth(self, name: str) -> int:
+        with Connection(self.url) as conn:
+            return conn.default_channel.queue_declare(name, passive=True).message_count
+
+
+@pytest.fixture()
+def rabbit():
+    if shutil.which("rabbitmq-server") is None:
+        pytest.skip("rabbitmq-server is not installed: the outage test needs its own broker node")
+    broker = ExtraRabbit()
+    broker.start()
+    yield broker
+    broker.stop()
+    shutil.rmtree(broker.base, ignore_errors=True)
+
+
+@pytest.fixture()
+def isolated_api(rabbit):
+    """An API process with its own database, publishing to the extra broker: the session's relay
+    (which serves the main test database) cannot touch these outbox rows."""
+    from shared.db import drop_database
+    from shared.migrate import upgrade
+
+    db_url = f"{TEST_ENV['DATABASE_URL']}_f{rabbit.port}"
+    upgrade(db_url)
+    port = free_port()
+    mongo_uri = f"{TEST_ENV['MONGO_URI']}_f{rabbit.port}"  # user ids restart in this database
+    env = {"DATABASE_URL": db_url, "BROKER_URL": rabbit.url, "MONGO_URI": mongo_uri}
+    api = spawn([str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1", "services.api.wsgi:app"], "isolated-api", env)
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: requests.get(f"{base}/health", timeout=1).ok, timeout=60, what="isolated API")
+    mongo = MongoClient(mongo_uri, tz_aware=True).get_default_database()
+    yield {"url": base, "env": env, "db": db_url, "mongo": mongo}
+    mongo.client.drop_database(mongo.name)
+    mongo.client.close()
+    stop(api)
+    drop_database(db_url)
+
+
+def signup(api: dict, body: dict) -> int:
+    response = requests.post(f"{api['url']}/api/users/signup", json=body, timeout=10)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def outbox_row(user_id: int, db_url: str | None = None) -> OutboxMessage:
+    with session_scope(db_url) as session:
+        return session.scalar(select(OutboxMessage).where(OutboxMessage.payload["user_id"].as_integer() == user_id))
+
+
+def test_signup_while_broker_is_down_is_delivered_when_it_returns(isolated_api, rabbit, services):
+    env, db, mongo = isolated_api["env"], isolated_api["db"], isolated_api["mongo"]
+    relay = spawn([sys.executable, "-m", "services.api.outbox_relay"], "outage-relay", env)
+    worker = spawn(celery_worker_args("services.worker.main", "pulse.users,pulse.events", f"outage-{rabbit.port}"), "outage-worker", env)
+    try:
+        rabbit.stop()
+        body = signup_body()
+        user_id = signup(isolated_api, body)
+        wait_for(lambda: outbox_row(user_id, db).attempts >= 1, timeout=60, what="the relay to fail publishing")
+        assert outbox_row(user_id, db).published_at is None
+
+        rabbit.start()
+        wait_for(lambda: outbox_row(user_id, db).published_at is not None, timeout=90, what="publish after the broker returned")
+        wait_for(lambda: mongo.profiles.find_one({"user_id": user_id}), timeout=90, what="profile after the outage")
+        wait_for(lambda: services["mail"].to(body["email"]), timeout=60, what="welcome e-mail after the outage")
+        assert mongo.events.count_documents({"user_id": user_id, "event_type": "user_created"}) == 1
+    finally:
+        stop(relay)
+        stop(worker)
+
+
+def test_two_relays_never_publish_the_same_row(isolated_api, rabbit):
+    # No consumer on this broker: the queue depth counts exactly what the relays published.
+    from shared.celery_app import create_celery_app
+
+    with Connection(rabbit.url) as conn:
+        for queue in create_celery_app("declare").amqp.queues.values():
+            queue.bind(conn.default_channel).declare()
+    db = isolated_api["db"]
+    ids = [signup(isolated_api, signup_body()) for _ in range(40)]
+    env = {**isolated_api["env"], "OUTBOX_BATCH_SIZE": "5"}
+    relays = [spawn([sys.executable, "-m", "services.api.outbox_relay"], f"twin-relay-{i}", env) for i in range(2)]
+    try:
+        wait_for(lambda: all(outbox_row(i, db).published_at for i in ids), timeout=90, what="all 40 rows published")
+        with session_scope(db) as session:
+            pending = session.scalars(select(OutboxMessage.id).where(OutboxMessage.published_at.is_(None))).all()
+        assert pending == []
+    finally:
+        for relay in relays:
+            stop(relay)
+    # Every row is marked published and the relays are stopped, so the queue holds all there
+    # will ever be: exactly one message per row.
+    assert rabbit.queue_depth("pulse.users") == len(ids)
+
+
+@pytest.mark.usefixtures("pipeline")
+def test_redelivered_user_created_changes_nothing(client, mongo, services):
+    body = signup_body()
+    user_id = client.post("/api/users/signup", json=body).get_json()["id"]
+    wait_for(lambda: outbox_row(user_id).published_at, what="row published first")
+    wait_for(lambda: services["mail"].to(body["email"]), what="first welcome")
+    wait_for(lambda: outbox_row(user_id).published_at, what="row published")
+    # Simulate a relay that crashed after RabbitMQ confirmed but before its commit: publish again.
+    with session_scope() as session:
+        session.execute(update(OutboxMessage).where(OutboxMessage.id == outbox_row(user_id).id).values(published_at=None))
+    wait_for(lambda: outbox_row(user_id).published_at, what="row republished")
+    marker = signup_body()
+    client.post("/api/users/signup", json=marker)
+    wait_for(lambda: services["mail"].to(marker["email"]), what="a later signup processed")
+    assert mongo.events.count_documents({"user_id": user_id, "event_type": "user_created"}) == 1
+    assert mongo.profiles.count_documents({"user_id": user_id}) == 1
+    assert len(services["mail"].to(body["email"])) == 1
