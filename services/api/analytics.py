@@ -4,7 +4,7 @@ from datetime import UTC, date, datetime
 from celery.exceptions import TimeoutError as ResultTimeout
 from flask import current_app, request
 from flask_openapi3 import APIBlueprint, Tag
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import func, select
 
 from services.analytics import models_store
@@ -25,9 +25,18 @@ class TopCategoriesQuery(BaseModel):
 
 
 class FitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     as_of: date | None = Field(
         None, description="Last day of the observation period (its purchases count); default today (UTC)"
     )
+
+    @field_validator("as_of")
+    @classmethod
+    def _not_in_future(cls, value: date | None) -> date | None:
+        if value is not None and value > datetime.now(UTC).date():
+            raise ValueError("as_of cannot be in the future")
+        return value
 
 
 @analytics_bp.get("/analytics/categories/top", summary="Top categories by sales (MongoDB aggregation)")
