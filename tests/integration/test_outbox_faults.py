@@ -81,7 +81,7 @@ def rabbit():
 
 
 @pytest.fixture()
-def isolated_api(rabbit):
+def isolated_api(rabbit, services):
     """An API process with its own database, publishing to the extra broker: the session's relay
     (which serves the main test database) cannot touch these outbox rows."""
     from shared.db import drop_database
@@ -157,6 +157,14 @@ def test_two_relays_never_publish_the_same_row(isolated_api, rabbit):
     # Every row is marked published and the relays are stopped, so the queue holds all there
     # will ever be: exactly one message per row.
     assert rabbit.queue_depth("pulse.users") == len(ids)
+    # ... and each message carries its outbox id as message id and task id, persistently.
+    with session_scope(db) as session:
+        outbox_ids = {str(row_id) for row_id in session.scalars(select(OutboxMessage.id))}
+    with Connection(rabbit.url) as conn:
+        messages = [conn.default_channel.basic_get("pulse.users") for _ in ids]
+    assert {m.properties["message_id"] for m in messages} == outbox_ids
+    assert all(m.headers["id"] == m.properties["message_id"] for m in messages)
+    assert {m.properties["delivery_mode"] for m in messages} == {2}
 
 
 @pytest.mark.usefixtures("pipeline")

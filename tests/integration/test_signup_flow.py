@@ -1,26 +1,13 @@
 """Signup end to end through the real pipeline: Postgres → outbox → RabbitMQ → worker → MongoDB."""
-import uuid
-
 import pytest
 from sqlalchemy import select
 
 from shared.db import session_scope
 from shared.models import OutboxMessage
 from tests.fixtures import wait_for
+from tests.helpers import signup_body
 
 pytestmark = pytest.mark.usefixtures("pipeline")
-
-
-def signup_body(**overrides):
-    suffix = uuid.uuid4().hex[:8]
-    body = {
-        "username": f"ivan_{suffix}",
-        "email": f"ivan.{suffix}@example.com",
-        "full_name": "Ivan Ivanov",
-        "address": {"street": "Khreschatyk Street", "city": "Kyiv", "country_code": "UA"},
-    }
-    body.update(overrides)
-    return body
 
 
 def test_signup_reaches_mongodb_and_mail(client, mongo, services):
