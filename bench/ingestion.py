@@ -1,0 +1,305 @@
+"""Event ingestion throughput, end to end, against two baselines measured in the same run.
+
+Runs against the running stack: start it with `make dev` (users must exist: run `make demo` first,
+or the bench signs up bench users), then `.venv/bin/python bench/ingestion.py`.
+
+  pipeline  N events POSTed to /api/events/batch (batches of 1000, several client threads) until
+            all N documents are in MongoDB `events` (the stack's worker stores them);
+  ceiling   pymongo insert_many of the same documents, in the form the worker stores them, straight
+            into the same MongoDB (a scratch collection with the same indexes as `events`);
+  naive     one Celery task per event on a real worker: the bench starts its own `celery worker`
+            subprocess (this module, scratch queue, concurrency like the stack's worker, the
+            stack's delivery guarantees) whose task inserts one document; measured on a smaller N.
+
+Targets: pipeline >= 0.5x the ceiling and >= 10x the naive pipeline.
+The events are page views / logins / searches / add-to-carts (no purchases, so the demo's sales
+figures stay as they are) of 200 dedicated bench users (`bench.user.NNNN`, Tallinn, EE; signed up
+through the API when missing), each with a unique `bench-<run>-<i>` event_id; they stay in `events`
+like any other activity. Scratch collections and the scratch queue are dropped. Each phase starts
+on a quiet stack (the work queues empty); the pipeline runs last because it leaves the analytics
+worker a backlog of profile recomputations.
+Env: BENCH_EVENTS (default 20000), BENCH_NAIVE_EVENTS (default 3000), BENCH_CLIENTS (default 4),
+BENCH_ISOLATE=1 to also measure the pipeline with the analytics worker's consumer paused (Celery
+remote control cancel_consumer/add_consumer; restored afterwards): ingestion without the profile
+recomputations it triggers competing for MongoDB, i.e. where the time goes.
+"""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+from _common import (
+    LINE, ROOT, BenchError, bench_users, call, queue_depths, require_stack, run, session, verdict, wait_quiet,
+    wait_until,
+)
+
+from celery import Celery  # noqa: E402
+from pymongo import ASCENDING, DESCENDING  # noqa: E402
+
+from shared.mongo import EVENTS, get_database  # noqa: E402
+from shared.settings import get_settings  # noqa: E402
+
+BATCH = 1000
+NAIVE_CONCURRENCY = int(os.environ.get("WORKER_CONCURRENCY", 2))  # the stack worker's default
+NAIVE_QUEUE = os.environ.get("BENCH_NAIVE_QUEUE", "bench.naive")
+NAIVE_COLLECTION = os.environ.get("BENCH_NAIVE_COLLECTION", "bench_naive_events")
+
+# ----------------------------------------------------------------------------- the naive worker
+# `celery -A ingestion:naive_app worker` imports this module in the worker subprocess.
+naive_app = Celery("bench-naive", broker=get_settings().broker_url)
+# The same delivery guarantees as the stack's Celery apps (shared.celery_app): persistent messages,
+# publisher confirms, late acks with prefetch 1, JSON. Only the batching differs.
+naive_app.conf.update(
+    task_ignore_result=True,
+    task_default_queue=NAIVE_QUEUE,
+    worker_hijack_root_logger=False,
+    task_serializer="json",
+    accept_content=["json"],
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_default_delivery_mode="persistent",
+    broker_transport_options={"confirm_publish": True},
+)
+
+
+@naive_app.task(name="bench.naive.store_event")
+def naive_store_event(event: dict) -> None:
+    """The naive design: one message and one insert per event."""
+    doc = dict(event)
+    doc["timestamp"] = datetime.fromisoformat(event["timestamp"]).astimezone(UTC)
+    doc["received_at"] = datetime.now(UTC)
+    get_database()[NAIVE_COLLECTION].insert_one(doc)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def make_events(run_id: str, n: int, users: list[int], seed: int = 7) -> list[dict]:
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    events = []
+    for i in range(n):
+        kind = rng.choices(["page_view", "login", "search", "add_to_cart"], [70, 10, 10, 10])[0]
+        if kind == "add_to_cart":
+            metadata = {"product_id": f"P-{rng.randint(1, 999)}", "category": rng.choice(["books", "home", "toys"]),
+                        "price": round(rng.uniform(5, 300), 2)}
+        elif kind == "search":
+            metadata = {"q": rng.choice(["laptop", "novel", "jacket", "lamp"]), "bench_run": run_id}
+        else:
+            metadata = {"page": rng.choice(["/", "/catalog", "/cart", "/deals"]), "bench_run": run_id}
+        events.append({
+            "event_id": f"bench-{run_id}-{i}",
+            "user_id": rng.choice(users),
+            "event_type": kind,
+            "timestamp": (now - timedelta(seconds=rng.randint(0, 86_400))).isoformat(),
+            "metadata": metadata,
+            "geo": {"country": "UA", "city": "Kyiv"},
+        })
+    return events
+
+
+def stored_form(events: list[dict]) -> list[dict]:
+    """The documents as the worker stores them (services.worker.tasks.event_documents)."""
+    received_at = datetime.now(UTC)
+    docs = []
+    for e in events:
+        doc = dict(e)
+        doc["metadata"] = dict(e["metadata"])
+        doc["timestamp"] = datetime.fromisoformat(e["timestamp"]).astimezone(UTC)
+        doc["received_at"] = received_at
+        docs.append(doc)
+    return docs
+
+
+def same_indexes(collection) -> None:
+    """The indexes of `events` (shared.mongo.ensure_indexes), so every store pays the same."""
+    collection.create_index([("event_id", ASCENDING)], unique=True, name="uq_event_id")
+    collection.create_index([("user_id", ASCENDING), ("timestamp", DESCENDING)], name="ix_user_time")
+    collection.create_index([("event_type", ASCENDING), ("timestamp", ASCENDING)], name="ix_type_time")
+
+
+# ----------------------------------------------------------------------------- measurements
+
+def measure_pipeline(db, events: list[dict], clients: int) -> tuple[float, float]:
+    """(seconds until every 202, seconds until every document is in `events`).
+
+    Completion is polled cheaply: the API publishes each batch in chunks of EVENTS_CHUNK_SIZE and
+    the worker stores a chunk with one insert_many, so the first and last event_id of every chunk
+    are looked up (unique index) until all are there; then every id is verified once (untimed
+    unless something is missing). Counting the collection instead costs seconds per poll on the
+    dev server and would slow down what we measure.
+    """
+    events_collection = db[EVENTS]
+    chunk = get_settings().events_chunk_size
+    batches = [events[i:i + BATCH] for i in range(0, len(events), BATCH)]
+    sentinels = set()
+    for batch in batches:
+        for i in range(0, len(batch), chunk):
+            part = batch[i:i + chunk]
+            sentinels.update((part[0]["event_id"], part[-1]["event_id"]))
+    sessions = [session(2) for _ in range(clients)]
+
+    def post(args):
+        index, batch = args
+        call("POST", "/api/events/batch", expect=(202,), json={"events": batch}, http=sessions[index % clients],
+             timeout=120)
+
+    pending = set(sentinels)
+
+    def sentinels_stored() -> bool:
+        found = {d["event_id"] for d in events_collection.find({"event_id": {"$in": list(pending)}},
+                                                               {"_id": 0, "event_id": 1})}
+        pending.difference_update(found)
+        return not pending
+
+    def all_stored() -> bool:
+        ids = [e["event_id"] for e in events]
+        return sum(events_collection.count_documents({"event_id": {"$in": ids[i:i + 1000]}})
+                   for i in range(0, len(ids), 1000)) == len(ids)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(post, enumerate(batches)))
+    accepted = time.perf_counter() - start
+    wait_until(sentinels_stored, timeout=900, interval=0.05, what=f"{len(events)} events in MongoDB")
+    stored = time.perf_counter() - start
+    if not all_stored():
+        wait_until(all_stored, timeout=600, interval=0.5, what=f"all {len(events)} events in MongoDB")
+        stored = time.perf_counter() - start
+    return accepted, stored
+
+
+def measure_ceiling(db, events: list[dict], run_id: str) -> float:
+    scratch = db[f"bench_ceiling_{run_id}"]
+    try:
+        same_indexes(scratch)
+        docs = stored_form(events)
+        start = time.perf_counter()
+        scratch.insert_many(docs, ordered=False)
+        elapsed = time.perf_counter() - start
+        if scratch.count_documents({}) != len(docs):
+            raise BenchError("ceiling: not every document was inserted")
+        return elapsed
+    finally:
+        scratch.drop()
+
+
+def measure_naive(db, events: list[dict], run_id: str) -> float:
+    queue = f"{NAIVE_QUEUE}.{run_id}"
+    collection = f"{NAIVE_COLLECTION}_{run_id}"
+    scratch = db[collection]
+    same_indexes(scratch)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "bench"), str(ROOT)]),
+           "BENCH_NAIVE_QUEUE": queue, "BENCH_NAIVE_COLLECTION": collection}
+    node = f"bench-naive-{run_id}@%h"
+    log = tempfile.TemporaryFile()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "ingestion:naive_app", "worker", "-Q", queue, "-n", node,
+         "--concurrency", str(NAIVE_CONCURRENCY), "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
+         "--without-heartbeat"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
+    )
+    try:
+        naive_app.conf.task_default_queue = queue
+        # Wait for the worker to consume: a ping task through its own queue comes back as a document.
+        naive_store_event.apply_async(args=[{**events[0], "event_id": "ping"}], queue=queue)
+        wait_until(lambda: worker.poll() is not None or scratch.count_documents({"event_id": "ping"}) == 1,
+                   timeout=60, interval=0.1, what="the naive worker to start")
+        if worker.poll() is not None:
+            log.seek(0)
+            raise BenchError(f"the naive worker exited: {log.read().decode(errors='replace')[-2000:]}")
+        scratch.delete_many({})
+        start = time.perf_counter()
+        with naive_app.producer_or_acquire() as producer:
+            for event in events:
+                naive_store_event.apply_async(args=[event], queue=queue, producer=producer)
+        # Nothing else writes this scratch collection; count_documents on it is cheap.
+        wait_until(lambda: scratch.count_documents({}) >= len(events), timeout=900, interval=0.1,
+                   what="the naive pipeline")
+        return time.perf_counter() - start
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        log.close()
+        scratch.drop()
+        with naive_app.connection_for_write() as conn:
+            try:
+                conn.default_channel.queue_delete(queue)
+            except Exception:  # already gone
+                pass
+
+
+def measure_isolated(db, events: list[dict], clients: int) -> float:
+    control = Celery(broker=get_settings().broker_url).control
+    queue = f"{get_settings().queue_prefix}.analytics"
+    nodes = [name for reply in control.ping(timeout=2) for name in reply if name.startswith("analytics-")]
+    if not nodes:
+        raise BenchError("BENCH_ISOLATE: no analytics worker answered the ping")
+    control.cancel_consumer(queue, destination=nodes, reply=True)
+    try:
+        return measure_pipeline(db, events, clients)[1]
+    finally:
+        control.add_consumer(queue, destination=nodes, reply=True)
+
+
+def main() -> None:
+    require_stack()
+    n = int(os.environ.get("BENCH_EVENTS", 20_000))
+    n_naive = int(os.environ.get("BENCH_NAIVE_EVENTS", 3_000))
+    clients = int(os.environ.get("BENCH_CLIENTS", 4))
+    run_id = uuid.uuid4().hex[:8]
+    db = get_database()
+    users = bench_users(200)
+    events = make_events(run_id, n, users)
+    naive_events = make_events(run_id + "n", n_naive, users, seed=8)
+
+    # Baselines first, each on a quiet stack; the pipeline last, because it leaves the analytics
+    # worker a backlog (every stored chunk asks for its users' profiles to be recomputed).
+    waited = wait_quiet()
+    ceiling_s = measure_ceiling(db, events, run_id)
+    waited += wait_quiet()
+    naive_s = measure_naive(db, naive_events, run_id)
+    waited += wait_quiet()
+    accepted_s, pipeline_s = measure_pipeline(db, events, clients)
+    backlog = queue_depths([f"{get_settings().queue_prefix}.analytics"])
+    isolated_s = None
+    if os.environ.get("BENCH_ISOLATE") == "1":
+        waited += wait_quiet()
+        isolated_s = measure_isolated(db, make_events(run_id + "i", n, users, seed=9), clients)
+
+    pipeline_rate, ceiling_rate, naive_rate = n / pipeline_s, n / ceiling_s, n_naive / naive_s
+    print(LINE)
+    print(f"bench/ingestion.py — run {run_id}: {n} events ({len(range(0, n, BATCH))} batches of {BATCH}, "
+          f"{clients} client threads), {len(users)} bench users; {waited:.0f}s spent waiting for a quiet stack")
+    print(LINE)
+    print(f"pipeline  POST /api/events/batch -> MongoDB events : {pipeline_s:7.2f} s  {pipeline_rate:10,.0f} events/s"
+          f"   (all 202s after {accepted_s:.2f} s: {n / accepted_s:,.0f} events/s accepted)")
+    print(f"ceiling   pymongo insert_many, same docs + indexes  : {ceiling_s:7.2f} s  {ceiling_rate:10,.0f} events/s")
+    print(f"naive     one Celery task per event ({n_naive} events)  : {naive_s:7.2f} s  {naive_rate:10,.0f} events/s"
+          f"   (worker concurrency {NAIVE_CONCURRENCY})")
+    print(f"pipeline / ceiling = {pipeline_rate / ceiling_rate:.2f}x   target >= 0.5x -> "
+          f"{verdict(pipeline_rate / ceiling_rate >= 0.5)}")
+    print(f"pipeline / naive   = {pipeline_rate / naive_rate:.1f}x   target >= 10x -> "
+          f"{verdict(pipeline_rate / naive_rate >= 10)}")
+    print(f"ceiling / naive    = {ceiling_rate / naive_rate:.1f}x   (the most any pipeline could reach against "
+          f"the naive one on this MongoDB server)")
+    print(f"analytics backlog left by the pipeline: {sum(backlog.values())} rescoring tasks queued")
+    if isolated_s is not None:
+        rate = n / isolated_s
+        print(f"pipeline with the analytics consumer paused: {isolated_s:.2f} s  {rate:,.0f} events/s  "
+              f"= {rate / ceiling_rate:.2f}x ceiling, {rate / naive_rate:.1f}x naive")
+
+
+if __name__ == "__main__":
+    run(main)

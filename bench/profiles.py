@@ -1,0 +1,82 @@
+"""Profile reads over HTTP: cached (X-Cache: HIT) vs uncached (MISS) latency, p50 and p99.
+
+Runs against the running stack: start it with `make dev` (and ideally run `make demo` first so
+there are users with a purchase history), then `.venv/bin/python bench/profiles.py`.
+
+How a miss is forced: the analytics worker writes every profile it computes into Redis, so
+"a user never read before" is already cached, and an event only opens a short, racy window before
+analytics rewrites the entry. The bench therefore does exactly what the event worker does when a
+user's events change (shared.profile_cache.invalidate: one Redis INCR of the user's cache version,
+REDIS_URL/CACHE_PREFIX as the stack uses them) and then reads the profile: that read misses,
+computes from Postgres + MongoDB (the same compute_profiles the worker uses) and caches it; the
+reads after it hit. Samples whose X-Cache header is not the expected one are counted and dropped.
+
+Target: a hit at least 20x faster than a miss at p50.
+Env: BENCH_USERS (default 100), BENCH_ROUNDS (misses per user, default 3), BENCH_HITS (hits per
+miss, default 3).
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+from _common import LINE, call, ensure_users, percentile, require_stack, run, session, verdict, wait_quiet
+
+TARGET = 20.0
+
+
+def main() -> None:
+    require_stack()
+    from shared import profile_cache  # after _common put the repo root on sys.path
+
+    n_users = int(os.environ.get("BENCH_USERS", 100))
+    rounds = int(os.environ.get("BENCH_ROUNDS", 3))
+    hits_per_miss = int(os.environ.get("BENCH_HITS", 3))
+    users = ensure_users(n_users)
+    waited = wait_quiet()  # an analytics backlog (e.g. after bench/ingestion.py) would skew the misses
+    http = session(1)
+
+    def read(user_id: int) -> tuple[float, str]:
+        start = time.perf_counter()
+        response = call("GET", f"/api/users/{user_id}/profile", http=http)
+        return (time.perf_counter() - start) * 1000, response.headers.get("X-Cache", "?")
+
+    for user_id in users[:10]:  # warm up connections, imports and the per-process population cache
+        read(user_id)
+
+    misses, hits, unexpected = [], [], 0
+    started = time.perf_counter()
+    for _ in range(rounds):
+        for user_id in users:
+            profile_cache.invalidate([user_id])
+            ms, header = read(user_id)
+            if header == "MISS":
+                misses.append(ms)
+            else:
+                unexpected += 1
+            for _ in range(hits_per_miss):
+                ms, header = read(user_id)
+                if header == "HIT":
+                    hits.append(ms)
+                else:
+                    unexpected += 1
+    elapsed = time.perf_counter() - started
+
+    m50, m99, h50, h99 = (percentile(misses, 50), percentile(misses, 99), percentile(hits, 50), percentile(hits, 99))
+    print(LINE)
+    print("bench/profiles.py — GET /api/users/<id>/profile over HTTP, one client, sequential")
+    print(LINE)
+    print(f"users: {len(users)}, rounds: {rounds}, samples: {len(misses)} misses, {len(hits)} hits "
+          f"({unexpected} dropped with an unexpected X-Cache), {elapsed:.1f}s "
+          f"(after {waited:.0f}s waiting for a quiet stack)")
+    print(f"MISS (computed: Postgres + MongoDB + analytics): p50 {m50:8.2f} ms   p99 {m99:8.2f} ms   "
+          f"mean {statistics.fmean(misses):8.2f} ms")
+    print(f"HIT  (Redis):                                    p50 {h50:8.2f} ms   p99 {h99:8.2f} ms   "
+          f"mean {statistics.fmean(hits):8.2f} ms")
+    print(f"hit vs miss: {m50 / h50:.1f}x faster at p50, {m99 / h99:.1f}x at p99")
+    print(f"target: hit >= {TARGET:.0f}x faster than miss at p50 -> {verdict(m50 / h50 >= TARGET)}")
+
+
+if __name__ == "__main__":
+    run(main)
