@@ -13,6 +13,7 @@ EVENTS = "events"
 PROFILES = "profiles"
 WELCOME_EMAILS = "welcome_emails"
 MODELS = "models"
+USER_TIME_INDEX = "ix_user_time"
 
 
 @lru_cache(maxsize=4)
@@ -34,7 +35,7 @@ def ensure_indexes(db: Database) -> None:
     """Idempotent: create_index is a no-op when the same index exists."""
     db[EVENTS].create_index([("event_id", ASCENDING)], unique=True, name="uq_event_id")
     db[EVENTS].create_index(
-        [("user_id", ASCENDING), ("timestamp", DESCENDING)], name="ix_user_time"
+        [("user_id", ASCENDING), ("timestamp", DESCENDING)], name=USER_TIME_INDEX
     )
     db[EVENTS].create_index([("event_type", ASCENDING), ("timestamp", ASCENDING)], name="ix_type_time")
     db[PROFILES].create_index([("user_id", ASCENDING)], unique=True, name="uq_user_id")

@@ -14,6 +14,7 @@ its result (bounded), so a burst of reads does not turn into a burst of computat
 """
 import json
 import time
+from functools import lru_cache
 from collections.abc import Callable, Iterable
 
 from shared.cache import get_redis, key
@@ -50,28 +51,37 @@ def _profile_prefix(user_id: int) -> str:
     return key("profile", user_id, "v")
 
 
-def read(user_id: int) -> tuple[str, dict | None]:
-    version, raw = get_redis().eval(_READ, 1, _version_key(user_id), _profile_prefix(user_id))
+@lru_cache(maxsize=8)
+def _script(source: str, redis_client):
+    # register_script runs EVALSHA (the script body is sent once, not on every read).
+    return redis_client.register_script(source)
+
+
+def read(user_id: int) -> tuple[str, str | None]:
+    """(current version, the cached profile JSON under it or None). The JSON is returned as stored
+    so a hit can go to the client without being parsed and serialised again."""
+    redis = get_redis()
+    version, raw = _script(_READ, redis)(keys=[_version_key(user_id)], args=[_profile_prefix(user_id)])
     version = version.decode() if isinstance(version, bytes) else str(version)
-    return version, (json.loads(raw) if raw else None)
+    return version, (raw.decode() if raw else None)
 
 
 def _writing_key(user_id: int) -> str:
     return key("profile", "writing", user_id)
 
 
-def write(user_id: int, version: str, profile: dict) -> bool:
+def dumps(profile: dict) -> str:
+    return json.dumps(profile, default=str, separators=(",", ":"))
+
+
+def write(user_id: int, version: str, profile: dict | str) -> bool:
     """Cache `profile`, computed from data read after `version` was read, if it is still current."""
+    redis = get_redis()
+    body = profile if isinstance(profile, str) else dumps(profile)
     return bool(
-        get_redis().eval(
-            _WRITE_IF_CURRENT,
-            3,
-            _version_key(user_id),
-            _writing_key(user_id),
-            _profile_prefix(user_id) + version,
-            version,
-            json.dumps(profile, default=str),
-            get_settings().profile_cache_ttl,
+        _script(_WRITE_IF_CURRENT, redis)(
+            keys=[_version_key(user_id), _writing_key(user_id), _profile_prefix(user_id) + version],
+            args=[version, body, get_settings().profile_cache_ttl],
         )
     )
 
@@ -107,8 +117,8 @@ def end_events_write(user_ids: Iterable[int]) -> None:
     pipe.execute()
 
 
-def get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[dict | None, bool]:
-    """(profile, hit). Concurrent misses for one user and version share one computation: the
+def get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[str | None, bool]:
+    """(profile JSON, hit). Concurrent misses for one user and version share one computation: the
     first takes a short lock, the others wait for its result while it holds the lock."""
     version, cached = read(user_id)
     if cached is not None:
@@ -134,9 +144,11 @@ def get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[di
     try:
         _stats["computed"] += 1
         profile = compute()
-        if profile is not None:
-            write(user_id, version, profile)
-        return profile, False
+        if profile is None:
+            return None, False
+        body = dumps(profile)
+        write(user_id, version, body)
+        return body, False
     finally:
         if locked:
             redis.delete(lock)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from pymongo.database import Database
 
-from shared.mongo import EVENTS
+from shared.mongo import EVENTS, USER_TIME_INDEX
 
 POPULATION_TTL_SECONDS = 60.0
 
@@ -53,6 +53,10 @@ def load_purchases(db: Database, user_ids: list[int] | None = None) -> PurchaseL
         {"_id": 0, "user_id": 1, "timestamp": 1, "metadata.price": 1, "metadata.category": 1},
         batch_size=10_000,
     )
+    if user_ids is not None:
+        # Say which index serves "these users' purchases": the dev server's planner otherwise
+        # scans the collection; MongoDB would pick the same index itself.
+        cursor = cursor.hint(USER_TIME_INDEX)
     uids, stamps, amounts, categories = [], [], [], []
     for doc in cursor:
         uids.append(doc["user_id"])
@@ -121,5 +125,5 @@ def load_activity(db: Database, user_ids: list[int], now: datetime) -> dict[int,
     ]
     return {
         row["_id"]: Activity(row["events"], row["recent"], row["last"])
-        for row in db[EVENTS].aggregate(pipeline)
+        for row in db[EVENTS].aggregate(pipeline, hint=USER_TIME_INDEX)
     }

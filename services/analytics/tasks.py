@@ -7,7 +7,7 @@ from sqlalchemy import select, text
 from services.analytics import models_store
 from services.analytics.main import app
 from services.analytics.profiles import compute_profiles, fit_population
-from shared import profile_cache
+from shared import profile_cache, rescore
 from shared.db import session_scope
 from shared.logging import get_logger
 from shared.models import User
@@ -45,21 +45,37 @@ def store_profiles(db, session, profiles: dict[int, dict]) -> None:
     )
 
 
-@app.task(name=COMPUTE_PROFILES, **RETRY_POLICY)
-def compute_profiles_task(user_ids: list[int]) -> dict:
+def rescore_users(user_ids: list[int]) -> int:
     db = get_database()
     # Versions first: if events arrive while we compute, our result is written under a version
-    # that is already superseded, so it can never be served as fresh.
+    # that is already superseded (or not at all), so it can never be served as fresh.
     versions = profile_cache.current_versions(user_ids)
     with session_scope() as session:
         profiles = compute_profiles(db, session, user_ids)
-        for user_id, profile in profiles.items():
+        for profile in profiles.values():
             profile["user"]["profile_score"] = profile["engagement"]
         store_profiles(db, session, profiles)
     for user_id, profile in profiles.items():
         profile_cache.write(user_id, versions[user_id], profile)
-    log.info("profiles_computed", users=len(profiles))
-    return {"profiles": len(profiles)}
+    return len(profiles)
+
+
+@app.task(name=COMPUTE_PROFILES, **RETRY_POLICY)
+def compute_profiles_task(user_ids: list[int] | None = None) -> dict:
+    """Rescore the given users, or (without ids) drain the users whose events changed."""
+    if user_ids is not None:
+        count = rescore_users(user_ids)
+        log.info("profiles_computed", users=count)
+        return {"profiles": count}
+    total = 0
+    while batch := rescore.take(RESCORE_CHUNK):
+        try:
+            total += rescore_users(batch)
+        except Exception:
+            rescore.put_back(batch)
+            raise
+    log.info("profiles_rescored", users=total)
+    return {"profiles": total}
 
 
 @app.task(name=FIT_MODELS, ignore_result=False, **RETRY_POLICY)

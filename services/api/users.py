@@ -1,5 +1,6 @@
 """Users: signup (with its outbox message) and reads with eager-loaded addresses."""
 import uuid
+from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 from psycopg.errors import UniqueViolation
 from pydantic import BaseModel, Field
@@ -201,7 +202,7 @@ def get_profile(path: UserPath):
             profile["user"]["profile_score"] = profile["engagement"]
         return profile
 
-    profile, hit = profile_cache.get_or_compute(path.user_id, compute)
-    if profile is None:
+    body, hit = profile_cache.get_or_compute(path.user_id, compute)
+    if body is None:
         raise ProblemError(404, f"No user with id {path.user_id}")
-    return profile, 200, {"X-Cache": "HIT" if hit else "MISS"}
+    return Response(body, status=200, mimetype="application/json", headers={"X-Cache": "HIT" if hit else "MISS"})

@@ -9,7 +9,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services.worker import mailer
 from services.worker.main import app
-from shared import profile_cache
+from shared import profile_cache, rescore
 from shared.logging import get_logger
 from shared.mongo import EVENTS, PROFILES, WELCOME_EMAILS, get_database
 from shared.retry import RETRY_POLICY
@@ -123,8 +123,8 @@ def store_events(events: list[dict]) -> dict:
         inserted = insert_events(db[EVENTS], docs)
     finally:
         profile_cache.end_events_write(user_ids)
-    # Notify for every user in the batch, not only the newly inserted: a redelivery after a crash
-    # between the insert and this call must still get those users rescored.
-    app.send_task(COMPUTE_PROFILES, kwargs={"user_ids": user_ids})
+    # Every user in the batch, not only the newly inserted: a redelivery after a crash between
+    # the insert and this call must still get those users rescored.
+    rescore.mark_changed(user_ids, lambda delay: app.send_task(COMPUTE_PROFILES, countdown=delay))
     log.info("events_stored", received=len(docs), inserted=inserted, users=len(user_ids))
     return {"received": len(docs), "inserted": inserted, "users": len(user_ids)}
