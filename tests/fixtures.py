@@ -132,8 +132,8 @@ def pipeline(services) -> Iterator[dict]:
     from shared.celery_app import create_celery_app
 
     control = create_celery_app("pulse-test-control")
-    wait_for(lambda: len(control.control.ping(timeout=1.0)) >= 2, timeout=90, what="both Celery workers to answer ping")
     try:
+        wait_for(lambda: len(control.control.ping(timeout=1.0)) >= 2, timeout=90, what="both Celery workers to answer ping")
         yield processes
     finally:
         for process in processes.values():

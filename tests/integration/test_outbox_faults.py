@@ -96,11 +96,13 @@ def isolated_api(rabbit, services):
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: requests.get(f"{base}/health", timeout=1).ok, timeout=60, what="isolated API")
     mongo = MongoClient(mongo_uri, tz_aware=True).get_default_database()
-    yield {"url": base, "env": env, "db": db_url, "mongo": mongo}
-    mongo.client.drop_database(mongo.name)
-    mongo.client.close()
-    stop(api)
-    drop_database(db_url)
+    try:
+        yield {"url": base, "env": env, "db": db_url, "mongo": mongo}
+    finally:
+        stop(api)
+        mongo.client.drop_database(mongo.name)
+        mongo.client.close()
+        drop_database(db_url)
 
 
 def signup(api: dict, body: dict) -> int:
