@@ -13,7 +13,7 @@ EVENTS = "events"
 PROFILES = "profiles"
 WELCOME_EMAILS = "welcome_emails"
 MODELS = "models"
-USER_TIME_INDEX = "ix_user_time"
+ACTIVITY_DAILY = "activity_daily"
 
 
 @lru_cache(maxsize=4)
@@ -35,12 +35,14 @@ def ensure_indexes(db: Database) -> None:
     """Idempotent: create_index is a no-op when the same index exists."""
     db[EVENTS].create_index([("event_id", ASCENDING)], unique=True, name="uq_event_id")
     db[EVENTS].create_index(
-        [("user_id", ASCENDING), ("timestamp", DESCENDING)], name=USER_TIME_INDEX
+        [("user_id", ASCENDING), ("timestamp", DESCENDING)], name="ix_user_time"
     )
     db[EVENTS].create_index([("event_type", ASCENDING), ("timestamp", ASCENDING)], name="ix_type_time")
     db[PROFILES].create_index([("user_id", ASCENDING)], unique=True, name="uq_user_id")
     db[PROFILES].create_index([("segment", ASCENDING)], name="ix_segment")
+    db[EVENTS].create_index([("event_type", ASCENDING), ("user_id", ASCENDING)], name="ix_type_user")
     db[MODELS].create_index([("version", DESCENDING)], unique=True, name="uq_version")
+    db[ACTIVITY_DAILY].create_index([("user_id", ASCENDING), ("day", ASCENDING)], unique=True, name="uq_user_day")
 
 
 def prepare_database(uri: str | None = None, timeout: float = 60.0) -> None:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from pymongo.database import Database
 
-from shared.mongo import EVENTS, USER_TIME_INDEX
+from shared.mongo import ACTIVITY_DAILY, EVENTS
 
 POPULATION_TTL_SECONDS = 60.0
 
@@ -53,10 +53,6 @@ def load_purchases(db: Database, user_ids: list[int] | None = None) -> PurchaseL
         {"_id": 0, "user_id": 1, "timestamp": 1, "metadata.price": 1, "metadata.category": 1},
         batch_size=10_000,
     )
-    if user_ids is not None:
-        # Say which index serves "these users' purchases": the dev server's planner otherwise
-        # scans the collection; MongoDB would pick the same index itself.
-        cursor = cursor.hint(USER_TIME_INDEX)
     uids, stamps, amounts, categories = [], [], [], []
     for doc in cursor:
         uids.append(doc["user_id"])
@@ -110,20 +106,21 @@ class Activity:
 
 
 def load_activity(db: Database, user_ids: list[int], now: datetime) -> dict[int, Activity]:
-    """Event counts and last activity per user, in one aggregation."""
-    since = now - timedelta(days=30)
+    """Event counts and last activity per user from the daily counters (a few documents per
+    user, whatever the length of the history). "Last 30 days" counts whole UTC days."""
+    since = (now - timedelta(days=30)).replace(hour=0, minute=0, second=0, microsecond=0)
     pipeline = [
         {"$match": {"user_id": {"$in": [int(u) for u in user_ids]}}},
         {
             "$group": {
                 "_id": "$user_id",
-                "events": {"$sum": 1},
-                "recent": {"$sum": {"$cond": [{"$gte": ["$timestamp", since]}, 1, 0]}},
-                "last": {"$max": "$timestamp"},
+                "events": {"$sum": "$events"},
+                "recent": {"$sum": {"$cond": [{"$gte": ["$day", since]}, "$events", 0]}},
+                "last": {"$max": "$last"},
             }
         },
     ]
     return {
         row["_id"]: Activity(row["events"], row["recent"], row["last"])
-        for row in db[EVENTS].aggregate(pipeline, hint=USER_TIME_INDEX)
+        for row in db[ACTIVITY_DAILY].aggregate(pipeline)
     }
