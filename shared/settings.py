@@ -48,7 +48,7 @@ class Settings(BaseSettings):
         1000, description="Largest number of events POST /api/events/batch accepts (larger: 413)."
     )
     events_chunk_size: int = Field(
-        500, description="Events per RabbitMQ message when a batch is published."
+        1000, description="Events per RabbitMQ message when a batch is published."
     )
     model_refit_cron_hour: int = Field(
         3, description="Hour (UTC) at which Celery beat refits the population models daily."
