@@ -1,7 +1,7 @@
 """Validation of BG/NBD, Gamma-Gamma and CLV on the CDNOW sample against published values.
 
-Data: ``<repo root>/../shared/data/cdnow/cdnow_customers_summary_with_transactions.csv`` (the
-repo's sibling ``shared/`` folder), or the file named by ``PULSE_CDNOW_CSV``.  Reference values:
+Data: ``tests/data/cdnow/cdnow_customers_summary_with_transactions.csv`` (a copy of the project's
+reference data), or the file named by ``PULSE_CDNOW_CSV``.  Reference values:
 Fader, Hardie & Lee (2005) and Fader & Hardie (2013), as listed in that folder's README.
 """
 
@@ -26,9 +26,11 @@ from services.analytics.models import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
+# The sample ships with the tests (tests/data/cdnow, an unchanged copy of the project's shared
+# reference data, MIT-licensed via `lifetimes`), so a clone validates on its own.
 CDNOW_CSV = Path(os.environ.get(
     "PULSE_CDNOW_CSV",
-    REPO_ROOT / ".." / "shared" / "data" / "cdnow" / "cdnow_customers_summary_with_transactions.csv",
+    REPO_ROOT / "tests" / "data" / "cdnow" / "cdnow_customers_summary_with_transactions.csv",
 ))
 
 
