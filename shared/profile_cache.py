@@ -136,10 +136,15 @@ def get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[st
             if cached is not None:
                 _stats["waited"] += 1
                 return cached, False
+            if now_version == version and not redis.exists(lock):
+                # The holder is done: it cached its result just now (read again) or could not
+                # cache it because an event write was in flight (then compute our own).
+                now_version, cached = read(user_id)
+                if cached is not None:
+                    _stats["waited"] += 1
+                    return cached, False
             if now_version != version or not redis.exists(lock):
-                # Events arrived, or the holder finished without caching (a write was in flight):
-                # its result cannot be shared, so compute our own.
-                version = now_version
+                version = now_version  # events arrived: the holder's result is stale anyway
                 break
     try:
         _stats["computed"] += 1
