@@ -49,6 +49,15 @@ def create_celery_app(name: str, include: list[str] | None = None, settings: Set
     return app
 
 
+def declare_topology(app: Celery) -> None:
+    """Declare every exchange and queue, the dead-letter pair included: no process consumes the
+    dead-letter queue, and RabbitMQ drops what it dead-letters to an exchange that does not exist."""
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for queue in app.amqp.queues.values():
+            queue.bind(channel).declare()
+
+
 @signals.setup_logging.connect
 def _use_pulse_logging(**_kwargs) -> None:
     # Connecting this signal stops Celery from installing its own handlers.

@@ -3,7 +3,7 @@
 from celery import signals
 from celery.schedules import crontab
 
-from shared.celery_app import create_celery_app
+from shared.celery_app import create_celery_app, declare_topology
 from shared.mongo import prepare_database
 from shared.settings import get_settings
 from shared.topology import FIT_MODELS
@@ -18,5 +18,6 @@ app.conf.beat_schedule = {
 
 
 @signals.worker_init.connect
-def _indexes(**_kwargs) -> None:
+def _prepare(**_kwargs) -> None:
     prepare_database()
+    declare_topology(app)

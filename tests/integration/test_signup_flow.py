@@ -1,4 +1,6 @@
 """Signup end to end through the real pipeline: Postgres → outbox → RabbitMQ → worker → MongoDB."""
+import uuid
+
 import pytest
 from sqlalchemy import select
 
@@ -27,3 +29,21 @@ def test_signup_reaches_mongodb_and_mail(client, mongo, services):
         outbox = session.scalar(select(OutboxMessage).where(OutboxMessage.payload["user_id"].as_integer() == user_id))
         assert outbox.published_at is not None
         assert event["event_id"] == str(outbox.id)
+
+
+def test_a_message_that_can_never_succeed_is_dead_lettered(mongo):
+    from kombu import Connection
+
+    from shared.celery_app import create_celery_app
+    from shared.topology import USER_CREATED
+
+    app = create_celery_app("pulse-test-dlq")
+
+    def depth():
+        with Connection(app.conf.broker_url) as conn:
+            return conn.default_channel.queue_declare("pulse.dead_letter", passive=True).message_count
+
+    before = depth()
+    # Fails validation in the worker: not transient, so no retry; rejected, then dead-lettered.
+    app.send_task(USER_CREATED, kwargs={"user_id": "not-a-number"}, task_id=f"poison-{uuid.uuid4()}")
+    wait_for(lambda: depth() == before + 1, what="the poison message in pulse.dead_letter")
