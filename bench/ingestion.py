@@ -119,10 +119,11 @@ def stored_form(events: list[dict]) -> list[dict]:
 
 
 def same_indexes(collection) -> None:
-    """The indexes of `events` (shared.mongo.ensure_indexes), so every store pays the same."""
-    collection.create_index([("event_id", ASCENDING)], unique=True, name="uq_event_id")
-    collection.create_index([("user_id", ASCENDING), ("timestamp", DESCENDING)], name="ix_user_time")
-    collection.create_index([("event_type", ASCENDING), ("timestamp", ASCENDING)], name="ix_type_time")
+    """The indexes `events` has (as shared.mongo.ensure_indexes made them), so every store pays the same."""
+    events = collection.database["events"]
+    for name, info in events.index_information().items():
+        if name != "_id_":
+            collection.create_index(info["key"], name=name, unique=info.get("unique", False))
 
 
 # ----------------------------------------------------------------------------- measurements

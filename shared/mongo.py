@@ -37,9 +37,9 @@ def ensure_indexes(db: Database) -> None:
     db[EVENTS].create_index(
         [("user_id", ASCENDING), ("timestamp", DESCENDING)], name="ix_user_time"
     )
-    db[EVENTS].create_index([("event_type", ASCENDING), ("timestamp", ASCENDING)], name="ix_type_time")
     db[PROFILES].create_index([("user_id", ASCENDING)], unique=True, name="uq_user_id")
     db[PROFILES].create_index([("segment", ASCENDING)], name="ix_segment")
+    # Serves "purchases of these users" and the category aggregation's $match on event_type.
     db[EVENTS].create_index([("event_type", ASCENDING), ("user_id", ASCENDING)], name="ix_type_user")
     db[MODELS].create_index([("version", DESCENDING)], unique=True, name="uq_version")
     db[ACTIVITY_DAILY].create_index([("user_id", ASCENDING), ("day", ASCENDING)], unique=True, name="uq_user_day")

@@ -13,8 +13,8 @@ next event or the next refit; a failed drain puts its users back before retrying
 from collections.abc import Callable, Iterable
 
 from shared.cache import get_redis, key
+from shared.settings import get_settings
 
-DRAIN_DELAY_SECONDS = 1.0  # collect a second's worth of changes into one drain
 SCHEDULED_TTL_SECONDS = 120  # a lost drain message must not block rescoring for long
 
 
@@ -35,7 +35,7 @@ def mark_changed(user_ids: Iterable[int], schedule: Callable[[float], None]) -> 
     redis.sadd(_pending(), *ids)
     if redis.set(_scheduled(), "1", nx=True, ex=SCHEDULED_TTL_SECONDS):
         try:
-            schedule(DRAIN_DELAY_SECONDS)
+            schedule(get_settings().rescore_delay_seconds)
         except BaseException:
             redis.delete(_scheduled())  # let the retried task schedule it
             raise

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     events_chunk_size: int = Field(
         1000, description="Events per RabbitMQ message when a batch is published."
     )
+    rescore_delay_seconds: float = Field(
+        5.0,
+        description="Seconds of event changes collected into one analytics rescoring run "
+        "(API reads are fresh regardless; this bounds how stale stored profile documents get).",
+    )
     model_refit_cron_hour: int = Field(
         3, description="Hour (UTC) at which Celery beat refits the population models daily."
     )

@@ -36,6 +36,7 @@ TEST_ENV = {
     "QUEUE_PREFIX": "pulse",
     "LOG_LEVEL": "WARNING",
     "OUTBOX_POLL_INTERVAL": "0.2",
+    "RESCORE_DELAY_SECONDS": "0.2",
 }
 os.environ.update(TEST_ENV)
 
