@@ -13,6 +13,7 @@ Concurrent misses for one user compute once: the first takes a short lock, the o
 its result (bounded), so a burst of reads does not turn into a burst of computations.
 """
 import json
+import threading
 import time
 from functools import lru_cache
 from collections.abc import Callable, Iterable
@@ -38,9 +39,14 @@ return 0
 # An event write that dies half-way must not disable caching for its users forever.
 WRITING_TTL_SECONDS = 600
 LOCK_SECONDS = 10
-WAIT_SECONDS = 5.0
 
 _stats = {"hits": 0, "misses": 0, "waited": 0, "computed": 0}
+_stats_lock = threading.Lock()
+
+
+def _count(name: str) -> None:
+    with _stats_lock:  # gunicorn threads share these counters
+        _stats[name] += 1
 
 
 def _version_key(user_id: int) -> str:
@@ -119,35 +125,42 @@ def end_events_write(user_ids: Iterable[int]) -> None:
 
 def get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[str | None, bool]:
     """(profile JSON, hit). Concurrent misses for one user and version share one computation: the
-    first takes a short lock, the others wait for its result while it holds the lock."""
+    first takes a short lock, the others wait for its result while it holds the lock (at most
+    LOCK_SECONDS: the lock expires if its holder dies)."""
     version, cached = read(user_id)
     if cached is not None:
-        _stats["hits"] += 1
+        _count("hits")
         return cached, True
-    _stats["misses"] += 1
+    _count("misses")
     redis = get_redis()
     lock = key("profile", "lock", user_id, version)
     locked = bool(redis.set(lock, "1", nx=True, ex=LOCK_SECONDS))
     if not locked:
-        deadline = time.monotonic() + WAIT_SECONDS
+        deadline = time.monotonic() + LOCK_SECONDS
         while time.monotonic() < deadline:
             time.sleep(0.005)
             now_version, cached = read(user_id)
-            if cached is not None:
-                _stats["waited"] += 1
-                return cached, False
-            if now_version == version and not redis.exists(lock):
-                # The holder is done: it cached its result just now (read again) or could not
-                # cache it because an event write was in flight (then compute our own).
+            if cached is None and now_version == version and not redis.exists(lock):
+                # The holder let go: it cached its result just now, or could not (an event write
+                # was in flight); read once more to tell which.
                 now_version, cached = read(user_id)
-                if cached is not None:
-                    _stats["waited"] += 1
-                    return cached, False
-            if now_version != version or not redis.exists(lock):
+                if cached is None:
+                    break
+            if cached is not None:
+                _count("waited")
+                return cached, False
+            if now_version != version:
                 version = now_version  # events arrived: the holder's result is stale anyway
                 break
+    else:
+        # A holder may have cached its result and let go between our read and our lock.
+        _, cached = read(user_id)
+        if cached is not None:
+            redis.delete(lock)
+            _count("waited")
+            return cached, False
     try:
-        _stats["computed"] += 1
+        _count("computed")
         profile = compute()
         if profile is None:
             return None, False

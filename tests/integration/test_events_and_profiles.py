@@ -131,7 +131,7 @@ def test_concurrent_misses_compute_once(app, client, user_id, mongo):
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(read, range(8)))
     assert results == [(200, user_id)] * 8
-    assert profile_cache.stats()["computed"] - before == 1
+    assert profile_cache.stats()["computed"] - before == 1, (profile_cache.stats(), before)
 
 
 def test_unknown_profile_is_404(client):
