@@ -18,46 +18,12 @@ if str(ROOT) not in sys.path:  # `python bench/x.py` puts bench/ first, not the 
     sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)  # settings read `.env` relative to the working directory
 
-import requests  # noqa: E402
-from urllib3.util.retry import Retry  # noqa: E402
+from scripts.stack_client import API, StackError, call, require_stack, session  # noqa: E402,F401
 
-API = os.environ.get("PULSE_API", "http://127.0.0.1:8000").rstrip("/")
 LINE = "=" * 78
 
 
-class BenchError(RuntimeError):
-    pass
-
-
-def session(pool: int = 16) -> requests.Session:
-    s = requests.Session()
-    # A request racing gunicorn's keep-alive close (2 s idle) fails before the server saw it: retry
-    # those (the bench's POSTs are idempotent by event_id; signups answer 409 when repeated).
-    retry = Retry(total=2, connect=2, read=1, status=0, allowed_methods=None, raise_on_status=False)
-    adapter = requests.adapters.HTTPAdapter(pool_connections=pool, pool_maxsize=pool, max_retries=retry)
-    s.mount("http://", adapter)
-    return s
-
-
-_http = session()
-
-
-def call(method: str, path: str, *, expect=(200,), http: requests.Session | None = None, timeout: float = 60,
-         **kwargs) -> requests.Response:
-    try:
-        response = (http or _http).request(method, API + path, timeout=timeout, **kwargs)
-    except requests.ConnectionError as exc:
-        raise BenchError(f"The Pulse API is not reachable at {API}: start the stack with `make dev` "
-                         f"(or set PULSE_API). ({type(exc).__name__})") from exc
-    if response.status_code not in expect:
-        raise BenchError(f"{method} {path} answered {response.status_code}: {response.text[:400]}")
-    return response
-
-
-def require_stack() -> None:
-    ready = call("GET", "/health/ready", expect=(200, 503), timeout=10)
-    if ready.status_code != 200:
-        raise BenchError(f"The stack at {API} is not ready: {ready.text}")
+BenchError = StackError
 
 
 def bench_users(n: int, city: str = "Tallinn", country: str = "EE") -> list[int]:

@@ -41,7 +41,6 @@ from _common import (
 )
 
 from celery import Celery  # noqa: E402
-from pymongo import ASCENDING, DESCENDING  # noqa: E402
 
 from shared.mongo import EVENTS, get_database  # noqa: E402
 from shared.settings import get_settings  # noqa: E402

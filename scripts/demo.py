@@ -17,7 +17,6 @@ Steps:
 """
 from __future__ import annotations
 
-import os
 import random
 import statistics
 import sys
@@ -29,9 +28,9 @@ from datetime import UTC, datetime, timedelta
 
 import requests
 from tqdm import tqdm
-from urllib3.util.retry import Retry
 
-API = os.environ.get("PULSE_API", "http://127.0.0.1:8000").rstrip("/")
+from scripts.stack_client import API, StackError, call, require_stack
+
 SEED = 20240808
 N_GENERATED = 200
 BATCH = 1000
@@ -62,7 +61,7 @@ LAST = ["Shevchenko", "Kovalenko", "Bondarenko", "Tkachenko", "Kravchenko", "Mel
         "Moroz", "Lysenko", "Savchenko", "Nowak", "Kowalski", "Wisniewski", "Wojcik", "Kaminski"]
 
 
-class DemoError(RuntimeError):
+class DemoError(StackError):
     pass
 
 
@@ -83,39 +82,6 @@ class Person:
         return sum(1 for e in self.events if e["event_type"] == "user_purchase")
 
 
-# --------------------------------------------------------------------------- HTTP helpers
-
-def _session() -> requests.Session:
-    # gunicorn closes idle keep-alive connections after 2 s; a request that races that close fails
-    # with "connection aborted" before the server saw it. Retrying is safe for every call here:
-    # reads are reads, events carry their own event_id, a repeated signup answers 409 (looked up),
-    # a repeated fit only refits.
-    s = requests.Session()
-    retry = Retry(total=3, connect=3, read=2, status=0, allowed_methods=None, backoff_factor=0.2,
-                  raise_on_status=False)
-    s.mount("http://", requests.adapters.HTTPAdapter(max_retries=retry, pool_maxsize=16))
-    s.mount("https://", requests.adapters.HTTPAdapter(max_retries=retry, pool_maxsize=16))
-    return s
-
-
-http = _session()
-
-
-def call(method: str, path: str, *, expect=(200,), timeout: float = 30, **kwargs) -> requests.Response:
-    try:
-        response = http.request(method, API + path, timeout=timeout, **kwargs)
-    except requests.ConnectionError as exc:
-        raise DemoError(f"The Pulse API is not reachable at {API} ({type(exc).__name__}). "
-                        "Start the stack with `make dev` (or set PULSE_API).") from exc
-    if response.status_code not in expect:
-        raise DemoError(f"{method} {path} answered {response.status_code}: {response.text[:500]}")
-    return response
-
-
-def check_api() -> None:
-    ready = call("GET", "/health/ready", expect=(200, 503), timeout=10)
-    if ready.status_code != 200:
-        raise DemoError(f"The stack at {API} is not ready: {ready.text}")
 
 
 def wait_for(what: str, probe, timeout: float, interval: float = 1.0):
@@ -473,7 +439,7 @@ def num(value) -> str:
 
 def main() -> int:
     try:
-        check_api()
+        require_stack()
         persons = people()
         print(f"Loading the guide's sample data into {API} ...")
         created, found = load_users(persons)
@@ -490,7 +456,7 @@ def main() -> int:
         print(f"Model v{fitted['version']} fitted and every profile rescored in {time.monotonic() - t0:.1f}s.")
         scenarios(persons, fitted)
         return 0
-    except DemoError as exc:
+    except StackError as exc:
         print(f"\nERROR: {exc}", file=sys.stderr)
         return 1
 
