@@ -25,8 +25,7 @@ from services.analytics.models import (
     segment,
     summarise_purchases,
 )
-from services.analytics.purchases import PurchaseLog, load_purchases, purchases_for_scoring
-from shared import activity as activity_counters
+from services.analytics.purchases import PurchaseLog, load_activity, load_purchases, purchases_for_scoring
 from shared.models import User
 from shared.settings import get_settings
 from shared.user_views import user_summary, with_address
@@ -56,7 +55,7 @@ def compute_profiles(db, session: Session, user_ids: list[int], now: datetime | 
     summary = summarise_purchases(log.user_id, log.timestamp, log.amount, now.date())
     rfm = rfm_scores(summary.days_since_last_purchase, summary.frequency + 1, summary.total_spent)
     recommendations = recommend(ids, log.user_id, log.category, k=RECOMMENDATIONS)
-    activity = activity_counters.load(db, ids, now)
+    activity = load_activity(db, ids, now)
     model = models_store.latest(db)
     scored = _score_with_model(model, summary) if model else None
     position = {int(u): i for i, u in enumerate(summary.user_id)}

@@ -7,7 +7,7 @@ from sqlalchemy import select, text
 from services.analytics import models_store
 from services.analytics.main import app
 from services.analytics.profiles import compute_profiles, fit_population
-from shared import activity, profile_cache, rescore
+from shared import profile_cache, rescore
 from shared.db import session_scope
 from shared.logging import get_logger
 from shared.models import User
@@ -57,7 +57,6 @@ def rescore_users(user_ids: list[int]) -> int:
         store_profiles(db, session, profiles)
     for user_id, profile in profiles.items():
         profile_cache.write(user_id, versions[user_id], profile)
-    activity.fold(db, user_ids)  # keeps each user's counters to a few documents
     return len(profiles)
 
 
