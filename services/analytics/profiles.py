@@ -83,7 +83,9 @@ def compute_profiles(db, session: Session, user_ids: list[int], now: datetime | 
             }
         profiles[user_id] = {
             "user_id": user_id,
-            "user": user_summary(users[user_id]),
+            # The engagement score is the user's profile score (written back to Postgres by the
+            # analytics worker); show it as such rather than the value stored before this run.
+            "user": {**user_summary(users[user_id]), "profile_score": round(engagement, 2)},
             "segment": segment(days, spent),
             "engagement": round(engagement, 2),
             "churn_risk": round(churn_risk(days), 1),

@@ -4,7 +4,6 @@ from datetime import UTC, date, datetime
 from pymongo import UpdateOne
 from sqlalchemy import select, text
 
-from services.analytics import models_store
 from services.analytics.main import app
 from services.analytics.profiles import compute_profiles, fit_population
 from shared import profile_cache, rescore
@@ -52,8 +51,6 @@ def rescore_users(user_ids: list[int]) -> int:
     versions = profile_cache.current_versions(user_ids)
     with session_scope() as session:
         profiles = compute_profiles(db, session, user_ids)
-        for profile in profiles.values():
-            profile["user"]["profile_score"] = profile["engagement"]
         store_profiles(db, session, profiles)
     for user_id, profile in profiles.items():
         profile_cache.write(user_id, versions[user_id], profile)
@@ -91,7 +88,3 @@ def fit_models_task(as_of: str | None = None) -> dict:
     log.info("models_fitted", version=model["version"], as_of=model["as_of"], customers=model["n_customers"])
     model["fitted_at"] = model["fitted_at"].isoformat()
     return model
-
-
-def latest_model() -> dict | None:
-    return models_store.latest(get_database())

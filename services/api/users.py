@@ -196,11 +196,7 @@ def top_users(query: TopQuery):
 def get_profile(path: UserPath):
     def compute():
         with session_scope() as session:
-            profiles = compute_profiles(get_database(), session, [path.user_id])
-        profile = profiles.get(path.user_id)
-        if profile is not None:
-            profile["user"]["profile_score"] = profile["engagement"]
-        return profile
+            return compute_profiles(get_database(), session, [path.user_id]).get(path.user_id)
 
     body, hit = profile_cache.get_or_compute(path.user_id, compute)
     if body is None:
