@@ -72,24 +72,44 @@ def queue_depths(names: list[str]) -> dict[str, int]:
         return {name: channel.queue_declare(queue=name, passive=True).message_count for name in names}
 
 
-def wait_quiet(timeout: float = 600) -> float:
-    """Wait until the stack's work queues stay empty for 3 s (an earlier run's analytics backlog
-    would otherwise compete for MongoDB with what we measure). Returns the seconds waited."""
+def _busy(nodes: list[str]) -> dict[str, int]:
+    """What the stack still has to do: ready messages per work queue, tasks running on its
+    workers (a running or countdown-delayed task is unacked, so the queue alone looks empty),
+    and users waiting for a rescoring drain."""
+    from celery import Celery
+
+    from shared import rescore
     from shared.settings import get_settings
 
-    prefix = get_settings().queue_prefix
-    names = [f"{prefix}.events", f"{prefix}.analytics", f"{prefix}.users"]
+    settings = get_settings()
+    prefix = settings.queue_prefix
+    busy = queue_depths([f"{prefix}.events", f"{prefix}.analytics", f"{prefix}.users"])
+    inspect = Celery(broker=settings.broker_url).control.inspect(destination=nodes, limit=len(nodes), timeout=2.0)
+    busy["running tasks"] = sum(len(tasks) for tasks in (inspect.active() or {}).values())
+    busy["delayed tasks"] = sum(len(tasks) for tasks in (inspect.scheduled() or {}).values())
+    busy["users to rescore"] = rescore.pending_count()
+    return busy
+
+
+def wait_quiet(timeout: float = 600) -> float:
+    """Wait until the stack has had nothing to do for 3 s (an earlier phase's analytics backlog
+    would otherwise compete for MongoDB with what we measure). Returns the seconds waited."""
+    from celery import Celery
+
+    from shared.settings import get_settings
+
     start = time.monotonic()
+    nodes = [name for reply in Celery(broker=get_settings().broker_url).control.ping(timeout=2.0) for name in reply]
     quiet_since = None
     while time.monotonic() - start < timeout:
-        if sum(queue_depths(names).values()) == 0:
+        if sum(_busy(nodes).values()) == 0:
             quiet_since = quiet_since or time.monotonic()
             if time.monotonic() - quiet_since >= 3:
                 return time.monotonic() - start
         else:
             quiet_since = None
         time.sleep(0.5)
-    print(f"warning: the stack's queues were still busy after {timeout:.0f}s: {queue_depths(names)}")
+    print(f"warning: the stack was still busy after {timeout:.0f}s: {_busy(nodes)}")
     return time.monotonic() - start
 
 

@@ -1,13 +1,14 @@
-"""Postgres schema: User → Address → City → Country, plus the transactional outbox.
+"""Postgres schema: User → Address → City → Country, daily activity counters, and the transactional outbox.
 
 Alembic migrations in `shared/migrations` create exactly these tables; a test compares the two.
 """
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -82,6 +83,23 @@ class User(Base):
     address_id: Mapped[int] = mapped_column(ForeignKey("addresses.id"), index=True)
 
     address: Mapped[Address] = relationship(back_populates="users")
+
+
+class ActivityDay(Base):
+    """How many events a user had on one UTC day, and the latest of them.
+
+    Derived from MongoDB `events` (the worker adds each stored batch; shared.activity rebuilds it
+    from the events on demand), so a profile never aggregates a user's whole history. It lives in
+    Postgres beside the user because it is per-user relational bookkeeping: one upsert statement
+    per stored batch, off the MongoDB write path that event ingestion is bound by.
+    """
+
+    __tablename__ = "activity_days"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    events: Mapped[int] = mapped_column(Integer)
+    last_event_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class OutboxMessage(Base):

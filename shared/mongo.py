@@ -13,7 +13,6 @@ EVENTS = "events"
 PROFILES = "profiles"
 WELCOME_EMAILS = "welcome_emails"
 MODELS = "models"
-ACTIVITY_DAILY = "activity_daily"
 
 
 @lru_cache(maxsize=4)
@@ -42,7 +41,6 @@ def ensure_indexes(db: Database) -> None:
     # Serves "purchases of these users" and the category aggregation's $match on event_type.
     db[EVENTS].create_index([("event_type", ASCENDING), ("user_id", ASCENDING)], name="ix_type_user")
     db[MODELS].create_index([("version", DESCENDING)], unique=True, name="uq_version")
-    db[ACTIVITY_DAILY].create_index([("user_id", ASCENDING), ("day", ASCENDING)], unique=True, name="uq_user_day")
 
 
 def prepare_database(uri: str | None = None, timeout: float = 60.0) -> None:

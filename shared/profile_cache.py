@@ -1,8 +1,9 @@
 """Cache-aside for profiles in Redis, with per-user versions so that nothing stale survives.
 
 Keys: ``<prefix>profile:ver:<id>`` (an integer), ``<prefix>profile:writing:<id>`` (how many event
-writes for the user are in flight) and ``<prefix>profile:<id>:v<ver>`` (the JSON profile, TTL one
-hour). Whoever stores events for a user brackets the MongoDB write with `begin_events_write` and
+writes for the user are in flight) and ``<prefix>profile:<id>`` (``<ver>:<JSON profile>``, TTL one
+hour: the profile and the version it was computed under). A read is one MGET of the version and
+the profile, a hit when the two versions agree: one plain command, no script on the hot path. Whoever stores events for a user brackets the MongoDB write with `begin_events_write` and
 `end_events_write`: both bump the version, so no profile cached before or during the write is
 reachable afterwards. A profile is cached only if, atomically at the moment of caching, the version
 is still the one read *before* the data was read and no event write is in flight; otherwise the
@@ -21,17 +22,12 @@ from collections.abc import Callable, Iterable
 from shared.cache import get_redis, key
 from shared.settings import get_settings
 
-# One round trip for "current version and the profile under it".
-_READ = """
-local version = redis.call('GET', KEYS[1]) or '0'
-return {version, redis.call('GET', ARGV[1] .. version)}
-"""
 # Cache only when nothing moved: same version as before the data was read, no write in flight.
 _WRITE_IF_CURRENT = """
 local version = redis.call('GET', KEYS[1]) or '0'
 local writing = tonumber(redis.call('GET', KEYS[2]) or '0')
 if version == ARGV[1] and writing <= 0 then
-  redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
+  redis.call('SET', KEYS[3], version .. ':' .. ARGV[2], 'EX', ARGV[3])
   return 1
 end
 return 0
@@ -53,8 +49,8 @@ def _version_key(user_id: int) -> str:
     return key("profile", "ver", user_id)
 
 
-def _profile_prefix(user_id: int) -> str:
-    return key("profile", user_id, "v")
+def _profile_key(user_id: int) -> str:
+    return key("profile", user_id)
 
 
 @lru_cache(maxsize=8)
@@ -66,10 +62,13 @@ def _script(source: str, redis_client):
 def read(user_id: int) -> tuple[str, str | None]:
     """(current version, the cached profile JSON under it or None). The JSON is returned as stored
     so a hit can go to the client without being parsed and serialised again."""
-    redis = get_redis()
-    version, raw = _script(_READ, redis)(keys=[_version_key(user_id)], args=[_profile_prefix(user_id)])
-    version = version.decode() if isinstance(version, bytes) else str(version)
-    return version, (raw.decode() if raw else None)
+    version, raw = get_redis().mget([_version_key(user_id), _profile_key(user_id)])
+    version = version.decode() if version else "0"
+    if raw:
+        cached_version, _, body = raw.decode().partition(":")
+        if cached_version == version:
+            return version, body
+    return version, None
 
 
 def _writing_key(user_id: int) -> str:
@@ -86,7 +85,7 @@ def write(user_id: int, version: str, profile: dict | str) -> bool:
     body = profile if isinstance(profile, str) else dumps(profile)
     return bool(
         _script(_WRITE_IF_CURRENT, redis)(
-            keys=[_version_key(user_id), _writing_key(user_id), _profile_prefix(user_id) + version],
+            keys=[_version_key(user_id), _writing_key(user_id), _profile_key(user_id)],
             args=[version, body, get_settings().profile_cache_ttl],
         )
     )

@@ -1,7 +1,7 @@
 """A user's analytics profile: the guide's rules, the population models and recommendations.
 
-Computed for a batch of users at once from bulk reads (Postgres for the users, MongoDB for
-events), vectorised with numpy. The analytics worker calls it after events arrive; the API calls
+Computed for a batch of users at once from bulk reads (Postgres for the users and their daily
+activity counters, MongoDB for purchases), vectorised with numpy. The analytics worker calls it after events arrive; the API calls
 the same function on a cache miss, so both always agree.
 """
 from datetime import UTC, date, datetime
@@ -25,7 +25,8 @@ from services.analytics.models import (
     segment,
     summarise_purchases,
 )
-from services.analytics.purchases import PurchaseLog, load_activity, load_purchases, purchases_for_scoring
+from services.analytics.purchases import PurchaseLog, load_purchases, purchases_for_scoring
+from shared import activity as activity_counters
 from shared.models import User
 from shared.settings import get_settings
 from shared.user_views import user_summary, with_address
@@ -55,7 +56,7 @@ def compute_profiles(db, session: Session, user_ids: list[int], now: datetime | 
     summary = summarise_purchases(log.user_id, log.timestamp, log.amount, now.date())
     rfm = rfm_scores(summary.days_since_last_purchase, summary.frequency + 1, summary.total_spent)
     recommendations = recommend(ids, log.user_id, log.category, k=RECOMMENDATIONS)
-    activity = load_activity(db, ids, now)
+    activity = activity_counters.load(session, ids, now)
     model = models_store.latest(db)
     scored = _score_with_model(model, summary) if model else None
     position = {int(u): i for i, u in enumerate(summary.user_id)}

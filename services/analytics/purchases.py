@@ -1,4 +1,4 @@
-"""Reading the purchase and activity history out of MongoDB in bulk, as numpy arrays.
+"""Reading the purchase history out of MongoDB in bulk, as numpy arrays.
 
 One query per population or per batch of users, never one per user per feature. The population
 log is kept per process for a short while (population-relative statistics: RFM quintiles and
@@ -7,12 +7,12 @@ log is kept per process for a short while (population-relative statistics: RFM q
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 from pymongo.database import Database
 
-from shared.mongo import ACTIVITY_DAILY, EVENTS
+from shared.mongo import EVENTS
 
 POPULATION_TTL_SECONDS = 60.0
 
@@ -96,31 +96,3 @@ def purchases_for_scoring(db: Database, user_ids: list[int]) -> PurchaseLog:
     """The population log with the given users' rows replaced by a fresh read."""
     fresh = load_purchases(db, user_ids)
     return population_cache.get(db).without(np.asarray(user_ids, dtype=np.int64)).concat(fresh)
-
-
-@dataclass(frozen=True)
-class Activity:
-    events: int
-    events_last_30_days: int
-    last_activity_at: datetime | None
-
-
-def load_activity(db: Database, user_ids: list[int], now: datetime) -> dict[int, Activity]:
-    """Event counts and last activity per user from the daily counters (a few documents per
-    user, whatever the length of the history). "Last 30 days" counts whole UTC days."""
-    since = (now - timedelta(days=30)).replace(hour=0, minute=0, second=0, microsecond=0)
-    pipeline = [
-        {"$match": {"user_id": {"$in": [int(u) for u in user_ids]}}},
-        {
-            "$group": {
-                "_id": "$user_id",
-                "events": {"$sum": "$events"},
-                "recent": {"$sum": {"$cond": [{"$gte": ["$day", since]}, "$events", 0]}},
-                "last": {"$max": "$last"},
-            }
-        },
-    ]
-    return {
-        row["_id"]: Activity(row["events"], row["recent"], row["last"])
-        for row in db[ACTIVITY_DAILY].aggregate(pipeline)
-    }

@@ -5,14 +5,14 @@ more than once: acks are late, and the outbox relay may republish after a crash.
 """
 from datetime import UTC, datetime
 
-from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services.worker import mailer
 from services.worker.main import app
-from shared import profile_cache, rescore
+from shared import activity, profile_cache, rescore
+from shared.db import session_scope
 from shared.logging import get_logger
-from shared.mongo import ACTIVITY_DAILY, EVENTS, PROFILES, WELCOME_EMAILS, get_database
+from shared.mongo import EVENTS, PROFILES, WELCOME_EMAILS, get_database
 from shared.retry import RETRY_POLICY
 from shared.schemas import UserCreatedMessage
 from shared.topology import COMPUTE_PROFILES, STORE_EVENTS, USER_CREATED
@@ -57,7 +57,7 @@ def user_created(**payload) -> dict:
         "geo": {"city": user.city, "country": user.country_code},
         "received_at": now,
     }
-    count_activity(db, insert_events(db[EVENTS], [signup_event]))
+    count_activity(insert_events(db[EVENTS], [signup_event]))
     emailed = send_welcome_once(db, user)
     app.send_task(COMPUTE_PROFILES, kwargs={"user_ids": [user.user_id]})
     log.info("user_created_processed", user_id=user.user_id, event_id=user.event_id, emailed=emailed)
@@ -111,27 +111,13 @@ def insert_events(collection, docs: list[dict]) -> list[dict]:
         return [doc for i, doc in enumerate(docs) if i not in already]
 
 
-def count_activity(db, inserted: list[dict]) -> None:
-    """Per-user daily activity counters, so profiles never aggregate a user's whole history.
-
-    Counted from the documents this delivery inserted, so a redelivery adds nothing. The one
-    inexactness: a crash between the insert and this update leaves that batch uncounted (the
-    events themselves are stored); counts are a display and engagement input, not a ledger.
-    """
-    buckets: dict[tuple[int, datetime], list] = {}
-    for doc in inserted:
-        day = doc["timestamp"].replace(hour=0, minute=0, second=0, microsecond=0)
-        bucket = buckets.setdefault((doc["user_id"], day), [0, doc["timestamp"]])
-        bucket[0] += 1
-        bucket[1] = max(bucket[1], doc["timestamp"])
-    if buckets:
-        db[ACTIVITY_DAILY].bulk_write(
-            [
-                UpdateOne({"user_id": user_id, "day": day}, {"$inc": {"events": n}, "$max": {"last": last}}, upsert=True)
-                for (user_id, day), (n, last) in buckets.items()
-            ],
-            ordered=False,
-        )
+def count_activity(inserted: list[dict]) -> None:
+    """Add what this delivery inserted to the daily counters (shared.activity), so a redelivery
+    adds nothing. A crash between the insert and this leaves that batch uncounted (the events
+    are stored; `python -m shared.activity rebuild` recounts)."""
+    if inserted:
+        with session_scope() as session:
+            activity.record(session, inserted)
 
 
 @app.task(name=STORE_EVENTS, **RETRY_POLICY)
@@ -143,7 +129,7 @@ def store_events(events: list[dict]) -> dict:
     profile_cache.begin_events_write(user_ids)
     try:
         inserted = insert_events(db[EVENTS], docs)
-        count_activity(db, inserted)
+        count_activity(inserted)
     finally:
         profile_cache.end_events_write(user_ids)
     # Every user in the batch, not only the newly inserted: a redelivery after a crash between
