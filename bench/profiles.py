@@ -14,7 +14,9 @@ reads after it hit. Samples whose X-Cache header is not the expected one are cou
 The timed reads go over one keep-alive connection with the standard library's http.client, as a
 service calling the API would: `requests` adds about a millisecond of its own per call on this
 machine, which would measure the client rather than the cache. The HTTP floor (GET /health over
-the same connection) is printed alongside, so what the hit costs beyond HTTP is visible.
+the same connection) is printed alongside, so what the hit costs beyond HTTP is visible. The
+floor goes through Flask; a hit does not (services/api/profile_hits.py answers it before Flask
+with one Redis read), so a hit can come in at about the floor.
 
 Target: a hit at least 20x faster than a miss at p50.
 Env: BENCH_USERS (default 100), BENCH_ROUNDS (misses per user, default 3), BENCH_HITS (hits per

@@ -14,7 +14,7 @@ class StackError(RuntimeError):
 
 
 def session(pool: int = 16) -> requests.Session:
-    # gunicorn closes idle keep-alive connections after 2 s; a request that races that close fails
+    # A server may close an idle keep-alive connection; a request that races that close fails
     # with "connection aborted" before the server saw it. Retrying is safe for every caller here:
     # reads are reads, events carry their own event_id, a repeated signup answers 409, a repeated
     # fit only refits.

@@ -60,12 +60,17 @@ def _day(moment: datetime) -> date:
     return moment.astimezone(UTC).date()
 
 
+def _as_stored(moment: datetime) -> datetime:
+    # BSON dates hold milliseconds: count what MongoDB keeps, so a rebuild gives the same rows.
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
 def record(session: Session, docs: Iterable[dict]) -> int:
     """Add stored event documents (`user_id`, `timestamp`) to the counters. One statement.
     Returns the number of (user, day) buckets touched."""
     buckets: dict[tuple[int, date], list] = {}
     for doc in docs:
-        stamp = doc["timestamp"]
+        stamp = _as_stored(doc["timestamp"])
         bucket = buckets.setdefault((int(doc["user_id"]), _day(stamp)), [0, stamp])
         bucket[0] += 1
         bucket[1] = max(bucket[1], stamp)

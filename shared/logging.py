@@ -1,6 +1,6 @@
 """structlog for every process: key-value console lines in dev, JSON lines when LOG_JSON=true.
 
-Standard-library loggers (Celery, gunicorn, pymongo) go through the same renderer.
+Standard-library loggers (Celery, granian, pymongo) go through the same renderer.
 """
 import logging
 import sys

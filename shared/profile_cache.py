@@ -41,7 +41,7 @@ _stats_lock = threading.Lock()
 
 
 def _count(name: str) -> None:
-    with _stats_lock:  # gunicorn threads share these counters
+    with _stats_lock:  # the API server's threads share these counters
         _stats[name] += 1
 
 
@@ -69,6 +69,15 @@ def read(user_id: int) -> tuple[str, str | None]:
         if cached_version == version:
             return version, body
     return version, None
+
+
+def cached(user_id: int) -> str | None:
+    """The cached profile JSON if it is current (counted as a hit), else None (not counted: the
+    caller goes on to `get_or_compute`, which counts what happens next)."""
+    _, body = read(user_id)
+    if body is not None:
+        _count("hits")
+    return body
 
 
 def _writing_key(user_id: int) -> str:

@@ -65,12 +65,15 @@ def compute_profiles_task(user_ids: list[int] | None = None) -> dict:
         log.info("profiles_computed", users=count)
         return {"profiles": count}
     total = 0
-    while batch := rescore.take(RESCORE_CHUNK):
+    remaining = rescore.pending_count()  # see shared.rescore: more users arriving go to the next drain
+    while remaining > 0 and (batch := rescore.take(min(RESCORE_CHUNK, remaining))):
+        remaining -= len(batch)
         try:
             total += rescore_users(batch)
         except Exception:
             rescore.put_back(batch)
             raise
+    rescore.schedule_if_pending(lambda delay: app.send_task(COMPUTE_PROFILES, countdown=delay))
     log.info("profiles_rescored", users=total)
     return {"profiles": total}
 

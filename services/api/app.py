@@ -7,6 +7,7 @@ from services.api.analytics import analytics_bp
 from services.api.events import events_bp
 from services.api.health import health_bp
 from services.api.problems import register_problem_handlers, validation_problem
+from services.api.profile_hits import ProfileHits
 from services.api.users import users_bp
 from shared.celery_app import create_celery_app
 from shared.logging import configure_logging
@@ -36,4 +37,5 @@ def create_app() -> OpenAPI:
     init_celery(app)
     for blueprint in (health_bp, users_bp, events_bp, analytics_bp):
         app.register_api(blueprint)
+    app.wsgi_app = ProfileHits(app.wsgi_app)  # cache hits skip Flask (see profile_hits)
     return app

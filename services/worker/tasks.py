@@ -3,6 +3,7 @@
 Every write is idempotent (keyed by event id or user id), because a message may be delivered
 more than once: acks are late, and the outbox relay may republish after a crash.
 """
+import time
 from datetime import UTC, datetime
 
 from pymongo.errors import BulkWriteError, DuplicateKeyError
@@ -125,15 +126,21 @@ def store_events(events: list[dict]) -> dict:
     db = get_database()
     docs = event_documents(events, datetime.now(UTC))
     user_ids = sorted({doc["user_id"] for doc in docs})
+    started = time.perf_counter()
     # Bracket the write so that no profile cached before or during it can be served after it.
     profile_cache.begin_events_write(user_ids)
     try:
         inserted = insert_events(db[EVENTS], docs)
+        stored = time.perf_counter()
         count_activity(inserted)
+        counted = time.perf_counter()
     finally:
         profile_cache.end_events_write(user_ids)
     # Every user in the batch, not only the newly inserted: a redelivery after a crash between
     # the insert and this call must still get those users rescored.
     rescore.mark_changed(user_ids, lambda delay: app.send_task(COMPUTE_PROFILES, countdown=delay))
-    log.info("events_stored", received=len(docs), inserted=len(inserted), users=len(user_ids))
+    # Phase timings: which store (MongoDB events, Postgres counters) a slow batch waited on.
+    log.info("events_stored", received=len(docs), inserted=len(inserted), users=len(user_ids),
+             mongo_ms=round((stored - started) * 1000, 1), postgres_ms=round((counted - stored) * 1000, 1),
+             total_ms=round((time.perf_counter() - started) * 1000, 1))
     return {"received": len(docs), "inserted": len(inserted), "users": len(user_ids)}

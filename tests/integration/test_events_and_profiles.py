@@ -147,3 +147,76 @@ def test_engagement_is_written_back_as_profile_score(client, mongo, user_id):
         user = client.get(f"/api/users/{user_id}").get_json()
         return profile and user["profile_score"] == profile["engagement"] and user["profile_score"] > 0
     wait_for(score_matches, what="profile_score == engagement")
+
+
+def activity_rows(user_id: int) -> dict:
+    from sqlalchemy import text
+
+    from shared.db import session_scope
+
+    with session_scope() as session:
+        rows = session.execute(
+            text("SELECT day, events, last_event_at FROM activity_days WHERE user_id = :u ORDER BY day"),
+            {"u": user_id},
+        )
+        return {row.day.isoformat(): (row.events, row.last_event_at) for row in rows}
+
+
+def test_daily_activity_counters_match_a_recount_from_the_events(client, mongo, user_id):
+    from shared import activity
+    from shared.db import session_scope
+
+    events = [
+        # 01:30 in Kyiv is still the previous day in UTC: days are UTC days.
+        purchase(user_id, 5.0, "books", timestamp="2024-01-15T01:30:00+02:00"),
+        purchase(user_id, 6.0, "books", timestamp="2024-01-15T09:00:00+00:00"),
+        purchase(user_id, 7.0, "books", timestamp="2024-01-15T23:59:00+00:00"),
+        purchase(user_id, 8.0, "toys", timestamp="2024-03-01T10:00:00+00:00"),
+        purchase(user_id, 9.0, "toys", timestamp="2024-03-01T11:00:00+00:00"),
+    ]
+    assert client.post("/api/events/batch", json={"events": events}).status_code == 202
+    # Plus the user_created event the signup stored.
+    counted = wait_for(lambda: (rows := activity_rows(user_id)) and sum(n for n, _ in rows.values()) == 6 and rows,
+                       what="6 events counted")
+    assert {day: n for day, (n, _) in counted.items() if day.startswith("2024")} == {
+        "2024-01-14": 1, "2024-01-15": 2, "2024-03-01": 2}
+    assert counted["2024-01-15"][1].isoformat() == "2024-01-15T23:59:00+00:00"
+
+    # Re-sent with a marker in the same batch (one message, one insert): once the marker is
+    # counted, so is whatever the duplicates added, which must be nothing.
+    marker = purchase(user_id, 1.0, "books", timestamp="2024-05-05T05:05:05.123456+00:00")
+    assert client.post("/api/events/batch", json={"events": events + [marker]}).status_code == 202
+    after = wait_for(lambda: (rows := activity_rows(user_id)).get("2024-05-05") and rows, what="marker counted")
+    assert after == {**counted, "2024-05-05": (1, after["2024-05-05"][1])}
+
+    with session_scope() as session:
+        activity.rebuild(mongo, session, [user_id])
+    assert activity_rows(user_id) == after
+
+
+def test_cache_hits_are_served_before_flask_with_the_views_response(services, pipeline, mongo, user_id):
+    from services.api.app import create_app
+
+    app = create_app()  # its own app, so a hook can count what reaches Flask
+    reached_flask = []
+    app.before_request(lambda: reached_flask.append(1) and None)
+    client = app.test_client()
+    wait_for(lambda: mongo.profiles.find_one({"user_id": user_id, "segment": {"$ne": None}}), what="first profile")
+    profile_cache.invalidate([user_id])
+    hits_before = profile_cache.stats()["hits"]
+
+    miss = client.get(f"/api/users/{user_id}/profile")
+    assert miss.headers["X-Cache"] == "MISS" and len(reached_flask) == 1
+    hit = client.get(f"/api/users/{user_id}/profile")
+    assert hit.headers["X-Cache"] == "HIT" and len(reached_flask) == 1  # answered before Flask
+    assert hit.data == miss.data
+    assert hit.headers["Content-Type"] == miss.headers["Content-Type"] == "application/json"
+    assert int(hit.headers["Content-Length"]) == len(hit.data)
+    assert profile_cache.stats()["hits"] - hits_before == 1
+
+    # What the fast path does not answer goes to the view: a query string, HEAD, an unknown user.
+    assert client.get(f"/api/users/{user_id}/profile?x=1").headers["X-Cache"] == "HIT"
+    assert client.head(f"/api/users/{user_id}/profile").status_code == 200
+    missing = client.get("/api/users/999999999/profile")
+    assert missing.status_code == 404 and missing.mimetype == "application/problem+json"
+    assert len(reached_flask) == 4

@@ -92,7 +92,8 @@ def isolated_api(rabbit, services):
     port = free_port()
     mongo_uri = f"{TEST_ENV['MONGO_URI']}_f{rabbit.port}"  # user ids restart in this database
     env = {"DATABASE_URL": db_url, "BROKER_URL": rabbit.url, "MONGO_URI": mongo_uri}
-    api = spawn([str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1", "services.api.wsgi:app"], "isolated-api", env)
+    api = spawn([str(BIN / "granian"), "--interface", "wsgi", "--port", str(port), "--workers", "1",
+                 "services.api.wsgi:app"], "isolated-api", env)
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: requests.get(f"{base}/health", timeout=1).ok, timeout=60, what="isolated API")
     mongo = MongoClient(mongo_uri, tz_aware=True).get_default_database()

@@ -321,17 +321,25 @@ def _hyp2f1_series(A, B, C, z, *, rtol: float = 1e-16, max_terms: int = 200_000)
     total = np.ones_like(z)
     term = np.ones_like(z)
     active = np.arange(z.size)
-    for k in range(max_terms):
-        if active.size == 0:
-            break
-        term[active] *= ((A[active] + k) * (B[active] + k) / ((C[active] + k) * (k + 1.0))
-                         * z[active])
-        total[active] += term[active]
-        # stop a row when its term is negligible and the terms are shrinking (ratio < 1)
-        ratio_small = (A[active] + k + 1) * (B[active] + k + 1) * z[active] \
-            < (C[active] + k + 1) * (k + 2)
-        done = (np.abs(term[active]) <= rtol * np.abs(total[active])) & ratio_small
-        active = active[~done]
+    # Overflow is expected and handled below (the row leaves the series), not an error.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k in range(max_terms):
+            if active.size == 0:
+                break
+            term[active] *= ((A[active] + k) * (B[active] + k) / ((C[active] + k) * (k + 1.0))
+                             * z[active])
+            total[active] += term[active]
+            # stop a row when its term is negligible and the terms are shrinking (ratio < 1)
+            ratio_small = (A[active] + k + 1) * (B[active] + k + 1) * z[active] \
+                < (C[active] + k + 1) * (k + 2)
+            done = (np.abs(term[active]) <= rtol * np.abs(total[active])) & ratio_small
+            # A row that overflowed cannot come back: give it up now (NaN, and the caller's last
+            # resort), not after max_terms. Parameters at the edge of the fit's bounds (a and b in
+            # the millions: no dropout heterogeneity) overflow on the first terms, and running the
+            # remaining terms for them made one profile take minutes.
+            overflowed = ~np.isfinite(total[active])
+            total[active[overflowed]] = np.nan
+            active = active[~(done | overflowed)]
     if active.size:
         total[active] = np.nan
     return total

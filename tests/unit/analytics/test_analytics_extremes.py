@@ -183,3 +183,29 @@ def test_invalid_histories_are_rejected():
         fit_bgnbd([1.5], [1.0], [2.0])                     # non-integer frequency
     with pytest.raises(ValueError):
         expected_purchases(CDNOW, -1.0)
+
+
+def test_parameters_at_the_fits_bounds_score_quickly_and_correctly():
+    """A fit that runs to its bounds (a and b in the millions: no heterogeneity in dropout) once
+    sent the hypergeometric series through all its terms on overflowed values, so one profile
+    took minutes. Such rows now leave the series at once and go to the direct form."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 60
+    a = 429862.478469
+    params = BGNBDParams(0.6, 5.0, a, 10082041.658034 - a, 0.0, 0)
+    x, t_x, T = np.array([0, 1, 3, 6, 20]), np.array([0.0, 10.0, 30.0, 60.0, 90.0]), np.array([100.0, 120.0, 150.0, 150.0, 100.0])
+    t = 90 / 7
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        got = conditional_expected_purchases(params, t, x, t_x, T)
+        clv = customer_lifetime_value(params, GammaGammaParams(6.25, 3.74, 15.44, 0.0, 0), x, t_x, T,
+                                      np.full(x.size, 25.0))
+    assert np.all(np.isfinite(clv)) and np.all(clv > 0)
+    r, al, a_, b = (mp.mpf(v) for v in (params.r, params.alpha, params.a, params.b))
+    for i in range(x.size):
+        xi, txi, Ti, tt = (mp.mpf(float(v)) for v in (x[i], t_x[i], T[i], t))
+        z = tt / (al + Ti + tt)
+        num = (a_ + b + xi - 1) / (a_ - 1) * (
+            1 - ((al + Ti) / (al + Ti + tt)) ** (r + xi) * mp.hyp2f1(r + xi, b + xi, a_ + b + xi - 1, z))
+        den = 1 + (a_ / (b + xi - 1) * ((al + Ti) / (al + txi)) ** (r + xi) if x[i] > 0 else 0)
+        assert got[i] == pytest.approx(float(num / den), rel=1e-6), i

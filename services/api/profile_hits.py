@@ -1,0 +1,38 @@
+"""Cached profile reads served before Flask: `GET /api/users/<id>/profile` when Redis holds it.
+
+A cache hit is the product's most frequent request and its cheapest: one Redis MGET. Routing it
+through Flask and flask-openapi3 (request context, view-args model, response object) cost more
+than the Redis read itself (~0.12 ms of a ~0.5 ms hit on the dev machine), so this WSGI
+middleware answers hits directly with the same body and headers the Flask view sends. Everything
+else (a miss, HEAD, a query string, another path, Redis unreachable) goes to Flask unchanged,
+where `services.api.users.get_profile` computes, caches, documents and reports errors. The route
+re-reads the cache on a miss: one more round trip on a path that takes ~10 ms, in exchange for
+the view staying the whole story on its own.
+"""
+import re
+
+import redis
+
+from shared import profile_cache
+
+PROFILE_PATH = re.compile(r"/api/users/([0-9]{1,18})/profile")
+
+
+class ProfileHits:
+    def __init__(self, wsgi_app):
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") == "GET" and not environ.get("QUERY_STRING"):
+            match = PROFILE_PATH.fullmatch(environ.get("PATH_INFO", ""))
+            if match:
+                try:
+                    body = profile_cache.cached(int(match.group(1)))
+                except redis.RedisError:
+                    body = None  # the view reports it as the API does everywhere else
+                if body is not None:
+                    data = body.encode()
+                    start_response("200 OK", [("Content-Type", "application/json"),
+                                              ("Content-Length", str(len(data))), ("X-Cache", "HIT")])
+                    return [data]
+        return self.wsgi_app(environ, start_response)

@@ -1,0 +1,13 @@
+"""The Alembic migrations create exactly the schema the models describe."""
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from shared.db import get_engine
+from shared.models import Base
+
+
+def test_migrated_database_matches_the_models(services):
+    # The session's test database was created by `alembic upgrade head` (tests.fixtures.services).
+    with get_engine().connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == []
