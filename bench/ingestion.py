@@ -6,8 +6,9 @@ or the bench signs up bench users), then `.venv/bin/python bench/ingestion.py`.
   pipeline  N events POSTed to /api/events/batch (batches of 1000, several client threads) until
             all N documents are in MongoDB `events` (the stack's worker stores them);
   ceiling   pymongo insert_many of the same documents, in the form the worker stores them
-            (event ids of their own), straight into the same MongoDB collection `events`, then
-            deleted again (untimed): the store that the pipeline's worker does, and nothing else.
+            (event ids of their own), straight into the same MongoDB collection `events`, deleted
+            again (untimed) after the last measurement: the store that the pipeline's worker
+            does, and nothing else.
             Into `events` itself, not an empty scratch collection, because inserting into a
             collection of tens of thousands of documents is measurably slower than into an empty
             one, and the pipeline pays that too;
@@ -22,10 +23,12 @@ Targets: pipeline >= 0.5x the ceiling and >= 10x the naive pipeline.
 The events are page views / logins / searches / add-to-carts (no purchases, so the demo's sales
 figures stay as they are) of 200 dedicated bench users (`bench.user.NNNN`, Tallinn, EE; signed up
 through the API when missing), each with a unique `bench-<run>-<i>` event_id; they stay in `events`
-like any other activity. Scratch collections and the scratch queue are dropped. Each phase starts
-on a quiet stack (the work queues empty); the pipeline runs last because it leaves the analytics
-worker a backlog of profile recomputations.
-Env: BENCH_EVENTS (default 20000), BENCH_NAIVE_EVENTS (default 2000), BENCH_CLIENTS (default 4),
+like any other activity. Each phase starts on a quiet stack (the work queues empty, the analytics
+backlog a pipeline phase leaves worked off). Pipeline and ceiling are measured in BENCH_ROUNDS
+alternating rounds (ceiling first in even rounds, pipeline first in odd ones) over slices of the
+events and summed, because the dev server's speed drifts over minutes.
+Env: BENCH_EVENTS (default 20000), BENCH_ROUNDS (default 4), BENCH_NAIVE_EVENTS (default 2000),
+BENCH_CLIENTS (default 4),
 BENCH_ISOLATE=1 to also measure the pipeline with the analytics worker's consumer paused (Celery
 remote control cancel_consumer/add_consumer; restored afterwards): ingestion without the profile
 recomputations it triggers competing for MongoDB, i.e. where the time goes.
@@ -151,20 +154,25 @@ def _ids_stored(collection, ids: list[str]) -> int:
     return sum(collection.count_documents({"event_id": {"$in": ids[i:i + 1000]}}) for i in range(0, len(ids), 1000))
 
 
-def measure_ceiling(db, events: list[dict]) -> float:
+def measure_ceiling(db, events: list[dict], inserted: list[str]) -> float:
+    """Seconds for one insert_many of the events' stored form. Their ids go to `inserted`: the
+    caller deletes them after every measurement is done (a mass delete in between would change
+    the server's state under the next measurement)."""
     events_collection = db[EVENTS]
     docs = stored_form(events)
     ids = [d["event_id"] for d in docs]
-    try:
-        start = time.perf_counter()
-        events_collection.insert_many(docs, ordered=False)
-        elapsed = time.perf_counter() - start
-        if _ids_stored(events_collection, ids) != len(docs):
-            raise BenchError("ceiling: not every document was inserted")
-        return elapsed
-    finally:
-        for i in range(0, len(ids), 1000):
-            events_collection.delete_many({"event_id": {"$in": ids[i:i + 1000]}})
+    inserted.extend(ids)
+    start = time.perf_counter()
+    events_collection.insert_many(docs, ordered=False)
+    elapsed = time.perf_counter() - start
+    if _ids_stored(events_collection, ids) != len(docs):
+        raise BenchError("ceiling: not every document was inserted")
+    return elapsed
+
+
+def delete_ceiling_documents(db, ids: list[str]) -> None:
+    for i in range(0, len(ids), 1000):
+        db[EVENTS].delete_many({"event_id": {"$in": ids[i:i + 1000]}})
 
 
 def measure_naive(db, events: list[dict]) -> float:
@@ -225,21 +233,37 @@ def main() -> None:
     n = int(os.environ.get("BENCH_EVENTS", 20_000))
     n_naive = int(os.environ.get("BENCH_NAIVE_EVENTS", 2_000))
     clients = int(os.environ.get("BENCH_CLIENTS", 4))
+    rounds = int(os.environ.get("BENCH_ROUNDS", 4))
     run_id = uuid.uuid4().hex[:8]
     db = get_database()
     users = bench_users(200)
     events = make_events(run_id, n, users)
     naive_events = make_events(run_id + "n", n_naive, users, seed=8)
 
-    # Baselines first, each on a quiet stack; the pipeline last, because it leaves the analytics
-    # worker a backlog (every stored chunk asks for its users' profiles to be recomputed).
+    # Every phase on a quiet stack (wait_quiet: the analytics backlog a pipeline phase leaves is
+    # worked off first). Pipeline and ceiling alternate over ROUNDS slices of the events, in
+    # alternating order, and their times are summed: the dev MongoDB server's speed drifts by
+    # +-50% over minutes, and one pipeline phase followed by one ceiling phase measured that
+    # drift as much as the pipeline.
     waited = wait_quiet()
-    ceiling_s = measure_ceiling(db, events)
-    waited += wait_quiet()
     naive_s = measure_naive(db, naive_events)
-    waited += wait_quiet()
-    accepted_s, pipeline_s = measure_pipeline(db, events, clients)
-    backlog = queue_depths([f"{get_settings().queue_prefix}.analytics"])
+    slices = [events[i::rounds] for i in range(rounds)]
+    ceiling_s = accepted_s = pipeline_s = 0.0
+    ceiling_ids: list[str] = []
+    backlog = {}
+    try:
+        for index, part in enumerate(slices):
+            for phase in (("ceiling", "pipeline") if index % 2 == 0 else ("pipeline", "ceiling")):
+                waited += wait_quiet()
+                if phase == "ceiling":
+                    ceiling_s += measure_ceiling(db, part, ceiling_ids)
+                else:
+                    accepted, stored = measure_pipeline(db, part, clients)
+                    accepted_s += accepted
+                    pipeline_s += stored
+                    backlog = queue_depths([f"{get_settings().queue_prefix}.analytics"])
+    finally:
+        delete_ceiling_documents(db, ceiling_ids)
     isolated_s = None
     if os.environ.get("BENCH_ISOLATE") == "1":
         waited += wait_quiet()
@@ -247,8 +271,9 @@ def main() -> None:
 
     pipeline_rate, ceiling_rate, naive_rate = n / pipeline_s, n / ceiling_s, n_naive / naive_s
     print(LINE)
-    print(f"bench/ingestion.py — run {run_id}: {n} events ({len(range(0, n, BATCH))} batches of {BATCH}, "
-          f"{clients} client threads), {len(users)} bench users; {waited:.0f}s spent waiting for a quiet stack")
+    print(f"bench/ingestion.py — run {run_id}: {n} events in {rounds} alternating rounds of pipeline and ceiling "
+          f"(batches of up to {BATCH}, {clients} client threads), {len(users)} bench users; "
+          f"{waited:.0f}s spent waiting for a quiet stack")
     print(LINE)
     print(f"pipeline  POST /api/events/batch -> MongoDB events : {pipeline_s:7.2f} s  {pipeline_rate:10,.0f} events/s"
           f"   (all 202s after {accepted_s:.2f} s: {n / accepted_s:,.0f} events/s accepted)")
@@ -261,7 +286,7 @@ def main() -> None:
           f"{verdict(pipeline_rate / naive_rate >= 10)}")
     print(f"ceiling / naive    = {ceiling_rate / naive_rate:.1f}x   (the most any pipeline could reach against "
           f"the naive one on this MongoDB server)")
-    print(f"analytics backlog left by the pipeline: {sum(backlog.values())} rescoring tasks queued")
+    print(f"analytics backlog left by the last pipeline round: {sum(backlog.values())} rescoring tasks queued")
     if isolated_s is not None:
         rate = n / isolated_s
         print(f"pipeline with the analytics consumer paused: {isolated_s:.2f} s  {rate:,.0f} events/s  "
