@@ -3,7 +3,8 @@
 Keys: ``<prefix>profile:ver:<id>`` (an integer), ``<prefix>profile:writing:<id>`` (how many event
 writes for the user are in flight) and ``<prefix>profile:<id>`` (``<ver>:<JSON profile>``, TTL one
 hour: the profile and the version it was computed under). A read is one MGET of the version and
-the profile, a hit when the two versions agree: one plain command, no script on the hot path. Whoever stores events for a user brackets the MongoDB write with `begin_events_write` and
+the profile, a hit when the two versions agree: one plain command, no script on the hot path.
+Whoever stores events for a user brackets the MongoDB write with `begin_events_write` and
 `end_events_write`: both bump the version, so no profile cached before or during the write is
 reachable afterwards. A profile is cached only if, atomically at the moment of caching, the version
 is still the one read *before* the data was read and no event write is in flight; otherwise the

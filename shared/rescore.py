@@ -3,9 +3,10 @@
 The worker adds the users whose events it stored to a Redis set and schedules one drain task,
 unless one is already scheduled; the analytics worker drains the set in chunks. A drain takes as
 many users as were pending when it started (SPOP picks which); the rest wait for the next drain,
-scheduled `rescore_delay_seconds` after them. Under a burst of ingestion this turns "one rescoring of ~N users per stored chunk" into
-one per delay (draining until the set is empty instead rescored the same users after every chunk,
-and those reads and writes competed with the burst for MongoDB: the pipeline ran up to 2x slower).
+scheduled `rescore_delay_seconds` after them. Under a burst of ingestion this turns "one
+rescoring of ~N users per stored chunk" into one per delay (draining until the set was empty
+rescored the same users after every chunk, and those reads and writes competed with the burst
+for MongoDB: the pipeline ran up to 2x slower).
 
 Correctness does not depend on it: the profile cache is invalidated synchronously by the writer
 (see shared.profile_cache), so API reads are fresh even before the drain runs. Should a drain die

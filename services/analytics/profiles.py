@@ -1,8 +1,8 @@
 """A user's analytics profile: the guide's rules, the population models and recommendations.
 
 Computed for a batch of users at once from bulk reads (Postgres for the users and their daily
-activity counters, MongoDB for purchases), vectorised with numpy. The analytics worker calls it after events arrive; the API calls
-the same function on a cache miss, so both always agree.
+activity counters, MongoDB for purchases), vectorised with numpy. The analytics worker calls it
+after events arrive; the API calls the same function on a cache miss, so both always agree.
 """
 from datetime import UTC, date, datetime
 

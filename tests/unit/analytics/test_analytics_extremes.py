@@ -61,6 +61,19 @@ def reference_conditional_expectation(params, t, x, t_x, T):
     return pa * total
 
 
+def mpmath_conditional_expectation(params, t, x, t_x, T) -> float:
+    """FHL eq. 10 evaluated with mpmath at 60 digits (dev-only: the caller skips without mpmath)."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 60
+    r, al, a, b = (mp.mpf(v) for v in (params.r, params.alpha, params.a, params.b))
+    x_, tx, T_, tt = (mp.mpf(float(v)) for v in (x, t_x, T, t))
+    z = tt / (al + T_ + tt)
+    num = (a + b + x_ - 1) / (a - 1) * (
+        1 - ((al + T_) / (al + T_ + tt)) ** (r + x_) * mp.hyp2f1(r + x_, b + x_, a + b + x_ - 1, z))
+    den = 1 + (a / (b + x_ - 1) * ((al + T_) / (al + tx)) ** (r + x_) if x > 0 else 0)
+    return float(num / den)
+
+
 @pytest.mark.parametrize("params", [
     CDNOW,
     BGNBDParams(5.0, 0.5, 3.0, 0.3, 0.0, 0),     # a > 1, b < 1
@@ -92,18 +105,11 @@ def test_scoring_is_finite_for_extreme_histories(params):
 ])
 def test_conditional_expectation_against_60_digit_reference(params):
     """FHL eq. 10 evaluated with mpmath at 60 digits (dev-only; skipped without mpmath)."""
-    mp = pytest.importorskip("mpmath")
-    mp.mp.dps = 60
-    r, al, a, b = (mp.mpf(v) for v in (params.r, params.alpha, params.a, params.b))
+    pytest.importorskip("mpmath")
     t = 90 / 7
     got = conditional_expected_purchases(params, t, X, TX, TT)
     for i in range(X.size):
-        x, tx, T, tt = (mp.mpf(float(v)) for v in (X[i], TX[i], TT[i], t))
-        z = tt / (al + T + tt)
-        num = (a + b + x - 1) / (a - 1) * (
-            1 - ((al + T) / (al + T + tt)) ** (r + x) * mp.hyp2f1(r + x, b + x, a + b + x - 1, z))
-        den = 1 + (a / (b + x - 1) * ((al + T) / (al + tx)) ** (r + x) if X[i] > 0 else 0)
-        ref = float(num / den)
+        ref = mpmath_conditional_expectation(params, t, X[i], TX[i], TT[i])
         assert got[i] == pytest.approx(ref, rel=1e-10, abs=1e-300), i
 
 
@@ -189,8 +195,7 @@ def test_parameters_at_the_fits_bounds_score_quickly_and_correctly():
     """A fit that runs to its bounds (a and b in the millions: no heterogeneity in dropout) once
     sent the hypergeometric series through all its terms on overflowed values, so one profile
     took minutes. Such rows now leave the series at once and go to the direct form."""
-    mp = pytest.importorskip("mpmath")
-    mp.mp.dps = 60
+    pytest.importorskip("mpmath")
     a = 429862.478469
     params = BGNBDParams(0.6, 5.0, a, 10082041.658034 - a, 0.0, 0)
     x, t_x, T = np.array([0, 1, 3, 6, 20]), np.array([0.0, 10.0, 30.0, 60.0, 90.0]), np.array([100.0, 120.0, 150.0, 150.0, 100.0])
@@ -201,11 +206,6 @@ def test_parameters_at_the_fits_bounds_score_quickly_and_correctly():
         clv = customer_lifetime_value(params, GammaGammaParams(6.25, 3.74, 15.44, 0.0, 0), x, t_x, T,
                                       np.full(x.size, 25.0))
     assert np.all(np.isfinite(clv)) and np.all(clv > 0)
-    r, al, a_, b = (mp.mpf(v) for v in (params.r, params.alpha, params.a, params.b))
     for i in range(x.size):
-        xi, txi, Ti, tt = (mp.mpf(float(v)) for v in (x[i], t_x[i], T[i], t))
-        z = tt / (al + Ti + tt)
-        num = (a_ + b + xi - 1) / (a_ - 1) * (
-            1 - ((al + Ti) / (al + Ti + tt)) ** (r + xi) * mp.hyp2f1(r + xi, b + xi, a_ + b + xi - 1, z))
-        den = 1 + (a_ / (b + xi - 1) * ((al + Ti) / (al + txi)) ** (r + xi) if x[i] > 0 else 0)
-        assert got[i] == pytest.approx(float(num / den), rel=1e-6), i
+        ref = mpmath_conditional_expectation(params, t, x[i], t_x[i], T[i])
+        assert got[i] == pytest.approx(ref, rel=1e-6), i
