@@ -1,26 +1,20 @@
 """Per-user daily activity counters (Postgres `activity_days`), derived from MongoDB `events`.
 
-The worker adds every batch it stores (`record`), analytics reads a few rows per user (`load`),
-and `python -m shared.activity rebuild` recounts everything from the events, which are the
-source of truth: after an upgrade from the MongoDB counters, or to repair the one inexactness
-of counting incrementally (a worker that dies between storing a batch and counting it leaves
-that batch uncounted; its redelivery finds the events already stored and adds nothing).
+The worker adds every batch it stores, exactly once, in the transaction of shared.summaries
+(`record`); profiles read a few rows per user (`load`); `python -m shared.summaries rebuild`
+recounts them from the events, which are the source of truth.
 
 Why Postgres and not a MongoDB collection: the counters are one upsert per (user, day) touched,
 so per stored batch of 1,000 events there are up to several hundred of them. In one statement
 against Postgres that costs a few milliseconds; as MongoDB upserts it cost more than half as much
 as storing the events themselves on the dev server, whose single process bounds ingestion.
 """
-import argparse
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
-
-from shared.mongo import EVENTS
 
 # Rows sorted by (user, day), so two workers upserting overlapping batches lock in one order and
 # cannot deadlock; only users that exist are counted (an event of a deleted user is not an error).
@@ -100,50 +94,3 @@ def load(session: Session, user_ids: list[int], now: datetime) -> dict[int, Acti
     since = _day(now) - timedelta(days=30)
     rows = session.execute(_LOAD, {"user_ids": [int(u) for u in user_ids], "since": since})
     return {row.user_id: Activity(int(row.events), int(row.recent), row.last_event_at) for row in rows}
-
-
-def rebuild(db, session: Session, user_ids: list[int] | None = None) -> int:
-    """Recount from MongoDB `events` (all users, or the given ones), replacing their counters.
-    One aggregation; run it on a quiet stack, since batches stored meanwhile may be counted twice.
-    Returns the number of (user, day) rows written."""
-    match = {"user_id": {"$in": [int(u) for u in user_ids]}} if user_ids is not None else {}
-    pipeline = [
-        {"$match": match},
-        {
-            "$group": {
-                "_id": {"user": "$user_id", "day": {"$dateTrunc": {"date": "$timestamp", "unit": "day"}}},
-                "events": {"$sum": 1},
-                "last": {"$max": "$timestamp"},
-            }
-        },
-    ]
-    buckets = {
-        (int(row["_id"]["user"]), _day(row["_id"]["day"])): [row["events"], row["last"]]
-        for row in db[EVENTS].aggregate(pipeline, allowDiskUse=True)
-    }
-    if user_ids is None:
-        session.execute(text("DELETE FROM activity_days"))
-    else:
-        session.execute(
-            text("DELETE FROM activity_days WHERE user_id = ANY(CAST(:ids AS integer[]))"),
-            {"ids": [int(u) for u in user_ids]},
-        )
-    _upsert(session, buckets)
-    return len(buckets)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from shared.db import session_scope
-    from shared.mongo import get_database
-
-    parser = argparse.ArgumentParser(prog="python -m shared.activity", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["rebuild"], help="recount every user's daily activity from the events")
-    parser.parse_args(argv)
-    with session_scope() as session:
-        rows = rebuild(get_database(), session)
-    print(f"activity_days rebuilt from MongoDB events: {rows} (user, day) rows")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

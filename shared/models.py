@@ -1,4 +1,5 @@
-"""Postgres schema: User → Address → City → Country, daily activity counters, and the transactional outbox.
+"""Postgres schema: User → Address → City → Country, per-user activity counters and purchase
+summaries (derived from MongoDB `events`, maintained by the worker), and the transactional outbox.
 
 Alembic migrations in `shared/migrations` create exactly these tables; a test compares the two.
 """
@@ -100,6 +101,76 @@ class ActivityDay(Base):
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     events: Mapped[int] = mapped_column(Integer)
     last_event_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+def _user_fk() -> Mapped[int]:
+    return mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+
+
+class AppliedBatch(Base):
+    """An event batch whose events have been added to the counters and summaries below.
+
+    The worker inserts this row in the same transaction as the additions, so each batch is
+    applied exactly once however often its message is delivered (shared.summaries).
+    """
+
+    __tablename__ = "applied_batches"
+
+    batch_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    events: Mapped[int] = mapped_column(Integer)
+    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
+
+
+class PurchaseDay(Base):
+    """A customer's purchases on one UTC day: BG/NBD counts purchase days, not purchases."""
+
+    __tablename__ = "purchase_days"
+
+    user_id: Mapped[int] = _user_fk()
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    purchases: Mapped[int] = mapped_column(Integer)
+    spent: Mapped[Decimal] = mapped_column(Numeric)
+
+
+class CustomerSummary(Base):
+    """Everything the rules, the models and RFM need about one customer (a user with a purchase).
+
+    BG/NBD's frequency is ``purchase_days - 1``; the Gamma-Gamma spend of the repeat days is
+    ``(spent - first_day_spent) / (purchase_days - 1)``.
+    """
+
+    __tablename__ = "customer_summaries"
+
+    user_id: Mapped[int] = _user_fk()
+    first_purchase_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_purchase_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    first_day: Mapped[date] = mapped_column(Date)
+    last_day: Mapped[date] = mapped_column(Date, index=True)
+    purchase_days: Mapped[int] = mapped_column(Integer)
+    purchases: Mapped[int] = mapped_column(Integer)
+    spent: Mapped[Decimal] = mapped_column(Numeric)
+    first_day_spent: Mapped[Decimal] = mapped_column(Numeric)
+
+
+class CustomerCategory(Base):
+    """What one customer bought in one category (recommendations, per-category spend)."""
+
+    __tablename__ = "customer_categories"
+
+    user_id: Mapped[int] = _user_fk()
+    category: Mapped[str] = mapped_column(String(100), primary_key=True)
+    purchases: Mapped[int] = mapped_column(Integer)
+    spent: Mapped[Decimal] = mapped_column(Numeric)
+
+
+class CategorySales(Base):
+    """Sales per category over all customers: the guide's "top categories" without a scan."""
+
+    __tablename__ = "category_sales"
+
+    category: Mapped[str] = mapped_column(String(100), primary_key=True)
+    purchases: Mapped[int] = mapped_column(BigInteger)
+    spent: Mapped[Decimal] = mapped_column(Numeric)
 
 
 class OutboxMessage(Base):

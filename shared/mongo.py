@@ -6,6 +6,7 @@ from functools import lru_cache
 
 from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.database import Database
+from pymongo.errors import BulkWriteError, OperationFailure
 
 from shared.settings import get_settings
 
@@ -36,11 +37,35 @@ def ensure_indexes(db: Database) -> None:
     db[EVENTS].create_index(
         [("user_id", ASCENDING), ("timestamp", DESCENDING)], name="ix_user_time"
     )
-    db[PROFILES].create_index([("user_id", ASCENDING)], unique=True, name="uq_user_id")
-    db[PROFILES].create_index([("segment", ASCENDING)], name="ix_segment")
+    _key_profiles_by_user(db)
     # Serves "purchases of these users" and the category aggregation's $match on event_type.
     db[EVENTS].create_index([("event_type", ASCENDING), ("user_id", ASCENDING)], name="ix_type_user")
     db[MODELS].create_index([("version", DESCENDING)], unique=True, name="uq_version")
+
+
+def _key_profiles_by_user(db: Database) -> None:
+    """Profile documents are keyed by user id (`_id` = `user_id`), with no other index: analytics
+    replaces hundreds of them per rescoring batch, and on the dev server a replacement costs half
+    as much with one index as with three (`_id`, a unique `user_id`, `segment`; the segment counts
+    scan the collection whichever way). Documents of an older version, with an ObjectId `_id`,
+    are moved once, at the first start after the upgrade; then the old indexes go."""
+    indexes = db[PROFILES].index_information()
+    if "uq_user_id" not in indexes and "ix_segment" not in indexes:
+        return
+    for name in ("uq_user_id", "ix_segment"):
+        try:
+            db[PROFILES].drop_index(name)
+        except OperationFailure:  # dropped by a process starting alongside
+            pass
+    while batch := list(db[PROFILES].find({"_id": {"$type": "objectId"}}).limit(1000)):
+        try:
+            db[PROFILES].insert_many([{**doc, "_id": doc["user_id"]} for doc in batch], ordered=False)
+        except BulkWriteError as exc:
+            # With only the `_id` index left, a duplicate is a document already keyed by the user:
+            # moved by a process starting alongside, or newer. Either way the old one can go.
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
+        db[PROFILES].delete_many({"_id": {"$in": [doc["_id"] for doc in batch]}})
 
 
 def prepare_database(uri: str | None = None, timeout: float = 60.0) -> None:

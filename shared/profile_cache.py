@@ -101,6 +101,22 @@ def write(user_id: int, version: str, profile: dict | str) -> bool:
     )
 
 
+def write_many(entries: dict[int, tuple[str, dict | str]]) -> int:
+    """`write` for many users in one round trip ({user id: (version, profile)}). Returns how many
+    were cached."""
+    if not entries:
+        return 0
+    redis = get_redis()
+    script = _script(_WRITE_IF_CURRENT, redis)
+    ttl = get_settings().profile_cache_ttl
+    pipe = redis.pipeline(transaction=False)
+    for user_id, (version, profile) in entries.items():
+        body = profile if isinstance(profile, str) else dumps(profile)
+        script(keys=[_version_key(user_id), _writing_key(user_id), _profile_key(user_id)],
+               args=[version, body, ttl], client=pipe)
+    return sum(1 for cached in pipe.execute() if cached)
+
+
 def current_versions(user_ids: Iterable[int]) -> dict[int, str]:
     ids = list(user_ids)
     values = get_redis().mget([_version_key(u) for u in ids]) if ids else []

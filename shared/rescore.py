@@ -1,24 +1,29 @@
 """Coalesced rescoring: many event batches for overlapping users become one analytics run.
 
-The worker adds the users whose events it stored to a Redis set and schedules one drain task,
-unless one is already scheduled; the analytics worker drains the set in chunks. A drain takes as
-many users as were pending when it started (SPOP picks which); the rest wait for the next drain,
-scheduled `rescore_delay_seconds` after them. Under a burst of ingestion this turns "one
-rescoring of ~N users per stored chunk" into one per delay (draining until the set was empty
-rescored the same users after every chunk, and those reads and writes competed with the burst
-for MongoDB: the pipeline ran up to 2x slower).
+The worker adds the users whose events it stored (and every new signup) to a Redis set and
+schedules one drain task, unless one is already scheduled. A drain takes exactly the users who
+were pending when it started: it renames the set to one of its own, so users changed meanwhile
+wait for the next drain, scheduled `rescore_delay_seconds` after them. The drain's users are
+rescored in chunks, one task per chunk, so every analytics worker process takes a share. Under a
+burst of ingestion this turns "one rescoring of ~N users per stored chunk" into one per delay
+(draining until the set was empty rescored the same users after every chunk, and those reads
+and writes competed with the burst for MongoDB: the pipeline ran up to 2x slower).
 
 Correctness does not depend on it: the profile cache is invalidated synchronously by the writer
-(see shared.profile_cache), so API reads are fresh even before the drain runs. Should a drain die
-between taking users and storing their profiles, their MongoDB profile documents wait for their
-next event or the next refit; a failed drain puts its users back before retrying.
+(see shared.profile_cache), so API reads are fresh even before the drain runs. Should a drain's worker
+die between taking users and storing their profiles, their MongoDB profile documents wait for
+their next event or the next refit; a chunk that fails puts its users back before retrying.
 """
+import uuid
 from collections.abc import Callable, Iterable
+
+from redis.exceptions import ResponseError
 
 from shared.cache import get_redis, key
 from shared.settings import get_settings
 
 SCHEDULED_TTL_SECONDS = 120  # a lost drain message must not block rescoring for long
+DRAIN_TTL_SECONDS = 24 * 3600  # a drain whose workers all died must not keep its set forever
 
 
 def _pending() -> str:
@@ -38,12 +43,6 @@ def mark_changed(user_ids: Iterable[int], schedule: Callable[[float], None]) -> 
     return _schedule_once(schedule)
 
 
-def schedule_if_pending(schedule: Callable[[float], None]) -> bool:
-    """After a drain: users left pending (added while it ran) get a drain of their own, even if
-    the worker that added them found one still scheduled."""
-    return pending_count() > 0 and _schedule_once(schedule)
-
-
 def _schedule_once(schedule: Callable[[float], None]) -> bool:
     redis = get_redis()
     if redis.set(_scheduled(), "1", nx=True, ex=SCHEDULED_TTL_SECONDS):
@@ -56,19 +55,47 @@ def _schedule_once(schedule: Callable[[float], None]) -> bool:
     return False
 
 
-def take(batch: int) -> list[int]:
-    """Take up to `batch` pending users. The first take re-opens scheduling, so changes that
-    arrive while this drain runs get a drain of their own."""
+def start_drain() -> tuple[str | None, int]:
+    """Move every pending user into a set of this drain's own and re-open scheduling, so that
+    users changed from now on wait for (and schedule) the next drain. Returns the drain's key and
+    how many users it holds, or (None, 0) when nobody is pending."""
     redis = get_redis()
     redis.delete(_scheduled())
-    return sorted(int(u) for u in (redis.spop(_pending(), batch) or []))
+    drain = key("rescore", "draining", uuid.uuid4().hex)
+    try:
+        redis.rename(_pending(), drain)
+    except ResponseError:  # no such key: nothing pending
+        return None, 0
+    redis.expire(drain, DRAIN_TTL_SECONDS)
+    return drain, int(redis.scard(drain))
 
 
-def put_back(user_ids: Iterable[int]) -> None:
+def take(drain: str, batch: int) -> list[int]:
+    """Take up to `batch` users of a drain."""
+    return sorted(int(u) for u in (get_redis().spop(drain, batch) or []))
+
+
+def put_back(user_ids: Iterable[int], schedule: Callable[[float], None]) -> None:
+    """Users whose rescoring failed: pending again, with a drain scheduled for them."""
     ids = list(user_ids)
     if ids:
         get_redis().sadd(_pending(), *ids)
+        _schedule_once(schedule)
 
 
 def pending_count() -> int:
     return int(get_redis().scard(_pending()))
+
+
+def _rescored() -> str:
+    return key("rescore", "rescored")
+
+
+def count_rescored(users: int) -> None:
+    """Add to the running total of profiles computed by analytics (for throughput and metrics)."""
+    if users:
+        get_redis().incrby(_rescored(), users)
+
+
+def rescored_total() -> int:
+    return int(get_redis().get(_rescored()) or 0)

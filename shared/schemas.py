@@ -98,8 +98,9 @@ class Geo(StrictModel):
 
 class PurchaseMetadata(StrictModel):
     product_id: Label
-    price: Price
+    price: Price = Field(description="What the purchase cost in total (all items)")
     category: Label
+    quantity: int | None = Field(None, ge=1, le=1_000_000, description="Items bought, when known")
 
 
 class ProductMetadata(BaseModel):

@@ -13,12 +13,14 @@ from kombu import Exchange, Queue
 # Task names (stable wire contract).
 USER_CREATED = "pulse.worker.user_created"
 STORE_EVENTS = "pulse.worker.store_events"
+SEND_WELCOME = "pulse.worker.send_welcome"
 COMPUTE_PROFILES = "pulse.analytics.compute_profiles"
 FIT_MODELS = "pulse.analytics.fit_models"
 
 # Routing keys.
 RK_USER_CREATED = "user.created"
 RK_EVENTS_INGEST = "events.ingest"
+RK_EMAIL_WELCOME = "email.welcome"
 RK_ANALYTICS_PROFILES = "analytics.profiles"
 RK_ANALYTICS_FIT = "analytics.fit"
 
@@ -29,12 +31,13 @@ class Topology:
     dead_letter_exchange: Exchange
     users: Queue
     events: Queue
+    email: Queue
     analytics: Queue
     dead_letter: Queue
 
     @property
     def work_queues(self) -> tuple[Queue, ...]:
-        return (self.users, self.events, self.analytics)
+        return (self.users, self.events, self.email, self.analytics)
 
     @property
     def all_queues(self) -> tuple[Queue, ...]:
@@ -44,6 +47,7 @@ class Topology:
         by_task = {
             USER_CREATED: (self.users, RK_USER_CREATED),
             STORE_EVENTS: (self.events, RK_EVENTS_INGEST),
+            SEND_WELCOME: (self.email, RK_EMAIL_WELCOME),
             COMPUTE_PROFILES: (self.analytics, RK_ANALYTICS_PROFILES),
             FIT_MODELS: (self.analytics, RK_ANALYTICS_FIT),
         }
@@ -72,6 +76,8 @@ def build_topology(prefix: str = "pulse") -> Topology:
         dead_letter_exchange=dlx,
         users=work_queue("users", "user.*"),
         events=work_queue("events", "events.*"),
+        # Its own queue and worker process: a slow or unreachable SMTP server delays e-mails only.
+        email=work_queue("email", "email.*"),
         analytics=work_queue("analytics", "analytics.*"),
         dead_letter=Queue(f"{prefix}.dead_letter", exchange=dlx, durable=True),
     )

@@ -1,4 +1,5 @@
 """Session fixtures: the real services, started and torn down per test run."""
+import asyncio
 import os
 import shutil
 import subprocess
@@ -7,6 +8,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
@@ -65,16 +67,29 @@ def stop(process: subprocess.Popen, timeout: float = 20) -> None:
 
 
 class MailCatcher:
-    """A real SMTP server (aiosmtpd) that keeps what it receives."""
+    """A real SMTP server (aiosmtpd) that keeps what it receives; `hold()` makes it a slow one."""
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
         self._lock = threading.Lock()
+        self._open = threading.Event()
+        self._open.set()
 
     async def handle_DATA(self, server, session, envelope):
+        while not self._open.is_set():  # a slow server: the client waits for the answer
+            await asyncio.sleep(0.05)
         with self._lock:
             self.messages.append(message_from_bytes(envelope.content))
         return "250 OK"
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Answer no message until the block ends (keep it shorter than the mailer's SMTP timeout)."""
+        self._open.clear()
+        try:
+            yield
+        finally:
+            self._open.set()
 
     def to(self, address: str) -> list[Message]:
         with self._lock:
@@ -127,13 +142,14 @@ def pipeline(services) -> Iterator[dict]:
     processes = {
         "relay": spawn([sys.executable, "-m", "services.api.outbox_relay"], "relay"),
         "worker": spawn(celery_worker_args("services.worker.main", "pulse.users,pulse.events", f"worker-{RUN_ID}", 2), "worker"),
+        "mailer": spawn(celery_worker_args("services.worker.main", "pulse.email", f"mailer-{RUN_ID}"), "mailer"),
         "analytics": spawn(celery_worker_args("services.analytics.main", "pulse.analytics", f"analytics-{RUN_ID}"), "analytics"),
     }
     from shared.celery_app import create_celery_app
 
     control = create_celery_app("pulse-test-control")
     try:
-        wait_for(lambda: len(control.control.ping(timeout=1.0)) >= 2, timeout=90, what="both Celery workers to answer ping")
+        wait_for(lambda: len(control.control.ping(timeout=1.0)) >= 3, timeout=90, what="the three Celery workers to answer ping")
         yield processes
     finally:
         for process in processes.values():

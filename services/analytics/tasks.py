@@ -1,12 +1,19 @@
-"""Analytics tasks: rescore the users whose events changed; refit the population models."""
+"""Analytics tasks: rescore users in batches; refit the population model and rescore everyone.
+
+Every rescoring is a batch of at most RESCORE_CHUNK users computed together (a few indexed reads
+for the whole batch, vectorised scoring, one bulk write per store), and the batches of a large
+rescoring are separate tasks, so every analytics worker process that runs takes a share.
+"""
+import math
 from datetime import UTC, date, datetime
 
-from pymongo import UpdateOne
-from sqlalchemy import select, text
+from pymongo import ReplaceOne
+from sqlalchemy import func, select, text
 
+from services.analytics.fitting import fit_population
 from services.analytics.main import app
-from services.analytics.profiles import compute_profiles, fit_population
 from shared import profile_cache, rescore
+from shared.analytics.profiles import compute_profiles
 from shared.db import session_scope
 from shared.logging import get_logger
 from shared.models import User
@@ -18,20 +25,32 @@ log = get_logger("pulse.analytics")
 RESCORE_CHUNK = 500
 
 
+def profile_document(profile: dict) -> dict:
+    """The MongoDB profile document: the profile, with the user's identity flattened the way the
+    worker writes it at signup (username, e-mail, name, city, country)."""
+    user = profile["user"]
+    return {
+        "_id": profile["user_id"],
+        **{k: v for k, v in profile.items() if k != "user"},
+        "username": user["username"],
+        "email": user["email"],
+        "full_name": user["full_name"],
+        "city": user["address"]["city"],
+        "country_code": user["address"]["country"]["code"],
+        "created_at": datetime.fromisoformat(user["created_at"]),
+        "computed_at": datetime.fromisoformat(profile["computed_at"]),
+    }
+
+
 def store_profiles(db, session, profiles: dict[int, dict]) -> None:
-    """Profiles to MongoDB, engagement back to users.profile_score (one statement each)."""
+    """Profiles to MongoDB, engagement back to users.profile_score (one statement each).
+    Whole documents are replaced by key (shared.mongo: profiles are keyed by user id): on the dev
+    server that costs two thirds of a $set on a looked-up field."""
     if not profiles:
         return
     db[PROFILES].bulk_write(
-        [
-            UpdateOne(
-                {"user_id": user_id},
-                {"$set": {**{k: v for k, v in profile.items() if k != "user"},
-                          "computed_at": datetime.fromisoformat(profile["computed_at"])}},
-                upsert=True,
-            )
-            for user_id, profile in profiles.items()
-        ],
+        [ReplaceOne({"_id": user_id}, profile_document(profile), upsert=True)
+         for user_id, profile in profiles.items()],
         ordered=False,
     )
     session.execute(
@@ -52,42 +71,80 @@ def rescore_users(user_ids: list[int]) -> int:
     with session_scope() as session:
         profiles = compute_profiles(db, session, user_ids)
         store_profiles(db, session, profiles)
-    for user_id, profile in profiles.items():
-        profile_cache.write(user_id, versions[user_id], profile)
+    profile_cache.write_many({user_id: (versions[user_id], profile) for user_id, profile in profiles.items()})
+    rescore.count_rescored(len(profiles))
     return len(profiles)
 
 
+def _schedule_drain(delay: float) -> None:
+    app.send_task(COMPUTE_PROFILES, countdown=delay)
+
+
+def _drain_chunk(drain: str) -> int:
+    batch = rescore.take(drain, RESCORE_CHUNK)
+    if not batch:
+        return 0
+    try:
+        return rescore_users(batch)
+    except Exception:
+        rescore.put_back(batch, _schedule_drain)
+        raise
+
+
 @app.task(name=COMPUTE_PROFILES, **RETRY_POLICY)
-def compute_profiles_task(user_ids: list[int] | None = None) -> dict:
-    """Rescore the given users, or (without ids) drain the users whose events changed."""
+def compute_profiles_task(user_ids: list[int] | None = None, id_range: list[int] | None = None,
+                          drain: str | None = None) -> dict:
+    """Rescore the given users, the users with ids in `id_range` ([first, last]), a chunk of a
+    running drain (`drain`), or (with none of them) start a drain of the users whose events
+    changed (shared.rescore): one chunk here, one task per further chunk, which any analytics
+    worker process may run."""
     if user_ids is not None:
         count = rescore_users(user_ids)
         log.info("profiles_computed", users=count)
         return {"profiles": count}
-    total = 0
-    remaining = rescore.pending_count()  # see shared.rescore: more users arriving go to the next drain
-    while remaining > 0 and (batch := rescore.take(min(RESCORE_CHUNK, remaining))):
-        remaining -= len(batch)
-        try:
-            total += rescore_users(batch)
-        except Exception:
-            rescore.put_back(batch)
-            raise
-    rescore.schedule_if_pending(lambda delay: app.send_task(COMPUTE_PROFILES, countdown=delay))
-    log.info("profiles_rescored", users=total)
-    return {"profiles": total}
+    if id_range is not None:
+        with session_scope() as session:
+            ids = list(session.scalars(
+                select(User.id).where(User.id.between(id_range[0], id_range[1])).order_by(User.id)))
+        count = rescore_users(ids) if ids else 0
+        log.info("profiles_computed", users=count, first_id=id_range[0], last_id=id_range[1])
+        return {"profiles": count}
+    if drain is None:
+        drain, pending = rescore.start_drain()
+        if drain is None:
+            return {"profiles": 0}
+        for _ in range(math.ceil(pending / RESCORE_CHUNK) - 1):
+            app.send_task(COMPUTE_PROFILES, kwargs={"drain": drain})
+    count = _drain_chunk(drain)
+    log.info("profiles_rescored", users=count)
+    return {"profiles": count}
+
+
+def rescore_everyone() -> int:
+    """Queue a rescoring of every user in chunks of consecutive ids (one task each)."""
+    with session_scope() as session:
+        first, last = session.execute(select(func.min(User.id), func.max(User.id))).one()
+    if first is None:
+        return 0
+    tasks = 0
+    for start in range(first, last + 1, RESCORE_CHUNK):
+        app.send_task(COMPUTE_PROFILES, kwargs={"id_range": [start, min(start + RESCORE_CHUNK - 1, last)]})
+        tasks += 1
+    return tasks
 
 
 @app.task(name=FIT_MODELS, ignore_result=False, **RETRY_POLICY)
 def fit_models_task(as_of: str | None = None) -> dict:
     day = date.fromisoformat(as_of) if as_of else datetime.now(UTC).date()
-    db = get_database()
-    model = fit_population(db, day)
-    # Profiles carry model outputs: rescore everyone against the new version.
-    with session_scope() as session:
-        user_ids = session.scalars(select(User.id).order_by(User.id)).all()
-    for start in range(0, len(user_ids), RESCORE_CHUNK):
-        app.send_task(COMPUTE_PROFILES, kwargs={"user_ids": user_ids[start : start + RESCORE_CHUNK]})
-    log.info("models_fitted", version=model["version"], as_of=model["as_of"], customers=model["n_customers"])
+    try:
+        with session_scope() as session:
+            model = fit_population(get_database(), session, day)
+    except ValueError as exc:
+        # Too few customers is an answer, not a failure: returned to the caller (422), never
+        # retried or dead-lettered.
+        log.info("models_not_fitted", as_of=day.isoformat(), reason=str(exc))
+        return {"error": str(exc)}
+    # Profiles carry model outputs: rescore everyone against the new version, spread over workers.
+    model["rescoring_tasks"] = rescore_everyone()
     model["fitted_at"] = model["fitted_at"].isoformat()
     return model

@@ -1,5 +1,5 @@
 """Analytics endpoints: the guide's MongoDB aggregation, segments, model fitting, cache stats."""
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from celery.exceptions import TimeoutError as ResultTimeout
 from flask import current_app, request
@@ -7,17 +7,65 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import func, select
 
-from services.analytics import models_store
 from services.api.problems import ProblemError, validation_problem
 from shared import profile_cache, reference
+from shared.analytics import model_store
 from shared.db import session_scope
-from shared.models import Address, City, Country, User
-from shared.mongo import EVENTS, PROFILES, get_database
-from shared.schemas import Problem
+from shared.models import Address, CategorySales, City, Country, User
+from shared.mongo import PROFILES, get_database
+from shared.schemas import FieldProblem, Problem
 from shared.topology import FIT_MODELS
 
 analytics_bp = APIBlueprint("analytics", __name__, url_prefix="/api", abp_tags=[Tag(name="analytics")])
 FIT_TIMEOUT_SECONDS = 300
+
+
+class FitDiagnostics(BaseModel):
+    converged: bool = Field(description="The optimiser stopped where the gradient vanishes")
+    at_bounds: list[str] = Field(
+        description="Parameters the fit held at a bound (1e-4..1e4 in the rescaled problem): the data do "
+        "not identify them, e.g. a -> 0 and b -> inf when nobody has dropped out yet"
+    )
+    iterations: int | None
+
+
+class BGNBDOut(FitDiagnostics):
+    r: float
+    alpha: float
+    a: float
+    b: float
+    log_likelihood: float
+
+
+class GammaGammaOut(FitDiagnostics):
+    p: float
+    q: float
+    gamma: float
+    log_likelihood: float
+
+
+class RFMBreakpointsOut(BaseModel):
+    recency: list[str | None] = Field(description="Last purchase day from which recency scores 2, 3, 4, 5")
+    frequency: list[float | None] = Field(description="Purchase days from which frequency scores 2..5")
+    monetary: list[float | None] = Field(description="Spend from which monetary scores 2..5")
+
+
+class PopulationOut(BaseModel):
+    customers: int = Field(description="Customers the population statistics were computed over")
+    categories: int | None = Field(None, description="Categories the recommendations know")
+    rfm: RFMBreakpointsOut | None = None
+
+
+class ModelOut(BaseModel):
+    version: int
+    fitted_at: str
+    as_of: str = Field(description="Last day of the observation period the purchase models were fitted on")
+    n_customers: int = Field(description="Customers with a purchase up to as_of")
+    converged: bool = Field(description="Both fits converged")
+    bgnbd: BGNBDOut
+    gamma_gamma: GammaGammaOut | None = Field(description="Null with fewer than two repeat buyers")
+    population: PopulationOut
+    timings_ms: dict[str, float] | None = None
 
 
 class TopCategoriesQuery(BaseModel):
@@ -39,29 +87,28 @@ class FitRequest(BaseModel):
         return value
 
 
-@analytics_bp.get("/analytics/categories/top", summary="Top categories by sales (MongoDB aggregation)")
+@analytics_bp.get(
+    "/analytics/categories/top",
+    summary="Top categories by sales",
+    description="Total sales, transactions and average price per category: the guide's MongoDB "
+    "aggregation (`$match` purchases, `$group` by `metadata.category`), kept as running totals that "
+    "the worker adds every stored batch to, so the answer does not scan the events.",
+)
 def top_categories(query: TopCategoriesQuery):
-    pipeline = [
-        {"$match": {"event_type": "user_purchase"}},
-        {
-            "$group": {
-                "_id": "$metadata.category",
-                "total_sales": {"$sum": "$metadata.price"},
-                "count": {"$sum": 1},
-                "avg_price": {"$avg": "$metadata.price"},
-            }
-        },
-        {"$sort": {"total_sales": -1, "_id": 1}},
-        {"$limit": query.limit},
-    ]
-    rows = get_database()[EVENTS].aggregate(pipeline)
+    with session_scope() as session:
+        rows = session.execute(
+            select(CategorySales.category, CategorySales.spent, CategorySales.purchases)
+            .where(CategorySales.purchases > 0)
+            .order_by(CategorySales.spent.desc(), CategorySales.category)
+            .limit(query.limit)
+        ).all()
     return {
         "items": [
             {
-                "category": row["_id"],
-                "total_sales": round(row["total_sales"], 2),
-                "transactions": row["count"],
-                "avg_price": round(row["avg_price"], 2),
+                "category": row.category,
+                "total_sales": round(float(row.spent), 2),
+                "transactions": row.purchases,
+                "avg_price": round(float(row.spent) / row.purchases, 2),
             }
             for row in rows
         ]
@@ -112,10 +159,13 @@ def cache_stats():
 
 @analytics_bp.post(
     "/analytics/models/fit",
-    summary="Fit BG/NBD and Gamma-Gamma on every customer's purchases up to `as_of`",
-    description="Body (optional): `{\"as_of\": \"YYYY-MM-DD\"}`. Runs on the analytics worker; the "
-    "fitted model is stored with a new version and used by every profile from then on.",
-    responses={422: Problem, 503: Problem},
+    summary="Fit BG/NBD and Gamma-Gamma on every customer's summary up to `as_of`",
+    description="Body (optional): `{\"as_of\": \"YYYY-MM-DD\"}`. Runs on the analytics worker from the "
+    "per-customer summaries (not the event log), together with the population statistics profiles use "
+    "(RFM breakpoints, co-purchase weights); stored with a new version and used by every profile from "
+    "then on (everyone is rescored in the background). Says whether the optimiser converged and which "
+    "parameters it held at a bound.",
+    responses={200: ModelOut, 422: Problem, 503: Problem},
 )
 def fit_models():
     try:
@@ -132,13 +182,18 @@ def fit_models():
     except Exception as exc:  # broker or result backend down
         raise ProblemError(503, f"Could not reach the analytics worker ({type(exc).__name__})") from exc
     if result.failed():
-        raise ProblemError(422, f"The models could not be fitted: {model}")
+        raise ProblemError(503, f"The analytics worker failed to fit the models ({type(model).__name__})",
+                           headers={"Retry-After": "60"})
+    if "error" in model:
+        raise ProblemError(422, f"The models could not be fitted: {model['error']}",
+                           [FieldProblem(field="as_of", message=model["error"])])
     return _fit_response(model)
 
 
-@analytics_bp.get("/analytics/models/latest", summary="The fitted models profiles use now")
+@analytics_bp.get("/analytics/models/latest", summary="The fitted models profiles use now",
+                  responses={200: ModelOut, 404: Problem})
 def latest_model():
-    model = models_store.latest(get_database())
+    model = model_store.latest(get_database())
     if model is None:
         raise ProblemError(404, "No model has been fitted yet: POST /api/analytics/models/fit")
     model["fitted_at"] = model["fitted_at"].isoformat()
@@ -147,11 +202,30 @@ def latest_model():
 
 def _fit_response(model: dict) -> dict:
     bg, gg = model["bgnbd"], model.get("gamma_gamma")
+    fit_keys = ("converged", "at_bounds", "iterations")
+    population = model.get("population") or {}
     return {
         "version": model["version"],
         "fitted_at": model["fitted_at"],
         "as_of": model["as_of"],
         "n_customers": model["n_customers"],
-        "bgnbd": {k: bg[k] for k in ("r", "alpha", "a", "b", "log_likelihood")},
-        "gamma_gamma": {k: gg[k] for k in ("p", "q", "gamma", "log_likelihood")} if gg else None,
+        "converged": bool(bg.get("converged", True) and (gg is None or gg.get("converged", True))),
+        "bgnbd": {k: bg[k] for k in ("r", "alpha", "a", "b", "log_likelihood")}
+        | {k: bg.get(k) for k in fit_keys},
+        "gamma_gamma": ({k: gg[k] for k in ("p", "q", "gamma", "log_likelihood")} | {k: gg.get(k) for k in fit_keys})
+        if gg
+        else None,
+        "population": {
+            "customers": population.get("customers", model["n_customers"]),
+            "categories": population.get("categories"),
+            "rfm": _rfm_out(population["rfm"]) if population.get("rfm") else None,
+        },
+        "timings_ms": model.get("timings_ms"),
     }
+
+
+def _rfm_out(rfm: dict) -> dict:
+    def day(value):
+        return (date(1970, 1, 1) + timedelta(days=int(value))).isoformat() if value is not None else None
+
+    return {"recency": [day(v) for v in rfm["recency"]], "frequency": rfm["frequency"], "monetary": rfm["monetary"]}

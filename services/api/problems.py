@@ -15,11 +15,13 @@ PROBLEM_JSON = "application/problem+json"
 class ProblemError(Exception):
     """Raised by handlers to answer with a problem document."""
 
-    def __init__(self, status: int, detail: str, errors: list[FieldProblem] | None = None):
+    def __init__(self, status: int, detail: str, errors: list[FieldProblem] | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.errors = errors
+        self.headers = headers or {}
 
 
 def problem_response(status: int, detail: str | None = None, errors: list[FieldProblem] | None = None) -> Response:
@@ -73,7 +75,9 @@ def register_problem_handlers(app: Flask) -> None:
 
     @app.errorhandler(ProblemError)
     def _problem(exc: ProblemError):
-        return problem_response(exc.status, exc.detail, exc.errors)
+        response = problem_response(exc.status, exc.detail, exc.errors)
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):

@@ -9,9 +9,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager
 
 from services.api.problems import ProblemError
-from shared.db import session_scope
-from services.analytics.profiles import compute_profiles
 from shared import profile_cache
+from shared.analytics.profiles import compute_profiles
+from shared.db import session_scope
 from shared.models import Address, City, Country, OutboxMessage, User
 from shared.mongo import get_database
 from shared.profile_docs import PROFILE_DOC, ProfileOut

@@ -1,25 +1,22 @@
-"""The worker's tasks: `user.created` and activity-event batches into MongoDB.
+"""The worker's tasks: `user.created`, activity-event batches, and the welcome e-mail.
 
 Every write is idempotent (keyed by event id or user id), because a message may be delivered
 more than once: acks are late, and the outbox relay may republish after a crash.
 """
-import time
 from datetime import UTC, datetime
 
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from services.worker import mailer
 from services.worker.main import app
-from shared import activity, profile_cache, rescore
-from shared.db import session_scope
+from services.worker.storage import store_batch
 from shared.logging import get_logger
-from shared.mongo import EVENTS, PROFILES, WELCOME_EMAILS, get_database
+from shared.mongo import PROFILES, WELCOME_EMAILS, get_database
 from shared.retry import RETRY_POLICY
 from shared.schemas import UserCreatedMessage
-from shared.topology import COMPUTE_PROFILES, STORE_EVENTS, USER_CREATED
+from shared.topology import COMPUTE_PROFILES, SEND_WELCOME, STORE_EVENTS, USER_CREATED
 
 log = get_logger("pulse.worker")
-DUPLICATE_KEY = 11000
 
 
 def _upsert_ignoring_race(collection, selector: dict, update: dict) -> None:
@@ -34,10 +31,9 @@ def _upsert_ignoring_race(collection, selector: dict, update: dict) -> None:
 def user_created(**payload) -> dict:
     user = UserCreatedMessage.model_validate(payload)
     db = get_database()
-    now = datetime.now(UTC)
     _upsert_ignoring_race(
         db[PROFILES],
-        {"user_id": user.user_id},
+        {"_id": user.user_id},
         {
             "$setOnInsert": {"user_id": user.user_id, "created_at": user.created_at, "segment": None},
             "$set": {
@@ -56,12 +52,22 @@ def user_created(**payload) -> dict:
         "timestamp": user.created_at.astimezone(UTC),
         "metadata": {"username": user.username},
         "geo": {"city": user.city, "country": user.country_code},
-        "received_at": now,
+        "received_at": datetime.now(UTC),
     }
-    count_activity(insert_events(db[EVENTS], [signup_event]))
-    emailed = send_welcome_once(db, user)
-    app.send_task(COMPUTE_PROFILES, kwargs={"user_ids": [user.user_id]})
-    log.info("user_created_processed", user_id=user.user_id, event_id=user.event_id, emailed=emailed)
+    # The outbox id is the batch id of the signup event; storing it also queues the first profile
+    # (the coalesced rescoring drain, like every event).
+    store_batch(db, user.event_id, [signup_event], _schedule_rescore)
+    # The welcome e-mail has its own queue and worker: a slow SMTP server holds up nothing else.
+    app.send_task(SEND_WELCOME, kwargs=payload, task_id=f"{user.event_id}.welcome")
+    log.info("user_created_processed", user_id=user.user_id, event_id=user.event_id)
+    return {"user_id": user.user_id}
+
+
+@app.task(name=SEND_WELCOME, **RETRY_POLICY)
+def send_welcome(**payload) -> dict:
+    user = UserCreatedMessage.model_validate(payload)
+    emailed = send_welcome_once(get_database(), user)
+    log.info("welcome_email", user_id=user.user_id, event_id=user.event_id, sent=emailed)
     return {"user_id": user.user_id, "emailed": emailed}
 
 
@@ -95,52 +101,16 @@ def event_documents(events: list[dict], received_at: datetime) -> list[dict]:
     return docs
 
 
-def insert_events(collection, docs: list[dict]) -> list[dict]:
-    """Unordered bulk insert; a duplicate event_id means that event is already stored.
-    Returns the documents this call inserted."""
-    if not docs:
-        return []
-    try:
-        collection.insert_many(docs, ordered=False)
-        return docs
-    except BulkWriteError as exc:
-        details = exc.details
-        fatal = [e for e in details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
-        if fatal or details.get("writeConcernErrors"):
-            raise
-        already = {e["index"] for e in details.get("writeErrors", [])}
-        return [doc for i, doc in enumerate(docs) if i not in already]
+def _schedule_rescore(delay: float) -> None:
+    app.send_task(COMPUTE_PROFILES, countdown=delay)
 
 
-def count_activity(inserted: list[dict]) -> None:
-    """Add what this delivery inserted to the daily counters (shared.activity), so a redelivery
-    adds nothing. A crash between the insert and this leaves that batch uncounted (the events
-    are stored; `python -m shared.activity rebuild` recounts)."""
-    if inserted:
-        with session_scope() as session:
-            activity.record(session, inserted)
-
-
-@app.task(name=STORE_EVENTS, **RETRY_POLICY)
-def store_events(events: list[dict]) -> dict:
-    db = get_database()
+@app.task(name=STORE_EVENTS, bind=True, **RETRY_POLICY)
+def store_events(self, events: list[dict]) -> dict:
+    # The task id is the batch id: a redelivery or a retry of this message carries the same one.
     docs = event_documents(events, datetime.now(UTC))
-    user_ids = sorted({doc["user_id"] for doc in docs})
-    started = time.perf_counter()
-    # Bracket the write so that no profile cached before or during it can be served after it.
-    profile_cache.begin_events_write(user_ids)
-    try:
-        inserted = insert_events(db[EVENTS], docs)
-        stored = time.perf_counter()
-        count_activity(inserted)
-        counted = time.perf_counter()
-    finally:
-        profile_cache.end_events_write(user_ids)
-    # Every user in the batch, not only the newly inserted: a redelivery after a crash between
-    # the insert and this call must still get those users rescored.
-    rescore.mark_changed(user_ids, lambda delay: app.send_task(COMPUTE_PROFILES, countdown=delay))
-    # Phase timings: which store (MongoDB events, Postgres counters) a slow batch waited on.
-    log.info("events_stored", received=len(docs), inserted=len(inserted), users=len(user_ids),
-             mongo_ms=round((stored - started) * 1000, 1), postgres_ms=round((counted - stored) * 1000, 1),
-             total_ms=round((time.perf_counter() - started) * 1000, 1))
-    return {"received": len(docs), "inserted": len(inserted), "users": len(user_ids)}
+    stored = store_batch(get_database(), self.request.id, docs, _schedule_rescore)
+    # Phase timings: which store (MongoDB events, Postgres summaries) a slow batch waited on.
+    log.info("events_stored", batch_id=self.request.id, received=stored.received, inserted=stored.inserted,
+             applied=stored.applied, users=stored.users, mongo_ms=stored.mongo_ms, postgres_ms=stored.postgres_ms)
+    return {"received": stored.received, "inserted": stored.inserted, "users": stored.users}

@@ -163,7 +163,7 @@ def activity_rows(user_id: int) -> dict:
 
 
 def test_daily_activity_counters_match_a_recount_from_the_events(client, mongo, user_id):
-    from shared import activity
+    from shared import summaries
     from shared.db import session_scope
 
     events = [
@@ -190,7 +190,8 @@ def test_daily_activity_counters_match_a_recount_from_the_events(client, mongo, 
     assert after == {**counted, "2024-05-05": (1, after["2024-05-05"][1])}
 
     with session_scope() as session:
-        activity.rebuild(mongo, session, [user_id])
+        assert [d.rows for d in summaries.check(mongo, session, [user_id])] == [0, 0, 0, 0]
+        summaries.rebuild(mongo, session, [user_id])
     assert activity_rows(user_id) == after
 
 

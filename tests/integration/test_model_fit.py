@@ -1,14 +1,29 @@
-"""Population models fitted through the API on purchases sent through the events API."""
+"""Population models fitted through the API on purchases sent through the events API, and
+profiles scored from summaries and the stored model that equal a full recomputation from the
+raw event log."""
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from sqlalchemy import func, select
 
-from services.analytics.models import fit_bgnbd, fit_gamma_gamma, summarise_purchases
+from shared.analytics.models import (
+    conditional_expected_purchases,
+    fit_bgnbd,
+    fit_gamma_gamma,
+    probability_alive,
+    recommend,
+    rfm_scores,
+    summarise_purchases,
+)
+from shared.analytics.purchases import load_purchases
+from shared.db import session_scope
+from shared.models import CustomerSummary
 from tests.fixtures import wait_for
 from tests.helpers import purchase, signup_body
 
 pytestmark = pytest.mark.usefixtures("pipeline")
+CATEGORIES = ["music", "films", "games", "comics", "vinyl", "posters"]
 
 
 @pytest.fixture(scope="module")
@@ -21,28 +36,33 @@ def buyers(app, mongo):
         user_id = client.post("/api/users/signup", json=signup_body()).get_json()["id"]
         users.append(user_id)
         first = int(rng.integers(60, 200))
+        taste = rng.choice(CATEGORIES, size=3, replace=False)
         for day in sorted({first, *rng.integers(1, first, size=int(rng.integers(0, 6))).tolist()}):
             when = (now - timedelta(days=int(day))).isoformat()
-            events.append(purchase(user_id, float(rng.gamma(6.0, 5.0)), "music", timestamp=when))
+            events.append(purchase(user_id, float(rng.gamma(6.0, 5.0)), str(rng.choice(taste)), timestamp=when))
     for start in range(0, len(events), 500):
         assert client.post("/api/events/batch", json={"events": events[start:start + 500]}).status_code == 202
     ids = [e["event_id"] for e in events]
     wait_for(lambda: mongo.events.count_documents({"event_id": {"$in": ids}}) == len(ids), what="purchases stored")
+    # Every purchase in the database (other tests' too) summarised: the fit and the recount below
+    # must see the same population.
+    wait_for(lambda: summarised() == mongo.events.count_documents({"event_type": "user_purchase"}),
+             what="every stored purchase summarised")
     return users
 
 
+def summarised() -> int:
+    with session_scope() as session:
+        return int(session.scalar(select(func.coalesce(func.sum(CustomerSummary.purchases), 0))))
+
+
 def direct_fit(mongo, as_of):
-    rows = list(mongo.events.find({"event_type": "user_purchase"}, {"user_id": 1, "timestamp": 1, "metadata.price": 1}))
-    summary = summarise_purchases(
-        np.array([r["user_id"] for r in rows]),
-        np.array([r["timestamp"].replace(tzinfo=None) for r in rows], dtype="datetime64[ms]"),
-        np.array([r["metadata"]["price"] for r in rows]),
-        as_of,
-    )
+    log = load_purchases(mongo)
+    summary = summarise_purchases(log.user_id, log.timestamp, log.amount, as_of)
     return summary, fit_bgnbd(summary.frequency, summary.recency, summary.T), fit_gamma_gamma(summary.frequency, summary.monetary_value)
 
 
-def test_fit_matches_a_direct_fit_and_profiles_use_it(client, mongo, buyers):
+def test_fit_matches_a_direct_fit_and_profiles_match_a_full_recomputation(client, mongo, buyers):
     as_of = (datetime.now(UTC) - timedelta(days=5)).date()
     response = client.post("/api/analytics/models/fit", json={"as_of": as_of.isoformat()})
     assert response.status_code == 200, response.get_json()
@@ -50,33 +70,68 @@ def test_fit_matches_a_direct_fit_and_profiles_use_it(client, mongo, buyers):
     summary, bgnbd, gamma_gamma = direct_fit(mongo, as_of)
     assert fitted["as_of"] == as_of.isoformat()
     assert fitted["n_customers"] == len(summary)
+    assert fitted["converged"] is True
+    assert fitted["bgnbd"]["at_bounds"] == list(bgnbd.at_bounds)
     for name in ("r", "alpha", "a", "b", "log_likelihood"):
         assert fitted["bgnbd"][name] == pytest.approx(getattr(bgnbd, name), rel=1e-9)
-    for name in ("p", "q", "gamma", "log_likelihood"):
-        assert fitted["gamma_gamma"][name] == pytest.approx(getattr(gamma_gamma, name), rel=1e-9)
-    assert client.get("/api/analytics/models/latest").get_json()["version"] == fitted["version"]
+    # The summaries' spend is exact decimal, the direct one float sums: equal to the last bits,
+    # which moves the Gamma-Gamma optimum by about 1e-7.
+    for name in ("p", "q", "gamma"):
+        assert fitted["gamma_gamma"][name] == pytest.approx(getattr(gamma_gamma, name), rel=1e-6)
+    assert fitted["gamma_gamma"]["log_likelihood"] == pytest.approx(gamma_gamma.log_likelihood, rel=1e-9)
+    assert fitted["population"]["customers"] >= len(buyers)
+    assert fitted["population"]["categories"] >= len(CATEGORIES)
+    latest = client.get("/api/analytics/models/latest").get_json()
+    assert latest["version"] == fitted["version"] and latest["bgnbd"] == fitted["bgnbd"]
+
+    # Everyone is rescored with the new model in the background; read the profiles once they are.
+    def rescored():
+        found = {u: client.get(f"/api/users/{u}/profile").get_json() for u in buyers}
+        return all(p["model_version"] == fitted["version"] for p in found.values()) and found
+
+    profiles = wait_for(rescored, timeout=60, what="every buyer rescored with the new model")
+
+    # A full recomputation from the raw log, the way profiles were computed before summaries:
+    # RFM quintiles over everyone now, user-based recommendations, the models on each history.
+    now = datetime.now(UTC)
+    log = load_purchases(mongo).until(now)
+    today = summarise_purchases(log.user_id, log.timestamp, log.amount, now.date())
+    rfm = rfm_scores(today.days_since_last_purchase, today.frequency + 1, today.total_spent)
+    recommendations = recommend(buyers, log.user_id, log.category, k=5)
+    row = {int(u): i for i, u in enumerate(today.user_id)}
+    idx = [row[u] for u in buyers]
+    x, t_x, T = today.frequency[idx], today.recency[idx], today.T[idx]
+    p_alive = probability_alive(bgnbd, x, t_x, T)
+    expected = conditional_expected_purchases(bgnbd, 90 / 7, x, t_x, T)
+    for n, user_id in enumerate(buyers):
+        profile, i = profiles[user_id], row[user_id]
+        assert profile["rfm"]["code"] == str(rfm.code[i]), user_id
+        assert profile["recommendations"] == recommendations[user_id], user_id
+        assert profile["totals"]["purchases"] == int(today.n_purchases[i])
+        assert profile["totals"]["repeat_purchase_days"] == int(today.frequency[i])
+        assert profile["totals"]["total_spent"] == round(float(today.total_spent[i]), 2)
+        assert profile["p_alive"] == pytest.approx(p_alive[n], abs=1e-4)
+        assert profile["expected_purchases_90d"] == pytest.approx(expected[n], abs=1e-4)
 
     user_id = buyers[0]
-    profile = wait_for(lambda: (p := client.get(f"/api/users/{user_id}/profile").get_json())["model_version"] == fitted["version"] and p,
-                       what="profile scored with the new model")
+    profile = profiles[user_id]
     assert 0 < profile["p_alive"] <= 1
     assert profile["expected_purchases_90d"] > 0
     assert profile["predicted_ltv"] > 0
-    assert profile["rfm"]["code"] == f"{profile['rfm']['recency']}{profile['rfm']['frequency']}{profile['rfm']['monetary']}"
-
     event = purchase(user_id, 80.0, "music")
     client.post("/api/events", json=event)
     wait_for(lambda: mongo.events.find_one({"event_id": event["event_id"]}), what="new purchase stored")
-    after = client.get(f"/api/users/{user_id}/profile").get_json()
-    assert after["totals"]["purchases"] == profile["totals"]["purchases"] + 1
+    after = wait_for(lambda: (p := client.get(f"/api/users/{user_id}/profile").get_json())["totals"]["purchases"]
+                     == profile["totals"]["purchases"] + 1 and p, what="the new purchase in the profile")
     assert after["p_alive"] != profile["p_alive"] or after["expected_purchases_90d"] != profile["expected_purchases_90d"]
     assert after["predicted_ltv"] != profile["predicted_ltv"]
 
 
-def test_fit_input_is_validated(client):
+def test_fit_input_is_validated(client, mongo):
     future = client.post("/api/analytics/models/fit", json={"as_of": "2999-01-01"})
     assert future.status_code == 422 and future.get_json()["errors"][0]["field"] == "as_of"
     garbage = client.post("/api/analytics/models/fit", json={"as_of": "someday"})
     assert garbage.status_code == 422 and garbage.get_json()["errors"][0]["field"] == "as_of"
     too_early = client.post("/api/analytics/models/fit", json={"as_of": "2001-01-01"})
     assert too_early.status_code == 422 and "customers" in too_early.get_json()["detail"]
+    assert too_early.get_json()["errors"][0]["field"] == "as_of"

@@ -91,7 +91,10 @@ def isolated_api(rabbit, services):
     upgrade(db_url)
     port = free_port()
     mongo_uri = f"{TEST_ENV['MONGO_URI']}_f{rabbit.port}"  # user ids restart in this database
-    env = {"DATABASE_URL": db_url, "BROKER_URL": rabbit.url, "MONGO_URI": mongo_uri}
+    # Its own Redis prefix too: its users (ids of another database) must not join the session's
+    # rescoring, nor its drain requests (on a broker no analytics worker reads) hold up the session's.
+    env = {"DATABASE_URL": db_url, "BROKER_URL": rabbit.url, "MONGO_URI": mongo_uri,
+           "CACHE_PREFIX": f"{TEST_ENV['CACHE_PREFIX']}f{rabbit.port}:"}
     api = spawn([str(BIN / "granian"), "--interface", "wsgi", "--port", str(port), "--workers", "1",
                  "services.api.wsgi:app"], "isolated-api", env)
     base = f"http://127.0.0.1:{port}"
@@ -120,7 +123,8 @@ def outbox_row(user_id: int, db_url: str | None = None) -> OutboxMessage:
 def test_signup_while_broker_is_down_is_delivered_when_it_returns(isolated_api, rabbit, services):
     env, db, mongo = isolated_api["env"], isolated_api["db"], isolated_api["mongo"]
     relay = spawn([sys.executable, "-m", "services.api.outbox_relay"], "outage-relay", env)
-    worker = spawn(celery_worker_args("services.worker.main", "pulse.users,pulse.events", f"outage-{rabbit.port}"), "outage-worker", env)
+    worker = spawn(celery_worker_args("services.worker.main", "pulse.users,pulse.events,pulse.email", f"outage-{rabbit.port}"),
+                   "outage-worker", env)
     try:
         rabbit.stop()
         body = signup_body()

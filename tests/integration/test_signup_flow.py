@@ -31,6 +31,19 @@ def test_signup_reaches_mongodb_and_mail(client, mongo, services):
         assert event["event_id"] == str(outbox.id)
 
 
+def test_a_slow_mail_server_holds_up_no_profile(client, mongo, services):
+    """The welcome e-mail has its own queue and worker: while the SMTP server does not answer,
+    signups still get their profiles; the e-mails follow once it answers."""
+    mail = services["mail"]
+    bodies = [signup_body() for _ in range(3)]
+    with mail.hold():
+        ids = [client.post("/api/users/signup", json=body).get_json()["id"] for body in bodies]
+        wait_for(lambda: mongo.profiles.count_documents({"user_id": {"$in": ids}, "segment": {"$ne": None}}) == 3,
+                 timeout=8, what="profiles while the mail server hangs")
+        assert not any(mail.to(body["email"]) for body in bodies)
+    wait_for(lambda: all(mail.to(body["email"]) for body in bodies), what="the e-mails once it answers")
+
+
 def test_a_message_that_can_never_succeed_is_dead_lettered(mongo):
     from kombu import Connection
 

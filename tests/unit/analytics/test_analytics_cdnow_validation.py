@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.analytics.models import (
+from shared.analytics.models import (
     conditional_expected_average_spend,
     conditional_expected_purchases,
     customer_lifetime_value,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import integrate, special
 
-from services.analytics.models import (
+from shared.analytics.models import (
     BGNBDParams,
     GammaGammaParams,
     bgnbd_log_likelihood,

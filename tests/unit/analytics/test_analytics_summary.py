@@ -7,7 +7,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from services.analytics.models import summarise_purchases
+from shared.analytics.models import summarise_purchases
 
 
 def ts(*stamps, unit="ms"):

@@ -48,6 +48,9 @@ class GammaGammaParams:
     gamma: float
     log_likelihood: float
     n_customers: int
+    converged: bool = True
+    at_bounds: tuple[str, ...] = ()  # parameters the fit held at a bound (see bgnbd.LOG_PARAM_BOUND)
+    iterations: int = 0
 
     @property
     def population_mean(self) -> float:
@@ -145,11 +148,13 @@ def fit_gamma_gamma(frequency, monetary_value, *, initial_params=None) -> GammaG
     else:
         p0, q0, g0 = initial_params
         starts = [np.log([p0, q0, g0 * scale]), np.zeros(3)]
-    theta, _ = _maximise(objective, starts, [(-20.0, 20.0)] * 3)
-    p, q, g_s = np.exp(theta)
+    optimum = _maximise(objective, starts)
+    p, q, g_s = np.exp(optimum.theta)
     g = g_s / scale
     ll = float(_terms(np.log([p, q, g]), x, m)[0].sum())
-    return GammaGammaParams(float(p), float(q), float(g), ll, int(x.size))
+    return GammaGammaParams(float(p), float(q), float(g), ll, int(x.size), converged=optimum.converged,
+                            at_bounds=tuple(("p", "q", "gamma")[i] for i in optimum.at_bounds),
+                            iterations=optimum.iterations)
 
 
 def conditional_expected_average_spend(params: GammaGammaParams, frequency,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
-__all__ = ["RFMScores", "quintile_scores", "rfm_scores"]
+__all__ = ["RFMScores", "quintile_breakpoints", "quintile_scores", "rfm_scores", "score_with_breakpoints"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +59,27 @@ def rfm_scores(days_since_last_purchase, frequency, monetary) -> RFMScores:
     code = digits.astype("U3")
     total = r_s.astype(np.int64) + f_s + m_s
     return RFMScores(r_s, f_s, m_s, code, total)
+
+
+def quintile_breakpoints(values) -> list[float | None]:
+    """Where scores 2, 3, 4 and 5 begin in a population: the smallest value scoring at least
+    k + 1, for k = 1..4 (None when no value scores that high, e.g. in a population of one).
+
+    ``score_with_breakpoints(v, quintile_breakpoints(v))`` equals ``quintile_scores(v)`` for every
+    member of the population (scores are monotone in the value and ties share one), and scores
+    any other value by where it falls among them: what a fitted model stores instead of the
+    population itself, so one customer is scored without reading everyone.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    scores = quintile_scores(v)
+    return [float(v[scores >= k + 1].min()) if np.any(scores >= k + 1) else None for k in range(1, 5)]
+
+
+def score_with_breakpoints(values, breakpoints) -> np.ndarray:
+    """Scores 1..5: one plus the number of breakpoints the value reaches (see quintile_breakpoints)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    score = np.ones(v.shape, dtype=np.int8)
+    for start in breakpoints:
+        if start is not None:
+            score += (v >= start).astype(np.int8)
+    return score

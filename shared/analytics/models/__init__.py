@@ -4,9 +4,9 @@
 * :mod:`.bgnbd` -- BG/NBD (Fader, Hardie & Lee 2005): fit, P(alive), expected purchases
 * :mod:`.gamma_gamma` -- Gamma-Gamma spend model (Fader & Hardie 2013)
 * :mod:`.clv` -- discounted CLV (lifetimes' method, weeks)
-* :mod:`.rfm` -- RFM quintile scores
+* :mod:`.rfm` -- RFM quintile scores, and their breakpoints for scoring one customer
 * :mod:`.rules` -- the companion guide's segment / churn rules and the engagement score
-* :mod:`.recommend` -- user-based cosine recommendations
+* :mod:`.recommend` -- user-based cosine recommendations, and the item x item form that scores one user
 """
 
 from .bgnbd import (
@@ -24,8 +24,8 @@ from .gamma_gamma import (
     fit_gamma_gamma,
     gamma_gamma_log_likelihood,
 )
-from .recommend import recommend
-from .rfm import RFMScores, quintile_scores, rfm_scores
+from .recommend import CoPurchases, fit_co_purchases, recommend
+from .rfm import RFMScores, quintile_breakpoints, quintile_scores, rfm_scores, score_with_breakpoints
 from .rules import (
     ACTIVE,
     AT_RISK,
@@ -49,8 +49,8 @@ __all__ = [
     "WEEKS_PER_MONTH", "customer_lifetime_value",
     "GammaGammaParams", "conditional_expected_average_spend", "fit_gamma_gamma",
     "gamma_gamma_log_likelihood",
-    "recommend",
-    "RFMScores", "quintile_scores", "rfm_scores",
+    "CoPurchases", "fit_co_purchases", "recommend",
+    "RFMScores", "quintile_breakpoints", "quintile_scores", "rfm_scores", "score_with_breakpoints",
     "ACTIVE", "AT_RISK", "DORMANT", "VIP", "ENGAGEMENT_WEIGHTS", "churn_risk", "churn_risks",
     "days_since_last_purchase", "engagement_score", "engagement_scores", "segment", "segments",
     "simulate_bgnbd", "simulate_gamma_gamma_spend",

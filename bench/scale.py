@@ -1,0 +1,415 @@
+"""Does one user's work cost the same at a thousand purchases and at a million?
+
+Starts a private stack of its own from the Procfile (honcho: SecantusDB on a free port with its
+own storage, the SMTP catcher, the API, the relay, the worker, the mailer, the analytics worker),
+with its own Postgres database, queue prefix and Redis prefix, so the populations are exactly the
+sizes printed and nothing of `make dev` is touched. It grows one population through the
+historical backfill (`python -m services.worker.backfill`, NDJSON of users and purchases
+simulated BG/NBD-style, categories from per-customer tastes) to each size in BENCH_SCALE_SIZES
+(purchases; default 1,000, 100,000 and 1,000,000, about five per customer), and at each size
+prints, in one run:
+
+* profile misses over HTTP with the cache cold (each user's entry invalidated, as past the TTL
+  or after a Redis restart): p50, p99 and the maximum, the first reads after a refit (each API
+  process decodes the new model once) included;
+* analytics rescoring throughput (users/s): the refit's rescoring of everyone, one analytics
+  process, timed from the fit's answer until every user's profile is computed (the running
+  total analytics keeps in Redis), and at the largest size again with a second analytics
+  process;
+* fit time (the API call: summaries read, models fitted, population statistics computed) next to
+  the baseline of reading the raw purchase log the way the fit did before summaries;
+* memory (resident, and peak) of the API and analytics processes;
+* finally, 500 signups in a burst (8 clients): how long after the last answer every one of them
+  has a computed profile.
+
+Targets (issue #9): miss p50 at the largest size <= 1.5x the smallest's, no miss above 10x that
+p50; rescoring at the largest size >= 0.67x the smallest's and >= 1,000 users/s per process;
+fit time growing with customers, not purchases; the 500 signups profiled within 60 s.
+
+Run: `.venv/bin/python bench/scale.py` (no running stack needed; about 15 minutes at the
+default sizes on 2 cores, most of it storing a million events in the dev MongoDB server).
+Env: BENCH_SCALE_SIZES, BENCH_MISSES (profile misses per size, default 300), BENCH_SEED.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = uuid.uuid4().hex[:8]
+VAR = Path(tempfile.mkdtemp(prefix="pulse-scale-"))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+PORTS = {name: _free_port() for name in ("API_PORT", "SMTP_PORT", "FLOWER_PORT", "MONGO")}
+PG_SERVER = os.environ.get("BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
+RABBIT = os.environ.get("BENCH_RABBIT", "guest:guest@127.0.0.1:5672")
+VHOST = f"pulse_scale_{RUN}"
+STACK_ENV = {
+    "DATABASE_URL": f"{PG_SERVER}/pulse_scale_{RUN}",
+    "BROKER_URL": f"amqp://{RABBIT}/{VHOST}",
+    "RESULT_BACKEND": os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0"),
+    "REDIS_URL": os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0"),
+    "MONGO_URI": f"mongodb://127.0.0.1:{PORTS['MONGO']}/pulse_scale",
+    "QUEUE_PREFIX": f"pulse_scale_{RUN}",
+    "CACHE_PREFIX": f"pulse-scale-{RUN}:",
+    "PULSE_VAR_DIR": str(VAR),
+    "API_PORT": str(PORTS["API_PORT"]),
+    "SMTP_PORT": str(PORTS["SMTP_PORT"]),
+    "FLOWER_PORT": str(PORTS["FLOWER_PORT"]),
+    "PULSE_API": f"http://127.0.0.1:{PORTS['API_PORT']}",
+    "LOG_LEVEL": "WARNING",
+}
+os.environ.update(STACK_ENV)  # before any Pulse module reads its settings
+sys.path.insert(0, str(ROOT))
+os.chdir(ROOT)
+
+from _common import LINE, BenchError, percentile, run, verdict  # noqa: E402
+
+from scripts.population import write_population  # noqa: E402
+from scripts.stack_client import call  # noqa: E402
+
+SIZES = [int(s) for s in os.environ.get("BENCH_SCALE_SIZES", "1000,100000,1000000").split(",")]
+MISSES = int(os.environ.get("BENCH_MISSES", 300))
+SEED = int(os.environ.get("BENCH_SEED", 20261128))
+STACK_PROCESSES = ["mongo", "mail", "api", "relay", "worker", "mailer", "analytics"]
+TODAY = datetime.now(UTC).date()
+
+
+# ----------------------------------------------------------------------------- the private stack
+
+
+class Stack:
+    def __init__(self) -> None:
+        self.honcho: subprocess.Popen | None = None
+        self.extra: list[subprocess.Popen] = []
+        self.log = VAR / "stack.log"
+
+    def start(self) -> None:
+        env = {**os.environ, **STACK_ENV}
+        # A vhost of its own: its queues go away with it (rabbitmqctl, as the tests do).
+        subprocess.run(["rabbitmqctl", "-q", "add_vhost", VHOST], check=True, capture_output=True)
+        subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", VHOST, RABBIT.split(":")[0], ".*", ".*", ".*"],
+                       check=True, capture_output=True)
+        subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "shared.migrate"], env=env, check=True, cwd=ROOT)
+        with open(self.log, "wb") as log:
+            self.honcho = subprocess.Popen([str(ROOT / ".venv/bin/honcho"), "start", "-f", "Procfile", *STACK_PROCESSES],
+                                           cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                           start_new_session=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if call("GET", "/health/ready", expect=(200, 503), timeout=2).status_code == 200 and self.workers() >= 3:
+                    return
+            except Exception:
+                pass
+            time.sleep(1)
+        raise BenchError(f"the private stack did not come up (log: {self.log})")
+
+    def workers(self) -> int:
+        from celery import Celery
+
+        from shared.settings import get_settings
+
+        return len(Celery(broker=get_settings().broker_url).control.ping(timeout=1.0))
+
+    def start_extra_analytics(self) -> None:
+        prefix = STACK_ENV["QUEUE_PREFIX"]
+        with open(VAR / "analytics-2.log", "wb") as log:
+            self.extra.append(subprocess.Popen(
+                [str(ROOT / ".venv/bin/celery"), "-A", "services.analytics.main", "worker", "-Q", f"{prefix}.analytics",
+                 "-n", f"analytics2-{prefix}@%h", "--concurrency", "1"],
+                cwd=ROOT, env={**os.environ, **STACK_ENV}, stdout=log, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 60
+        while self.workers() < 4:
+            if time.monotonic() > deadline:
+                raise BenchError("the second analytics worker did not come up")
+            time.sleep(1)
+
+    def stop(self) -> None:
+        for process in self.extra:
+            process.terminate()
+            process.wait(60)
+        if self.honcho and self.honcho.poll() is None:
+            os.killpg(self.honcho.pid, signal.SIGINT)
+            try:
+                self.honcho.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.honcho.pid, signal.SIGKILL)
+        from shared.cache import get_redis
+        from shared.db import drop_database
+
+        drop_database(STACK_ENV["DATABASE_URL"])
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", VHOST], check=False, capture_output=True)
+        redis = get_redis()
+        for name in redis.scan_iter(match=STACK_ENV["CACHE_PREFIX"] + "*", count=10_000):
+            redis.delete(name)
+        subprocess.run(["rm", "-rf", str(VAR)], check=False)
+
+
+def memory() -> dict[str, tuple[float, float]]:
+    """Resident and peak memory (MiB) of the API worker processes and analytics processes (the
+    largest of each kind), read from /proc."""
+    found: dict[str, tuple[float, float]] = {}
+    prefix = STACK_ENV["QUEUE_PREFIX"]
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if STACK_ENV["API_PORT"] in cmdline and "granian" in cmdline:
+                kind = "API"
+            elif "services.analytics.main worker" in cmdline and prefix in cmdline:
+                kind = "analytics"
+            else:
+                continue
+            status = dict(line.split(":", 1) for line in (proc / "status").read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        rss = int(status["VmRSS"].split()[0]) / 1024
+        peak = int(status["VmHWM"].split()[0]) / 1024
+        old = found.get(kind, (0.0, 0.0))
+        found[kind] = (max(old[0], rss), max(old[1], peak))
+    return found
+
+
+# ----------------------------------------------------------------------------- the population
+
+
+def backfill(path: Path) -> float:
+    started = time.perf_counter()
+    result = subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "services.worker.backfill", str(path), "--quiet"],
+                            cwd=ROOT, env={**os.environ, **STACK_ENV}, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BenchError(f"backfill failed: {result.stdout}{result.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def wait_quiet(timeout: float = 3600) -> float:
+    """Until nothing is queued, pending rescoring, or running, for 2 s in a row."""
+    from kombu import Connection
+
+    from shared import rescore
+    from shared.settings import get_settings
+
+    prefix = STACK_ENV["QUEUE_PREFIX"]
+    started = time.monotonic()
+    quiet_since = None
+    with Connection(get_settings().broker_url) as conn:
+        channel = conn.default_channel
+        last_total = rescore.rescored_total()
+        while time.monotonic() - started < timeout:
+            queued = sum(channel.queue_declare(queue=f"{prefix}.{q}", passive=True).message_count
+                         for q in ("users", "events", "analytics"))
+            total = rescore.rescored_total()
+            busy = queued or rescore.pending_count() or total != last_total
+            last_total = total
+            if busy:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= 2:
+                return time.monotonic() - started
+            time.sleep(0.25)
+    raise BenchError(f"the stack was still busy after {timeout:.0f}s")
+
+
+def customer_ids() -> list[int]:
+    from sqlalchemy import text
+
+    from shared.db import session_scope
+
+    with session_scope() as session:
+        return list(session.scalars(text("SELECT user_id FROM customer_summaries ORDER BY user_id")))
+
+
+def user_count() -> int:
+    from sqlalchemy import text
+
+    from shared.db import session_scope
+
+    with session_scope() as session:
+        return int(session.scalar(text("SELECT count(*) FROM users")))
+
+
+def fit_and_rescore() -> dict:
+    """POST the fit; time it, then the rescoring of everyone it queues."""
+    from shared import rescore
+
+    users = user_count()
+    before = rescore.rescored_total()
+    started = time.perf_counter()
+    fitted = call("POST", "/api/analytics/models/fit", json={}, timeout=600).json()
+    answered = time.perf_counter()
+    deadline = answered + 3600
+    while rescore.rescored_total() - before < users:
+        if time.perf_counter() > deadline:
+            raise BenchError("the rescoring after the fit did not finish within an hour")
+        time.sleep(0.01)
+    done = time.perf_counter()
+    return {"fit_s": answered - started, "rescore_s": done - answered, "users": users,
+            "rate": users / (done - answered), "model": fitted}
+
+
+def misses(sample: list[int]) -> dict:
+    """Profile reads with each user's cache entry invalidated first (one keep-alive connection)."""
+    from shared import profile_cache
+
+    connection = http.client.HTTPConnection("127.0.0.1", PORTS["API_PORT"], timeout=120)
+    times, unexpected = [], 0
+    for user_id in sample:
+        profile_cache.invalidate([user_id])
+        started = time.perf_counter()
+        connection.request("GET", f"/api/users/{user_id}/profile")
+        response = connection.getresponse()
+        response.read()
+        elapsed = (time.perf_counter() - started) * 1000
+        if response.status != 200:
+            raise BenchError(f"profile of {user_id} answered {response.status}")
+        if response.getheader("X-Cache") != "MISS":
+            unexpected += 1
+            continue
+        times.append(elapsed)
+    connection.close()
+    return {"p50": percentile(times, 50), "p99": percentile(times, 99), "max": max(times), "first": times[:4],
+            "n": len(times), "unexpected": unexpected}
+
+
+def raw_log_baseline() -> float:
+    """The fit's input read the way it was before summaries: the whole purchase log from MongoDB,
+    summarised per customer."""
+    from shared.analytics.models import summarise_purchases
+    from shared.analytics.purchases import load_purchases
+    from shared.mongo import get_database
+
+    started = time.perf_counter()
+    log = load_purchases(get_database())
+    summarise_purchases(log.user_id, log.timestamp, log.amount, TODAY)
+    return time.perf_counter() - started
+
+
+def signup_burst(n: int = 500) -> dict:
+    from shared.mongo import get_database
+
+    def signup(i: int) -> tuple[int, float]:
+        name = f"burst_{RUN}_{i}"
+        response = call("POST", "/api/users/signup", expect=(201,), json={
+            "username": name, "email": f"{name}@scale.example.com", "full_name": f"Burst {i}",
+            "address": {"street": "Burst Street 1", "city": "Tartu", "country_code": "EE"}})
+        return response.json()["id"], time.perf_counter()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(signup, range(n)))
+    last_answer = max(t for _, t in answers)
+    ids = [user_id for user_id, _ in answers]
+    profiles = get_database().profiles
+    deadline = last_answer + 600
+    while profiles.count_documents({"user_id": {"$in": ids}, "segment": {"$ne": None}}) < n:
+        if time.perf_counter() > deadline:
+            raise BenchError("burst signups still without a profile after 10 minutes")
+        time.sleep(0.2)
+    return {"signups_s": last_answer - started, "profiled_after_s": time.perf_counter() - last_answer}
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def main() -> None:
+    rng = np.random.default_rng(SEED)
+    pick = random.Random(SEED)
+    stack = Stack()
+    print(LINE)
+    print("bench/scale.py — one user's cost at growing populations (private stack, 2 cores, SecantusDB)")
+    print(LINE)
+    rows = []
+    try:
+        stack.start()
+        customers = purchases = 0
+        for size in SIZES:
+            path = VAR / f"population-{size}.ndjson"
+            new_customers, new_purchases = write_population(path, rng, customers, size - purchases)
+            load_s = backfill(path)
+            customers, purchases = customers + new_customers, purchases + new_purchases
+            settle_s = wait_quiet()
+            fit = fit_and_rescore()
+            wait_quiet()
+            ids = customer_ids()
+            miss = misses(pick.sample(ids, min(MISSES, len(ids))))
+            baseline_s = raw_log_baseline()
+            row = {"size": purchases, "customers": customers, "load_s": load_s, "settle_s": settle_s,
+                   "fit": fit, "miss": miss, "baseline_s": baseline_s, "memory": memory()}
+            rows.append(row)
+            model = fit["model"]
+            print(f"\n{purchases:,} purchases, {customers:,} customers (backfill {load_s:.1f}s = "
+                  f"{new_purchases / load_s:,.0f} events/s; rescoring of the new customers settled {settle_s:.1f}s later)")
+            print(f"  profile miss: p50 {miss['p50']:.2f} ms  p99 {miss['p99']:.2f} ms  max {miss['max']:.2f} ms  "
+                  f"(n={miss['n']}, first after the refit {', '.join(f'{t:.1f}' for t in miss['first'])} ms)")
+            print(f"  fit: {fit['fit_s']:.2f}s over HTTP ({model['timings_ms']}), converged {model['converged']}, "
+                  f"at bounds {model['bgnbd']['at_bounds'] + (model['gamma_gamma'] or {}).get('at_bounds', [])}; "
+                  f"raw-log read+summary (the old fit input) {baseline_s:.2f}s")
+            print(f"  rescoring everyone after the fit: {fit['users']:,} users in {fit['rescore_s']:.2f}s = "
+                  f"{fit['rate']:,.0f} users/s (1 analytics process)")
+            print("  memory: " + ", ".join(f"{k} {v[0]:.0f} MiB (peak {v[1]:.0f})" for k, v in sorted(row["memory"].items())))
+
+        stack.start_extra_analytics()
+        wait_quiet()
+        two = fit_and_rescore()
+        wait_quiet()
+        burst = signup_burst()
+    finally:
+        stack.stop()
+
+    small, large = rows[0], rows[-1]
+    one_rate = large["fit"]["rate"]
+    print("\n" + LINE)
+    print(f"{'purchases':>10} {'customers':>10} {'miss p50':>9} {'miss p99':>9} {'miss max':>9} "
+          f"{'rescore/s':>10} {'fit s':>7} {'raw log s':>10} {'API MiB':>8} {'analytics MiB':>14}")
+    for row in rows:
+        mem = row["memory"]
+        print(f"{row['size']:>10,} {row['customers']:>10,} {row['miss']['p50']:>8.2f}m {row['miss']['p99']:>8.2f}m "
+              f"{row['miss']['max']:>8.2f}m {row['fit']['rate']:>10,.0f} {row['fit']['fit_s']:>7.2f} "
+              f"{row['baseline_s']:>10.2f} {mem.get('API', (0, 0))[0]:>8.0f} {mem.get('analytics', (0, 0))[0]:>14.0f}")
+    p50_ratio = large["miss"]["p50"] / small["miss"]["p50"]
+    worst = max(r["miss"]["max"] for r in rows) / small["miss"]["p50"]
+    rescore_ratio = large["fit"]["rate"] / small["fit"]["rate"]
+    fit_growth = large["fit"]["fit_s"] / small["fit"]["fit_s"]
+    print(f"\nmiss p50 at {large['size']:,} vs {small['size']:,} purchases: {p50_ratio:.2f}x (target <= 1.5x) -> "
+          f"{verdict(p50_ratio <= 1.5)}")
+    print(f"largest miss vs the smallest size's p50: {worst:.1f}x (target <= 10x) -> {verdict(worst <= 10)}")
+    print(f"rescoring at {large['size']:,} vs {small['size']:,}: {rescore_ratio:.2f}x (target >= 0.67x) -> "
+          f"{verdict(rescore_ratio >= 0.67)}; {one_rate:,.0f} users/s in one process (target >= 1,000) -> "
+          f"{verdict(one_rate >= 1000)}")
+    print(f"two analytics processes: {two['rate']:,.0f} users/s vs {one_rate:,.0f} with one ({two['rate'] / one_rate:.2f}x)")
+    print(f"fit: {fit_growth:.1f}x longer for {large['customers'] / small['customers']:.0f}x the customers and "
+          f"{large['size'] / small['size']:.0f}x the purchases; the raw-log read it replaces took "
+          f"{large['baseline_s']:.1f}s at {large['size']:,} ({large['baseline_s'] / large['fit']['fit_s']:.1f}x the whole fit)")
+    print(f"500 signups in a burst: answered in {burst['signups_s']:.1f}s, all profiled {burst['profiled_after_s']:.1f}s "
+          f"after the last answer (target <= 60 s) -> {verdict(burst['profiled_after_s'] <= 60)}")
+
+
+if __name__ == "__main__":
+    run(main)

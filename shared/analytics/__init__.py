@@ -1,0 +1,2 @@
+"""Analytics shared by the API (profiles on a cache miss) and the analytics service: the numerical
+core (`models/`), per-user scoring from customer summaries, and the stored population model."""

@@ -1,0 +1,54 @@
+"""Reading purchases out of MongoDB `events` as numpy arrays: the raw log.
+
+Profiles and fits read the per-customer summaries (shared.summaries), never this. It serves the
+few places that need the events themselves: a profile of a customer with purchases stamped
+later than now (the summary counts them already, a profile as of now must not), and tests and
+benchmarks that recompute everything from the log to compare.
+"""
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+from pymongo.database import Database
+
+from shared.mongo import EVENTS
+
+
+@dataclass(frozen=True)
+class PurchaseLog:
+    user_id: np.ndarray  # int64
+    timestamp: np.ndarray  # datetime64[ms], UTC
+    amount: np.ndarray  # float64
+    category: np.ndarray  # str (object)
+
+    def __len__(self) -> int:
+        return int(self.user_id.size)
+
+    def until(self, moment: datetime) -> "PurchaseLog":
+        keep = self.timestamp <= np.datetime64(moment.astimezone(UTC).replace(tzinfo=None), "ms")
+        return PurchaseLog(self.user_id[keep], self.timestamp[keep], self.amount[keep], self.category[keep])
+
+
+def load_purchases(db: Database, user_ids: list[int] | None = None) -> PurchaseLog:
+    """Every purchase event (of the given users, or of everyone): one query."""
+    query: dict = {"event_type": "user_purchase"}
+    if user_ids is not None:
+        query["user_id"] = {"$in": [int(u) for u in user_ids]}
+    cursor = db[EVENTS].find(
+        query,
+        {"_id": 0, "user_id": 1, "timestamp": 1, "metadata.price": 1, "metadata.category": 1},
+        batch_size=10_000,
+    )
+    uids, stamps, amounts, categories = [], [], [], []
+    for doc in cursor:
+        uids.append(doc["user_id"])
+        stamps.append(doc["timestamp"].astimezone(UTC).replace(tzinfo=None))
+        meta = doc.get("metadata") or {}
+        amounts.append(float(meta.get("price", 0.0)))
+        categories.append(str(meta.get("category", "")))
+    return PurchaseLog(
+        np.asarray(uids, dtype=np.int64),
+        np.asarray(stamps, dtype="datetime64[ms]"),
+        np.asarray(amounts, dtype=np.float64),
+        np.asarray(categories, dtype=object),
+    )

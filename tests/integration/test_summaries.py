@@ -1,0 +1,191 @@
+"""Customer summaries and counters: exactly once per batch, equal to a recount, through a crash.
+
+The crash is real: a worker of this test's own (its own queues, `--pool solo`) is killed with
+SIGKILL while it waits for Postgres, after it has stored the batch in MongoDB and before it has
+counted it; a new worker then receives the redelivered message.
+"""
+import os
+import signal
+import socket
+import sys
+import uuid
+from datetime import date
+from decimal import Decimal
+
+import psycopg
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+
+from shared import summaries
+from shared.db import session_scope
+from shared.models import CustomerCategory, CustomerSummary
+from tests.conftest import RUN_ID, TEST_ENV
+from tests.fixtures import spawn, stop, wait_for
+from tests.helpers import purchase, signup_body
+
+pytestmark = pytest.mark.usefixtures("pipeline")
+
+
+@pytest.fixture()
+def user_id(client):
+    return client.post("/api/users/signup", json=signup_body()).get_json()["id"]
+
+
+def summary(user_id: int) -> CustomerSummary | None:
+    with session_scope() as session:
+        return session.get(CustomerSummary, user_id)
+
+
+def categories(user_id: int) -> dict[str, tuple[int, Decimal]]:
+    with session_scope() as session:
+        rows = session.scalars(select(CustomerCategory).where(CustomerCategory.user_id == user_id))
+        return {row.category: (row.purchases, row.spent) for row in rows}
+
+
+def drift(mongo, user_id: int) -> dict[str, int]:
+    with session_scope() as session:
+        found = {d.table: d.rows for d in summaries.check(mongo, session, [user_id])}
+        session.rollback()
+    return found
+
+
+NO_DRIFT = {"activity_days": 0, "purchase_days": 0, "customer_summaries": 0, "customer_categories": 0}
+
+
+def test_summaries_follow_purchases_in_any_order_and_count_each_once(client, mongo, user_id):
+    later = [
+        purchase(user_id, 10.0, "books", timestamp="2026-03-02T09:00:00Z"),
+        purchase(user_id, 5.0, "toys", timestamp="2026-03-02T23:30:00Z"),
+        purchase(user_id, 7.25, "books", timestamp="2026-03-09T12:00:00Z"),
+    ]
+    # The second batch brings an earlier first purchase day and one more purchase on a known day.
+    earlier = [
+        purchase(user_id, 20.0, "garden", timestamp="2026-02-20T08:00:00Z"),
+        purchase(user_id, 3.1, "books", timestamp="2026-03-02T10:00:00Z"),
+        {"user_id": user_id, "event_type": "page_view", "timestamp": "2026-03-03T10:00:00Z"},
+    ]
+    for batch in (later, earlier):
+        assert client.post("/api/events/batch", json={"events": batch}).status_code == 202
+    row = wait_for(lambda: (s := summary(user_id)) and s.purchases == 5 and s, what="5 purchases summarised")
+    assert (row.first_day, row.last_day) == (date(2026, 2, 20), date(2026, 3, 9))
+    assert row.purchase_days == 3  # 20 Feb, 2 Mar (three purchases), 9 Mar
+    assert row.spent == Decimal("45.35") and row.first_day_spent == Decimal("20")
+    assert row.first_purchase_at.isoformat() == "2026-02-20T08:00:00+00:00"
+    assert row.last_purchase_at.isoformat() == "2026-03-09T12:00:00+00:00"
+    assert categories(user_id) == {"books": (3, Decimal("20.35")), "toys": (1, Decimal("5")),
+                                   "garden": (1, Decimal("20"))}
+    assert drift(mongo, user_id) == NO_DRIFT
+
+    # Re-sent in a new message with one new purchase: only the new one is added.
+    marker = purchase(user_id, 1.0, "books", timestamp="2026-03-10T10:00:00Z")
+    assert client.post("/api/events/batch", json={"events": later + earlier + [marker]}).status_code == 202
+    row = wait_for(lambda: (s := summary(user_id)) and s.purchases == 6 and s, what="the new purchase summarised")
+    assert (row.purchase_days, row.spent, row.first_day_spent) == (4, Decimal("46.35"), Decimal("20"))
+    assert categories(user_id)["books"] == (4, Decimal("21.35"))
+    assert drift(mongo, user_id) == NO_DRIFT
+
+    # The profile reads the summary: BG/NBD's frequency counts repeat purchase days.
+    profile = client.get(f"/api/users/{user_id}/profile").get_json()
+    assert profile["totals"]["purchases"] == 6 and profile["totals"]["repeat_purchase_days"] == 3
+    assert profile["totals"]["total_spent"] == 46.35
+    assert profile["totals"]["last_purchase_at"] == "2026-03-10T10:00:00Z"
+
+
+def test_check_reports_drift_and_rebuild_repairs_it(client, mongo, user_id):
+    events = [purchase(user_id, 12.5, "music", timestamp="2026-01-05T10:00:00Z")]
+    assert client.post("/api/events/batch", json={"events": events}).status_code == 202
+    wait_for(lambda: summary(user_id), what="purchase summarised")
+    with session_scope() as session:
+        session.get(CustomerSummary, user_id).purchases = 7
+    assert drift(mongo, user_id) == {**NO_DRIFT, "customer_summaries": 1}
+    with session_scope() as session:
+        written = summaries.rebuild(mongo, session, [user_id])
+    assert written["customer_summaries"] == 1
+    assert summary(user_id).purchases == 1 and drift(mongo, user_id) == NO_DRIFT
+
+
+class KillableWorker:
+    """A worker of this test's own: its own queues (QUEUE_PREFIX) and Redis keys, one process (`--pool solo`),
+    so SIGKILL takes down exactly the process running the task and its broker connection."""
+
+    prefix = f"pulsekill{RUN_ID}"
+
+    def __init__(self) -> None:
+        self.process = None
+
+    def start(self, control) -> None:
+        name = f"killable-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+        self.process = spawn(
+            [sys.executable, "-m", "celery", "-A", "services.worker.main", "worker", "-Q", f"{self.prefix}.events",
+             "-n", name, "--pool", "solo", "--without-mingle", "--without-gossip", "--loglevel", "WARNING"],
+            # Its own queues and rescoring keys: its requests for rescoring go to a queue nobody
+            # consumes, and must not hold up the session's drains.
+            "killable-worker", {"QUEUE_PREFIX": self.prefix, "CACHE_PREFIX": f"{self.prefix}:"},
+        )
+        # Answering a ping, it has declared its queues: a message published now is not lost.
+        wait_for(lambda: control.control.ping(destination=[name], timeout=1.0), timeout=60, what=f"{name} up")
+
+    def kill(self) -> None:
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+
+
+def test_a_worker_killed_between_storing_and_counting_leaves_correct_summaries(client, mongo, user_id):
+    from shared.celery_app import create_celery_app
+    from shared.settings import Settings
+    from shared.topology import STORE_EVENTS
+
+    publisher = create_celery_app("pulse-test-kill", settings=Settings(queue_prefix=KillableWorker.prefix))
+    events = [purchase(user_id, 30.0 + i, "sports", timestamp=f"2026-04-0{i + 1}T10:00:00+00:00") for i in range(3)]
+    documents = [{**e, "geo": None} for e in events]
+    batch_id = f"kill-{uuid.uuid4().hex}"
+    worker = KillableWorker()
+    pg = make_url(TEST_ENV["DATABASE_URL"]).set(drivername="postgresql").render_as_string(hide_password=False)
+    # The signup's own event is counted first, so the session's worker is not the one blocked below.
+    def signup_counted():
+        with psycopg.connect(pg, autocommit=True) as conn:
+            return conn.execute("SELECT 1 FROM applied_batches a JOIN outbox o ON a.batch_id = o.id::text "
+                                "WHERE (o.payload->>'user_id')::int = %s", (user_id,)).fetchone()
+
+    wait_for(signup_counted, what="the signup counted")
+    with psycopg.connect(pg) as blocker:
+        # Hold the ledger table: the worker stores the events in MongoDB, then waits here.
+        blocker.execute("LOCK TABLE applied_batches IN ACCESS EXCLUSIVE MODE")
+        worker.start(publisher)
+        try:
+            publisher.send_task(STORE_EVENTS, kwargs={"events": documents}, task_id=batch_id)
+            ids = [e["event_id"] for e in events]
+            wait_for(lambda: mongo.events.count_documents({"event_id": {"$in": ids}, "batch_id": batch_id}) == 3,
+                     timeout=60, what="the batch stored in MongoDB")
+            with psycopg.connect(pg) as observer:
+                wait_for(lambda: observer.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE 'INSERT INTO applied_batches%%'").fetchone()[0] >= 1,
+                    timeout=30, what="the worker waiting to count the batch")
+            worker.kill()
+        finally:
+            blocker.rollback()
+    assert summary(user_id) is None  # stored, never counted
+
+    worker.start(publisher)  # the broker redelivers the unacknowledged message to the new worker
+    try:
+        row = wait_for(lambda: summary(user_id), timeout=90, what="the redelivered batch counted")
+        assert (row.purchases, row.purchase_days, row.spent) == (3, 3, Decimal("93"))
+        assert drift(mongo, user_id) == NO_DRIFT
+
+        # The same message once more (a redelivery after the commit), then a marker behind it
+        # in the same queue: one solo worker takes them in order, and the first adds nothing.
+        publisher.send_task(STORE_EVENTS, kwargs={"events": documents}, task_id=batch_id)
+        marker = {**purchase(user_id, 1.0, "sports", timestamp="2026-04-09T10:00:00+00:00"), "geo": None}
+        publisher.send_task(STORE_EVENTS, kwargs={"events": [marker]})
+        row = wait_for(lambda: (s := summary(user_id)) and s.purchases == 4 and s, timeout=60, what="marker counted")
+        assert (row.purchase_days, row.spent) == (4, Decimal("94"))
+        assert mongo.events.count_documents({"user_id": user_id, "event_type": "user_purchase"}) == 4
+        assert drift(mongo, user_id) == NO_DRIFT
+    finally:
+        worker.stop()
