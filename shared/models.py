@@ -89,8 +89,8 @@ class User(Base):
 class ActivityDay(Base):
     """How many events a user had on one UTC day, and the latest of them.
 
-    Derived from MongoDB `events` (the worker adds each stored batch; shared.activity rebuilds it
-    from the events on demand), so a profile never aggregates a user's whole history. It lives in
+    Derived from MongoDB `events` (the worker adds each stored batch exactly once; shared.summaries
+    recounts it from the events on demand), so a profile never aggregates a user's whole history. It lives in
     Postgres beside the user because it is per-user relational bookkeeping: one upsert statement
     per stored batch, off the MongoDB write path that event ingestion is bound by.
     """

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         description="Seconds of event changes collected into one analytics rescoring run "
         "(API reads are fresh regardless; this bounds how stale stored profile documents get).",
     )
+    applied_batches_retention_days: int = Field(
+        30,
+        description="Days the worker remembers which event batches it has counted (a redelivery within "
+        "them adds nothing); pruned daily.",
+    )
     model_refit_cron_hour: int = Field(
         3, description="Hour (UTC) at which Celery beat refits the population models daily."
     )

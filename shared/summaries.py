@@ -183,6 +183,17 @@ def record_batch(session: Session, batch_id: str, docs: Sequence[dict]) -> bool:
     return True
 
 
+def prune_ledger(session: Session, retention_days: int) -> int:
+    """Forget applied batch ids older than `retention_days`: a redelivery of a batch older than
+    that (a dead letter replayed months later) would be counted again, and `check` would show it.
+    Returns the number of ids removed."""
+    result = session.execute(
+        text("DELETE FROM applied_batches WHERE applied_at < now() - make_interval(days => :days)"),
+        {"days": int(retention_days)},
+    )
+    return result.rowcount
+
+
 # ----------------------------------------------------------------------------- reading one customer
 
 

@@ -14,6 +14,7 @@ from kombu import Exchange, Queue
 USER_CREATED = "pulse.worker.user_created"
 STORE_EVENTS = "pulse.worker.store_events"
 SEND_WELCOME = "pulse.worker.send_welcome"
+PRUNE_LEDGER = "pulse.worker.prune_applied_batches"
 COMPUTE_PROFILES = "pulse.analytics.compute_profiles"
 FIT_MODELS = "pulse.analytics.fit_models"
 
@@ -21,6 +22,7 @@ FIT_MODELS = "pulse.analytics.fit_models"
 RK_USER_CREATED = "user.created"
 RK_EVENTS_INGEST = "events.ingest"
 RK_EMAIL_WELCOME = "email.welcome"
+RK_EVENTS_PRUNE = "events.prune"
 RK_ANALYTICS_PROFILES = "analytics.profiles"
 RK_ANALYTICS_FIT = "analytics.fit"
 
@@ -48,6 +50,7 @@ class Topology:
             USER_CREATED: (self.users, RK_USER_CREATED),
             STORE_EVENTS: (self.events, RK_EVENTS_INGEST),
             SEND_WELCOME: (self.email, RK_EMAIL_WELCOME),
+            PRUNE_LEDGER: (self.events, RK_EVENTS_PRUNE),
             COMPUTE_PROFILES: (self.analytics, RK_ANALYTICS_PROFILES),
             FIT_MODELS: (self.analytics, RK_ANALYTICS_FIT),
         }

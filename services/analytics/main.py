@@ -6,13 +6,18 @@ from celery.schedules import crontab
 from shared.celery_app import create_celery_app, declare_topology
 from shared.mongo import prepare_database
 from shared.settings import get_settings
-from shared.topology import FIT_MODELS
+from shared.topology import FIT_MODELS, PRUNE_LEDGER
 
 app = create_celery_app("pulse-analytics", include=["services.analytics.tasks"])
 app.conf.beat_schedule = {
     "refit-population-models": {
         "task": FIT_MODELS,
         "schedule": crontab(hour=get_settings().model_refit_cron_hour, minute=0),
+    },
+    # The worker's ledger of counted batches (shared.summaries): routed to the worker by name.
+    "prune-applied-batches": {
+        "task": PRUNE_LEDGER,
+        "schedule": crontab(hour=get_settings().model_refit_cron_hour, minute=30),
     },
 }
 

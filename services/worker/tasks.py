@@ -10,11 +10,14 @@ from pymongo.errors import DuplicateKeyError
 from services.worker import mailer
 from services.worker.main import app
 from services.worker.storage import store_batch
+from shared import summaries
+from shared.db import session_scope
 from shared.logging import get_logger
 from shared.mongo import PROFILES, WELCOME_EMAILS, get_database
 from shared.retry import RETRY_POLICY
 from shared.schemas import UserCreatedMessage
-from shared.topology import COMPUTE_PROFILES, SEND_WELCOME, STORE_EVENTS, USER_CREATED
+from shared.settings import get_settings
+from shared.topology import COMPUTE_PROFILES, PRUNE_LEDGER, SEND_WELCOME, STORE_EVENTS, USER_CREATED
 
 log = get_logger("pulse.worker")
 
@@ -114,3 +117,13 @@ def store_events(self, events: list[dict]) -> dict:
     log.info("events_stored", batch_id=self.request.id, received=stored.received, inserted=stored.inserted,
              applied=stored.applied, users=stored.users, mongo_ms=stored.mongo_ms, postgres_ms=stored.postgres_ms)
     return {"received": stored.received, "inserted": stored.inserted, "users": stored.users}
+
+
+@app.task(name=PRUNE_LEDGER, **RETRY_POLICY)
+def prune_applied_batches() -> dict:
+    """Daily (beat): forget batch ids older than APPLIED_BATCHES_RETENTION_DAYS."""
+    days = get_settings().applied_batches_retention_days
+    with session_scope() as session:
+        removed = summaries.prune_ledger(session, days)
+    log.info("applied_batches_pruned", removed=removed, retention_days=days)
+    return {"removed": removed}

@@ -11,6 +11,7 @@ from shared.analytics.models import (
     conditional_expected_purchases,
     fit_bgnbd,
     fit_gamma_gamma,
+    gamma_gamma_log_likelihood,
     probability_alive,
     recommend,
     rfm_scores,
@@ -75,10 +76,12 @@ def test_fit_matches_a_direct_fit_and_profiles_match_a_full_recomputation(client
     for name in ("r", "alpha", "a", "b", "log_likelihood"):
         assert fitted["bgnbd"][name] == pytest.approx(getattr(bgnbd, name), rel=1e-9)
     # The summaries' spend is exact decimal, the direct one float sums: equal to the last bits,
-    # which moves the Gamma-Gamma optimum by about 1e-7.
-    for name in ("p", "q", "gamma"):
-        assert fitted["gamma_gamma"][name] == pytest.approx(getattr(gamma_gamma, name), rel=1e-6)
-    assert fitted["gamma_gamma"]["log_likelihood"] == pytest.approx(gamma_gamma.log_likelihood, rel=1e-9)
+    # which moves the Gamma-Gamma optimum along its flat directions (by 1e-7 on this module's
+    # buyers, more with other tests' customers in the database). The same fit is the same maximum.
+    ours = [fitted["gamma_gamma"][name] for name in ("p", "q", "gamma")]
+    assert gamma_gamma_log_likelihood(ours, summary.frequency, summary.monetary_value) == pytest.approx(
+        gamma_gamma.log_likelihood, abs=1e-6)
+    assert fitted["gamma_gamma"]["log_likelihood"] == pytest.approx(gamma_gamma.log_likelihood, abs=1e-6)
     assert fitted["population"]["customers"] >= len(buyers)
     assert fitted["population"]["categories"] >= len(CATEGORIES)
     latest = client.get("/api/analytics/models/latest").get_json()
@@ -132,6 +135,6 @@ def test_fit_input_is_validated(client, mongo):
     assert future.status_code == 422 and future.get_json()["errors"][0]["field"] == "as_of"
     garbage = client.post("/api/analytics/models/fit", json={"as_of": "someday"})
     assert garbage.status_code == 422 and garbage.get_json()["errors"][0]["field"] == "as_of"
-    too_early = client.post("/api/analytics/models/fit", json={"as_of": "2001-01-01"})
+    too_early = client.post("/api/analytics/models/fit", json={"as_of": "1980-01-01"})
     assert too_early.status_code == 422 and "customers" in too_early.get_json()["detail"]
     assert too_early.get_json()["errors"][0]["field"] == "as_of"

@@ -189,3 +189,19 @@ def test_a_worker_killed_between_storing_and_counting_leaves_correct_summaries(c
         assert drift(mongo, user_id) == NO_DRIFT
     finally:
         worker.stop()
+
+
+def test_the_ledger_forgets_batches_older_than_its_retention():
+    from sqlalchemy import text
+
+    old, recent = f"old-{uuid.uuid4().hex}", f"recent-{uuid.uuid4().hex}"
+    with session_scope() as session:
+        session.execute(text("INSERT INTO applied_batches (batch_id, events, applied_at) VALUES "
+                             "(:old, 1, now() - interval '31 days'), (:recent, 1, now() - interval '29 days')"),
+                        {"old": old, "recent": recent})
+    with session_scope() as session:
+        assert summaries.prune_ledger(session, 30) >= 1
+    with session_scope() as session:
+        left = set(session.scalars(text("SELECT batch_id FROM applied_batches WHERE batch_id IN (:old, :recent)"),
+                                   {"old": old, "recent": recent}))
+    assert left == {recent}

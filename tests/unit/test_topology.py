@@ -1,13 +1,21 @@
 """The queue topology every process agrees on."""
 from shared.celery_app import create_celery_app
 from shared.settings import Settings
-from shared.topology import COMPUTE_PROFILES, FIT_MODELS, SEND_WELCOME, STORE_EVENTS, USER_CREATED, build_topology
+from shared.topology import (
+    COMPUTE_PROFILES,
+    FIT_MODELS,
+    PRUNE_LEDGER,
+    SEND_WELCOME,
+    STORE_EVENTS,
+    USER_CREATED,
+    build_topology,
+)
 
 
 def test_every_task_routes_to_a_durable_dead_lettered_queue():
     topology = build_topology("pulse")
     routes = topology.routes()
-    assert {USER_CREATED, STORE_EVENTS, SEND_WELCOME, COMPUTE_PROFILES, FIT_MODELS} == set(routes)
+    assert {USER_CREATED, STORE_EVENTS, SEND_WELCOME, PRUNE_LEDGER, COMPUTE_PROFILES, FIT_MODELS} == set(routes)
     queues = {q.name: q for q in topology.work_queues}
     for route in routes.values():
         queue = queues[route["queue"]]
