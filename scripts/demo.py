@@ -420,9 +420,15 @@ def scenarios(persons: list[Person], fitted: dict) -> None:
     bg, gg = fitted["bgnbd"], fitted["gamma_gamma"]
     print(f"\n  Population models v{fitted['version']} (as of {fitted['as_of']}, {fitted['n_customers']} customers):")
     print(f"    BG/NBD r={bg['r']:.3f} alpha={bg['alpha']:.3f} a={bg['a']:.3f} b={bg['b']:.3f} "
-          f"LL={bg['log_likelihood']:.1f}")
+          f"LL={bg['log_likelihood']:.1f} ({fit_state(bg)})")
     if gg:
-        print(f"    Gamma-Gamma p={gg['p']:.3f} q={gg['q']:.3f} gamma={gg['gamma']:.3f}")
+        print(f"    Gamma-Gamma p={gg['p']:.3f} q={gg['q']:.3f} gamma={gg['gamma']:.3f} ({fit_state(gg)})")
+    print(f"    fitted from the customer summaries in {fitted['timings_ms']['total']:.0f} ms")
+
+
+def fit_state(params: dict) -> str:
+    state = "converged" if params["converged"] else "did NOT converge"
+    return state + (f", at a bound: {', '.join(params['at_bounds'])}" if params["at_bounds"] else "")
 
 
 def money(value) -> str:

@@ -78,6 +78,8 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(254), unique=True)  # stored normalised (lower case)
     full_name: Mapped[str] = mapped_column(String(200))
     profile_score: Mapped[float] = mapped_column(Float, server_default=text("0"), default=0.0)
+    # Written with profile_score by analytics; NULL until the first profile.
+    segment: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )

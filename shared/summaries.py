@@ -38,7 +38,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
+from pymongo.errors import PyMongoError
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from shared import activity
@@ -411,6 +413,15 @@ def check(db, session: Session, user_ids: Sequence[int] | None = None, progress=
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except (PyMongoError, SQLAlchemyError) as exc:
+        print(f"cannot recount: {type(exc).__name__}: {str(exc).splitlines()[0][:300]} "
+              "(is the stack's MongoDB and Postgres up?)", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     from tqdm import tqdm
 
     from shared.db import session_scope

@@ -43,7 +43,7 @@ def profile_document(profile: dict) -> dict:
 
 
 def store_profiles(db, session, profiles: dict[int, dict]) -> None:
-    """Profiles to MongoDB, engagement back to users.profile_score (one statement each).
+    """Profiles to MongoDB, engagement and segment back to users (one statement each).
     Whole documents are replaced by key (shared.mongo: profiles are keyed by user id): on the dev
     server that costs two thirds of a $set on a looked-up field."""
     if not profiles:
@@ -55,11 +55,12 @@ def store_profiles(db, session, profiles: dict[int, dict]) -> None:
     )
     session.execute(
         text(
-            "UPDATE users SET profile_score = v.score FROM "
-            "(SELECT unnest(CAST(:ids AS integer[])) AS id, unnest(CAST(:scores AS float8[])) AS score) AS v "
-            "WHERE users.id = v.id"
+            "UPDATE users SET profile_score = v.score, segment = v.segment FROM "
+            "unnest(CAST(:ids AS integer[]), CAST(:scores AS float8[]), CAST(:segments AS text[])) "
+            "AS v(id, score, segment) WHERE users.id = v.id"
         ),
-        {"ids": list(profiles), "scores": [p["engagement"] for p in profiles.values()]},
+        {"ids": list(profiles), "scores": [p["engagement"] for p in profiles.values()],
+         "segments": [p["segment"] for p in profiles.values()]},
     )
 
 

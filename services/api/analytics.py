@@ -12,7 +12,7 @@ from shared import profile_cache, reference
 from shared.analytics import model_store
 from shared.db import session_scope
 from shared.models import Address, CategorySales, City, Country, User
-from shared.mongo import PROFILES, get_database
+from shared.mongo import get_database
 from shared.schemas import FieldProblem, Problem
 from shared.topology import FIT_MODELS
 
@@ -115,16 +115,19 @@ def top_categories(query: TopCategoriesQuery):
     }
 
 
-@analytics_bp.get("/analytics/segments", summary="How many users are in each segment")
+@analytics_bp.get("/analytics/segments", summary="How many users are in each segment (one GROUP BY)")
 def segments():
-    rows = get_database()[PROFILES].aggregate(
-        [
-            {"$match": {"segment": {"$ne": None}}},
-            {"$group": {"_id": "$segment", "users": {"$sum": 1}}},
-            {"$sort": {"users": -1, "_id": 1}},
-        ]
-    )
-    return {"items": [{"segment": row["_id"], "users": row["users"]} for row in rows]}
+    # users.segment is written with the profile score by every rescoring: counting it in Postgres
+    # takes a fraction of a second at a million users, where scanning MongoDB profiles took seconds
+    # and, on the single-process dev server, stalled everything else meanwhile.
+    with session_scope() as session:
+        rows = session.execute(
+            select(User.segment, func.count().label("users"))
+            .where(User.segment.is_not(None))
+            .group_by(User.segment)
+            .order_by(func.count().desc(), User.segment)
+        ).all()
+    return {"items": [{"segment": row.segment, "users": row.users} for row in rows]}
 
 
 @analytics_bp.get("/stats/countries", summary="Users and average score per country (one GROUP BY)")

@@ -35,8 +35,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+from kombu.exceptions import KombuError
 from pydantic import ValidationError
+from pymongo.errors import PyMongoError
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
 from shared.celery_app import create_celery_app
@@ -317,6 +320,15 @@ def import_events(path: Path, args: argparse.Namespace, plan: Plan, users: dict[
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except (PyMongoError, SQLAlchemyError, KombuError) as exc:
+        print(f"backfill stopped: {type(exc).__name__}: {str(exc).splitlines()[0][:300]} (is the stack up? "
+              "A re-run continues where this one stopped and stores nothing twice)", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.worker.backfill", description=__doc__.split("\n\n")[0])
     parser.add_argument("file", type=Path, help="NDJSON of users and events, or CSV of transactions")
     parser.add_argument("--format", choices=["ndjson", "csv"], help="default: from the file's extension")

@@ -77,8 +77,12 @@ def test_top_users_by_score_come_sorted_with_addresses(client, shop):
 
 
 def test_segments_count_the_profiles(client, mongo, shop):
-    items = client.get("/api/analytics/segments").get_json()["items"]
+    with count_statements() as statements:
+        items = client.get("/api/analytics/segments").get_json()["items"]
+    assert len(statements) == 1 and "GROUP BY" in statements[0]
     counted = {row["segment"]: row["users"] for row in items}
+    assert set(counted) <= {"ACTIVE", "VIP", "AT_RISK", "DORMANT"}
+    # The same segments as the profile documents (both are written by each rescoring).
     for segment, users in counted.items():
         assert mongo.profiles.count_documents({"segment": segment}) == users
     assert sum(counted.values()) == mongo.profiles.count_documents({"segment": {"$ne": None}})

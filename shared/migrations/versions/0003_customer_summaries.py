@@ -1,4 +1,5 @@
-"""Per-customer purchase summaries, per-category totals and the ledger of applied event batches.
+"""Per-customer purchase summaries, per-category totals, the ledger of applied event batches, and
+each user's segment beside the profile score.
 
 Revision ID: 0003
 Revises: 0002
@@ -22,6 +23,8 @@ def _user_id() -> sa.Column:
 
 
 def upgrade() -> None:
+    # Beside profile_score: the segment counts are a GROUP BY here instead of a scan of MongoDB profiles.
+    op.add_column("users", sa.Column("segment", sa.String(16), nullable=True))
     op.create_table(
         "applied_batches",
         sa.Column("batch_id", sa.String(200), primary_key=True),
@@ -75,3 +78,4 @@ def downgrade() -> None:
     op.drop_table("purchase_days")
     op.drop_index("ix_applied_batches_applied_at", table_name="applied_batches")
     op.drop_table("applied_batches")
+    op.drop_column("users", "segment")
