@@ -369,6 +369,8 @@ def measure(kind: str, purchases: int, customers: int, new_purchases: int, load_
 
 
 def main() -> None:
+    # `kill` (and Ctrl-C, which a background job ignores) ends the run through the cleanup below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rng = np.random.default_rng(SEED)
     pick = random.Random(SEED)
     stack = Stack()

@@ -24,8 +24,8 @@ Money is `numeric`, summed by Postgres from the individual prices, so the totals
 the order in which batches arrive and a recount gives exactly the same values.
 
 `python -m shared.summaries rebuild` recounts every table from MongoDB `events` (after an upgrade,
-or to repair); `python -m shared.summaries check` recounts into temporary tables and reports every
-row that differs (exit status 1 on drift). Both stream the events once and let Postgres group
+or to repair); `python -m shared.summaries rebuild --check` recounts into temporary tables and
+reports every row that differs (exit status 1 on drift). Both stream the events once and let Postgres group
 them with the same SQL as the incremental path. Run them on a quiet stack: a batch stored while
 the recount reads may be counted twice or not at all.
 """
@@ -432,11 +432,13 @@ def _main(argv: list[str] | None) -> int:
         description="Recount activity counters and customer summaries from MongoDB events "
         "(run on a quiet stack).",
     )
-    parser.add_argument("command", choices=["rebuild", "check"],
-                        help="rebuild: replace the tables with a recount; check: report rows that differ")
+    parser.add_argument("command", choices=["rebuild"], help="replace the tables with a recount")
+    parser.add_argument("--check", action="store_true",
+                        help="change nothing: report every row that differs from a recount (exit status 1 on drift)")
     parser.add_argument("--user", type=int, action="append", dest="users", metavar="ID",
                         help="only this user (repeatable)")
     args = parser.parse_args(argv)
+    args.command = "check" if args.check else "rebuild"
     db = get_database()
     with tqdm(desc="events read", unit=" events", unit_scale=True, file=sys.stderr) as bar:
         def progress(read: int) -> None:

@@ -274,6 +274,16 @@ def import_users(plan: Plan, quiet: bool) -> tuple[dict[str, int], int, list[str
     return ids, created, conflicts
 
 
+def existing_users(usernames: list[str]) -> dict[str, int]:
+    """Users the file's events name that are in Pulse already (lower-case username -> id)."""
+    found: dict[str, int] = {}
+    for start in range(0, len(usernames), CHUNK):
+        with session_scope() as session:
+            found.update({row.username: row.id for row in session.execute(
+                _FIND_USERS, {"names": usernames[start:start + CHUNK]})})
+    return found
+
+
 def _documents(events: list[dict]) -> list[dict]:
     from services.worker.tasks import event_documents
 
@@ -352,8 +362,7 @@ def _main(argv: list[str] | None) -> int:
     plan = validate(args.file, args)
     missing_users = sorted(plan.usernames - set(plan.users))
     if missing_users:
-        with session_scope() as session:
-            found = {row.username for row in session.execute(_FIND_USERS, {"names": missing_users})}
+        found = existing_users(missing_users)
         plan.problems += [Problem(0, "username", f"no user {name!r} in the file or in Pulse")
                           for name in missing_users if name not in found]
     if plan.user_ids:
@@ -372,13 +381,14 @@ def _main(argv: list[str] | None) -> int:
 
     prepare_database()
     users, created, conflicts = import_users(plan, args.quiet)
+    users.update(existing_users(sorted(plan.usernames - set(users))))
     for name in conflicts[:20]:
         print(f"user {name!r}: its e-mail belongs to another user; not imported", file=sys.stderr)
     counts = import_events(args.file, args, plan, users)
     print(f"users: {len(plan.users):,} in the file, {created:,} created, {len(conflicts):,} in conflict; "
           f"events: {counts['stored']:,} stored, {counts['already stored']:,} already stored, "
           f"{counts['skipped']:,} skipped; {len(plan.problems):,} invalid line(s)")
-    return 1 if plan.problems or conflicts else 0
+    return 1 if plan.problems or conflicts or counts["skipped"] else 0
 
 
 if __name__ == "__main__":

@@ -56,17 +56,20 @@ def test_ndjson_history_is_imported_once_with_right_summaries(tmp_path, client, 
          "metadata": {"page": "/books"}},
         {"event_id": f"given-{tag}", "user_id": existing, "event_type": "user_purchase",
          "timestamp": "2025-03-01T10:00:00Z", "metadata": {"product_id": "T-1", "price": 40, "category": "toys"}},
+        # A user already in Pulse, named by username.
+        {"username": f"OLD_{tag}", "event_type": "user_purchase", "timestamp": "2025-03-02T10:00:00Z",
+         "metadata": {"product_id": "T-2", "price": 2.5, "category": "toys"}},
     ]
     path = tmp_path / "history.ndjson"
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
 
     first = backfill(path)
     assert first.returncode == 0, first.stderr
-    assert "1 created" in first.stdout and "4 stored" in first.stdout
+    assert "1 created" in first.stdout and "5 stored" in first.stdout and "0 skipped" in first.stdout
     hist = user_ids(f"hist_{tag}")[f"hist_{tag}"]
     assert summary(hist).purchases == 2 and summary(hist).purchase_days == 1
     assert summary(hist).spent == Decimal("25.00")
-    assert summary(existing).spent == Decimal("40")
+    assert summary(existing).spent == Decimal("42.5") and summary(existing).purchase_days == 2
     assert mongo.events.count_documents({"user_id": hist}) == 3
     assert no_drift(mongo, [hist, existing])
     # The imported customer is rescored like any other.
@@ -74,7 +77,7 @@ def test_ndjson_history_is_imported_once_with_right_summaries(tmp_path, client, 
 
     again = backfill(path)
     assert again.returncode == 0, again.stderr
-    assert "0 created" in again.stdout and "0 stored, 4 already stored" in again.stdout
+    assert "0 created" in again.stdout and "0 stored, 5 already stored" in again.stdout
     assert summary(hist).purchases == 2 and no_drift(mongo, [hist, existing])
 
 

@@ -7,6 +7,7 @@ counted it; a new worker then receives the redelivered message.
 import os
 import signal
 import socket
+import subprocess
 import sys
 import uuid
 from datetime import date
@@ -21,7 +22,7 @@ from shared import summaries
 from shared.db import session_scope
 from shared.models import CustomerCategory, CustomerSummary
 from tests.conftest import RUN_ID, TEST_ENV
-from tests.fixtures import spawn, stop, wait_for
+from tests.fixtures import ROOT, spawn, stop, wait_for
 from tests.helpers import purchase, signup_body
 
 pytestmark = pytest.mark.usefixtures("pipeline")
@@ -99,10 +100,21 @@ def test_check_reports_drift_and_rebuild_repairs_it(client, mongo, user_id):
     with session_scope() as session:
         session.get(CustomerSummary, user_id).purchases = 7
     assert drift(mongo, user_id) == {**NO_DRIFT, "customer_summaries": 1}
-    with session_scope() as session:
-        written = summaries.rebuild(mongo, session, [user_id])
-    assert written["customer_summaries"] == 1
+    # The command a person runs says the same, and exits 1.
+    found = cli("rebuild", "--check", "--user", str(user_id))
+    assert found.returncode == 1, found.stderr
+    assert "customer_summaries   DRIFT: 0 missing, 0 extra, 1 different" in found.stdout
+    assert f"user_id={user_id}: stored (" in found.stdout
+    repaired = cli("rebuild", "--user", str(user_id))
+    assert repaired.returncode == 0 and "customer_summaries 1" in repaired.stdout
     assert summary(user_id).purchases == 1 and drift(mongo, user_id) == NO_DRIFT
+    clean = cli("rebuild", "--check", "--user", str(user_id))
+    assert clean.returncode == 0 and "no drift" in clean.stdout
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shared.summaries", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
 
 
 class KillableWorker:
@@ -131,11 +143,20 @@ class KillableWorker:
         self.process.wait(10)
 
     def stop(self) -> None:
-        if self.process is not None:
+        if self.process is not None and self.process.poll() is None:
             stop(self.process)
 
 
-def test_a_worker_killed_between_storing_and_counting_leaves_correct_summaries(client, mongo, user_id):
+@pytest.fixture()
+def killable():
+    worker = KillableWorker()
+    try:
+        yield worker
+    finally:
+        worker.stop()  # whatever the test did, no worker outlives it
+
+
+def test_a_worker_killed_between_storing_and_counting_leaves_correct_summaries(client, mongo, user_id, killable):
     from shared.celery_app import create_celery_app
     from shared.settings import Settings
     from shared.topology import STORE_EVENTS
@@ -144,7 +165,7 @@ def test_a_worker_killed_between_storing_and_counting_leaves_correct_summaries(c
     events = [purchase(user_id, 30.0 + i, "sports", timestamp=f"2026-04-0{i + 1}T10:00:00+00:00") for i in range(3)]
     documents = [{**e, "geo": None} for e in events]
     batch_id = f"kill-{uuid.uuid4().hex}"
-    worker = KillableWorker()
+    worker = killable
     pg = make_url(TEST_ENV["DATABASE_URL"]).set(drivername="postgresql").render_as_string(hide_password=False)
     # The signup's own event is counted first, so the session's worker is not the one blocked below.
     def signup_counted():
@@ -173,22 +194,19 @@ def test_a_worker_killed_between_storing_and_counting_leaves_correct_summaries(c
     assert summary(user_id) is None  # stored, never counted
 
     worker.start(publisher)  # the broker redelivers the unacknowledged message to the new worker
-    try:
-        row = wait_for(lambda: summary(user_id), timeout=90, what="the redelivered batch counted")
-        assert (row.purchases, row.purchase_days, row.spent) == (3, 3, Decimal("93"))
-        assert drift(mongo, user_id) == NO_DRIFT
+    row = wait_for(lambda: summary(user_id), timeout=90, what="the redelivered batch counted")
+    assert (row.purchases, row.purchase_days, row.spent) == (3, 3, Decimal("93"))
+    assert drift(mongo, user_id) == NO_DRIFT
 
-        # The same message once more (a redelivery after the commit), then a marker behind it
-        # in the same queue: one solo worker takes them in order, and the first adds nothing.
-        publisher.send_task(STORE_EVENTS, kwargs={"events": documents}, task_id=batch_id)
-        marker = {**purchase(user_id, 1.0, "sports", timestamp="2026-04-09T10:00:00+00:00"), "geo": None}
-        publisher.send_task(STORE_EVENTS, kwargs={"events": [marker]})
-        row = wait_for(lambda: (s := summary(user_id)) and s.purchases == 4 and s, timeout=60, what="marker counted")
-        assert (row.purchase_days, row.spent) == (4, Decimal("94"))
-        assert mongo.events.count_documents({"user_id": user_id, "event_type": "user_purchase"}) == 4
-        assert drift(mongo, user_id) == NO_DRIFT
-    finally:
-        worker.stop()
+    # The same message once more (a redelivery after the commit), then a marker behind it in the
+    # same queue: one solo worker takes them in order, and the first adds nothing.
+    publisher.send_task(STORE_EVENTS, kwargs={"events": documents}, task_id=batch_id)
+    marker = {**purchase(user_id, 1.0, "sports", timestamp="2026-04-09T10:00:00+00:00"), "geo": None}
+    publisher.send_task(STORE_EVENTS, kwargs={"events": [marker]})
+    row = wait_for(lambda: (s := summary(user_id)) and s.purchases == 4 and s, timeout=60, what="marker counted")
+    assert (row.purchase_days, row.spent) == (4, Decimal("94"))
+    assert mongo.events.count_documents({"user_id": user_id, "event_type": "user_purchase"}) == 4
+    assert drift(mongo, user_id) == NO_DRIFT
 
 
 def test_the_ledger_forgets_batches_older_than_its_retention():
