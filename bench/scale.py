@@ -88,7 +88,7 @@ os.chdir(ROOT)
 
 from _common import LINE, BenchError, percentile, run, verdict  # noqa: E402
 
-from scripts.population import write_population, write_repeat_purchases  # noqa: E402
+from scripts.population import write_population  # noqa: E402
 from scripts.stack_client import call  # noqa: E402
 
 SIZES = [int(s) for s in os.environ.get("BENCH_SCALE_SIZES", "1000,100000,1000000").split(",")]
@@ -197,6 +197,35 @@ def memory() -> dict[str, tuple[float, float]]:
 
 
 # ----------------------------------------------------------------------------- the population
+
+
+def write_more_purchases(path: Path, rng: np.random.Generator, purchases: int) -> int:
+    """NDJSON of `purchases` more purchases by the customers there are, each like the customer's
+    own: on a day between her first and last purchase, in a category she has bought (from the
+    stack's summaries), so the population's behaviour, and what the fit sees per customer, stay
+    the same while the log grows. Returns how many were written."""
+    from sqlalchemy import text
+
+    from shared.db import session_scope
+
+    with session_scope() as session:
+        rows = session.execute(text(
+            "SELECT u.username, s.first_day, s.last_day, array_agg(c.category) AS categories "
+            "FROM customer_summaries s JOIN users u ON u.id = s.user_id "
+            "JOIN customer_categories c ON c.user_id = s.user_id GROUP BY u.username, s.first_day, s.last_day")).all()
+    with path.open("w") as out:
+        for n in range(purchases):
+            username, first, last, categories = rows[int(rng.integers(0, len(rows)))]
+            day = first + timedelta(days=int(rng.integers(0, (last - first).days + 1)))
+            moment = datetime.combine(day, datetime.min.time(), UTC) + timedelta(seconds=int(rng.integers(0, 86400)))
+            moment = min(moment, datetime.now(UTC) - timedelta(minutes=5))
+            out.write(json.dumps({
+                "event_id": f"{username}-more{n}", "username": username, "event_type": "user_purchase",
+                "timestamp": moment.isoformat(),
+                "metadata": {"product_id": f"P-{int(rng.integers(0, 500))}",
+                             "price": round(float(rng.gamma(6.0, 6.0)), 2),
+                             "category": categories[int(rng.integers(0, len(categories)))]}}) + "\n")
+    return purchases
 
 
 def backfill(path: Path) -> float:
@@ -391,7 +420,7 @@ def main() -> None:
             if kind == "new":
                 new_customers, new_purchases = write_population(path, rng, customers, size - purchases)
             else:
-                new_customers, new_purchases = 0, write_repeat_purchases(path, rng, customers, size - purchases)
+                new_customers, new_purchases = 0, write_more_purchases(path, rng, size - purchases)
             load_s = backfill(path)
             customers, purchases = customers + new_customers, purchases + new_purchases
             rows.append(measure(kind, purchases, customers, new_purchases, load_s, pick))

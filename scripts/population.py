@@ -72,24 +72,6 @@ def write_population(path: Path, rng: np.random.Generator, first_customer: int, 
     return customers, written
 
 
-def write_repeat_purchases(path: Path, rng: np.random.Generator, customers: int, purchases: int,
-                           prefix: str = "sim_", tag: str = "r") -> int:
-    """NDJSON of `purchases` more purchases by existing customers (numbers 0..customers-1) over the
-    last 90 days, in categories by popularity. Returns how many were written."""
-    now = datetime.now(UTC)
-    with path.open("w") as out:
-        for n in range(purchases):
-            customer = int(rng.integers(0, customers))
-            moment = now - timedelta(seconds=int(rng.integers(600, 90 * 86400)))
-            out.write(json.dumps({
-                "event_id": f"{prefix}{customer}-{tag}{n}", "username": f"{prefix}{customer}",
-                "event_type": "user_purchase", "timestamp": moment.isoformat(),
-                "metadata": {"product_id": f"P-{int(rng.integers(0, 500))}",
-                             "price": round(float(rng.gamma(6.0, 6.0)), 2),
-                             "category": CATEGORIES[int(rng.choice(len(CATEGORIES), p=POPULARITY))]}}) + "\n")
-    return purchases
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.population", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="NDJSON file to write")

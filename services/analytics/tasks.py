@@ -57,7 +57,10 @@ def store_profiles(db, session, profiles: dict[int, dict]) -> None:
         text(
             "UPDATE users SET profile_score = v.score, segment = v.segment FROM "
             "unnest(CAST(:ids AS integer[]), CAST(:scores AS float8[]), CAST(:segments AS text[])) "
-            "AS v(id, score, segment) WHERE users.id = v.id"
+            "AS v(id, score, segment) WHERE users.id = v.id "
+            # profile_score is indexed, so every update writes a new row version into each index of
+            # users: a refit that changes no score must not rewrite (and bloat) the whole table.
+            "AND (users.profile_score IS DISTINCT FROM v.score OR users.segment IS DISTINCT FROM v.segment)"
         ),
         {"ids": list(profiles), "scores": [p["engagement"] for p in profiles.values()],
          "segments": [p["segment"] for p in profiles.values()]},

@@ -3,8 +3,9 @@
 A model holds everything scoring one customer needs about everybody else, computed together
 when it is fitted: the BG/NBD and Gamma-Gamma parameters (with whether the optimiser converged
 and which parameters it held at a bound), the RFM quintile breakpoints and the co-purchase
-weights of the recommendations. Scoring reads the newest version's number (one indexed read)
-and keeps the decoded model per process until a newer version appears.
+weights of the recommendations. Scoring keeps the decoded model per process and reads the newest
+version's number from Redis (`publish_version`, written by every fit), or from MongoDB when Redis
+does not have it.
 """
 import threading
 from dataclasses import asdict, dataclass
@@ -13,8 +14,10 @@ from datetime import UTC, date, datetime
 from pymongo import DESCENDING
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
+from redis.exceptions import RedisError
 
 from shared.analytics.models import BGNBDParams, CoPurchases, GammaGammaParams
+from shared.cache import get_redis, key
 from shared.mongo import MODELS
 
 # What GET /api/analytics/models/latest shows: everything but the co-purchase weights.
@@ -66,6 +69,10 @@ def save(db: Database, as_of: date, bgnbd: BGNBDParams, gamma_gamma: GammaGammaP
         doc.pop("_id", None)
         return save(db, as_of, bgnbd, gamma_gamma, population, timings)
     doc.pop("_id", None)
+    try:
+        publish_version(version)
+    except RedisError:
+        pass  # profiles then find the version in MongoDB
     doc["population"] = {k: v for k, v in population.items() if k != "co_purchases"}
     return doc
 
@@ -93,6 +100,42 @@ def decode(doc: dict) -> Model:
     )
 
 
+# The newest version's number is also kept in Redis, written by every fit: a profile asks Redis
+# (which a cache miss talks to anyway) instead of MongoDB, whose dev server stalls under heavy
+# writes. Only a greater number replaces it, so two fits finishing together leave the newer one.
+_PUBLISH_IF_NEWER = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) return 1 end
+return 0
+"""
+
+
+def _version_key() -> str:
+    return key("model", "version")
+
+
+def publish_version(version: int) -> None:
+    get_redis().eval(_PUBLISH_IF_NEWER, 1, _version_key(), int(version))
+
+
+def current_version(db: Database) -> int | None:
+    """The newest model's version: from Redis, or from MongoDB when Redis has none (after a
+    Redis restart) or cannot be reached."""
+    try:
+        cached = get_redis().get(_version_key())
+        if cached is not None:
+            return int(cached)
+    except RedisError:
+        return latest_version(db)
+    version = latest_version(db)
+    if version is not None:
+        try:
+            publish_version(version)
+        except RedisError:
+            pass
+    return version
+
+
 class _Current:
     """The newest model, decoded once per process and version."""
 
@@ -101,18 +144,22 @@ class _Current:
         self._models: dict[str, Model] = {}
 
     def get(self, db: Database) -> Model | None:
-        version = latest_version(db)
+        version = current_version(db)
         if version is None:
             return None
-        key = f"{db.client.address}/{db.name}"
+        key_ = f"{db.client.address}/{db.name}"
         with self._lock:
-            model = self._models.get(key)
+            model = self._models.get(key_)
         if model is not None and model.version == version:
             return model
         doc = db[MODELS].find_one({"version": version}, projection={"_id": 0})
+        if doc is None:  # Redis names a version this database does not have (another stack's)
+            doc = db[MODELS].find_one(sort=[("version", DESCENDING)], projection={"_id": 0})
+            if doc is None:
+                return None
         model = decode(doc)
         with self._lock:
-            self._models[key] = model
+            self._models[key_] = model
         return model
 
     def clear(self) -> None:
