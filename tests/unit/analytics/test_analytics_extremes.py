@@ -68,8 +68,19 @@ def mpmath_conditional_expectation(params, t, x, t_x, T) -> float:
     r, al, a, b = (mp.mpf(v) for v in (params.r, params.alpha, params.a, params.b))
     x_, tx, T_, tt = (mp.mpf(float(v)) for v in (x, t_x, T, t))
     z = tt / (al + T_ + tt)
-    num = (a + b + x_ - 1) / (a - 1) * (
-        1 - ((al + T_) / (al + T_ + tt)) ** (r + x_) * mp.hyp2f1(r + x_, b + x_, a + b + x_ - 1, z))
+    if params.a < 100:
+        h = mp.hyp2f1(r + x_, b + x_, a + b + x_ - 1, z)
+    else:  # mpmath's transformations give up there (after a minute): sum the series, |z| < 1
+        h = term = mp.mpf(1)
+        k = 0
+        while True:
+            ratio = (r + x_ + k) * (b + x_ + k) / ((a + b + x_ - 1 + k) * (k + 1)) * z
+            term *= ratio
+            h += term
+            k += 1
+            if ratio < 1 and abs(term) < mp.mpf(10) ** -40 * abs(h):
+                break
+    num = (a + b + x_ - 1) / (a - 1) * (1 - ((al + T_) / (al + T_ + tt)) ** (r + x_) * h)
     den = 1 + (a / (b + x_ - 1) * ((al + T_) / (al + tx)) ** (r + x_) if x > 0 else 0)
     return float(num / den)
 
@@ -98,10 +109,16 @@ def test_scoring_is_finite_for_extreme_histories(params):
             assert e[i] == pytest.approx(ref, rel=1e-6), i
 
 
+# A fit with little heterogeneity in drop-out (a ~ 1e3, b at its bound): scipy returns NaN for
+# the transformed 2F1 at most ages, and its Gauss series needs thousands of terms.
+LOW_HETEROGENEITY = BGNBDParams(0.7405823, 2.1342213, 1044.0298, 1e4, 0.0, 0)
+
+
 @pytest.mark.parametrize("params", [
     CDNOW,
     BGNBDParams(5.0, 0.5, 3.0, 0.3, 0.0, 0),
     BGNBDParams(0.05, 50.0, 0.2, 40.0, 0.0, 0),
+    LOW_HETEROGENEITY,
 ])
 def test_conditional_expectation_against_60_digit_reference(params):
     """FHL eq. 10 evaluated with mpmath at 60 digits (dev-only; skipped without mpmath)."""
@@ -154,6 +171,25 @@ def test_series_fallback_where_scipy_hyp2f1_returns_inf():
         got = conditional_expected_purchases(params, t, x, t_x, T)
         assert got == pytest.approx(reference_conditional_expectation(params, t, x, t_x, T),
                                     rel=1e-6)
+
+
+def test_low_heterogeneity_models_score_without_the_long_series(monkeypatch):
+    """Where the transformed form fails, the untransformed one (still scipy) answers: the slow
+    series is not needed, and one customer's CLV costs what it costs under any other model."""
+    from shared.analytics.models import bgnbd
+
+    a, b, r = LOW_HETEROGENEITY.a, LOW_HETEROGENEITY.b, LOW_HETEROGENEITY.r
+    assert not np.isfinite(special.hyp2f1(a + b - 1 - r, a - 1, a + b + 2 - 1, 0.8))
+    calls = []
+    monkeypatch.setattr(bgnbd, "_log_hyp2f1_series", lambda *args, **kw: calls.append(args))
+    gg = GammaGammaParams(6.25, 3.74, 15.44, 0.0, 0)
+    x, t_x, T = np.array([0.0, 2.0, 10.0, 60.0]), np.array([0.0, 8.0, 8.0, 9.0]), np.array([10.0, 10.0, 10.0, 10.0])
+    clv = customer_lifetime_value(LOW_HETEROGENEITY, gg, x, t_x, T, np.array([0.0, 30.0, 30.0, 30.0]))
+    assert np.all(np.isfinite(clv)) and calls == []
+    got = conditional_expected_purchases(LOW_HETEROGENEITY, 90 / 7, x, t_x, T)
+    for i in range(x.size):
+        assert got[i] == pytest.approx(mpmath_conditional_expectation(LOW_HETEROGENEITY, 90 / 7, x[i], t_x[i], T[i]),
+                                       rel=1e-10)
 
 
 def test_fit_on_extreme_population_is_finite():
