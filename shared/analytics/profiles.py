@@ -7,6 +7,7 @@ with numpy. Nothing read grows with the population: a profile costs the same at 
 customers and at ten million. The analytics worker calls it to rescore users; the API calls it
 on a cache miss, so both always agree.
 """
+import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -28,11 +29,14 @@ from shared.analytics.models import (
     segment,
 )
 from shared.analytics.purchases import load_purchases
+from shared.logging import get_logger
 from shared.settings import get_settings
 from shared.user_views import user_summaries
 
 PREDICTION_DAYS = 90
 RECOMMENDATIONS = 5
+SLOW_PROFILE_MS = 50.0
+log = get_logger("pulse.profiles")
 EPOCH = date(1970, 1, 1)
 
 
@@ -96,21 +100,24 @@ def compute_profiles(db, session: Session, user_ids: list[int], now: datetime | 
     # Milliseconds, as MongoDB keeps the purchase instants the days are counted against.
     now = now or datetime.now(UTC)
     now = now.replace(microsecond=now.microsecond // 1000 * 1000)
-    users = user_summaries(session, user_ids)
+    clock = _PhaseClock()
+    users = clock("users", user_summaries, session, user_ids)
     ids = sorted(users)
     if not ids:
         return {}
-    facts = load_purchase_facts(db, session, ids, now)
-    activity = activity_counters.load(session, ids, now)
-    model = model_store.current.get(db)
+    facts = clock("purchases", load_purchase_facts, db, session, ids, now)
+    activity = clock("activity", activity_counters.load, session, ids, now)
+    model = clock("model", model_store.current.get, db)
     customers = [u for u in ids if u in facts]
-    scored = _score_customers(model, [facts[u] for u in customers], now.date())
+    scored = clock("scoring", _score_customers, model, [facts[u] for u in customers], now.date())
     position = {user_id: i for i, user_id in enumerate(customers)}
     recommendations = (
-        model.co_purchases.recommend({u: facts[u].categories if u in facts else [] for u in ids}, k=RECOMMENDATIONS)
+        clock("recommendations", model.co_purchases.recommend,
+              {u: facts[u].categories if u in facts else [] for u in ids}, k=RECOMMENDATIONS)
         if model is not None and model.co_purchases is not None
         else {}
     )
+    clock.report(len(ids))
 
     profiles = {}
     for user_id in ids:
@@ -156,6 +163,27 @@ def compute_profiles(db, session: Session, user_ids: list[int], now: datetime | 
             "computed_at": now.isoformat(),
         }
     return profiles
+
+
+class _PhaseClock:
+    """Times each phase of a computation; a profile that took longer than SLOW_PROFILE_MS per
+    user is logged with its phases, so a slow miss says which store it waited on."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def __call__(self, name, fn, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.phases[name] = round((time.perf_counter() - started) * 1000, 2)
+
+    def report(self, users: int) -> None:
+        total = (time.perf_counter() - self.started) * 1000
+        if total / max(users, 1) > SLOW_PROFILE_MS:
+            log.warning("profile_slow", users=users, total_ms=round(total, 1), **{f"{k}_ms": v for k, v in self.phases.items()})
 
 
 def _number(value) -> float | None:
