@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 COMPOSE ?= docker compose
 
-.PHONY: help setup dev test test-unit test-integration test-e2e demo bench up down logs clean
+.PHONY: help setup dev test test-unit test-integration test-e2e demo bench chaos fuzz dead-letters up down logs clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -33,6 +33,17 @@ test-e2e:
 
 demo: ## replay the guide's scenarios against the running stack
 	$(PY) -m scripts.demo
+
+chaos: ## mixed load under SIGKILLs and restarts on a private stack, then a reconciliation (CHAOS_ARGS="--duration 600")
+	@scripts/setup --no-migrate
+	$(PY) -m scripts.chaos $(CHAOS_ARGS)
+
+fuzz: ## schemathesis, every check, against the running stack's OpenAPI document (FUZZ_EXAMPLES=200)
+	SCHEMATHESIS_HOOKS=scripts.schemathesis_hooks $(VENV)/bin/schemathesis run $${PULSE_API:-http://127.0.0.1:8000}/openapi/openapi.json --checks all \
+		--max-examples $${FUZZ_EXAMPLES:-200} --workers 2
+
+dead-letters: ## what failed for good: task, queue, reason, age, first error (python -m shared.dead_letters --help)
+	$(PY) -m shared.dead_letters list
 
 bench: ## every benchmark in bench/
 	for b in bench/[!_]*.py; do $(PY) $$b || exit 1; done

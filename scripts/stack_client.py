@@ -44,5 +44,5 @@ def call(method: str, path: str, *, expect=(200,), http: requests.Session | None
 
 def require_stack() -> None:
     ready = call("GET", "/health/ready", expect=(200, 503), timeout=10)
-    if ready.status_code != 200:
+    if ready.json().get("status") != "ok":
         raise StackError(f"The stack at {API} is not ready: {ready.text}")

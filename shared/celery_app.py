@@ -1,6 +1,7 @@
 """The Celery app factory: every Pulse process builds its app here, so all agree on the wire."""
 from celery import Celery, signals
 
+from shared import task_failures  # noqa: F401  (connects the failure recorder to Celery's signals)
 from shared.logging import configure_logging
 from shared.settings import Settings, get_settings
 from shared.topology import build_topology
@@ -8,7 +9,7 @@ from shared.topology import build_topology
 
 def create_celery_app(name: str, include: list[str] | None = None, settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    topology = build_topology(settings.queue_prefix)
+    topology = build_topology(settings.queue_prefix, settings.queue_type)
     app = Celery(name, broker=settings.broker_url, backend=settings.result_backend, include=include or [])
     app.conf.update(
         # JSON only: a pickle on the wire is remote code execution.

@@ -12,6 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.settings import get_settings
 
 
+CONNECT_TIMEOUT_SECONDS = 5
+
+
 def get_engine(url: str | None = None) -> Engine:
     return _engine(url or get_settings().database_url)
 
@@ -23,6 +26,18 @@ def _engine(url: str) -> Engine:
         pool_pre_ping=True,  # a Postgres restart must not turn the next request into a 500
         pool_size=5,
         max_overflow=10,
+        connect_args={
+            # An unreachable server is an error (503, a retry) in seconds, not a request that hangs.
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+            # Every statement planned for its own parameters. psycopg prepares a statement after
+            # five runs, and Postgres may then switch it to a generic plan: for `user_id =
+            # ANY($1)` over tables whose statistics are stale (autovacuum off, as on the dev
+            # machine, or behind after a bulk load) that plan scans the table, and a profile miss
+            # grew from 12 to 23 ms between 1,000 and 100,000 purchases (bench/scale.py's
+            # Server-Timing showed it all in the summary reads). Planning these small statements
+            # costs well under a millisecond.
+            "prepare_threshold": None,
+        },
     )
 
 

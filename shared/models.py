@@ -16,6 +16,7 @@ from sqlalchemy import (
     Index,
     Integer,
     Numeric,
+    Sequence,
     String,
     Text,
     UniqueConstraint,
@@ -173,6 +174,35 @@ class CategorySales(Base):
     category: Mapped[str] = mapped_column(String(100), primary_key=True)
     purchases: Mapped[int] = mapped_column(BigInteger)
     spent: Mapped[Decimal] = mapped_column(Numeric)
+
+
+class TaskFailure(Base):
+    """What a failing task raised, first and last: the reason a dead letter died
+    (shared.dead_letters). RabbitMQ's `x-death` header says where and when, not why."""
+
+    __tablename__ = "task_failures"
+
+    task_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(200))
+    first_error: Mapped[str] = mapped_column(Text)
+    last_error: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    first_failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+RESCORE_CHANGE_SEQ = Sequence("rescore_change_seq")
+
+
+class RescorePending(Base):
+    """A user whose data changed after their stored profile was computed. Written with the
+    summaries (one transaction), deleted by the rescoring that saw that change (shared.rescore)."""
+
+    __tablename__ = "rescore_pending"
+
+    user_id: Mapped[int] = _user_fk()
+    change: Mapped[int] = mapped_column(BigInteger, RESCORE_CHANGE_SEQ, server_default=RESCORE_CHANGE_SEQ.next_value())
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
 
 
 class OutboxMessage(Base):

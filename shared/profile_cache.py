@@ -20,6 +20,8 @@ import time
 from functools import lru_cache
 from collections.abc import Callable, Iterable
 
+from redis import exceptions as redis_errors
+
 from shared.cache import get_redis, key
 from shared.settings import get_settings
 
@@ -37,7 +39,7 @@ return 0
 WRITING_TTL_SECONDS = 600
 LOCK_SECONDS = 10
 
-_stats = {"hits": 0, "misses": 0, "waited": 0, "computed": 0}
+_stats = {"hits": 0, "misses": 0, "waited": 0, "computed": 0, "bypassed": 0}
 _stats_lock = threading.Lock()
 
 
@@ -148,14 +150,28 @@ def end_events_write(user_ids: Iterable[int]) -> None:
     pipe.execute()
 
 
-def get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[str | None, bool]:
-    """(profile JSON, hit). Concurrent misses for one user and version share one computation: the
-    first takes a short lock, the others wait for its result while it holds the lock (at most
-    LOCK_SECONDS: the lock expires if its holder dies)."""
+HIT, MISS, BYPASS = "HIT", "MISS", "BYPASS"
+
+
+def get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[str | None, str]:
+    """(profile JSON, HIT | MISS | BYPASS). Concurrent misses for one user and version share one
+    computation: the first takes a short lock, the others wait for its result while it holds the
+    lock (at most LOCK_SECONDS: the lock expires if its holder dies). With Redis unreachable the
+    profile is computed and answered without the cache (BYPASS): a cache is an optimisation, not
+    a dependency of the answer."""
+    try:
+        return _get_or_compute(user_id, compute)
+    except redis_errors.RedisError:
+        _count("bypassed")
+        profile = compute()
+        return (dumps(profile) if profile is not None else None), BYPASS
+
+
+def _get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[str | None, str]:
     version, cached = read(user_id)
     if cached is not None:
         _count("hits")
-        return cached, True
+        return cached, HIT
     _count("misses")
     redis = get_redis()
     lock = key("profile", "lock", user_id, version)
@@ -173,7 +189,7 @@ def get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[st
                     break
             if cached is not None:
                 _count("waited")
-                return cached, False
+                return cached, MISS
             if now_version != version:
                 version = now_version  # events arrived: the holder's result is stale anyway
                 break
@@ -183,18 +199,24 @@ def get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[st
         if cached is not None:
             redis.delete(lock)
             _count("waited")
-            return cached, False
+            return cached, MISS
     try:
         _count("computed")
         profile = compute()
         if profile is None:
-            return None, False
+            return None, MISS
         body = dumps(profile)
-        write(user_id, version, body)
-        return body, False
+        try:
+            write(user_id, version, body)
+        except redis_errors.RedisError:
+            return body, BYPASS  # computed already: served, not cached
+        return body, MISS
     finally:
         if locked:
-            redis.delete(lock)
+            try:
+                redis.delete(lock)
+            except redis_errors.RedisError:
+                pass  # it expires by itself (LOCK_SECONDS)
 
 
 def stats() -> dict[str, int]:

@@ -9,15 +9,22 @@ burst of ingestion this turns "one rescoring of ~N users per stored chunk" into 
 (draining until the set was empty rescored the same users after every chunk, and those reads
 and writes competed with the burst for MongoDB: the pipeline ran up to 2x slower).
 
-Correctness does not depend on it: the profile cache is invalidated synchronously by the writer
-(see shared.profile_cache), so API reads are fresh even before the drain runs. Should a drain's worker
-die between taking users and storing their profiles, their MongoDB profile documents wait for
-their next event or the next refit; a chunk that fails puts its users back before retrying.
+API reads do not depend on it: the profile cache is invalidated synchronously by the writer
+(see shared.profile_cache), so they are fresh even before the drain runs. The stored profile
+documents do, and the Redis set is not durable (a Redis restart empties it, a killed analytics
+worker loses the users it had taken). So the truth is kept in Postgres too: every change adds
+the user to `rescore_pending` in the same transaction as the summaries (`record_pending`), with
+a new change number; a rescoring deletes a user's row only if its change number is still the one
+it read before computing (`changes_seen`, `clear_seen`), so a change it did not see stays
+pending. `sweep` (Celery beat, every minute) puts users pending for longer than a drain should
+take back into the Redis set: whatever Redis or a killed worker lost is rescored within minutes.
 """
 import uuid
 from collections.abc import Callable, Iterable
 
 from redis.exceptions import ResponseError
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from shared.cache import get_redis, key
 from shared.settings import get_settings
@@ -99,3 +106,62 @@ def count_rescored(users: int) -> None:
 
 def rescored_total() -> int:
     return int(get_redis().get(_rescored()) or 0)
+
+
+# ----------------------------------------------------------------------------- durable pending (Postgres)
+
+_RECORD_PENDING = text(
+    # Sorted, so that two workers upserting overlapping users lock them in the same order; only
+    # users that exist (an event of an erased user adds nothing, as in shared.summaries).
+    "INSERT INTO rescore_pending (user_id) SELECT DISTINCT u FROM unnest(CAST(:ids AS integer[])) AS u "
+    "JOIN users ON users.id = u ORDER BY u "
+    "ON CONFLICT (user_id) DO UPDATE SET change = nextval('rescore_change_seq'), changed_at = now()"
+)
+_CHANGES_SEEN = text("SELECT user_id, change FROM rescore_pending WHERE user_id = ANY(CAST(:ids AS integer[]))")
+_CLEAR_SEEN = text(
+    # Rows locked in user order first (as the workers' upserts take them), so a rescoring and an
+    # ingestion touching the same users wait for each other instead of deadlocking. A row whose
+    # change number moved meanwhile no longer matches once locked, and stays.
+    "DELETE FROM rescore_pending WHERE user_id IN ("
+    " SELECT p.user_id FROM rescore_pending p"
+    " JOIN unnest(CAST(:ids AS integer[]), CAST(:changes AS bigint[])) AS s(user_id, change)"
+    " ON p.user_id = s.user_id AND p.change = s.change ORDER BY p.user_id FOR UPDATE OF p)"
+)
+_STALE = text(
+    "SELECT user_id FROM rescore_pending WHERE changed_at < now() - make_interval(secs => :seconds) "
+    "ORDER BY changed_at LIMIT :limit"
+)
+
+
+def record_pending(session: Session, user_ids: Iterable[int]) -> None:
+    """In the transaction that changed these users' data."""
+    ids = sorted(set(user_ids))
+    if ids:
+        session.execute(_RECORD_PENDING, {"ids": ids})
+
+
+def changes_seen(session: Session, user_ids: list[int]) -> dict[int, int]:
+    """Read before computing: the change numbers this rescoring will account for."""
+    return {row.user_id: row.change for row in session.execute(_CHANGES_SEEN, {"ids": list(user_ids)})}
+
+
+def clear_seen(session: Session, seen: dict[int, int]) -> None:
+    """After storing the profiles, in the same transaction as their Postgres writes."""
+    if seen:
+        session.execute(_CLEAR_SEEN, {"ids": list(seen), "changes": list(seen.values())})
+
+
+def pending_in_store(session: Session) -> int:
+    return int(session.execute(text("SELECT count(*) FROM rescore_pending")).scalar_one())
+
+
+def sweep(session: Session, schedule: Callable[[float], None], older_than_seconds: float = 120,
+          limit: int = 100_000) -> int:
+    """Users pending in Postgres for longer than `older_than_seconds` (twice the sweep interval:
+    a drain that is merely busy with them is left alone): back into the Redis set, with a drain
+    scheduled. Returns how many."""
+    ids = list(session.scalars(_STALE, {"seconds": older_than_seconds, "limit": limit}))
+    if ids:
+        get_redis().sadd(_pending(), *ids)
+        _schedule_once(schedule)
+    return len(ids)

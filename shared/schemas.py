@@ -3,9 +3,11 @@
 The API validates with these models, the OpenAPI spec is generated from them, and the worker
 re-validates the messages it consumes with them, so there is no second description to drift.
 """
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal, Union
 
+import email_validator
+import pycountry
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -13,6 +15,7 @@ from pydantic import (
     EmailStr,
     Field,
     RootModel,
+    WithJsonSchema,
     StringConstraints,
     field_validator,
 )
@@ -24,12 +27,25 @@ def _printable(value: str) -> str:
     return value
 
 
-NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1), AfterValidator(_printable)]
+# The pattern says in the OpenAPI document what _printable and the stripping enforce: no control
+# characters, something other than white space.
+NonBlank = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"),
+    AfterValidator(_printable),
+]
 MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 
 
 def _collapse_spaces(value: str) -> str:
     return " ".join(value.split())
+
+
+def iso_text(value, field: str):
+    """The document says an ISO 8601 string: a number is not read as seconds since 1970."""
+    if value is not None and not isinstance(value, str | date | datetime):
+        raise ValueError(f"{field} must be an ISO 8601 string")
+    return value
 
 
 class StrictModel(BaseModel):
@@ -40,13 +56,29 @@ class StrictModel(BaseModel):
 # --------------------------------------------------------------------------- signup
 
 
+# Every code the countries table holds (migration 0001 fills it from pycountry), as an enum in the
+# OpenAPI document too: a code the document calls valid is one the API accepts.
+COUNTRY_CODES = tuple(sorted(country.alpha_2 for country in pycountry.countries))
+def _known_country(code: str) -> str:
+    if code not in COUNTRY_CODES:
+        raise ValueError("not an ISO 3166-1 alpha-2 country code (upper case)")
+    return code
+
+
+CountryCode = Annotated[str, AfterValidator(_known_country), WithJsonSchema({"type": "string", "enum": list(COUNTRY_CODES)})]
+
+
 class AddressIn(StrictModel):
     street: Annotated[NonBlank, StringConstraints(max_length=200), AfterValidator(_collapse_spaces)]
     city: Annotated[NonBlank, StringConstraints(max_length=100), AfterValidator(_collapse_spaces)]
-    country_code: Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Za-z]{2}$"),
-    ] = Field(description="ISO 3166-1 alpha-2 code, e.g. UA", examples=["UA"])
+    country_code: CountryCode = Field(description="ISO 3166-1 alpha-2 code, upper case, e.g. UA", examples=["UA"])
+
+
+# An address the e-mail grammar accepts is accepted, special-use domains (`.test`, `.local`, ...)
+# included, as the OpenAPI document's `format: email` says: whether it can receive mail is the
+# mail server's call, and a refused welcome is dead-lettered where it can be seen and replayed
+# (shared.dead_letters).
+email_validator.SPECIAL_USE_DOMAIN_NAMES.clear()
 
 
 class SignupRequest(StrictModel):
@@ -83,16 +115,26 @@ class UserCreatedMessage(BaseModel):
 # --------------------------------------------------------------------------- events
 
 EventId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
-Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# Bounds a real shop never reaches but a float can: a price of 1e192 would be stored, summed into
+# 200-digit category totals and overflow the models' arithmetic.
+MAX_PRICE = 1_000_000
+# Numbers are strict: `false` or "12" is not a price (the document says number), so it is refused.
+Price = Annotated[float, Field(ge=0, le=MAX_PRICE, allow_inf_nan=False, strict=True)]
 Label = Annotated[NonBlank, StringConstraints(max_length=100)]
 MAX_CLOCK_SKEW = timedelta(days=1)
+EARLIEST_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_METADATA_KEYS = 50
+# MongoDB stores integers in 64 bits; a larger one would fail in the worker, not here.
+Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63, strict=True)]
+# Bounded too: an integer too large for Int64 would otherwise become an imprecise float.
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, ge=-1e15, le=1e15, strict=True)]
 
 
 class Geo(StrictModel):
     country: Label | None = None
     city: Label | None = None
     coordinates: tuple[
-        Annotated[float, Field(ge=-90, le=90)], Annotated[float, Field(ge=-180, le=180)]
+        Annotated[float, Field(ge=-90, le=90, strict=True)], Annotated[float, Field(ge=-180, le=180, strict=True)]
     ] | None = Field(None, description="[latitude, longitude]")
 
 
@@ -100,10 +142,10 @@ class PurchaseMetadata(StrictModel):
     product_id: Label
     price: Price = Field(description="What the purchase cost in total (all items)")
     category: Label
-    quantity: int | None = Field(None, ge=1, le=1_000_000, description="Items bought, when known")
+    quantity: int | None = Field(None, ge=1, le=1_000_000, strict=True, description="Items bought, when known")
 
 
-class ProductMetadata(BaseModel):
+class ProductMetadata(StrictModel):
     product_id: Label | None = None
     category: Label | None = None
     price: Price | None = None
@@ -113,11 +155,14 @@ class _EventBase(StrictModel):
     event_id: EventId | None = Field(
         None, description="Idempotency key; generated when absent. Re-sending an id never duplicates."
     )
-    user_id: int = Field(gt=0, lt=2**31)
+    user_id: int = Field(gt=0, lt=2**31, strict=True)
     timestamp: datetime | None = Field(
-        None, description="ISO 8601; without an offset it is read as UTC; default: time of receipt"
+        None, description="ISO 8601; without an offset it is read as UTC; default: time of receipt. "
+        "From 1970-01-01 to a day after receipt (clock skew)."
     )
     geo: Geo | None = None
+
+    _timestamp_is_text = field_validator("timestamp", mode="before")(lambda value: iso_text(value, "timestamp"))
 
     @field_validator("timestamp")
     @classmethod
@@ -127,6 +172,8 @@ class _EventBase(StrictModel):
         value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
         if value > datetime.now(UTC) + MAX_CLOCK_SKEW:
             raise ValueError("timestamp is more than a day in the future")
+        if value < EARLIEST_TIMESTAMP:
+            raise ValueError("timestamp is before 1970-01-01")
         return value
 
 
@@ -142,8 +189,8 @@ class CartEvent(_EventBase):
 
 class ActivityEvent(_EventBase):
     event_type: Literal["page_view", "login", "logout", "search"]
-    metadata: dict[MetadataKey, Annotated[str, StringConstraints(max_length=1000)] | int | float | bool | None] = Field(
-        default_factory=dict
+    metadata: dict[MetadataKey, Annotated[str, StringConstraints(max_length=1000)] | Int64 | FiniteFloat | bool | None] = Field(
+        default_factory=dict, max_length=MAX_METADATA_KEYS
     )
 
 

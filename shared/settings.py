@@ -3,6 +3,7 @@
 The README's settings table is generated from nothing else: keep names and defaults here.
 """
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,11 @@ class Settings(BaseSettings):
     queue_prefix: str = Field(
         "pulse", description="Prefix of Pulse's RabbitMQ exchanges and queues."
     )
+    queue_type: Literal["classic", "quorum"] = Field(
+        "classic",
+        description="RabbitMQ queue type: quorum queues replicate over a cluster (compose uses them); "
+        "an existing queue keeps its type, so switching needs new queues (another QUEUE_PREFIX or vhost).",
+    )
     outbox_batch_size: int = Field(100, description="Outbox rows the relay publishes per round.")
     outbox_poll_interval: float = Field(
         0.5, description="Seconds the relay sleeps when the outbox is empty or the broker is down."
@@ -54,6 +60,11 @@ class Settings(BaseSettings):
         5.0,
         description="Seconds of event changes collected into one analytics rescoring run "
         "(API reads are fresh regardless; this bounds how stale stored profile documents get).",
+    )
+    rescore_sweep_seconds: float = Field(
+        60.0,
+        description="Every so many seconds (beat), users pending rescoring for longer than that are queued "
+        "again: what a Redis restart or a killed analytics worker lost is rescored within about twice this.",
     )
     applied_batches_retention_days: int = Field(
         30,

@@ -43,7 +43,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from shared import activity
+from shared import activity, rescore
 from shared.mongo import EVENTS
 
 PURCHASE = "user_purchase"
@@ -171,6 +171,7 @@ def record_batch(session: Session, batch_id: str, docs: Sequence[dict]) -> bool:
     claimed = session.execute(_CLAIM, {"batch_id": batch_id, "events": len(docs)}).first()
     if claimed is None:
         return False
+    rescore.record_pending(session, (int(doc["user_id"]) for doc in docs))
     activity.record(session, docs)
     columns = purchase_columns(docs)
     if columns["user_ids"]:

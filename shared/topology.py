@@ -2,7 +2,8 @@
 
 Producers publish by task *name* (``send_task``) so the API never imports worker code.
 
-Queues are classic durable queues (not quorum); the reason is in the README ("Why classic queues").
+Queues are durable, classic by default or quorum (QUEUE_TYPE): quorum queues replicate over a
+RabbitMQ cluster, which a single native node gains nothing from; compose runs them.
 Each work queue dead-letters into a fanout exchange whose queue keeps what failed for good, so a
 poison message is parked for inspection instead of being redelivered forever or dropped.
 """
@@ -17,6 +18,7 @@ SEND_WELCOME = "pulse.worker.send_welcome"
 PRUNE_LEDGER = "pulse.worker.prune_applied_batches"
 COMPUTE_PROFILES = "pulse.analytics.compute_profiles"
 FIT_MODELS = "pulse.analytics.fit_models"
+SWEEP_RESCORING = "pulse.analytics.sweep_rescoring"
 
 # Routing keys.
 RK_USER_CREATED = "user.created"
@@ -25,6 +27,7 @@ RK_EMAIL_WELCOME = "email.welcome"
 RK_EVENTS_PRUNE = "events.prune"
 RK_ANALYTICS_PROFILES = "analytics.profiles"
 RK_ANALYTICS_FIT = "analytics.fit"
+RK_ANALYTICS_SWEEP = "analytics.sweep"
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Topology:
             PRUNE_LEDGER: (self.events, RK_EVENTS_PRUNE),
             COMPUTE_PROFILES: (self.analytics, RK_ANALYTICS_PROFILES),
             FIT_MODELS: (self.analytics, RK_ANALYTICS_FIT),
+            SWEEP_RESCORING: (self.analytics, RK_ANALYTICS_SWEEP),
         }
         return {
             task: {"queue": queue.name, "exchange": self.exchange.name, "routing_key": key}
@@ -60,10 +64,25 @@ class Topology:
         }
 
 
-def build_topology(prefix: str = "pulse") -> Topology:
+# A quorum queue counts deliveries: a message whose worker dies under it this many times (a task
+# that crashes its process) is dead-lettered as `delivery_limit` instead of looping for ever.
+QUORUM_DELIVERY_LIMIT = 20
+
+
+def queue_type_arguments(queue_type: str) -> dict:
+    if queue_type == "quorum":
+        return {"x-queue-type": "quorum", "x-delivery-limit": QUORUM_DELIVERY_LIMIT}
+    if queue_type == "classic":
+        # No argument at all: queues declared before the setting existed stay equivalent.
+        return {}
+    raise ValueError(f"QUEUE_TYPE must be classic or quorum, not {queue_type!r}")
+
+
+def build_topology(prefix: str = "pulse", queue_type: str = "classic") -> Topology:
     exchange = Exchange(prefix, type="topic", durable=True)
     dlx = Exchange(f"{prefix}.dlx", type="fanout", durable=True)
-    dead_letter_args = {"x-dead-letter-exchange": dlx.name}
+    type_args = queue_type_arguments(queue_type)
+    dead_letter_args = {"x-dead-letter-exchange": dlx.name, **type_args}
 
     def work_queue(name: str, binding: str) -> Queue:
         return Queue(
@@ -82,5 +101,6 @@ def build_topology(prefix: str = "pulse") -> Topology:
         # Its own queue and worker process: a slow or unreachable SMTP server delays e-mails only.
         email=work_queue("email", "email.*"),
         analytics=work_queue("analytics", "analytics.*"),
-        dead_letter=Queue(f"{prefix}.dead_letter", exchange=dlx, durable=True),
+        dead_letter=Queue(f"{prefix}.dead_letter", exchange=dlx, durable=True,
+                          queue_arguments={"x-queue-type": "quorum"} if queue_type == "quorum" else None),
     )

@@ -74,6 +74,13 @@ class MailCatcher:
         self._lock = threading.Lock()
         self._open = threading.Event()
         self._open.set()
+        self._refused: set[str] = set()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.lower() in self._refused:
+            return "550 5.1.1 mailbox unavailable"  # permanent: the client must not retry
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         while not self._open.is_set():  # a slow server: the client waits for the answer
@@ -90,6 +97,15 @@ class MailCatcher:
             yield
         finally:
             self._open.set()
+
+    @contextmanager
+    def refuse(self, address: str) -> Iterator[None]:
+        """Refuse `address` permanently (550) until the block ends, as a misconfigured server would."""
+        self._refused.add(address.lower())
+        try:
+            yield
+        finally:
+            self._refused.discard(address.lower())
 
     def to(self, address: str) -> list[Message]:
         with self._lock:

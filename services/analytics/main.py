@@ -6,7 +6,7 @@ from celery.schedules import crontab
 from shared.celery_app import create_celery_app, declare_topology
 from shared.mongo import prepare_database
 from shared.settings import get_settings
-from shared.topology import FIT_MODELS, PRUNE_LEDGER
+from shared.topology import FIT_MODELS, PRUNE_LEDGER, SWEEP_RESCORING
 
 app = create_celery_app("pulse-analytics", include=["services.analytics.tasks"])
 app.conf.beat_schedule = {
@@ -19,6 +19,10 @@ app.conf.beat_schedule = {
         "task": PRUNE_LEDGER,
         "schedule": crontab(hour=get_settings().model_refit_cron_hour, minute=30),
     },
+    # Rescoring that Redis or a killed worker lost (shared.rescore). No `expires`: an expired task
+    # is revoked, and a revoked late-ack task is rejected, i.e. dead-lettered. Sweeps queued while
+    # no analytics worker ran are each one indexed query when it returns.
+    "sweep-rescoring": {"task": SWEEP_RESCORING, "schedule": get_settings().rescore_sweep_seconds},
 }
 
 

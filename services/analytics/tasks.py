@@ -19,7 +19,8 @@ from shared.logging import get_logger
 from shared.models import User
 from shared.mongo import PROFILES, get_database
 from shared.retry import RETRY_POLICY
-from shared.topology import COMPUTE_PROFILES, FIT_MODELS
+from shared.settings import get_settings
+from shared.topology import COMPUTE_PROFILES, FIT_MODELS, SWEEP_RESCORING
 
 log = get_logger("pulse.analytics")
 RESCORE_CHUNK = 500
@@ -53,6 +54,11 @@ def store_profiles(db, session, profiles: dict[int, dict]) -> None:
          for user_id, profile in profiles.items()],
         ordered=False,
     )
+    # Locked in id order first: two rescorings of overlapping users (a drain and a refit's
+    # chunk) then queue behind each other instead of deadlocking. NO KEY UPDATE, as the UPDATE
+    # itself takes: it does not block the foreign-key checks of the worker's inserts.
+    session.execute(text("SELECT id FROM users WHERE id = ANY(CAST(:ids AS integer[])) ORDER BY id FOR NO KEY UPDATE"),
+                    {"ids": sorted(profiles)})
     session.execute(
         text(
             "UPDATE users SET profile_score = v.score, segment = v.segment FROM "
@@ -73,8 +79,11 @@ def rescore_users(user_ids: list[int]) -> int:
     # that is already superseded (or not at all), so it can never be served as fresh.
     versions = profile_cache.current_versions(user_ids)
     with session_scope() as session:
+        # Read before the data: a change committed after this read keeps its user pending.
+        seen = rescore.changes_seen(session, user_ids)
         profiles = compute_profiles(db, session, user_ids)
         store_profiles(db, session, profiles)
+        rescore.clear_seen(session, seen)
     profile_cache.write_many({user_id: (versions[user_id], profile) for user_id, profile in profiles.items()})
     rescore.count_rescored(len(profiles))
     return len(profiles)
@@ -122,6 +131,16 @@ def compute_profiles_task(user_ids: list[int] | None = None, id_range: list[int]
     count = _drain_chunk(drain)
     log.info("profiles_rescored", users=count)
     return {"profiles": count}
+
+
+@app.task(name=SWEEP_RESCORING, **RETRY_POLICY)
+def sweep_rescoring_task() -> dict:
+    """Every minute (beat): users whose rescoring Redis or a killed worker lost (shared.rescore)."""
+    with session_scope() as session:
+        swept = rescore.sweep(session, _schedule_drain, older_than_seconds=2 * get_settings().rescore_sweep_seconds)
+    if swept:
+        log.info("rescoring_swept", users=swept)
+    return {"swept": swept}
 
 
 def rescore_everyone() -> int:

@@ -13,7 +13,7 @@ from shared.analytics import model_store
 from shared.db import session_scope
 from shared.models import Address, CategorySales, City, Country, User
 from shared.mongo import get_database
-from shared.schemas import FieldProblem, Problem
+from shared.schemas import FieldProblem, Problem, iso_text
 from shared.topology import FIT_MODELS
 
 analytics_bp = APIBlueprint("analytics", __name__, url_prefix="/api", abp_tags=[Tag(name="analytics")])
@@ -68,6 +68,42 @@ class ModelOut(BaseModel):
     timings_ms: dict[str, float] | None = None
 
 
+class CategoryOut(BaseModel):
+    category: str
+    total_sales: float
+    transactions: int
+    avg_price: float
+
+
+class CategoriesOut(BaseModel):
+    items: list[CategoryOut]
+
+
+class SegmentCount(BaseModel):
+    segment: str
+    users: int
+
+
+class SegmentsOut(BaseModel):
+    items: list[SegmentCount]
+
+
+class CountryStats(BaseModel):
+    code: str
+    country: str
+    users: int
+    avg_score: float | None = Field(description="Null while none of the country's users has been scored")
+
+
+class CountriesOut(BaseModel):
+    items: list[CountryStats]
+
+
+class CacheStatsOut(BaseModel):
+    lru: dict[str, dict[str, int]]
+    profiles: dict[str, int]
+
+
 class TopCategoriesQuery(BaseModel):
     limit: int = Field(5, ge=1, le=100)
 
@@ -78,6 +114,8 @@ class FitRequest(BaseModel):
     as_of: date | None = Field(
         None, description="Last day of the observation period (its purchases count); default today (UTC)"
     )
+
+    _as_of_is_text = field_validator("as_of", mode="before")(lambda value: iso_text(value, "as_of"))
 
     @field_validator("as_of")
     @classmethod
@@ -93,6 +131,7 @@ class FitRequest(BaseModel):
     description="Total sales, transactions and average price per category: the guide's MongoDB "
     "aggregation (`$match` purchases, `$group` by `metadata.category`), kept as running totals that "
     "the worker adds every stored batch to, so the answer does not scan the events.",
+    responses={200: CategoriesOut},
 )
 def top_categories(query: TopCategoriesQuery):
     with session_scope() as session:
@@ -115,7 +154,8 @@ def top_categories(query: TopCategoriesQuery):
     }
 
 
-@analytics_bp.get("/analytics/segments", summary="How many users are in each segment (one GROUP BY)")
+@analytics_bp.get("/analytics/segments", summary="How many users are in each segment (one GROUP BY)",
+                  responses={200: SegmentsOut})
 def segments():
     # users.segment is written with the profile score by every rescoring: counting it in Postgres
     # takes a fraction of a second at a million users, where scanning MongoDB profiles took seconds
@@ -130,7 +170,8 @@ def segments():
     return {"items": [{"segment": row.segment, "users": row.users} for row in rows]}
 
 
-@analytics_bp.get("/stats/countries", summary="Users and average score per country (one GROUP BY)")
+@analytics_bp.get("/stats/countries", summary="Users and average score per country (one GROUP BY)",
+                  responses={200: CountriesOut})
 def country_stats():
     statement = (
         select(
@@ -149,13 +190,15 @@ def country_stats():
         rows = session.execute(statement).all()
     return {
         "items": [
-            {"code": r.code, "country": r.name, "users": r.users, "avg_score": round(float(r.avg_score), 2)}
+            {"code": r.code, "country": r.name, "users": r.users,
+             "avg_score": round(float(r.avg_score), 2) if r.avg_score is not None else None}
             for r in rows
         ]
     }
 
 
-@analytics_bp.get("/stats/cache", summary="Cache statistics of this API process (LRU and Redis)")
+@analytics_bp.get("/stats/cache", summary="Cache statistics of this API process (LRU and Redis)",
+                  responses={200: CacheStatsOut})
 def cache_stats():
     return {"lru": reference.cache_stats(), "profiles": profile_cache.stats()}
 
@@ -169,6 +212,9 @@ def cache_stats():
     "then on (everyone is rescored in the background). Says whether the optimiser converged and which "
     "parameters it held at a bound.",
     responses={200: ModelOut, 422: Problem, 503: Problem},
+    # The body is optional, so the view reads it itself; the document still describes it.
+    openapi_extensions={"requestBody": {"required": False, "content": {
+        "application/json": {"schema": FitRequest.model_json_schema()}}}},
 )
 def fit_models():
     try:

@@ -1,9 +1,10 @@
 """The Flask app factory (flask-openapi3: the request models also produce /openapi), with
 Celery bound to it for publishing (nickjj/docker-flask-example style)."""
 from flask import Flask
-from flask_openapi3 import Info, OpenAPI
+from flask_openapi3 import Info
 
 from services.api.analytics import analytics_bp
+from services.api.contract import PulseOpenAPI
 from services.api.events import events_bp
 from services.api.health import health_bp
 from services.api.problems import register_problem_handlers, validation_problem
@@ -13,14 +14,17 @@ from shared.celery_app import create_celery_app
 from shared.logging import configure_logging
 
 
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
 def init_celery(app: Flask) -> None:
     # The API only publishes (send_task by name); it never imports worker code.
     app.extensions["celery"] = create_celery_app("pulse-api")
 
 
-def create_app() -> OpenAPI:
+def create_app() -> PulseOpenAPI:
     configure_logging()
-    app = OpenAPI(
+    app = PulseOpenAPI(
         __name__,
         info=Info(
             title="Pulse API",
@@ -33,6 +37,9 @@ def create_app() -> OpenAPI:
         doc_prefix="/openapi",
     )
     app.json.sort_keys = False
+    # A full batch of the largest events is a few MiB; anything far above is refused with a 413
+    # before it is read into memory.
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     register_problem_handlers(app)
     init_celery(app)
     for blueprint in (health_bp, users_bp, events_bp, analytics_bp):

@@ -2,8 +2,11 @@
 import time
 from collections.abc import Callable
 
+from typing import Literal
+
 from flask_openapi3 import APIBlueprint, Tag
 from kombu import Connection
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from shared.db import get_engine
@@ -40,12 +43,38 @@ CHECKS: dict[str, Callable[[], None]] = {
 }
 
 
-@health_bp.get("/health", summary="The API process is alive")
+# Without Postgres the API can do nothing useful; without any of the others it still answers in
+# part (signups wait in the outbox, events in RabbitMQ, profiles skip the cache), so it stays in
+# service and says "degraded" rather than being taken out of a load balancer.
+REQUIRED = ("postgres",)
+
+
+class Alive(BaseModel):
+    status: Literal["ok"]
+
+
+class Check(BaseModel):
+    status: Literal["ok", "error"]
+    ms: float | None = None
+    error: str | None = None
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "degraded", "unavailable"]
+    checks: dict[str, Check]
+
+
+@health_bp.get("/health", summary="The API process is alive", responses={200: Alive})
 def health():
     return {"status": "ok"}
 
 
-@health_bp.get("/health/ready", summary="Each dependency answers (503 when one does not)")
+@health_bp.get(
+    "/health/ready",
+    summary="Each dependency answers: ok; degraded (200) when one other than Postgres does not; "
+    "unavailable (503) without Postgres",
+    responses={200: Readiness, 503: Readiness},
+)
 def ready():
     report = {}
     for name, check in CHECKS.items():
@@ -55,5 +84,7 @@ def ready():
             report[name] = {"status": "ok", "ms": round((time.perf_counter() - started) * 1000, 1)}
         except Exception as exc:  # a readiness probe reports failures, it does not raise them
             report[name] = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:300]}
-    healthy = all(item["status"] == "ok" for item in report.values())
-    return {"status": "ok" if healthy else "unavailable", "checks": report}, 200 if healthy else 503
+    failing = [name for name, item in report.items() if item["status"] != "ok"]
+    if any(name in REQUIRED for name in failing):
+        return {"status": "unavailable", "checks": report}, 503
+    return {"status": "degraded" if failing else "ok", "checks": report}, 200

@@ -6,10 +6,14 @@ from pydantic import ValidationError
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from shared.logging import get_logger
+from shared.retry import TRANSIENT_ERRORS
 from shared.schemas import EVENT_TYPES, FieldProblem, Problem
 
 log = get_logger(__name__)
 PROBLEM_JSON = "application/problem+json"
+# What a client should wait before retrying while a store is down: long enough for a restart,
+# short enough that a load balancer's retry does not give up.
+RETRY_AFTER_SECONDS = 5
 
 
 class ProblemError(Exception):
@@ -31,9 +35,15 @@ def problem_response(status: int, detail: str | None = None, errors: list[FieldP
     )
 
 
+# What pydantic appends to a location for each member of a union that failed: not a field.
+UNION_MEMBER_TAGS = {"int", "float", "str", "bool", "none"}
+
+
 def field_path(loc: tuple) -> str:
     """('events', 3, 'user_purchase', 'metadata', 'price') → 'events[3].metadata.price'."""
     path = ""
+    if loc and isinstance(loc[-1], str) and ("-" in loc[-1] or "[" in loc[-1] or loc[-1] in UNION_MEMBER_TAGS):
+        loc = loc[:-1]  # e.g. ('metadata', 'n', 'constrained-int'): the field is metadata.n
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
@@ -77,13 +87,31 @@ def register_problem_handlers(app: Flask) -> None:
     def _problem(exc: ProblemError):
         response = problem_response(exc.status, exc.detail, exc.errors)
         response.headers.update(exc.headers)
+        if exc.status == 503 and "Retry-After" not in response.headers:
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
         if exc.response is not None and exc.response.mimetype == PROBLEM_JSON:
             return exc.response  # already a problem (flask-openapi3's abort with our callback)
-        return problem_response(exc.code or 500, exc.description)
+        response = problem_response(exc.code or 500, exc.description)
+        # werkzeug's own headers, the 405's Allow among them (RFC 9110 requires it there).
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
+
+    def _store_down(exc: Exception):
+        # Postgres, MongoDB, Redis or RabbitMQ unreachable: the request did nothing (each write is
+        # one transaction or one publish), so the client may safely send it again.
+        log.warning("store_unavailable", path=request.path, error=f"{type(exc).__name__}: {exc}"[:300])
+        response = problem_response(503, f"A store Pulse needs is unavailable ({type(exc).__name__}); retry later")
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
+
+    for error in TRANSIENT_ERRORS:
+        app.register_error_handler(error, _store_down)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -1,4 +1,5 @@
 """Users: signup (with its outbox message) and reads with eager-loaded addresses."""
+import time
 import uuid
 from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session, contains_eager
 
 from services.api.problems import ProblemError
 from shared import profile_cache
-from shared.analytics.profiles import compute_profiles
+from shared.analytics.profiles import LAST_PHASES, compute_profiles
 from shared.db import session_scope
 from shared.models import Address, City, Country, OutboxMessage, User
 from shared.mongo import get_database
@@ -124,7 +125,7 @@ def get_user(path: UserPath):
 class UserListQuery(BaseModel):
     country: str | None = Field(None, description="ISO code, e.g. UA", pattern=r"^[A-Za-z]{2}$")
     city: str | None = Field(None, max_length=100)
-    page: int = Field(1, ge=1)
+    page: int = Field(1, ge=1, le=1_000_000)
     per_page: int = Field(50, ge=1, le=500)
 
 
@@ -189,16 +190,27 @@ def top_users(query: TopQuery):
 
 @users_bp.get(
     "/<int:user_id>/profile",
-    summary="The user's analytics profile (cache-aside in Redis; header X-Cache: HIT|MISS)",
+    summary="The user's analytics profile (cache-aside in Redis; header X-Cache: HIT|MISS, "
+    "BYPASS while Redis is unreachable)",
     description=PROFILE_DOC,
     responses={200: ProfileOut, 404: Problem},
 )
 def get_profile(path: UserPath):
+    started = time.perf_counter()
+    LAST_PHASES.set(None)  # this thread's previous request must not lend us its timings
+
     def compute():
         with session_scope() as session:
             return compute_profiles(get_database(), session, [path.user_id]).get(path.user_id)
 
-    body, hit = profile_cache.get_or_compute(path.user_id, compute)
+    body, cache = profile_cache.get_or_compute(path.user_id, compute)
     if body is None:
         raise ProblemError(404, f"No user with id {path.user_id}")
-    return Response(body, status=200, mimetype="application/json", headers={"X-Cache": "HIT" if hit else "MISS"})
+    headers = {"X-Cache": cache}
+    phases = LAST_PHASES.get()
+    if cache != profile_cache.HIT and phases:
+        # Where a computed profile spent its time (W3C Server-Timing): each store read, the scoring,
+        # and the view as a whole (the rest is the cache's round trips).
+        phases = {**phases, "view": round((time.perf_counter() - started) * 1000, 2)}
+        headers["Server-Timing"] = ", ".join(f"{name};dur={ms}" for name, ms in phases.items())
+    return Response(body, status=200, mimetype="application/json", headers=headers)

@@ -174,9 +174,19 @@ def _csv(path: Path, plan: Plan, args: argparse.Namespace) -> Iterator[Record]:
             quantity = values.get("quantity") or None
             key = (customer, when.isoformat(), quantity, values["amount"])
             seen[key] = seen.get(key, 0) + 1
-            metadata = {"product_id": args.product_id, "price": values["amount"], "category": args.category}
+            # CSV holds text; the event schema wants numbers (as JSON would carry them).
+            try:
+                amount = float(values["amount"])
+            except ValueError:
+                plan.problems.append(Problem(number, "amount", f"not a number: {values['amount']!r}"))
+                continue
+            metadata = {"product_id": args.product_id, "price": amount, "category": args.category}
             if quantity is not None:
-                metadata["quantity"] = quantity
+                try:
+                    metadata["quantity"] = int(quantity)
+                except ValueError:
+                    plan.problems.append(Problem(number, "quantity", f"not a whole number: {quantity!r}"))
+                    continue
             try:
                 event = SingleEvent.model_validate({
                     "event_id": _derived_id("csv", *key, seen[key]), "user_id": 1, "event_type": "user_purchase",
@@ -329,6 +339,19 @@ def import_events(path: Path, args: argparse.Namespace, plan: Plan, users: dict[
     return counts
 
 
+# What a backfill grows. After a bulk load the planner's statistics describe the tables as they
+# were; autovacuum catches up within minutes where it runs, this makes it at once (and where it
+# does not run at all, as on the dev machine).
+GROWN_TABLES = ("users", "addresses", "activity_days", "purchase_days", "customer_summaries",
+                "customer_categories", "category_sales", "rescore_pending", "applied_batches")
+
+
+def refresh_statistics() -> None:
+    with session_scope() as session:
+        for table in GROWN_TABLES:
+            session.execute(text(f"ANALYZE {table}"))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -385,6 +408,7 @@ def _main(argv: list[str] | None) -> int:
     for name in conflicts[:20]:
         print(f"user {name!r}: its e-mail belongs to another user; not imported", file=sys.stderr)
     counts = import_events(args.file, args, plan, users)
+    refresh_statistics()
     print(f"users: {len(plan.users):,} in the file, {created:,} created, {len(conflicts):,} in conflict; "
           f"events: {counts['stored']:,} stored, {counts['already stored']:,} already stored, "
           f"{counts['skipped']:,} skipped; {len(plan.problems):,} invalid line(s)")

@@ -10,7 +10,7 @@ from pymongo.errors import DuplicateKeyError
 from services.worker import mailer
 from services.worker.main import app
 from services.worker.storage import store_batch
-from shared import summaries
+from shared import summaries, task_failures
 from shared.db import session_scope
 from shared.logging import get_logger
 from shared.mongo import PROFILES, WELCOME_EMAILS, get_database
@@ -121,9 +121,11 @@ def store_events(self, events: list[dict]) -> dict:
 
 @app.task(name=PRUNE_LEDGER, **RETRY_POLICY)
 def prune_applied_batches() -> dict:
-    """Daily (beat): forget batch ids older than APPLIED_BATCHES_RETENTION_DAYS."""
+    """Daily (beat): forget batch ids, and the recorded errors of failed tasks, older than
+    APPLIED_BATCHES_RETENTION_DAYS."""
     days = get_settings().applied_batches_retention_days
     with session_scope() as session:
         removed = summaries.prune_ledger(session, days)
-    log.info("applied_batches_pruned", removed=removed, retention_days=days)
-    return {"removed": removed}
+    failures = task_failures.prune(days)
+    log.info("applied_batches_pruned", removed=removed, task_failures_removed=failures, retention_days=days)
+    return {"removed": removed, "task_failures_removed": failures}

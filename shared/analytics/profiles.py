@@ -8,6 +8,7 @@ customers and at ten million. The analytics worker calls it to rescore users; th
 on a cache miss, so both always agree.
 """
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -37,6 +38,9 @@ PREDICTION_DAYS = 90
 RECOMMENDATIONS = 5
 SLOW_PROFILE_MS = 50.0
 log = get_logger("pulse.profiles")
+# Milliseconds per phase of the last computation in this context (the API's request): the profile
+# view sends them as a Server-Timing header, so a client sees where a miss spent its time.
+LAST_PHASES: ContextVar[dict[str, float] | None] = ContextVar("pulse_profile_phases", default=None)
 EPOCH = date(1970, 1, 1)
 
 
@@ -182,6 +186,7 @@ class _PhaseClock:
 
     def report(self, users: int) -> None:
         total = (time.perf_counter() - self.started) * 1000
+        LAST_PHASES.set({**self.phases, "compute": round(total, 2)})
         if total / max(users, 1) > SLOW_PROFILE_MS:
             log.warning("profile_slow", users=users, total_ms=round(total, 1), **{f"{k}_ms": v for k, v in self.phases.items()})
 

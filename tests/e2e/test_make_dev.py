@@ -39,7 +39,7 @@ def dev_stack(services):
         process = subprocess.Popen(["make", "dev"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{ports['API_PORT']}"
     try:
-        wait_for(lambda: requests.get(f"{base}/health/ready", timeout=2).status_code == 200, timeout=180, interval=0.5,
+        wait_for(lambda: requests.get(f"{base}/health/ready", timeout=2).json()["status"] == "ok", timeout=180, interval=0.5,
                  what=f"make dev to be ready (log: {log_path})")
         yield {"url": base, "mongo_uri": env["MONGO_URI"], "maildir": var_dir / "mail", "log": log_path}
     finally:

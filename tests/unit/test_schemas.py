@@ -15,7 +15,7 @@ def signup(**overrides):
         "username": "ivan_data",
         "email": "Ivan.Data@Example.com",
         "full_name": "  Ivan   Ivanov ",
-        "address": {"street": "Khreschatyk Street", "city": " Kyiv ", "country_code": "ua"},
+        "address": {"street": "Khreschatyk Street", "city": " Kyiv ", "country_code": "UA"},
     }
     body.update(overrides)
     return body
@@ -42,6 +42,9 @@ def test_signup_normalises_email_names_and_country():
         ({"username": "ivan data"}, "username"),
         ({"full_name": "   "}, "full_name"),
         ({"address": {"street": "x", "city": "Kyiv", "country_code": "UKR"}}, "address.country_code"),
+        # The document lists upper-case codes; a lower-case one is refused rather than guessed at.
+        ({"address": {"street": "x", "city": "Kyiv", "country_code": "ua"}}, "address.country_code"),
+        ({"address": {"street": "x", "city": "Kyiv", "country_code": "ZZ"}}, "address.country_code"),
         ({"address": {"street": "x", "country_code": "UA"}}, "address.city"),
         ({"nickname": "x"}, "nickname"),
     ],
@@ -66,6 +69,14 @@ def purchase(**metadata):
         ({**purchase(), "event_type": "teleport"}, "event_type"),
         ({**purchase(), "timestamp": "yesterday"}, "timestamp"),
         ({**purchase(), "geo": {"coordinates": [91, 0]}}, "geo.coordinates[0]"),
+        # Bounded: what a float or an int can hold is not what a shop sells or MongoDB stores.
+        (purchase(price=1e192), "metadata.price"),
+        (purchase(quantity=10**7), "metadata.quantity"),
+        ({**purchase(), "timestamp": "1969-12-31T23:59:59Z"}, "timestamp"),
+        ({"user_id": 1, "event_type": "page_view", "metadata": {"n": 2**63}}, "metadata.n"),
+        ({"user_id": 1, "event_type": "page_view", "metadata": {f"k{i}": i for i in range(51)}}, "metadata"),
+        ({**purchase(), "metadata": {"product_id": "P\x00", "price": 1, "category": "c"}}, "metadata.product_id"),
+        ({**purchase(), "metadata": {"product_id": "P", "price": 1, "category": "   "}}, "metadata.category"),
     ],
 )
 def test_bad_events_name_the_field(event, field):

@@ -7,6 +7,7 @@ from shared.topology import (
     PRUNE_LEDGER,
     SEND_WELCOME,
     STORE_EVENTS,
+    SWEEP_RESCORING,
     USER_CREATED,
     build_topology,
 )
@@ -15,7 +16,8 @@ from shared.topology import (
 def test_every_task_routes_to_a_durable_dead_lettered_queue():
     topology = build_topology("pulse")
     routes = topology.routes()
-    assert {USER_CREATED, STORE_EVENTS, SEND_WELCOME, PRUNE_LEDGER, COMPUTE_PROFILES, FIT_MODELS} == set(routes)
+    assert {USER_CREATED, STORE_EVENTS, SEND_WELCOME, PRUNE_LEDGER, COMPUTE_PROFILES, FIT_MODELS,
+            SWEEP_RESCORING} == set(routes)
     queues = {q.name: q for q in topology.work_queues}
     for route in routes.values():
         queue = queues[route["queue"]]
@@ -35,3 +37,16 @@ def test_celery_is_configured_for_at_least_once_json_and_confirms():
     assert conf.broker_transport_options["confirm_publish"] is True
     assert conf.worker_hijack_root_logger is False
     assert conf.task_default_delivery_mode == "persistent"
+
+
+def test_quorum_queues_are_declared_quorum_with_a_delivery_limit_and_dead_lettered():
+    topology = build_topology("pulse", "quorum")
+    for queue in topology.work_queues:
+        assert queue.queue_arguments["x-queue-type"] == "quorum"
+        assert queue.queue_arguments["x-delivery-limit"] > 0
+        assert queue.queue_arguments["x-dead-letter-exchange"] == "pulse.dlx"
+    assert topology.dead_letter.queue_arguments == {"x-queue-type": "quorum"}
+    # Classic stays argument-free, so queues declared before QUEUE_TYPE existed remain equivalent.
+    classic = build_topology("pulse", "classic")
+    assert all("x-queue-type" not in q.queue_arguments for q in classic.work_queues)
+    assert not classic.dead_letter.queue_arguments

@@ -1,0 +1,59 @@
+"""The API holds to its OpenAPI document, checked the way an outsider would: the document passes
+openapi-spec-validator, and schemathesis (its CLI, every check) fuzzes every operation of the
+running API server (granian, as `make dev` runs it) and finds nothing.
+
+Bounded for `make test` (a fixed seed, a few dozen examples per operation); `make fuzz` runs it
+longer against `make dev`.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from openapi_spec_validator import validate
+
+from tests.conftest import TEST_ENV, free_port
+from tests.fixtures import BIN, ROOT, spawn, stop, wait_for
+
+EXAMPLES = int(os.environ.get("PULSE_FUZZ_EXAMPLES", 25))
+
+
+@pytest.fixture(scope="module")
+def api(pipeline):
+    port = free_port()
+    server = spawn([str(BIN / "granian"), "--interface", "wsgi", "--no-ws", "--host", "127.0.0.1", "--port", str(port),
+                    "--workers", "1", "--blocking-threads", "4", "services.api.wsgi:app"], "contract-api", TEST_ENV)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: requests.get(f"{url}/health", timeout=2).ok, timeout=60, what="the API server")
+        yield url
+    finally:
+        stop(server)
+
+
+def test_the_openapi_document_is_valid(api):
+    spec = requests.get(f"{api}/openapi/openapi.json", timeout=10).json()
+    validate(spec)
+    # Every error answer is declared as a problem document.
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400 and path != "/health/ready":
+                    assert list(response["content"]) == ["application/problem+json"], (method, path, status)
+
+
+@pytest.mark.timeout(900)
+def test_schemathesis_with_every_check_finds_nothing(api, tmp_path):
+    report = tmp_path / "junit.xml"
+    run = subprocess.run(
+        [str(BIN / "schemathesis"), "run", f"{api}/openapi/openapi.json", "--checks", "all",
+         "--max-examples", str(EXAMPLES), "--seed", "20261128", "--workers", "2", "--generation-database", "none",
+         "--request-timeout", "30", "--no-color", "--report", "junit", "--report-junit-path", str(report)],
+        cwd=ROOT, env={**os.environ, **TEST_ENV, "SCHEMATHESIS_HOOKS": "scripts.schemathesis_hooks"},
+        capture_output=True, text=True, timeout=850,
+    )
+    assert run.returncode == 0, run.stdout[-12000:] + run.stderr[-3000:]
+    assert Path(report).exists()
+    print(run.stdout[run.stdout.rfind("SUMMARY"):])  # shown with -s or on -rP: cases, phases, checks

@@ -1,0 +1,97 @@
+"""Dead letters you can work with: listed with task, queue, reason, age and first error; replayed
+into the queue they died in once the cause is fixed; purged. Bad input never gets that far.
+
+Through the real pipeline: the session's worker consumes, fails, and RabbitMQ dead-letters; the
+command runs as a user would run it (`python -m shared.dead_letters`, a subprocess).
+"""
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+from sqlalchemy import select
+
+from shared import task_failures
+from shared.celery_app import create_celery_app
+from shared.db import session_scope
+from shared.models import TaskFailure
+from shared.topology import SEND_WELCOME, USER_CREATED
+from tests.fixtures import ROOT, wait_for
+from tests.helpers import signup_body
+
+pytestmark = pytest.mark.usefixtures("pipeline")
+
+
+def dead_letters(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shared.dead_letters", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+def listed() -> dict[str, dict]:
+    result = dead_letters("list", "--json")
+    assert result.returncode == 0, result.stderr
+    return {letter["task_id"]: letter for letter in json.loads(result.stdout)}
+
+
+def test_a_dead_letter_is_listed_with_its_error_and_replayed_once_the_cause_is_fixed(client, services):
+    mail = services["mail"]
+    body = signup_body()
+    with mail.refuse(body["email"]):
+        # The mail server refuses the recipient for good (550): not transient, so the welcome
+        # task fails at once and RabbitMQ dead-letters it; the signup itself is unaffected.
+        assert client.post("/api/users/signup", json=body).status_code == 201
+
+        def refused():
+            return next((letter for letter in listed().values()
+                         if letter["task"] == SEND_WELCOME and body["email"] in (letter["first_error"] or "")), None)
+
+        letter = wait_for(refused, timeout=30, what="the refused welcome in the dead-letter queue")
+        assert letter["queue"] == "pulse.email" and letter["reason"] == "rejected"
+        assert letter["attempts"] == 1 and letter["first_error"].startswith("SMTPRecipientsRefused")
+        assert 0 <= letter["age_seconds"] < 60 and letter["deaths"] == 1
+        table = dead_letters("list")
+        assert letter["task_id"] in table.stdout and "SMTPRecipientsRefused" in table.stdout
+        assert letter["task_id"] in listed()  # listing gave every message back
+        assert not mail.to(body["email"])
+
+    # The server accepts the address again: replay the one message.
+    replay = dead_letters("replay", letter["task_id"])
+    assert replay.returncode == 0 and letter["task_id"] in replay.stdout
+    wait_for(lambda: mail.to(body["email"]), timeout=30, what="the replayed welcome e-mail")
+    assert len(mail.to(body["email"])) == 1
+    assert letter["task_id"] not in listed()
+    assert task_failures.load([letter["task_id"]]) == {}  # its record went with it
+
+
+def test_purge_removes_only_the_named_dead_letter_and_refuses_unknown_ids():
+    app = create_celery_app("pulse-test-dead-letters")
+    poison, other = f"poison-{uuid.uuid4()}", f"poison-{uuid.uuid4()}"
+    for task_id in (poison, other):
+        # Fails validation in the worker: not transient, no retry.
+        app.send_task(USER_CREATED, kwargs={"user_id": "not-a-number"}, task_id=task_id)
+    wait_for(lambda: {poison, other} <= set(listed()), timeout=30, what="both poison messages dead-lettered")
+    assert "ValidationError" in listed()[poison]["first_error"]
+
+    purged = dead_letters("purge", poison)
+    assert purged.returncode == 0 and "purged 1" in purged.stdout
+    remaining = listed()
+    assert poison not in remaining and other in remaining
+
+    missing = dead_letters("replay", f"no-such-{uuid.uuid4()}")
+    assert missing.returncode == 1 and "not in the dead-letter queue" in missing.stderr
+    assert other in listed()
+    assert dead_letters("purge").returncode == 2  # neither ids nor --all: a usage error
+    dead_letters("purge", other)
+
+
+def test_refused_input_is_never_queued_so_it_never_dead_letters(client):
+    before = set(listed())
+    bad_event = client.post("/api/events", json={"user_id": 1, "event_type": "user_purchase", "metadata": {"price": 1e192}})
+    assert bad_event.status_code == 422
+    fit = client.post("/api/analytics/models/fit", json={"as_of": "1990-01-01"})
+    assert fit.status_code == 422 and "as_of" in fit.get_data(as_text=True)
+    assert set(listed()) == before
+    with session_scope() as session:
+        recent = session.scalars(select(TaskFailure.task_name)).all()
+    assert "pulse.analytics.fit_models" not in recent
