@@ -412,7 +412,7 @@ def reconcile(stack: ChaosStack, ledger: Ledger, faults: list[Fault], injected_m
 
     from email.utils import parseaddr
 
-    mails = [(parseaddr(m["To"])[1].lower(), m["Message-ID"]) for m in mailbox.Maildir(stack.mail.maildir, create=False)]
+    mails = [(parseaddr(str(m["To"]))[1].lower(), m["Message-ID"]) for m in mailbox.Maildir(stack.mail.maildir, create=False)]
     mails_to = Counter(to for to, _ in mails)
     same_message_twice = sum(n - 1 for n in Counter(mails).values() if n > 1)
     other_duplicates = sum(n - 1 for n in mails_to.values() if n > 1) - same_message_twice

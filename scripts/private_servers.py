@@ -271,7 +271,7 @@ class PrivateMailCatcher(Server):
         import mailbox
         from email.utils import parseaddr
 
-        return [parseaddr(message["To"])[1].lower() for message in mailbox.Maildir(self.maildir, create=False)]
+        return [parseaddr(str(message["To"]))[1].lower() for message in mailbox.Maildir(self.maildir, create=False)]
 
 
 class PrivateRabbit(Server):

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from email import message_from_bytes
+from email import message_from_bytes, policy
 from email.message import Message
 from pathlib import Path
 
@@ -86,7 +86,9 @@ class MailCatcher:
         while not self._open.is_set():  # a slow server: the client waits for the answer
             await asyncio.sleep(0.05)
         with self._lock:
-            self.messages.append(message_from_bytes(envelope.content))
+            # The modern policy decodes headers: a name outside ASCII (the fuzzer signs such users up)
+            # arrives RFC 2047-encoded, which the legacy policy would hand back as a Header object.
+            self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
         return "250 OK"
 
     @contextmanager
