@@ -1,6 +1,7 @@
 """End to end, as a person runs it: `make dev` starts every process from the Procfile, a signup
 over HTTP becomes a profile document, a `user_created` event and a welcome e-mail."""
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -50,6 +51,7 @@ def dev_stack(services):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         drop_database(env["DATABASE_URL"])
+        shutil.rmtree(var_dir, ignore_errors=True)  # MongoDB data, mail, beat schedule, the log
 
 
 def welcome_mails(maildir: Path, address: str) -> list[str]:
