@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -283,6 +283,12 @@ class Load:
                                "timestamp": moment, "metadata": {"page": f"/p/{self.rng.randint(1, 50)}"}})
         return events
 
+    def _accepted(self, batch: list[dict]) -> None:
+        ids = {e["event_id"] for e in batch}
+        with self.ledger.lock:
+            self.ledger.events |= ids
+            self.ledger.events_unanswered -= ids
+
     def events(self) -> None:
         session = requests.Session()
         retry: list[list[dict]] = []
@@ -294,11 +300,8 @@ class Load:
                 continue
             batch = retry.pop(0) if retry else self._batch(users)
             status, _ = self._post(session, "events", "/api/events/batch", {"events": batch})
-            ids = {e["event_id"] for e in batch}
             if status == "202":
-                with self.ledger.lock:
-                    self.ledger.events |= ids
-                    self.ledger.events_unanswered -= ids
+                self._accepted(batch)
                 if self.rng.random() < 0.2:  # the client sends it again: must change nothing
                     self.ledger.batches_sent_twice += 1
                     retry.append(batch)
@@ -306,7 +309,7 @@ class Load:
                 # Either may have been stored anyway (a confirm lost with the connection): ambiguous
                 # until a later send of the same ids is answered 202.
                 with self.ledger.lock:
-                    self.ledger.events_unanswered |= ids - self.ledger.events
+                    self.ledger.events_unanswered |= {e["event_id"] for e in batch} - self.ledger.events
                 retry.append(batch)  # same ids: a retry can never duplicate
                 time.sleep(0.5)
             time.sleep(0.05)
@@ -317,10 +320,7 @@ class Load:
             status, _ = self._post(session, "events", "/api/events/batch", {"events": batch})
             if status == "202":
                 retry.pop(0)
-                ids = {e["event_id"] for e in batch}
-                with self.ledger.lock:
-                    self.ledger.events |= ids
-                    self.ledger.events_unanswered -= ids
+                self._accepted(batch)
             else:
                 time.sleep(1)
 

@@ -83,6 +83,7 @@ class Server:
     """A process of our own: `start()` (again after `stop()`/`kill()`), `pause()`/`resume()`."""
 
     name = "server"
+    stop_signal = signal.SIGTERM
 
     def __init__(self, root: Path | None = None) -> None:
         self.port = free_port()
@@ -129,10 +130,11 @@ class Server:
     def stop(self, timeout: float = 30) -> None:
         if self.process is not None and self.process.poll() is None:
             self.resume()
-            os.killpg(self.process.pid, signal.SIGTERM)
+            os.killpg(self.process.pid, self.stop_signal)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
+                # The whole tree: Postgres' backends run in sessions of their own.
                 _signal_all(self.pids(), signal.SIGKILL)
                 self.process.wait()
         self.wait_port_closed()
@@ -175,6 +177,7 @@ class PrivatePostgres(Server):
     """A Postgres cluster of its own (initdb as the postgres user; trust auth on 127.0.0.1)."""
 
     name = "postgres"
+    stop_signal = signal.SIGINT  # Postgres' "fast" shutdown: roll back open transactions, checkpoint, exit
 
     def __init__(self, root: Path | None = None) -> None:
         super().__init__(root)
@@ -194,24 +197,13 @@ class PrivatePostgres(Server):
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        # The postmaster itself (not pg_ctl), so that the process group is the whole server.
+        # The postmaster itself (not pg_ctl), so that it is our child: stopped, paused and killed
+        # through its process tree.
         return ["runuser", "-u", "postgres", "--", str(PG_BIN / "postgres"), "-D", str(self.data)]
 
     def ready(self) -> bool:
         return subprocess.run([str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
                               capture_output=True).returncode == 0
-
-    def stop(self, timeout: float = 30) -> None:
-        # SIGINT is Postgres' "fast" shutdown: roll back open transactions, checkpoint, exit.
-        if self.process is not None and self.process.poll() is None:
-            self.resume()
-            os.killpg(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                _signal_all(self.pids(), signal.SIGKILL)  # backends run in sessions of their own
-                self.process.wait()
-        self.wait_port_closed()
 
 
 class PrivateRedis(Server):

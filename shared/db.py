@@ -8,11 +8,21 @@ from psycopg import sql
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from shared.settings import get_settings
 
-
-CONNECT_TIMEOUT_SECONDS = 5
+CONNECT_ARGS = {
+    # An unreachable server is an error (503, a retry) in seconds, not a request that hangs.
+    "connect_timeout": 5,
+    # Every statement planned for its own parameters. psycopg prepares a statement after five
+    # runs, and Postgres may then switch it to a generic plan: for `user_id = ANY($1)` over tables
+    # whose statistics are stale (autovacuum off, as on the dev machine, or behind after a bulk
+    # load) that plan scans the table, and a profile miss grew from 12 to 23 ms between 1,000 and
+    # 100,000 purchases (bench/scale.py's Server-Timing showed it all in the summary reads).
+    # Planning these small statements costs well under a millisecond.
+    "prepare_threshold": None,
+}
 
 
 def get_engine(url: str | None = None) -> Engine:
@@ -26,19 +36,15 @@ def _engine(url: str) -> Engine:
         pool_pre_ping=True,  # a Postgres restart must not turn the next request into a 500
         pool_size=5,
         max_overflow=10,
-        connect_args={
-            # An unreachable server is an error (503, a retry) in seconds, not a request that hangs.
-            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-            # Every statement planned for its own parameters. psycopg prepares a statement after
-            # five runs, and Postgres may then switch it to a generic plan: for `user_id =
-            # ANY($1)` over tables whose statistics are stale (autovacuum off, as on the dev
-            # machine, or behind after a bulk load) that plan scans the table, and a profile miss
-            # grew from 12 to 23 ms between 1,000 and 100,000 purchases (bench/scale.py's
-            # Server-Timing showed it all in the summary reads). Planning these small statements
-            # costs well under a millisecond.
-            "prepare_threshold": None,
-        },
+        connect_args=CONNECT_ARGS,
     )
+
+
+@lru_cache(maxsize=4)
+def unpooled_engine(url: str | None = None) -> Engine:
+    """An engine that keeps no connection between uses: for code that may run in a process that
+    forks afterwards (Celery's worker main process), where a pooled connection would be shared."""
+    return create_engine(url or get_settings().database_url, poolclass=NullPool, connect_args=CONNECT_ARGS)
 
 
 @lru_cache(maxsize=4)

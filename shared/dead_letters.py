@@ -63,11 +63,16 @@ def _as_datetime(value) -> datetime | None:
     return None
 
 
+def _task_id(message) -> str | None:
+    """The Celery task id a dead letter carries (protocol 2 puts it in the headers)."""
+    return (message.headers or {}).get("id") or message.properties.get("correlation_id")
+
+
 def describe(message, failures: dict, now: datetime) -> DeadLetter:
     headers = message.headers or {}
     death = _death(headers)
     died_at = _as_datetime(death.get("time"))
-    task_id = headers.get("id") or message.properties.get("correlation_id") or "?"
+    task_id = _task_id(message) or "?"
     failure = failures.get(task_id)
     routing_keys = death.get("routing-keys") or [message.delivery_info.get("routing_key", "")]
     return DeadLetter(
@@ -121,9 +126,8 @@ class DeadLetterQueue:
 
     def letters(self, limit: int | None = None) -> list[DeadLetter]:
         messages = self.take_all(limit)
-        ids = [(m.headers or {}).get("id") for m in messages if (m.headers or {}).get("id")]
         try:
-            failures = task_failures.load(ids)
+            failures = task_failures.load([task_id for task_id in map(_task_id, messages) if task_id])
         except SQLAlchemyError:
             failures = {}  # Postgres unreachable: the letters are listed without their errors
         now = datetime.now(UTC)
@@ -134,8 +138,8 @@ class DeadLetterQueue:
         if task_ids is None:
             return messages
         wanted = set(task_ids)
-        chosen = [m for m in messages if (m.headers or {}).get("id") in wanted]
-        missing = wanted - {(m.headers or {}).get("id") for m in chosen}
+        chosen = [m for m in messages if _task_id(m) in wanted]
+        missing = wanted - {_task_id(m) for m in chosen}
         if missing:
             raise LookupError(f"not in the dead-letter queue: {', '.join(sorted(missing))}")
         return chosen
@@ -175,7 +179,7 @@ class DeadLetterQueue:
         chosen = self._select(task_ids)
         for message in chosen:
             message.ack()
-        task_failures.forget([(m.headers or {}).get("id") for m in chosen if (m.headers or {}).get("id")])
+        task_failures.forget([task_id for task_id in map(_task_id, chosen) if task_id])
         return len(chosen)
 
 

@@ -151,10 +151,6 @@ def clear_seen(session: Session, seen: dict[int, int]) -> None:
         session.execute(_CLEAR_SEEN, {"ids": list(seen), "changes": list(seen.values())})
 
 
-def pending_in_store(session: Session) -> int:
-    return int(session.execute(text("SELECT count(*) FROM rescore_pending")).scalar_one())
-
-
 def sweep(session: Session, schedule: Callable[[float], None], older_than_seconds: float = 120,
           limit: int = 100_000) -> int:
     """Users pending in Postgres for longer than `older_than_seconds` (twice the sweep interval:

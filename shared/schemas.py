@@ -59,8 +59,11 @@ class StrictModel(BaseModel):
 # Every code the countries table holds (migration 0001 fills it from pycountry), as an enum in the
 # OpenAPI document too: a code the document calls valid is one the API accepts.
 COUNTRY_CODES = tuple(sorted(country.alpha_2 for country in pycountry.countries))
+_KNOWN_COUNTRY_CODES = frozenset(COUNTRY_CODES)
+
+
 def _known_country(code: str) -> str:
-    if code not in COUNTRY_CODES:
+    if code not in _KNOWN_COUNTRY_CODES:
         raise ValueError("not an ISO 3166-1 alpha-2 country code (upper case)")
     return code
 

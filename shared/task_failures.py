@@ -4,15 +4,11 @@ task is written here, so `python -m shared.dead_letters list` can show the first
 the message (and the last one, which is what finally sent it to the dead-letter queue)."""
 from datetime import UTC, datetime, timedelta
 
-from functools import lru_cache
-
 from celery import signals
-from sqlalchemy import create_engine, delete, select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.pool import NullPool
 
-from shared.db import CONNECT_TIMEOUT_SECONDS, session_scope
-from shared.settings import get_settings
+from shared.db import session_scope, unpooled_engine
 from shared.logging import get_logger
 from shared.models import TaskFailure
 
@@ -42,16 +38,10 @@ def record(task_id: str, task_name: str, error: str) -> None:
             "last_failed_at": statement.excluded.last_failed_at,
         },
     )
-    # An engine without a pool: Celery also reports failures from the worker's main process (time
-    # limits, rejections), which forks its pool later; a pooled connection would be shared.
-    with _recorder().begin() as connection:
+    # Celery also reports failures from the worker's main process (time limits, rejections),
+    # which forks its pool later.
+    with unpooled_engine().begin() as connection:
         connection.execute(statement)
-
-
-@lru_cache(maxsize=1)
-def _recorder():
-    return create_engine(get_settings().database_url, poolclass=NullPool,
-                         connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS})
 
 
 def _record_quietly(task_id: str | None, task_name: str | None, error) -> None:

@@ -1,7 +1,6 @@
 """Liveness (`/health`) and readiness (`/health/ready`: every dependency, each reported)."""
 import time
 from collections.abc import Callable
-
 from typing import Literal
 
 from flask_openapi3 import APIBlueprint, Tag

@@ -106,9 +106,7 @@ def register_problem_handlers(app: Flask) -> None:
         # Postgres, MongoDB, Redis or RabbitMQ unreachable: the request did nothing (each write is
         # one transaction or one publish), so the client may safely send it again.
         log.warning("store_unavailable", path=request.path, error=f"{type(exc).__name__}: {exc}"[:300])
-        response = problem_response(503, f"A store Pulse needs is unavailable ({type(exc).__name__}); retry later")
-        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-        return response
+        return _problem(ProblemError(503, f"A store Pulse needs is unavailable ({type(exc).__name__}); retry later"))
 
     for error in TRANSIENT_ERRORS:
         app.register_error_handler(error, _store_down)

@@ -7,7 +7,6 @@ longer against `make dev`.
 """
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

@@ -5,7 +5,6 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from pymongo import MongoClient
 
 from scripts.private_servers import RabbitCluster
 from shared import summaries

@@ -2,12 +2,8 @@
 
 The outage is real: the test starts its own RabbitMQ node on another port and stops it.
 """
-import os
 import shutil
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 import requests
@@ -15,6 +11,7 @@ from kombu import Connection
 from pymongo import MongoClient
 from sqlalchemy import select, update
 
+from scripts.private_servers import PrivateRabbit
 from shared.db import session_scope
 from shared.models import OutboxMessage
 from tests.conftest import TEST_ENV, free_port
@@ -22,62 +19,19 @@ from tests.fixtures import BIN, celery_worker_args, spawn, stop, wait_for
 from tests.helpers import signup_body
 
 
-class ExtraRabbit:
-    """A throwaway RabbitMQ node (own port, own data directory), startable and stoppable."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.node = f"pulse-test-{self.port}@localhost"
-        self.base = Path(tempfile.mkdtemp(prefix="pulse-rabbit-"))
-        for sub in ("mnesia", "log"):
-            (self.base / sub).mkdir()
-        (self.base / "enabled_plugins").write_text("[].\n")
-        (self.base / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users = none\n")
-        shutil.chown(self.base, "rabbitmq", "rabbitmq")
-        for path in self.base.rglob("*"):
-            shutil.chown(path, "rabbitmq", "rabbitmq")
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
-        self.process = None
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq.conf"),
-            "RABBITMQ_DIST_PORT": str(free_port()),
-            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.base / "log"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
-            "RABBITMQ_FEATURE_FLAGS_FILE": str(self.base / "feature_flags"),
-        }
-        self.process = subprocess.Popen(["rabbitmq-server"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        def accepts():
-            with Connection(self.url, connect_timeout=1) as conn:
-                conn.ensure_connection(max_retries=1)
-                return True
-
-        wait_for(accepts, timeout=120, interval=0.5, what=f"extra RabbitMQ on :{self.port}")
-
-    def stop(self) -> None:
-        subprocess.run(["rabbitmqctl", "-q", "-n", self.node, "stop"], capture_output=True, timeout=60)
-        if self.process:
-            self.process.wait(timeout=60)
-
-    def queue_depth(self, name: str) -> int:
-        with Connection(self.url) as conn:
-            return conn.default_channel.queue_declare(name, passive=True).message_count
+def queue_depth(rabbit: PrivateRabbit, name: str) -> int:
+    with Connection(rabbit.url) as conn:
+        return conn.default_channel.queue_declare(name, passive=True).message_count
 
 
 @pytest.fixture()
 def rabbit():
     if shutil.which("rabbitmq-server") is None:
         pytest.skip("rabbitmq-server is not installed: the outage test needs its own broker node")
-    broker = ExtraRabbit()
+    broker = PrivateRabbit()
     broker.start()
     yield broker
-    broker.stop()
-    shutil.rmtree(broker.base, ignore_errors=True)
+    broker.remove()
 
 
 @pytest.fixture()
@@ -163,7 +117,7 @@ def test_two_relays_never_publish_the_same_row(isolated_api, rabbit):
             stop(relay)
     # Every row is marked published and the relays are stopped, so the queue holds all there
     # will ever be: exactly one message per row.
-    assert rabbit.queue_depth("pulse.users") == len(ids)
+    assert queue_depth(rabbit, "pulse.users") == len(ids)
     # ... and each message carries its outbox id as message id and task id, persistently.
     with session_scope(db) as session:
         outbox_ids = {str(row_id) for row_id in session.scalars(select(OutboxMessage.id))}
