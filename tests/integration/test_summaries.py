@@ -29,8 +29,13 @@ pytestmark = pytest.mark.usefixtures("pipeline")
 
 
 @pytest.fixture()
-def user_id(client):
-    return client.post("/api/users/signup", json=signup_body()).get_json()["id"]
+def user_id(client, mongo):
+    user = client.post("/api/users/signup", json=signup_body()).get_json()["id"]
+    # The signup's own user_created event is stored and counted by the worker on its own queue;
+    # wait until it is, so that a recount later compares finished work, not one in flight.
+    wait_for(lambda: mongo.events.find_one({"user_id": user, "event_type": "user_created"})
+             and drift(mongo, user) == NO_DRIFT, what="the signup's user_created event counted")
+    return user
 
 
 def summary(user_id: int) -> CustomerSummary | None:
