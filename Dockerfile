@@ -37,13 +37,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1
 RUN groupadd --system --gid 10001 pulse \
  && useradd --system --uid 10001 --gid pulse --home-dir /app --no-create-home --shell /usr/sbin/nologin pulse \
- && mkdir -p /app/var \
- && chown pulse:pulse /app/var
+ && mkdir -p /app/var /keys \
+ && chown pulse:pulse /app/var /keys
 COPY --from=build /opt/venv /opt/venv
 COPY docker/start /usr/local/bin/pulse-start
 COPY docker/healthcheck /usr/local/bin/pulse-healthcheck
 RUN chmod 0755 /usr/local/bin/pulse-start /usr/local/bin/pulse-healthcheck
 # The code lives in the venv's site-packages; /app holds only the writable var/ (beat's schedule).
+# /keys is where the dev-key job writes the development API key (a named volume takes its owner).
 WORKDIR /app
 USER pulse
 EXPOSE 8000 5555

@@ -3,8 +3,9 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 COMPOSE ?= docker compose
+VAR   := $${PULSE_VAR_DIR:-var}
 
-.PHONY: help setup dev test test-unit test-integration test-e2e demo bench chaos fuzz dead-letters up down logs clean
+.PHONY: help setup dev test test-unit test-integration test-e2e demo bench chaos fuzz dead-letters env up compose-key down logs clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -12,11 +13,13 @@ help:
 setup: ## venv + dependencies, database + migrations, RabbitMQ management plugin
 	@scripts/setup
 
-dev: setup ## run every process in the foreground (Ctrl-C stops them all)
+dev: setup ## run every process in the foreground (Ctrl-C stops them all); prints where the development API key is
+	@$(PY) -m shared.api_keys dev $(VAR)/dev-api-key
 	exec $(VENV)/bin/honcho start -f Procfile
 
-test: ## the whole suite against real Postgres, RabbitMQ, Redis, MongoDB-wire server and workers
+test: ## bandit, then the whole suite against real Postgres, RabbitMQ, Redis, MongoDB-wire server and workers
 	@scripts/setup --no-migrate
+	$(VENV)/bin/bandit --quiet --recursive --severity-level medium services shared scripts
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit:
@@ -38,9 +41,10 @@ chaos: ## mixed load under SIGKILLs and restarts on a private stack, then a reco
 	@scripts/setup --no-migrate
 	$(PY) -m scripts.chaos $(CHAOS_ARGS)
 
-fuzz: ## schemathesis, every check, against the running stack's OpenAPI document (FUZZ_EXAMPLES=200)
+fuzz: ## schemathesis, every check, against the running stack's OpenAPI document (FUZZ_EXAMPLES=200; no DELETE: your data stays)
 	SCHEMATHESIS_HOOKS=scripts.schemathesis_hooks $(VENV)/bin/schemathesis run $${PULSE_API:-http://127.0.0.1:8000}/openapi/openapi.json --checks all \
-		--max-examples $${FUZZ_EXAMPLES:-200} --workers 2
+		--max-examples $${FUZZ_EXAMPLES:-200} --workers 2 --exclude-method DELETE \
+		--header "Authorization: Bearer $${PULSE_API_KEY:-$$(cat $(VAR)/dev-api-key)}"
 
 dead-letters: ## what failed for good: task, queue, reason, age, first error (python -m shared.dead_letters --help)
 	$(PY) -m shared.dead_letters list
@@ -48,8 +52,15 @@ dead-letters: ## what failed for good: task, queue, reason, age, first error (py
 bench: ## every benchmark in bench/
 	for b in bench/[!_]*.py; do $(PY) $$b || exit 1; done
 
-up: ## the same stack under docker compose (mongo:7, RabbitMQ with the UI, Mailpit, Flower)
+env: ## write .env for docker compose with random passwords (kept when it exists)
+	@scripts/make-env
+
+up: env ## the same stack under docker compose (mongo:7, RabbitMQ with the UI, Mailpit, Flower); passwords from .env
 	$(COMPOSE) up --build --detach --wait
+	@echo "development API key: make compose-key"
+
+compose-key: ## print the development API key of the compose stack
+	@$(COMPOSE) run --rm --no-deps dev-key cat /keys/dev-api-key
 
 down:
 	$(COMPOSE) down

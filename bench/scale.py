@@ -87,6 +87,7 @@ STACK_ENV = {
     "LOG_LEVEL": "WARNING",
 }
 os.environ.update(STACK_ENV)  # before any Pulse module reads its settings
+os.environ.pop("PULSE_API_KEY", None)  # the stack's own development key (Stack.start) is the one to send
 sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
 
@@ -120,6 +121,8 @@ class Stack:
         subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", VHOST, RABBIT.split(":")[0], ".*", ".*", ".*"],
                        check=True, capture_output=True)
         subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "shared.migrate"], env=env, check=True, cwd=ROOT)
+        subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "shared.api_keys", "dev", str(VAR / "dev-api-key")],
+                       env=env, check=True, cwd=ROOT, capture_output=True)
         with open(self.log, "wb") as log:
             self.honcho = subprocess.Popen([str(ROOT / ".venv/bin/honcho"), "start", "-f", "Procfile", *STACK_PROCESSES],
                                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -108,6 +108,7 @@ class ChaosStack:
                      "--loglevel", "WARNING"],
         }
         self.processes: dict[str, subprocess.Popen] = {}
+        self.headers: dict[str, str] = {}
 
     @property
     def api(self) -> str:
@@ -118,6 +119,11 @@ class ChaosStack:
             server.start()
         subprocess.run([str(VENV_BIN / "python"), "-m", "shared.migrate"], env=self.env, cwd=ROOT, check=True,
                        capture_output=True)
+        # Its own development key, as `make dev` makes one: every caller of this stack sends it.
+        key_file = self.root / "dev-api-key"
+        subprocess.run([str(VENV_BIN / "python"), "-m", "shared.api_keys", "dev", str(key_file)], env=self.env,
+                       cwd=ROOT, check=True, capture_output=True)
+        self.headers = {"Authorization": f"Bearer {key_file.read_text().strip()}"}
         for name in self.commands:
             self.start_process(name)
         wait_until(lambda: requests.get(f"{self.api}/health/ready", timeout=5).json()["status"] == "ok", 120,
@@ -234,8 +240,9 @@ class Ledger:
 
 
 class Load:
-    def __init__(self, api: str, ledger: Ledger, rng: random.Random) -> None:
+    def __init__(self, api: str, ledger: Ledger, rng: random.Random, headers: dict[str, str]) -> None:
         self.api = api
+        self.headers = headers
         self.ledger = ledger
         self.rng = rng
         self.stop = threading.Event()
@@ -251,6 +258,7 @@ class Load:
 
     def signups(self) -> None:
         session = requests.Session()
+        session.headers.update(self.headers)
         while not self.stop.is_set():
             self.counter += 1
             username = f"chaos_{self.run_id}_{self.counter}"
@@ -291,6 +299,7 @@ class Load:
 
     def events(self) -> None:
         session = requests.Session()
+        session.headers.update(self.headers)
         retry: list[list[dict]] = []
         while not self.stop.is_set():
             with self.ledger.lock:
@@ -326,6 +335,7 @@ class Load:
 
     def profiles(self) -> None:
         session = requests.Session()
+        session.headers.update(self.headers)
         while not self.stop.is_set():
             with self.ledger.lock:
                 users = list(self.ledger.signups)
@@ -340,7 +350,7 @@ class Load:
 
     def refit(self) -> None:
         try:
-            response = requests.post(f"{self.api}/api/analytics/models/fit", json={}, timeout=120)
+            response = requests.post(f"{self.api}/api/analytics/models/fit", json={}, headers=self.headers, timeout=120)
             self.ledger.answer("fit", response)
         except requests.RequestException as exc:
             self.ledger.answer("fit", None, exc)
@@ -530,7 +540,7 @@ def run(duration: float, seed: int, keep: bool = False, faults: list[str] | None
         stack.start()
         # This process reads the stack too (recount, dead letters): with the stack's settings.
         os.environ.update({k: v for k, v in stack.env.items() if k.isupper()})
-        load = Load(stack.api, ledger, random.Random(seed + 1))  # the faults' draws stay the seed's own
+        load = Load(stack.api, ledger, random.Random(seed + 1), stack.headers)  # the faults' draws stay the seed's own
         threads = [threading.Thread(target=target, daemon=True)
                    for target in (load.signups, load.events, load.profiles)]
         started = time.monotonic()

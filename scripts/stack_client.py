@@ -2,11 +2,45 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import requests
 from urllib3.util.retry import Retry
 
 API = os.environ.get("PULSE_API", "http://127.0.0.1:8000").rstrip("/")
+
+
+def key_file() -> Path:
+    return Path(os.environ.get("PULSE_VAR_DIR", "var")) / "dev-api-key"
+
+
+_found_key: list[str] = []
+
+
+def api_key() -> str | None:
+    """PULSE_API_KEY, or the development key `make dev` wrote (every scope: admin requests are
+    not rate limited, so benchmarks and the demo measure the stack, not its limits). Looked up
+    until found, then remembered."""
+    if not _found_key:
+        key = os.environ.get("PULSE_API_KEY")
+        if not key:
+            try:
+                key = key_file().read_text().strip()
+            except OSError:
+                return None
+        if key:
+            _found_key.append(key)
+    return _found_key[0] if _found_key else None
+
+
+class _Authorized(requests.Session):
+    """Sends the key with every request, resolved when the first request goes out."""
+
+    def request(self, method, url, *args, **kwargs):
+        key = api_key()
+        if key and "Authorization" not in self.headers:
+            self.headers["Authorization"] = f"Bearer {key}"
+        return super().request(method, url, *args, **kwargs)
 
 
 class StackError(RuntimeError):
@@ -18,7 +52,7 @@ def session(pool: int = 16) -> requests.Session:
     # with "connection aborted" before the server saw it. Retrying is safe for every caller here:
     # reads are reads, events carry their own event_id, a repeated signup answers 409, a repeated
     # fit only refits.
-    s = requests.Session()
+    s = _Authorized()
     retry = Retry(total=3, connect=3, read=2, status=0, allowed_methods=None, backoff_factor=0.2,
                   raise_on_status=False)
     adapter = requests.adapters.HTTPAdapter(pool_connections=pool, pool_maxsize=pool, max_retries=retry)
@@ -37,6 +71,9 @@ def call(method: str, path: str, *, expect=(200,), http: requests.Session | None
     except requests.ConnectionError as exc:
         raise StackError(f"The Pulse API is not reachable at {API} ({type(exc).__name__}). "
                          "Start the stack with `make dev` (or set PULSE_API).") from exc
+    if response.status_code == 401 and 401 not in expect:
+        raise StackError(f"{method} {path} answered 401: {response.json().get('detail')}. Start the stack with "
+                         f"`make dev` (it writes {key_file()}) or set PULSE_API_KEY to a key with every scope.")
     if response.status_code not in expect:
         raise StackError(f"{method} {path} answered {response.status_code}: {response.text[:500]}")
     return response

@@ -23,7 +23,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -205,6 +205,21 @@ class RescorePending(Base):
     changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
 
 
+class ApiKey(Base):
+    """A key the API accepts (shared.api_keys): its public id, what it may do, and the SHA-256 of
+    the whole key, which is shown once and never stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(String(16)))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class OutboxMessage(Base):
     """A message committed with the business rows it describes; the relay publishes it.
 
@@ -218,6 +233,8 @@ class OutboxMessage(Base):
             "created_at",
             postgresql_where=text("published_at IS NULL"),
         ),
+        # Erasure deletes a person's messages, personal data in their payloads, without a scan.
+        Index("ix_outbox_user_id", text("((payload ->> 'user_id'))")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)

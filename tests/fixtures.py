@@ -121,6 +121,13 @@ def services() -> Iterator[dict]:
     from shared.migrate import upgrade
 
     upgrade(TEST_ENV["DATABASE_URL"])
+    # The run's development key (every scope), as `make dev` writes one: the test client, the
+    # HTTP helpers and every subprocess (which inherit the environment) call with it.
+    from shared import api_keys
+    from shared.db import session_scope
+
+    with session_scope() as session:
+        _, os.environ["PULSE_API_KEY"] = api_keys.create(session, list(api_keys.SCOPES), name="tests")
     rabbitmqctl("add_vhost", VHOST)
     rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
     storage = tempfile.mkdtemp(prefix="pulse-test-mongo-")
@@ -183,8 +190,21 @@ def app(services):
     return application
 
 
+def keyed_client(app):
+    """A test client calling with the run's development key (every scope)."""
+    test_client = app.test_client()
+    test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {os.environ['PULSE_API_KEY']}"
+    return test_client
+
+
 @pytest.fixture()
 def client(app):
+    return keyed_client(app)
+
+
+@pytest.fixture()
+def anonymous_client(app):
+    """The test client without a key."""
     return app.test_client()
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text
 
 from services.analytics.fitting import fit_population
 from services.analytics.main import app
-from shared import profile_cache, rescore
+from shared import erasure, profile_cache, rescore
 from shared.analytics.profiles import compute_profiles
 from shared.db import session_scope
 from shared.logging import get_logger
@@ -85,6 +85,9 @@ def rescore_users(user_ids: list[int]) -> int:
         store_profiles(db, session, profiles)
         rescore.clear_seen(session, seen)
     profile_cache.write_many({user_id: (versions[user_id], profile) for user_id, profile in profiles.items()})
+    with session_scope() as session:
+        # After every write: whoever was erased meanwhile is forgotten again (shared.erasure).
+        erasure.forget_missing(db, session, list(profiles))
     rescore.count_rescored(len(profiles))
     return len(profiles)
 

@@ -3,10 +3,13 @@ Celery bound to it for publishing (nickjj/docker-flask-example style)."""
 from flask import Flask
 from flask_openapi3 import Info
 
+from services.api.access import SECURITY_SCHEME, init_access
 from services.api.analytics import analytics_bp
 from services.api.contract import PulseOpenAPI
 from services.api.events import events_bp
 from services.api.health import health_bp
+from services.api.keys import keys_bp
+from services.api.privacy import privacy_bp
 from services.api.problems import register_problem_handlers, validation_problem
 from services.api.profile_hits import ProfileHits
 from services.api.users import users_bp
@@ -35,14 +38,17 @@ def create_app() -> PulseOpenAPI:
         validation_error_status=422,
         validation_error_callback=validation_problem,
         doc_prefix="/openapi",
+        security_schemes={SECURITY_SCHEME: {"type": "http", "scheme": "bearer", "description":
+                          "An API key: `Authorization: Bearer pulse_<id>_<secret>` (see README, API keys)"}},
     )
     app.json.sort_keys = False
     # A full batch of the largest events is a few MiB; anything far above is refused with a 413
     # before it is read into memory.
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    init_access(app)  # before the body checks: a caller without a key learns nothing else
     register_problem_handlers(app)
     init_celery(app)
-    for blueprint in (health_bp, users_bp, events_bp, analytics_bp):
+    for blueprint in (health_bp, users_bp, privacy_bp, events_bp, analytics_bp, keys_bp):
         app.register_api(blueprint)
     app.wsgi_app = ProfileHits(app.wsgi_app)  # cache hits skip Flask (see profile_hits)
     return app

@@ -5,7 +5,11 @@ checks before every view, the 503 of a store that is down, a 500) and their cont
 (`application/problem+json`, RFC 9457) are added here for every operation, so a client or a
 fuzzer that holds the API to its document finds nothing undeclared.
 """
+import re
+
 from flask_openapi3 import OpenAPI
+
+from services.api import access
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
@@ -14,15 +18,24 @@ DESCRIPTIONS = {
     400: "Malformed JSON body",
     404: "No such resource",
     409: "Conflict with an existing resource",
+    401: "No usable API key (none, unknown, revoked or expired): send `Authorization: Bearer <key>`",
+    403: "The API key lacks the scope this operation needs",
     413: "Body too large (a batch over EVENTS_BATCH_MAX events, or a body over 16 MiB)",
     415: "The body is not application/json",
     422: "Invalid fields, each named in `errors`",
+    429: "Over the rate limit; retry after `Retry-After` seconds",
     500: "Internal error (logged with the request)",
     503: "A store Pulse needs is unavailable; retry after `Retry-After` seconds",
 }
 RETRY_AFTER = {
     "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}
 }
+LIMIT_HEADERS = {
+    "RateLimit-Limit": {"description": "Requests allowed per window", "schema": {"type": "integer"}},
+    "RateLimit-Remaining": {"description": "Requests left in this window", "schema": {"type": "integer"}},
+    "RateLimit-Reset": {"description": "Seconds until the window resets", "schema": {"type": "integer"}},
+}
+CHALLENGE = {"WWW-Authenticate": {"description": "`Bearer realm=\"pulse\"`", "schema": {"type": "string"}}}
 
 
 def _problem(status: int, existing: dict | None) -> dict:
@@ -32,6 +45,10 @@ def _problem(status: int, existing: dict | None) -> dict:
     }
     if status == 503:
         response["headers"] = RETRY_AFTER
+    if status == 429:
+        response["headers"] = {**RETRY_AFTER, **LIMIT_HEADERS}
+    if status == 401:
+        response["headers"] = CHALLENGE
     return response
 
 
@@ -41,10 +58,14 @@ def _own_schema(response: dict) -> bool:
     return any(schema.get("$ref") not in (None, PROBLEM_REF["$ref"]) for schema in schemas)
 
 
-def complete(spec: dict, stateless_paths: frozenset[str] = frozenset({"/health", "/health/ready"})) -> dict:
+def complete(spec: dict, policy: dict[tuple[str, str], tuple[str, bool]] | None = None,
+             stateless_paths: frozenset[str] = frozenset({"/health", "/health/ready"})) -> dict:
+    """`policy`: {(path, method): (the scope services.api.access requires or "public", whether
+    it is rate limited)}."""
     spec["components"] = {k: v for k, v in spec.get("components", {}).items() if v is not None}
     for path, item in spec["paths"].items():
         for method, operation in item.items():
+            scope, limited = (policy or {}).get((path, method), (access.PUBLIC, False))
             responses = {str(code): value for code, value in operation.get("responses", {}).items()}
             takes_input = bool(operation.get("parameters")) or "requestBody" in operation
             automatic = responses.get("422", {}).get("content", {}).get("application/json", {}).get("schema", {})
@@ -59,6 +80,13 @@ def complete(spec: dict, stateless_paths: frozenset[str] = frozenset({"/health",
                 statuses.add(404)
             if "requestBody" in operation:
                 statuses |= {400, 413, 415}
+            if scope != access.PUBLIC:
+                operation["security"] = [{access.SECURITY_SCHEME: []}]
+                operation["description"] = (f"Needs an API key with the `{scope}` scope. "
+                                            + operation.get("description", "")).strip()
+                statuses |= {401, 403}
+            if limited:
+                statuses.add(429)
             for status in sorted(statuses):
                 existing = responses.get(str(status))
                 if status >= 400 and not (existing and _own_schema(existing)):
@@ -67,7 +95,28 @@ def complete(spec: dict, stateless_paths: frozenset[str] = frozenset({"/health",
     return spec
 
 
+def openapi_path(rule: str) -> str:
+    """Werkzeug's `/api/users/<int:user_id>` as OpenAPI's `/api/users/{user_id}`."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+
+
 class PulseOpenAPI(OpenAPI):
+    def register_api(self, api, **options):
+        """flask-openapi3 replaces a path's operations with the blueprint's; two blueprints serve
+        `/api/users/{user_id}` (users: GET, privacy: DELETE), so the operations are merged."""
+        before = dict(self.paths)
+        super().register_api(api, **options)
+        for path, earlier in before.items():
+            later = self.paths[path]
+            if later is not earlier:
+                self.paths[path] = earlier.model_copy(update={name: op for name, op in later if op is not None})
+
     def generate_spec_json(self):
         super().generate_spec_json()
-        self.spec_json = complete(self.spec_json)
+        policy = {
+            (openapi_path(rule.rule), method.lower()): (access.required_scope(rule.endpoint),
+                                                         access.rate_limited(rule.endpoint))
+            for rule in self.url_map.iter_rules()
+            for method in rule.methods or ()
+        }
+        self.spec_json = complete(self.spec_json, policy)

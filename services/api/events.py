@@ -6,12 +6,14 @@ is 503 and the client retries: with its own `event_id`s a retry can never duplic
 import uuid
 from datetime import UTC, datetime
 
+import redis
 from flask import current_app, request
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel
 from sqlalchemy import select
 
 from services.api.problems import ProblemError, problem_response
+from shared.cache import get_redis, key
 from shared.db import session_scope
 from shared.models import User
 from shared.schemas import EventBatch, FieldProblem, Problem, SingleEvent, event_document
@@ -20,9 +22,38 @@ from shared.topology import STORE_EVENTS
 
 events_bp = APIBlueprint("events", __name__, url_prefix="/api/events", abp_tags=[Tag(name="events")])
 
-# Users are never deleted, so an id once seen stays valid for the life of the process.
+# Ids known to exist, so that most requests skip the query. An erasure anywhere bumps a Redis
+# counter, and every process empties its set when it sees the counter move: an erased id is
+# refused from the next request on, whichever API process gets it.
 _known_users: set[int] = set()
 _KNOWN_USERS_MAX = 1_000_000
+_known_generation: list[bytes | None] = [None]
+
+
+def _erasures_key() -> str:
+    return key("erasures")
+
+
+def forget_known_user(user_id: int) -> None:
+    _known_users.discard(user_id)
+    try:
+        get_redis().incr(_erasures_key())
+    except redis.RedisError:
+        # Redis is down: the other API processes may accept this id's events until the next erasure
+        # they see; the worker stores nothing for an erased id either way (shared.erasure).
+        pass
+
+
+def _fresh_known_users() -> set[int]:
+    try:
+        generation = get_redis().get(_erasures_key())
+    except redis.RedisError:
+        _known_users.clear()
+        return _known_users
+    if generation != _known_generation[0]:
+        _known_users.clear()
+        _known_generation[0] = generation
+    return _known_users
 
 
 class EventAccepted(BaseModel):
@@ -45,12 +76,13 @@ def _limit_batch_size():
 
 
 def _check_users_exist(events) -> None:
-    wanted = {e.user_id for e in events} - _known_users
+    known = _fresh_known_users()
+    wanted = {e.user_id for e in events} - known
     if wanted:
         with session_scope() as session:
             found = set(session.scalars(select(User.id).where(User.id.in_(wanted))))
-        if len(_known_users) < _KNOWN_USERS_MAX:
-            _known_users.update(found)
+        if len(known) < _KNOWN_USERS_MAX:
+            known.update(found)
         missing = wanted - found
         if missing:
             single = len(events) == 1 and request.endpoint.endswith("publish_event")

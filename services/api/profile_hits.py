@@ -8,14 +8,21 @@ else (a miss, HEAD, a query string, another path, Redis unreachable) goes to Fla
 where `services.api.users.get_profile` computes, caches, documents and reports errors. The route
 re-reads the cache on a miss: one more round trip on a path that takes ~10 ms, in exchange for
 the view staying the whole story on its own.
+
+The key and the rate limit are checked here as Flask would (services.api.access: same decision,
+same problem answers); a request that goes on to Flask carries the decision along, so a limit
+is counted once per request.
 """
 import re
 
 import redis
 
+from services.api import access
+from services.api.problems import problem_response
 from shared import profile_cache
 
 PROFILE_PATH = re.compile(r"/api/users/([0-9]{1,18})/profile")
+PROFILE_ENDPOINT = "users.get_profile"
 
 
 class ProfileHits:
@@ -27,12 +34,23 @@ class ProfileHits:
             match = PROFILE_PATH.fullmatch(environ.get("PATH_INFO", ""))
             if match:
                 try:
+                    decision = access.decide(PROFILE_ENDPOINT, environ.get("HTTP_AUTHORIZATION"),
+                                             environ.get("REMOTE_ADDR"))
+                except Exception:
+                    return self.wsgi_app(environ, start_response)  # Postgres down: Flask answers 503
+                if decision.status != 200:
+                    response = problem_response(decision.status, decision.detail)
+                    response.headers.update(decision.headers)
+                    return response(environ, start_response)
+                environ[access.DECIDED] = decision
+                try:
                     body = profile_cache.cached(int(match.group(1)))
                 except redis.RedisError:
                     body = None  # the view reports it as the API does everywhere else
                 if body is not None:
                     data = body.encode()
                     start_response("200 OK", [("Content-Type", "application/json"),
-                                              ("Content-Length", str(len(data))), ("X-Cache", "HIT")])
+                                              ("Content-Length", str(len(data))), ("X-Cache", "HIT"),
+                                              *decision.headers.items()])
                     return [data]
         return self.wsgi_app(environ, start_response)

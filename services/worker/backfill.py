@@ -85,7 +85,7 @@ _EVENT_TAGS = {"user_purchase", "add_to_cart", "page_view", "login", "logout", "
 
 
 def _derived_id(*parts: object) -> str:
-    digest = hashlib.sha1("\x1f".join(str(p) for p in parts).encode()).hexdigest()
+    digest = hashlib.sha1("\x1f".join(str(p) for p in parts).encode(), usedforsecurity=False).hexdigest()
     return f"bf-{digest[:40]}"
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
-from shared import profile_cache, rescore, summaries
+from shared import erasure, profile_cache, rescore, summaries
 from shared.db import session_scope
 from shared.mongo import EVENTS
 
@@ -23,6 +23,7 @@ class Stored:
     inserted: int  # documents this call inserted
     applied: bool  # False when the batch had been added to the summaries before
     users: int
+    gone: list[int]  # users erased while the batch was stored: what it wrote for them is deleted again
     mongo_ms: float
     postgres_ms: float
 
@@ -69,11 +70,14 @@ def store_batch(db, batch_id: str, docs: list[dict], schedule_rescore: Callable[
         stored = time.perf_counter()
         with session_scope() as session:
             applied = summaries.record_batch(session, batch_id, owned)
+            # After the insert: an erasure that committed before this read is undone here, one
+            # that commits after it deletes these events itself (shared.erasure).
+            gone = erasure.forget_missing(db, session, user_ids)
         counted = time.perf_counter()
     finally:
         profile_cache.end_events_write(user_ids)
     # Every user of the batch, not only the newly counted: a redelivery after a crash between the
     # summaries and this call must still get those users rescored.
-    rescore.mark_changed(user_ids, schedule_rescore)
-    return Stored(len(docs), len(inserted), applied, len(user_ids),
+    rescore.mark_changed([u for u in user_ids if u not in gone], schedule_rescore)
+    return Stored(len(docs), len(inserted), applied, len(user_ids), gone,
                   round((stored - started) * 1000, 1), round((counted - stored) * 1000, 1))

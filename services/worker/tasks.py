@@ -3,21 +3,24 @@
 Every write is idempotent (keyed by event id or user id), because a message may be delivered
 more than once: acks are late, and the outbox relay may republish after a crash.
 """
+import uuid
 from datetime import UTC, datetime
 
 from pymongo.errors import DuplicateKeyError
+from sqlalchemy import delete
 
 from services.worker import mailer
 from services.worker.main import app
 from services.worker.storage import store_batch
-from shared import summaries, task_failures
+from shared import erasure, summaries, task_failures
 from shared.db import session_scope
+from shared.models import OutboxMessage
 from shared.logging import get_logger
 from shared.mongo import PROFILES, WELCOME_EMAILS, get_database
 from shared.retry import RETRY_POLICY
 from shared.schemas import UserCreatedMessage
 from shared.settings import get_settings
-from shared.topology import COMPUTE_PROFILES, PRUNE_LEDGER, SEND_WELCOME, STORE_EVENTS, USER_CREATED
+from shared.topology import COMPUTE_PROFILES, ERASE_USER, PRUNE_LEDGER, SEND_WELCOME, STORE_EVENTS, USER_CREATED
 
 log = get_logger("pulse.worker")
 
@@ -59,7 +62,12 @@ def user_created(**payload) -> dict:
     }
     # The outbox id is the batch id of the signup event; storing it also queues the first profile
     # (the coalesced rescoring drain, like every event).
-    store_batch(db, user.event_id, [signup_event], _schedule_rescore)
+    stored = store_batch(db, user.event_id, [signup_event], _schedule_rescore)
+    if stored.gone:
+        # Erased before this message was handled: the profile and event just written are deleted
+        # again (store_batch), and nobody is welcomed.
+        log.info("user_created_after_erasure", user_id=user.user_id, event_id=user.event_id)
+        return {"user_id": user.user_id, "erased": True}
     # The welcome e-mail has its own queue and worker: a slow SMTP server holds up nothing else.
     app.send_task(SEND_WELCOME, kwargs=payload, task_id=f"{user.event_id}.welcome")
     log.info("user_created_processed", user_id=user.user_id, event_id=user.event_id)
@@ -81,6 +89,9 @@ def send_welcome_once(db, user: UserCreatedMessage) -> bool:
     record = db[WELCOME_EMAILS].find_one({"_id": user.user_id})
     if record and record.get("sent_at"):
         return False
+    with session_scope() as session:
+        if erasure.missing_users(session, [user.user_id]):
+            return False  # erased since signing up: nobody to welcome
     message = mailer.welcome_message(user)
     mailer.send(message)
     db[WELCOME_EMAILS].update_one(
@@ -89,7 +100,34 @@ def send_welcome_once(db, user: UserCreatedMessage) -> bool:
                   "message_id": message["Message-ID"]}},
         upsert=True,
     )
+    with session_scope() as session:
+        erasure.forget_missing(db, session, [user.user_id])  # erased while the e-mail went out
     return True
+
+
+@app.task(name=ERASE_USER, bind=True, **RETRY_POLICY)
+def erase_user(self, user_id: int, second_pass: bool = False) -> dict:
+    """Forget an erased user in MongoDB and Redis (shared.erasure), and the outbox message that
+    named them; the first pass queues the second."""
+    db = get_database()
+    with session_scope() as session:
+        if not erasure.missing_users(session, [user_id]):
+            # Only an erasure the API committed deletes anything: this user still exists.
+            log.warning("erase_refused_user_exists", user_id=user_id, task_id=self.request.id)
+            return {"user_id": user_id, "erased": False}
+    removed = erasure.forget(db, [user_id])
+    if not second_pass:
+        app.send_task(ERASE_USER, kwargs={"user_id": user_id, "second_pass": True},
+                      countdown=erasure.ERASURE_SECOND_PASS_SECONDS, task_id=f"{self.request.id}.second-pass")
+        try:
+            outbox_id = uuid.UUID(self.request.id)
+        except (TypeError, ValueError):
+            outbox_id = None  # not sent by the relay: there is no outbox row
+        if outbox_id is not None:
+            with session_scope() as session:
+                session.execute(delete(OutboxMessage).where(OutboxMessage.id == outbox_id))
+    log.info("user_erased", user_id=user_id, second_pass=second_pass, **removed)
+    return {"user_id": user_id, "erased": True, **removed}
 
 
 def event_documents(events: list[dict], received_at: datetime) -> list[dict]:

@@ -12,6 +12,7 @@ here can shadow the `celery.contrib.pytest` fixtures of the main suite.
 """
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -77,6 +78,11 @@ class ComposeStack:
             for key, value in os.environ.items()
             if key not in {"QUEUE_PREFIX", "LOG_LEVEL", "LOG_JSON", "COMPOSE_PROJECT_NAME", "COMPOSE_FILE"}
         }
+        # The secrets compose requires (no defaults: .env.example), fresh for this project.
+        self.secrets = {name: secrets.token_urlsafe(18) for name in
+                        ("POSTGRES_PASSWORD", "RABBITMQ_DEFAULT_PASS", "MONGO_ROOT_PASSWORD", "REDIS_PASSWORD")}
+        self.secrets["FLOWER_BASIC_AUTH"] = f"pulse:{secrets.token_urlsafe(18)}"
+        self.env.update(self.secrets)
         self.env.update(
             API_PORT=str(_free_port()),
             FLOWER_PORT=str(_free_port()),
@@ -116,7 +122,9 @@ class ComposeStack:
             f"const doc = db.getCollection({json.dumps(collection)}).findOne({json.dumps(query)});"
             "print(doc === null ? 'null' : EJSON.stringify(doc));"
         )
-        result = self.compose("exec", "-T", "mongo", "mongosh", "--quiet", "pulse", "--eval", script, timeout=60)
+        result = self.compose("exec", "-T", "mongo", "mongosh", "--quiet", "-u", "pulse", "-p",
+                              self.secrets["MONGO_ROOT_PASSWORD"], "--authenticationDatabase", "admin", "pulse",
+                              "--eval", script, timeout=60)
         lines = result.stdout.strip().splitlines()
         return json.loads(lines[-1]) if lines else None
 
@@ -176,3 +184,9 @@ def test_signup_reaches_mongodb_and_mailpit(stack):
 
     mails = _poll(stack, welcome_mails, what=f"the welcome e-mail to {body['email']} in Mailpit")
     assert "Welcome to Pulse" in mails[0]["Subject"]
+
+    # The development key the dev-key job wrote: a profile needs it.
+    key = stack.compose("run", "--rm", "--no-deps", "dev-key", "cat", "/keys/dev-api-key").stdout.strip().splitlines()[-1]
+    assert requests.get(f"{api}/api/users/{user_id}/profile", timeout=30).status_code == 401
+    profile = requests.get(f"{api}/api/users/{user_id}/profile", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    assert profile.status_code == 200, profile.text

@@ -41,7 +41,8 @@ def db(stack):
 
 
 def signup(stack, **overrides) -> requests.Response:
-    return requests.post(f"{stack.api}/api/users/signup", json=signup_body(**overrides), timeout=30)
+    return requests.post(f"{stack.api}/api/users/signup", json=signup_body(**overrides), headers=stack.headers,
+                         timeout=30)
 
 
 def event(user_id: int) -> dict:
@@ -51,11 +52,11 @@ def event(user_id: int) -> dict:
 
 
 def post_events(stack, events) -> requests.Response:
-    return requests.post(f"{stack.api}/api/events/batch", json={"events": events}, timeout=30)
+    return requests.post(f"{stack.api}/api/events/batch", json={"events": events}, headers=stack.headers, timeout=30)
 
 
 def profile(stack, user_id: int) -> requests.Response:
-    return requests.get(f"{stack.api}/api/users/{user_id}/profile", timeout=30)
+    return requests.get(f"{stack.api}/api/users/{user_id}/profile", headers=stack.headers, timeout=30)
 
 
 def ready(stack) -> requests.Response:
@@ -128,7 +129,7 @@ def test_postgres_down_signup_answers_503_and_works_again_when_it_returns(stack)
     finally:
         stack.postgres.start()
     body = signup_body()
-    wait_for(lambda: requests.post(f"{stack.api}/api/users/signup", json=body, timeout=30).status_code == 201,
+    wait_for(lambda: requests.post(f"{stack.api}/api/users/signup", json=body, headers=stack.headers, timeout=30).status_code == 201,
              timeout=30, what="signups once Postgres is back")
 
 
@@ -136,7 +137,7 @@ def test_rabbitmq_down_signups_are_kept_and_events_refused_until_it_returns(stac
     stack.rabbit.stop()
     try:
         body = signup_body()
-        accepted = requests.post(f"{stack.api}/api/users/signup", json=body, timeout=30)
+        accepted = requests.post(f"{stack.api}/api/users/signup", json=body, headers=stack.headers, timeout=30)
         assert accepted.status_code == 201
         user_id = accepted.json()["id"]
         refused = post_events(stack, [event(user_id)])

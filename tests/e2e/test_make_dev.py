@@ -35,6 +35,7 @@ def dev_stack(services):
         "PULSE_VAR_DIR": str(var_dir),
         "LOG_LEVEL": "INFO",
     }
+    env.pop("PULSE_API_KEY", None)  # the session's key lives in another database: make dev writes its own
     log_path = var_dir / "make-dev.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(["make", "dev"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -42,7 +43,8 @@ def dev_stack(services):
     try:
         wait_for(lambda: requests.get(f"{base}/health/ready", timeout=2).json()["status"] == "ok", timeout=180, interval=0.5,
                  what=f"make dev to be ready (log: {log_path})")
-        yield {"url": base, "mongo_uri": env["MONGO_URI"], "maildir": var_dir / "mail", "log": log_path}
+        yield {"url": base, "mongo_uri": env["MONGO_URI"], "maildir": var_dir / "mail", "log": log_path,
+               "key_file": var_dir / "dev-api-key"}
     finally:
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does
         try:
@@ -58,9 +60,13 @@ def welcome_mails(maildir: Path, address: str) -> list[str]:
     return [p.read_text(errors="replace") for p in (maildir / "new").glob("*") if address in p.read_text(errors="replace")]
 
 
+def dev_key(dev_stack) -> dict:
+    return {"Authorization": f"Bearer {dev_stack['key_file'].read_text().strip()}"}
+
+
 def test_signup_over_http_reaches_mongodb_and_the_mail_catcher(dev_stack):
     body = signup_body(full_name="Ivan Ivanov")
-    response = requests.post(f"{dev_stack['url']}/api/users/signup", json=body, timeout=10)
+    response = requests.post(f"{dev_stack['url']}/api/users/signup", json=body, headers=dev_key(dev_stack), timeout=10)
     assert response.status_code == 201, response.text
     user_id = response.json()["id"]
 
@@ -72,10 +78,35 @@ def test_signup_over_http_reaches_mongodb_and_the_mail_catcher(dev_stack):
     mails = wait_for(lambda: welcome_mails(dev_stack["maildir"], body["email"]), timeout=60, what="welcome e-mail in the catcher")
     assert "Subject: Welcome to Pulse, Ivan Ivanov!" in mails[0]
 
-    again = requests.post(f"{dev_stack['url']}/api/users/signup", json=body, timeout=10)
+    again = requests.post(f"{dev_stack['url']}/api/users/signup", json=body, headers=dev_key(dev_stack), timeout=10)
     assert again.status_code == 409
-    bad = requests.post(f"{dev_stack['url']}/api/users/signup", json={**body, "email": "not-an-email"}, timeout=10)
+    bad = requests.post(f"{dev_stack['url']}/api/users/signup", json={**body, "email": "not-an-email"},
+                        headers=dev_key(dev_stack), timeout=10)
     assert bad.status_code == 422 and [e["field"] for e in bad.json()["errors"]] == ["email"]
 
-    profile = requests.get(f"{dev_stack['url']}/api/users/{user_id}/profile", timeout=10)
+    profile = requests.get(f"{dev_stack['url']}/api/users/{user_id}/profile", headers=dev_key(dev_stack), timeout=10)
     assert profile.status_code == 200 and profile.json()["user"]["username"] == body["username"]
+
+
+def test_keys_and_limits_as_a_new_user_meets_them(dev_stack):
+    """The issue's walk-through: make dev says where the development key is; a profile needs a
+    key that may read; an ingest-only key posts events; fast anonymous signups hit 429."""
+    key_file = dev_stack["key_file"]
+    assert f"development key (id " in dev_stack["log"].read_text() and str(key_file) in dev_stack["log"].read_text()
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    url, admin = dev_stack["url"], dev_key(dev_stack)
+    user_id = requests.post(f"{url}/api/users/signup", json=signup_body(), headers=admin, timeout=10).json()["id"]
+
+    anonymous = requests.get(f"{url}/api/users/{user_id}/profile", timeout=10)
+    assert anonymous.status_code == 401 and anonymous.headers["Content-Type"] == "application/problem+json"
+    created = requests.post(f"{url}/api/keys", json={"scopes": ["ingest"], "name": "collector"}, headers=admin, timeout=10)
+    assert created.status_code == 201, created.text
+    ingest = {"Authorization": f"Bearer {created.json()['key']}"}
+    assert requests.get(f"{url}/api/users/{user_id}/profile", headers=ingest, timeout=10).status_code == 403
+    event = {"user_id": user_id, "event_type": "login"}
+    assert requests.post(f"{url}/api/events", json=event, headers=ingest, timeout=10).status_code == 202
+
+    statuses = [requests.post(f"{url}/api/users/signup", json=signup_body(), timeout=10) for _ in range(30)]
+    limited = [r for r in statuses if r.status_code == 429]
+    assert limited, [r.status_code for r in statuses]
+    assert int(limited[0].headers["Retry-After"]) >= 1 and limited[0].headers["RateLimit-Remaining"] == "0"

@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from shared import profile_cache
-from tests.fixtures import wait_for
+from tests.fixtures import keyed_client, wait_for
 from tests.helpers import purchase, signup_body
 
 pytestmark = pytest.mark.usefixtures("pipeline")
@@ -125,7 +125,7 @@ def test_concurrent_misses_compute_once(app, client, user_id, mongo):
     before = profile_cache.stats()["computed"]
 
     def read(_):
-        response = app.test_client().get(f"/api/users/{user_id}/profile")
+        response = keyed_client(app).get(f"/api/users/{user_id}/profile")
         return response.status_code, response.get_json()["user_id"]
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -201,7 +201,7 @@ def test_cache_hits_are_served_before_flask_with_the_views_response(services, pi
     app = create_app()  # its own app, so a hook can count what reaches Flask
     reached_flask = []
     app.before_request(lambda: reached_flask.append(1) and None)
-    client = app.test_client()
+    client = keyed_client(app)
     wait_for(lambda: mongo.profiles.find_one({"user_id": user_id, "segment": {"$ne": None}}), what="first profile")
     profile_cache.invalidate([user_id])
     hits_before = profile_cache.stats()["hits"]

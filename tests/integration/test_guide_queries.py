@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 
 from shared.db import session_scope
 from shared.models import Address, City, Country, User
-from tests.fixtures import wait_for
+from tests.fixtures import keyed_client, wait_for
 from tests.helpers import count_statements, purchase, signup_body
 
 pytestmark = pytest.mark.usefixtures("pipeline")
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("pipeline")
 @pytest.fixture(scope="module")
 def shop(app, mongo):
     """Three buyers with purchases in categories unique to this module."""
-    client = app.test_client()
+    client = keyed_client(app)
     tag = uuid.uuid4().hex[:6]
     categories = {f"books-{tag}": [], f"games-{tag}": [], f"tools-{tag}": []}
     users = [client.post("/api/users/signup", json=signup_body(city=city, country=cc)).get_json()["id"]

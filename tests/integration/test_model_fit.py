@@ -20,7 +20,7 @@ from shared.analytics.models import (
 from shared.analytics.purchases import load_purchases
 from shared.db import session_scope
 from shared.models import CustomerSummary
-from tests.fixtures import wait_for
+from tests.fixtures import keyed_client, wait_for
 from tests.helpers import purchase, signup_body
 
 pytestmark = pytest.mark.usefixtures("pipeline")
@@ -29,7 +29,7 @@ CATEGORIES = ["music", "films", "games", "comics", "vinyl", "posters"]
 
 @pytest.fixture(scope="module")
 def buyers(app, mongo):
-    client = app.test_client()
+    client = keyed_client(app)
     rng = np.random.default_rng(7)
     now = datetime.now(UTC)
     users, events = [], []

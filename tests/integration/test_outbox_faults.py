@@ -12,6 +12,7 @@ from pymongo import MongoClient
 from sqlalchemy import select, update
 
 from scripts.private_servers import PrivateRabbit
+from shared import api_keys
 from shared.db import session_scope
 from shared.models import OutboxMessage
 from tests.conftest import TEST_ENV, free_port
@@ -43,6 +44,8 @@ def isolated_api(rabbit, services):
 
     db_url = f"{TEST_ENV['DATABASE_URL']}_f{rabbit.port}"
     upgrade(db_url)
+    with session_scope(db_url) as session:  # its own key: the session's lives in another database
+        _, key = api_keys.create(session, list(api_keys.SCOPES), name="outbox-faults")
     port = free_port()
     mongo_uri = f"{TEST_ENV['MONGO_URI']}_f{rabbit.port}"  # user ids restart in this database
     # Its own Redis prefix too: its users (ids of another database) must not join the session's
@@ -55,7 +58,7 @@ def isolated_api(rabbit, services):
     wait_for(lambda: requests.get(f"{base}/health", timeout=1).ok, timeout=60, what="isolated API")
     mongo = MongoClient(mongo_uri, tz_aware=True).get_default_database()
     try:
-        yield {"url": base, "env": env, "db": db_url, "mongo": mongo}
+        yield {"url": base, "env": env, "db": db_url, "mongo": mongo, "headers": {"Authorization": f"Bearer {key}"}}
     finally:
         stop(api)
         mongo.client.drop_database(mongo.name)
@@ -64,7 +67,7 @@ def isolated_api(rabbit, services):
 
 
 def signup(api: dict, body: dict) -> int:
-    response = requests.post(f"{api['url']}/api/users/signup", json=body, timeout=10)
+    response = requests.post(f"{api['url']}/api/users/signup", json=body, headers=api["headers"], timeout=10)
     assert response.status_code == 201, response.text
     return response.json()["id"]
 

@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 
 from shared.db import session_scope
 from shared.models import Address, City, OutboxMessage, User
+from tests.fixtures import keyed_client
 from tests.helpers import count_statements, signup_body
 
 
@@ -59,7 +60,7 @@ def test_concurrent_duplicate_signups_one_wins_rest_409(app):
     body = signup_body()
 
     def attempt(_):
-        return app.test_client().post("/api/users/signup", json=body).status_code
+        return keyed_client(app).post("/api/users/signup", json=body).status_code
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = sorted(pool.map(attempt, range(8)))

@@ -3,6 +3,7 @@ from shared.celery_app import create_celery_app
 from shared.settings import Settings
 from shared.topology import (
     COMPUTE_PROFILES,
+    ERASE_USER,
     FIT_MODELS,
     PRUNE_LEDGER,
     SEND_WELCOME,
@@ -16,7 +17,7 @@ from shared.topology import (
 def test_every_task_routes_to_a_durable_dead_lettered_queue():
     topology = build_topology("pulse")
     routes = topology.routes()
-    assert {USER_CREATED, STORE_EVENTS, SEND_WELCOME, PRUNE_LEDGER, COMPUTE_PROFILES, FIT_MODELS,
+    assert {USER_CREATED, ERASE_USER, STORE_EVENTS, SEND_WELCOME, PRUNE_LEDGER, COMPUTE_PROFILES, FIT_MODELS,
             SWEEP_RESCORING} == set(routes)
     queues = {q.name: q for q in topology.work_queues}
     for route in routes.values():
