@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:  # `python bench/x.py` puts bench/ first, not the 
     sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)  # settings read `.env` relative to the working directory
 
-from scripts.stack_client import API, StackError, call, require_stack, session  # noqa: E402,F401
+from scripts.stack_client import API, StackError, auth_headers, call, require_stack, session  # noqa: E402,F401
 
 LINE = "=" * 78
 

@@ -94,7 +94,7 @@ os.chdir(ROOT)
 from _common import LINE, BenchError, percentile, run, verdict  # noqa: E402
 
 from scripts.population import write_population  # noqa: E402
-from scripts.stack_client import call  # noqa: E402
+from scripts.stack_client import auth_headers, call  # noqa: E402
 
 SIZES = [int(s) for s in os.environ.get("BENCH_SCALE_SIZES", "1000,100000,1000000").split(",")]
 MISSES = int(os.environ.get("BENCH_MISSES", 200))
@@ -358,11 +358,12 @@ def misses(sample: list[int]) -> dict:
     from shared import profile_cache
 
     connection = http.client.HTTPConnection("127.0.0.1", PORTS["API_PORT"], timeout=120)
+    headers = auth_headers()
     times, unexpected, phases = [], 0, {}
     for user_id in sample:
         profile_cache.invalidate([user_id])
         started = time.perf_counter()
-        connection.request("GET", f"/api/users/{user_id}/profile")
+        connection.request("GET", f"/api/users/{user_id}/profile", headers=headers)
         response = connection.getresponse()
         response.read()
         elapsed = (time.perf_counter() - started) * 1000

@@ -88,6 +88,8 @@ class ChaosStack:
             "RESCORE_SWEEP_SECONDS": str(quiet_sweep_seconds),
             "LOG_LEVEL": "WARNING",
             "PULSE_VAR_DIR": str(self.root),
+            # Short, so that the degraded-mode test's read during a Postgres outage is past it.
+            "API_KEY_CACHE_SECONDS": "0.5",
         }
         py = str(VENV_BIN / "python")
         celery = [py, "-m", "celery"]

@@ -33,6 +33,12 @@ def api_key() -> str | None:
     return _found_key[0] if _found_key else None
 
 
+def auth_headers() -> dict[str, str]:
+    """The Authorization header, for callers that do not use `session()` (http.client timing loops)."""
+    key = api_key()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 class _Authorized(requests.Session):
     """Sends the key with every request, resolved when the first request goes out."""
 

@@ -33,6 +33,7 @@ from decimal import Decimal
 from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
+from shared import rescore
 from shared.cache import get_redis, key
 from shared.models import (
     ActivityDay,
@@ -53,8 +54,10 @@ from shared.user_views import UserOut, with_address
 ERASURE_SECOND_PASS_SECONDS = 30.0
 
 _SUBTRACT_CATEGORY_SALES = text(
-    # Locked in category order first, as the worker's upserts lock them: no deadlock between an
-    # erasure and a stored batch.
+    # Locked in category order, as the worker's upserts lock them. A worker storing this user's
+    # events holds the user's row (FOR KEY SHARE, shared.summaries.record_batch) until it commits,
+    # and this erasure took it FOR UPDATE first: the two run one after the other, each seeing what
+    # the other committed, in one lock order (the user's row, then categories).
     "WITH locked AS (SELECT c.category FROM category_sales c JOIN customer_categories cc "
     "  ON cc.category = c.category AND cc.user_id = :user_id ORDER BY c.category FOR UPDATE OF c) "
     "UPDATE category_sales c SET purchases = c.purchases - cc.purchases, spent = c.spent - cc.spent "
@@ -73,6 +76,8 @@ def erase_in_postgres(session: Session, user_id: int) -> bool:
     address_id = user.address_id
     session.delete(user)
     session.flush()
+    # Cities stay: they are shared reference data that every API process keeps in an LRU cache
+    # (shared.reference), so deleting one under a concurrent signup would break that signup.
     session.execute(delete(Address).where(Address.id == address_id, ~Address.users.any()))
     session.add(OutboxMessage(id=uuid.uuid4(), task_name=ERASE_USER, payload={"user_id": user_id}))
     return True
@@ -87,10 +92,9 @@ def forget_in_redis(user_ids: Iterable[int]) -> int:
     ids = sorted(set(int(u) for u in user_ids))
     if not ids:
         return 0
-    pipe = get_redis().pipeline(transaction=False)
-    pipe.delete(*[k for user_id in ids for k in _redis_keys(user_id)])
-    pipe.srem(key("rescore", "pending"), *ids)
-    return pipe.execute()[0]
+    deleted = get_redis().delete(*[k for user_id in ids for k in _redis_keys(user_id)])
+    rescore.forget(ids)
+    return deleted
 
 
 def forget(db, user_ids: Iterable[int]) -> dict[str, int]:

@@ -41,6 +41,11 @@ def _scheduled() -> str:
     return key("rescore", "scheduled")
 
 
+def _drains() -> str:
+    """The names of drain sets that may still hold users (for `forget`)."""
+    return key("rescore", "drains")
+
+
 def mark_changed(user_ids: Iterable[int], schedule: Callable[[float], None]) -> bool:
     """Record changed users; call `schedule(delay)` when no drain is scheduled yet."""
     ids = list(user_ids)
@@ -74,6 +79,7 @@ def start_drain() -> tuple[str | None, int]:
     except ResponseError:  # no such key: nothing pending
         return None, 0
     redis.expire(drain, DRAIN_TTL_SECONDS)
+    redis.sadd(_drains(), drain)
     return drain, int(redis.scard(drain))
 
 
@@ -88,6 +94,21 @@ def put_back(user_ids: Iterable[int], schedule: Callable[[float], None]) -> None
     if ids:
         get_redis().sadd(_pending(), *ids)
         _schedule_once(schedule)
+
+
+def forget(user_ids: Iterable[int]) -> None:
+    """Erased users: out of the pending set and every drain (shared.erasure)."""
+    ids = list(user_ids)
+    if not ids:
+        return
+    redis = get_redis()
+    redis.srem(_pending(), *ids)
+    for raw in redis.smembers(_drains()):
+        drain = raw.decode()
+        if redis.exists(drain):
+            redis.srem(drain, *ids)
+        else:  # emptied (Redis deletes an empty set) or expired
+            redis.srem(_drains(), drain)
 
 
 def pending_count() -> int:

@@ -86,8 +86,10 @@ def rescore_users(user_ids: list[int]) -> int:
         rescore.clear_seen(session, seen)
     profile_cache.write_many({user_id: (versions[user_id], profile) for user_id, profile in profiles.items()})
     with session_scope() as session:
-        # After every write: whoever was erased meanwhile is forgotten again (shared.erasure).
-        erasure.forget_missing(db, session, list(profiles))
+        # After every write: whoever was erased meanwhile is forgotten again (shared.erasure). All
+        # the requested users, not only those computed: a retry after a failed write computes
+        # nothing for an erased user, yet the failed attempt may have stored their profile.
+        erasure.forget_missing(db, session, user_ids)
     rescore.count_rescored(len(profiles))
     return len(profiles)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 from flask import Flask, g, request
 
 from services.api import rate_limits
@@ -21,6 +21,7 @@ from services.api.problems import problem_response
 from shared import api_keys
 from shared.api_keys import ADMIN, INGEST, READ, Principal
 from shared.db import session_scope
+from shared.retry import TRANSIENT_ERRORS
 from shared.settings import get_settings
 
 PUBLIC = "public"
@@ -47,8 +48,8 @@ REQUIRED_SCOPE: dict[str, str] = {
     "keys.list_keys": ADMIN,
     "keys.revoke_key": ADMIN,
 }
-# The OpenAPI document and Swagger UI (flask-openapi3's own blueprint) describe the API to anyone.
-PUBLIC_BLUEPRINTS = {"openapi"}
+# The OpenAPI document and Swagger UI (flask-openapi3's blueprints) describe the API to anyone.
+PUBLIC_BLUEPRINTS = {"openapi", "swagger"}
 SECURITY_SCHEME = "apiKey"
 # The WSGI environ key under which services.api.profile_hits hands its decision to Flask.
 DECIDED = "pulse.access_decision"
@@ -70,28 +71,48 @@ def rate_limited(endpoint: str) -> bool:
 
 
 _checked: TTLCache[str, Principal] = TTLCache(maxsize=10_000, ttl=get_settings().api_key_cache_seconds)
-_checked_lock = threading.Lock()  # the server's threads share the cache; TTLCache is not thread-safe
+# What each key was at its last check, for when Postgres cannot be asked (below).
+_last_known: LRUCache[str, Principal] = LRUCache(maxsize=10_000)
+_checked_lock = threading.Lock()  # the server's threads share these; cachetools' caches are not thread-safe
+_revocations = [0]  # bumped by `forget`: a check that raced a revocation is not remembered
 
 
 def principal(key: str) -> Principal | None:
+    """The key's principal: from memory when checked within API_KEY_CACHE_SECONDS, else from
+    Postgres. While Postgres is unreachable, a key this process has checked before keeps the
+    standing it had then (cached profiles stay readable, as in the degraded modes); a key it has
+    never seen gets the 503 of the outage."""
     fingerprint = api_keys.digest(key)
     with _checked_lock:
         found = _checked.get(fingerprint)
-    if found is None:
+        revocations = _revocations[0]
+    if found is not None:
+        return found
+    try:
         with session_scope() as session:
             found = api_keys.lookup(session, key)
-        if found is not None:
-            with _checked_lock:
+    except TRANSIENT_ERRORS:
+        with _checked_lock:
+            found = _last_known.get(fingerprint)
+        if found is None:
+            raise
+        return found
+    if found is not None:
+        with _checked_lock:
+            if _revocations[0] == revocations:
                 _checked[fingerprint] = found
+                _last_known[fingerprint] = found
     return found
 
 
 def forget(key_id: str) -> None:
     """Drop a revoked key from this process's memory at once."""
     with _checked_lock:
-        for fingerprint, known in list(_checked.items()):
-            if known.key_id == key_id:
-                del _checked[fingerprint]
+        _revocations[0] += 1
+        for cache in (_checked, _last_known):
+            for fingerprint, known in list(cache.items()):
+                if known.key_id == key_id:
+                    del cache[fingerprint]
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 202 means every event is in RabbitMQ (publisher confirms). When the broker is down the answer
 is 503 and the client retries: with its own `event_id`s a retry can never duplicate an event.
 """
+import threading
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -22,12 +24,17 @@ from shared.topology import STORE_EVENTS
 
 events_bp = APIBlueprint("events", __name__, url_prefix="/api/events", abp_tags=[Tag(name="events")])
 
-# Ids known to exist, so that most requests skip the query. An erasure anywhere bumps a Redis
-# counter, and every process empties its set when it sees the counter move: an erased id is
-# refused from the next request on, whichever API process gets it.
-_known_users: set[int] = set()
+# Ids known to exist, so that most requests skip the query. An erasure anywhere writes a new
+# random token to Redis, and every process empties its set when it sees the token change: an
+# erased id is refused from the next request on, whichever API process gets it. Ids found by a
+# query are added only if the token did not change while the query ran (it may have read the user
+# just before the erasure committed). While Redis cannot be read nothing is remembered; if it
+# could not be written at the erasure, the set is still emptied every KNOWN_USERS_SECONDS.
+KNOWN_USERS_SECONDS = 60
 _KNOWN_USERS_MAX = 1_000_000
-_known_generation: list[bytes | None] = [None]
+_known_users: set[int] = set()
+_known = {"token": None, "since": 0.0}
+_known_lock = threading.Lock()
 
 
 def _erasures_key() -> str:
@@ -35,25 +42,25 @@ def _erasures_key() -> str:
 
 
 def forget_known_user(user_id: int) -> None:
-    _known_users.discard(user_id)
+    with _known_lock:
+        _known_users.discard(user_id)
     try:
-        get_redis().incr(_erasures_key())
+        get_redis().set(_erasures_key(), uuid.uuid4().hex)
     except redis.RedisError:
-        # Redis is down: the other API processes may accept this id's events until the next erasure
-        # they see; the worker stores nothing for an erased id either way (shared.erasure).
-        pass
+        pass  # the other processes forget within KNOWN_USERS_SECONDS; the worker stores nothing for the id
 
 
-def _fresh_known_users() -> set[int]:
+def _erasure_token() -> bytes | None:
+    """The current token, after emptying the set if it moved (or is unknown, or too old)."""
     try:
-        generation = get_redis().get(_erasures_key())
+        token = get_redis().get(_erasures_key())
     except redis.RedisError:
-        _known_users.clear()
-        return _known_users
-    if generation != _known_generation[0]:
-        _known_users.clear()
-        _known_generation[0] = generation
-    return _known_users
+        token = b"unreadable"
+    with _known_lock:
+        if token != _known["token"] or token == b"unreadable" or time.monotonic() - _known["since"] > KNOWN_USERS_SECONDS:
+            _known_users.clear()
+            _known["token"], _known["since"] = token, time.monotonic()
+    return token
 
 
 class EventAccepted(BaseModel):
@@ -76,13 +83,16 @@ def _limit_batch_size():
 
 
 def _check_users_exist(events) -> None:
-    known = _fresh_known_users()
-    wanted = {e.user_id for e in events} - known
+    token = _erasure_token()
+    with _known_lock:
+        wanted = {e.user_id for e in events} - _known_users
     if wanted:
         with session_scope() as session:
             found = set(session.scalars(select(User.id).where(User.id.in_(wanted))))
-        if len(known) < _KNOWN_USERS_MAX:
-            known.update(found)
+        if token != b"unreadable" and _erasure_token() == token:
+            with _known_lock:
+                if len(_known_users) < _KNOWN_USERS_MAX:
+                    _known_users.update(found)
         missing = wanted - found
         if missing:
             single = len(events) == 1 and request.endpoint.endswith("publish_event")

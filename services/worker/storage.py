@@ -62,6 +62,7 @@ def store_batch(db, batch_id: str, docs: list[dict], schedule_rescore: Callable[
     as one batch. Safe to repeat with the same `batch_id` and documents: nothing is stored or
     counted twice, and what a killed attempt left half-done is completed."""
     user_ids = sorted({int(doc["user_id"]) for doc in docs})
+    gone: list[int] = []
     started = time.perf_counter()
     # Bracket the writes so that no profile cached before or during them can be served after them.
     profile_cache.begin_events_write(user_ids)
@@ -76,6 +77,8 @@ def store_batch(db, batch_id: str, docs: list[dict], schedule_rescore: Callable[
         counted = time.perf_counter()
     finally:
         profile_cache.end_events_write(user_ids)
+    if gone:
+        erasure.forget_in_redis(gone)  # the version counters end_events_write just wrote
     # Every user of the batch, not only the newly counted: a redelivery after a crash between the
     # summaries and this call must still get those users rescored.
     rescore.mark_changed([u for u in user_ids if u not in gone], schedule_rescore)

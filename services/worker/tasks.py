@@ -37,6 +37,11 @@ def _upsert_ignoring_race(collection, selector: dict, update: dict) -> None:
 def user_created(**payload) -> dict:
     user = UserCreatedMessage.model_validate(payload)
     db = get_database()
+    with session_scope() as session:
+        if erasure.forget_missing(db, session, [user.user_id]):
+            # Erased before this message was handled: nothing is written, nobody is welcomed.
+            log.info("user_created_after_erasure", user_id=user.user_id, event_id=user.event_id)
+            return {"user_id": user.user_id, "erased": True}
     _upsert_ignoring_race(
         db[PROFILES],
         {"_id": user.user_id},
@@ -64,7 +69,7 @@ def user_created(**payload) -> dict:
     # (the coalesced rescoring drain, like every event).
     stored = store_batch(db, user.event_id, [signup_event], _schedule_rescore)
     if stored.gone:
-        # Erased before this message was handled: the profile and event just written are deleted
+        # Erased while this message was handled: the profile and event just written are deleted
         # again (store_batch), and nobody is welcomed.
         log.info("user_created_after_erasure", user_id=user.user_id, event_id=user.event_id)
         return {"user_id": user.user_id, "erased": True}

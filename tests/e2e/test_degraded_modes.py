@@ -5,9 +5,11 @@ processes): what the API answers meanwhile, and that nothing is lost once the st
 - Redis down: profiles still 200 (computed, `X-Cache: BYPASS`); readiness 200 "degraded".
 - MongoDB down: events still 202 (they wait in RabbitMQ); profile reads 200 (they read Postgres
   and the model the API holds) or 503 with Retry-After, never a 500; readiness "degraded".
-- Postgres down: signup 503 problem+json with Retry-After; readiness 503 "unavailable".
+- Postgres down: cached profiles still served to a key the API process has checked; signup 503
+  problem+json with Retry-After; readiness 503 "unavailable".
 - RabbitMQ down: signups 201 (the outbox keeps them); events 503 with Retry-After.
 """
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -119,9 +121,19 @@ def test_mongodb_down_events_wait_in_rabbitmq_and_are_stored_when_it_returns(sta
              what="the profile to include them")
 
 
-def test_postgres_down_signup_answers_503_and_works_again_when_it_returns(stack):
+def test_postgres_down_signup_answers_503_and_works_again_when_it_returns(stack, user):
+    # One keep-alive connection: its requests reach one API process, which checks the key now and
+    # must go on accepting it from memory while Postgres cannot be asked (the chaos stack keeps
+    # keys for API_KEY_CACHE_SECONDS=0.5; the read below waits past that).
+    http = requests.Session()
+    http.headers.update(stack.headers)
+    url = f"{stack.api}/api/users/{user}/profile"
+    wait_for(lambda: http.get(url, timeout=30).headers.get("X-Cache") == "HIT", timeout=30, what="a cached profile")
     stack.postgres.stop()
     try:
+        time.sleep(0.6)  # past API_KEY_CACHE_SECONDS: the key's standing comes from its last check
+        cached = http.get(url, timeout=30)
+        assert cached.status_code == 200 and cached.headers["X-Cache"] == "HIT", cached.text
         refused = signup(stack)
         assert is_problem_503(refused), refused.text
         readiness = ready(stack)

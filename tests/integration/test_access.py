@@ -72,6 +72,7 @@ def test_every_secured_route_refuses_missing_unknown_wrong_scope_revoked_and_exp
     assert anonymous_client.get("/health").status_code == 200
     assert anonymous_client.get("/health/ready").status_code in (200, 503)
     assert anonymous_client.get("/openapi/openapi.json").status_code == 200
+    assert anonymous_client.get("/openapi/swagger").status_code == 200
 
 
 def test_a_cached_profile_is_as_protected_as_a_computed_one(client, anonymous_client):

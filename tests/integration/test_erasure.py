@@ -117,7 +117,9 @@ def test_events_in_flight_for_an_erased_person_are_not_stored(client, mongo, app
     gone, and deletes what it wrote (shared.erasure)."""
     from shared.topology import STORE_EVENTS
 
-    user_id = client.post("/api/users/signup", json=signup_body()).get_json()["id"]
+    body = signup_body()
+    user_id = client.post("/api/users/signup", json=body).get_json()["id"]
+    person = {"id": user_id, "email": body["email"], "username": body["username"]}
     wait_for(lambda: mongo.events.count_documents({"user_id": user_id}) == 1, what="the signup event")
     assert client.delete(f"/api/users/{user_id}").status_code == 202
     wait_for(lambda: mongo.events.count_documents({"user_id": user_id}) == 0, what="the erasure")
@@ -133,6 +135,7 @@ def test_events_in_flight_for_an_erased_person_are_not_stored(client, mongo, app
     wait_for(handled, what="the batch handled")
     assert mongo.events.count_documents({"user_id": user_id}) == 0
     assert not mongo.profiles.find_one({"_id": user_id})
+    assert traces_in_redis(person) == []  # not even the cache version counters the write bumped
 
 
 def test_export_holds_everything_about_the_person(client, mongo, services):
