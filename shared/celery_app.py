@@ -1,7 +1,7 @@
 """The Celery app factory: every Pulse process builds its app here, so all agree on the wire."""
 from celery import Celery, signals
 
-from shared import task_failures  # noqa: F401  (connects the failure recorder to Celery's signals)
+from shared import request_ids, task_failures  # noqa: F401  (connect the request ids and the failure recorder to Celery's signals)
 from shared.logging import configure_logging
 from shared.settings import Settings, get_settings
 from shared.topology import build_topology

@@ -246,3 +246,5 @@ class OutboxMessage(Base):
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The X-Request-ID of the request that wrote it: the relay publishes under it (shared.request_ids).
+    request_id: Mapped[str | None] = mapped_column(String(128))

@@ -20,6 +20,7 @@ import time
 from functools import lru_cache
 from collections.abc import Callable, Iterable
 
+from prometheus_client import Counter
 from redis import exceptions as redis_errors
 
 from shared.cache import get_redis, key
@@ -41,11 +42,16 @@ LOCK_SECONDS = 10
 
 _stats = {"hits": 0, "misses": 0, "waited": 0, "computed": 0, "bypassed": 0}
 _stats_lock = threading.Lock()
+# The same counts for Prometheus (services.api.metrics), added up over the API's processes.
+REQUESTS = Counter("pulse_profile_cache_requests_total",
+                   "Profile reads by what the cache did: hits, misses (then waited for another request's "
+                   "computation or computed), bypassed (Redis unreachable)", ["result"])
 
 
 def _count(name: str) -> None:
     with _stats_lock:  # the API server's threads share these counters
         _stats[name] += 1
+    REQUESTS.labels(name).inc()
 
 
 def _version_key(user_id: int) -> str:

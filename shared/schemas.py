@@ -240,3 +240,4 @@ class Problem(BaseModel):
     status: int
     detail: str | None = None
     errors: list[FieldProblem] | None = None
+    request_id: str | None = Field(None, description="The request's X-Request-ID: the one id in every log line about it")

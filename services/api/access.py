@@ -30,6 +30,7 @@ REQUIRED_SCOPE: dict[str, str] = {
     SIGNUP: PUBLIC,  # rate limited per client IP instead
     "health.health": PUBLIC,
     "health.ready": PUBLIC,
+    "metrics": PUBLIC,  # counts and timings, no personal data (services.api.metrics)
     "events.publish_event": INGEST,
     "events.publish_batch": INGEST,
     "users.get_user": READ,

@@ -9,9 +9,11 @@ from services.api.contract import PulseOpenAPI
 from services.api.events import events_bp
 from services.api.health import health_bp
 from services.api.keys import keys_bp
+from services.api.metrics import RequestMetrics, init_metrics
 from services.api.privacy import privacy_bp
 from services.api.problems import register_problem_handlers, validation_problem
 from services.api.profile_hits import ProfileHits
+from services.api.request_context import RequestIds
 from services.api.users import users_bp
 from shared.celery_app import create_celery_app
 from shared.logging import configure_logging
@@ -45,10 +47,13 @@ def create_app() -> PulseOpenAPI:
     # A full batch of the largest events is a few MiB; anything far above is refused with a 413
     # before it is read into memory.
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    init_metrics(app)  # first: the route label is set before anything may answer early
     init_access(app)  # before the body checks: a caller without a key learns nothing else
     register_problem_handlers(app)
     init_celery(app)
     for blueprint in (health_bp, users_bp, privacy_bp, events_bp, analytics_bp, keys_bp):
         app.register_api(blueprint)
     app.wsgi_app = ProfileHits(app.wsgi_app)  # cache hits skip Flask (see profile_hits)
+    app.wsgi_app = RequestMetrics(app.wsgi_app)  # counts the fast path too
+    app.wsgi_app = RequestIds(app.wsgi_app)  # outermost: every answer and log line has the id
     return app

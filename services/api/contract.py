@@ -35,6 +35,8 @@ LIMIT_HEADERS = {
     "RateLimit-Remaining": {"description": "Requests left in this window", "schema": {"type": "integer"}},
     "RateLimit-Reset": {"description": "Seconds until the window resets", "schema": {"type": "integer"}},
 }
+REQUEST_ID = {"X-Request-ID": {"description": "The request's id (the client's, or made): in every log line about "
+                               "it, and in the welcome e-mail of a signup", "schema": {"type": "string"}}}
 CHALLENGE = {"WWW-Authenticate": {"description": "`Bearer realm=\"pulse\"`", "schema": {"type": "string"}}}
 
 
@@ -91,6 +93,8 @@ def complete(spec: dict, policy: dict[tuple[str, str], tuple[str, bool]] | None 
                 existing = responses.get(str(status))
                 if status >= 400 and not (existing and _own_schema(existing)):
                     responses[str(status)] = _problem(status, existing)
+            for response in responses.values():
+                response["headers"] = {**(response.get("headers") or {}), **REQUEST_ID}
             operation["responses"] = dict(sorted(responses.items()))
     return spec
 

@@ -14,6 +14,7 @@ from celery import Celery
 from sqlalchemy import select
 
 from shared.celery_app import create_celery_app
+from shared import request_ids
 from shared.db import session_scope
 from shared.logging import configure_logging, get_logger
 from shared.models import OutboxMessage
@@ -34,12 +35,14 @@ def publish_pending(app: Celery, batch_size: int) -> tuple[int, Exception | None
             .with_for_update(skip_locked=True)
         ).all()
         for row in rows:
+            request_ids.bind(row.request_id)  # this row's lines and its message carry the request's id
             try:
                 app.send_task(
                     row.task_name,
                     kwargs=row.payload,
                     task_id=str(row.id),
                     message_id=str(row.id),
+                    headers={request_ids.CELERY_HEADER: row.request_id} if row.request_id else None,
                 )
             except Exception as exc:  # broker down or message nacked: keep the row pending
                 row.attempts += 1
@@ -48,6 +51,8 @@ def publish_pending(app: Celery, batch_size: int) -> tuple[int, Exception | None
                 break
             row.published_at = datetime.now(UTC)
             published += 1
+            log.info("outbox_message_published", outbox_id=str(row.id), task=row.task_name)
+        request_ids.clear()
     return published, error
 
 

@@ -5,6 +5,7 @@ from flask import Flask, Response, request
 from pydantic import ValidationError
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from shared import request_ids
 from shared.logging import get_logger
 from shared.retry import TRANSIENT_ERRORS
 from shared.schemas import EVENT_TYPES, FieldProblem, Problem
@@ -29,7 +30,8 @@ class ProblemError(Exception):
 
 
 def problem_response(status: int, detail: str | None = None, errors: list[FieldProblem] | None = None) -> Response:
-    body = Problem(title=HTTPStatus(status).phrase, status=status, detail=detail, errors=errors)
+    body = Problem(title=HTTPStatus(status).phrase, status=status, detail=detail, errors=errors,
+                   request_id=request_ids.current())
     return Response(
         body.model_dump_json(exclude_none=True), status=status, mimetype=PROBLEM_JSON
     )

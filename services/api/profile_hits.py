@@ -18,11 +18,13 @@ import re
 import redis
 
 from services.api import access
+from services.api.metrics import ROUTE
 from services.api.problems import problem_response
 from shared import profile_cache
 
 PROFILE_PATH = re.compile(r"/api/users/([0-9]{1,18})/profile")
 PROFILE_ENDPOINT = "users.get_profile"
+PROFILE_ROUTE = "/api/users/{user_id}/profile"
 
 
 class ProfileHits:
@@ -33,6 +35,7 @@ class ProfileHits:
         if environ.get("REQUEST_METHOD") == "GET" and not environ.get("QUERY_STRING"):
             match = PROFILE_PATH.fullmatch(environ.get("PATH_INFO", ""))
             if match:
+                environ[ROUTE] = PROFILE_ROUTE
                 try:
                     decision = access.decide(PROFILE_ENDPOINT, environ.get("HTTP_AUTHORIZATION"),
                                              environ.get("REMOTE_ADDR"))

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager
 
 from services.api.problems import ProblemError
-from shared import profile_cache
+from shared import profile_cache, request_ids
 from shared.analytics.profiles import LAST_PHASES, compute_profiles
 from shared.db import session_scope
 from shared.models import Address, City, Country, OutboxMessage, User
@@ -90,7 +90,8 @@ def register_user(session: Session, body: SignupRequest) -> User:
         country_code=body.address.country_code,
         created_at=session.scalar(select(func.now())),
     )
-    session.add(OutboxMessage(id=outbox_id, task_name=USER_CREATED, payload=message.model_dump(mode="json")))
+    session.add(OutboxMessage(id=outbox_id, task_name=USER_CREATED, payload=message.model_dump(mode="json"),
+                              request_id=request_ids.current()))
     return user
 
 

@@ -2,6 +2,7 @@
 import smtplib
 from email.message import EmailMessage
 
+from shared import request_ids
 from shared.schemas import UserCreatedMessage
 from shared.settings import get_settings
 
@@ -16,6 +17,8 @@ def welcome_message(user: UserCreatedMessage) -> EmailMessage:
     # same message twice, which a receiving server may drop and anyone can recognise.
     message["Message-ID"] = f"<welcome.{user.event_id}@pulse.local>"
     message["X-Pulse-Event-Id"] = user.event_id
+    if request_ids.current():  # the signup's request, as in every log line about it
+        message[request_ids.HEADER] = request_ids.current()
     message.set_content(
         f"Hello {user.full_name},\n\n"
         f"your Pulse account '{user.username}' is ready.\n"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
-from shared import erasure, profile_cache, rescore, summaries
+from shared import counters, erasure, profile_cache, rescore, summaries
 from shared.db import session_scope
 from shared.mongo import EVENTS
 
@@ -81,6 +81,7 @@ def store_batch(db, batch_id: str, docs: list[dict], schedule_rescore: Callable[
         erasure.forget_in_redis(gone)  # the version counters end_events_write just wrote
     # Every user of the batch, not only the newly counted: a redelivery after a crash between the
     # summaries and this call must still get those users rescored.
+    counters.add(**{counters.EVENTS_STORED: len(inserted), counters.EVENTS_DUPLICATE: len(docs) - len(inserted)})
     rescore.mark_changed([u for u in user_ids if u not in gone], schedule_rescore)
     return Stored(len(docs), len(inserted), applied, len(user_ids), gone,
                   round((stored - started) * 1000, 1), round((counted - stored) * 1000, 1))

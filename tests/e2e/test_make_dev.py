@@ -44,7 +44,7 @@ def dev_stack(services):
         wait_for(lambda: requests.get(f"{base}/health/ready", timeout=2).json()["status"] == "ok", timeout=180, interval=0.5,
                  what=f"make dev to be ready (log: {log_path})")
         yield {"url": base, "mongo_uri": env["MONGO_URI"], "maildir": var_dir / "mail", "log": log_path,
-               "key_file": var_dir / "dev-api-key"}
+               "key_file": var_dir / "dev-api-key", "flower_port": ports["FLOWER_PORT"]}
     finally:
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does
         try:
@@ -110,3 +110,65 @@ def test_keys_and_limits_as_a_new_user_meets_them(dev_stack):
     limited = [r for r in statuses if r.status_code == 429]
     assert limited, [r.status_code for r in statuses]
     assert int(limited[0].headers["Retry-After"]) >= 1 and limited[0].headers["RateLimit-Remaining"] == "0"
+
+
+def families(url: str, **kwargs) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = requests.get(url, timeout=30, **kwargs)
+    assert response.status_code == 200, response.text[:300]
+    return {family.name: family for family in text_string_to_metric_families(response.text)}
+
+
+def test_every_metrics_endpoint_of_the_stack_answers_with_its_families(dev_stack):
+    """The API's /metrics (added up over its two granian processes), Flower's (the Celery
+    workers') and RabbitMQ's Prometheus plugin, as `make dev` runs them."""
+    url, admin = dev_stack["url"], dev_key(dev_stack)
+    before = families(f"{url}/metrics")
+    signups = [requests.post(f"{url}/api/users/signup", json=signup_body(), headers=admin, timeout=10) for _ in range(6)]
+    assert all(r.status_code == 201 for r in signups)
+    after = families(f"{url}/metrics")
+
+    def signups_counted(metrics):
+        return sum(s.value for s in metrics["pulse_http_requests"].samples
+                   if s.name == "pulse_http_requests_total" and s.labels["route"] == "/api/users/signup"
+                   and s.labels["status"] == "201")
+
+    # Six requests over fresh connections reach both API processes; the scrape adds them all up.
+    assert signups_counted(after) - signups_counted(before) == 6
+    for family in ("pulse_outbox_pending", "pulse_events_stored", "pulse_dead_letters", "pulse_metrics_source_up"):
+        assert family in after, family
+
+    flower = f"http://127.0.0.1:{dev_stack['flower_port']}/metrics"
+    wait_for(lambda: any(s.labels.get("task") == "pulse.worker.user_created" and s.labels.get("type") == "task-succeeded"
+                         for s in families(flower)["flower_events"].samples),
+             timeout=60, what="Flower counting the user_created tasks")
+    assert "flower_task_runtime_seconds" in families(flower)
+    rabbit = families("http://127.0.0.1:15692/metrics")
+    assert "rabbitmq_queue_messages_ready" in rabbit and "rabbitmq_connections" in rabbit
+
+
+def test_one_request_id_in_every_process_log_line_and_the_email(dev_stack):
+    import uuid
+
+    import redis
+
+    # A rescoring drain carries the id of the change that scheduled it: let none be scheduled yet.
+    scheduled = f"pulse-e2e-{RUN_ID}:rescore:scheduled"
+    r = redis.Redis.from_url(TEST_ENV["REDIS_URL"])
+    wait_for(lambda: not r.exists(scheduled), timeout=60, what="no rescoring drain scheduled")
+    request_id = f"e2e-{uuid.uuid4().hex[:12]}"
+    body = signup_body()
+    response = requests.post(f"{dev_stack['url']}/api/users/signup", json=body, timeout=10,
+                             headers={**dev_key(dev_stack), "X-Request-ID": request_id})
+    assert response.status_code == 201 and response.headers["X-Request-ID"] == request_id
+
+    def processes_logging_it() -> set[str]:
+        lines = dev_stack["log"].read_text(errors="replace").splitlines()
+        return {line.split("|", 1)[0].split()[-1].split(".")[0] for line in lines if request_id in line and "|" in line}
+
+    wanted = {"relay", "worker", "mailer", "analytics"}
+    wait_for(lambda: wanted <= processes_logging_it(), timeout=60,
+             what=f"the request id in the relay, worker, mailer and analytics lines (log: {dev_stack['log']})")
+    mails = wait_for(lambda: welcome_mails(dev_stack["maildir"], body["email"]), timeout=60, what="the welcome e-mail")
+    assert f"X-Request-ID: {request_id}" in mails[0]

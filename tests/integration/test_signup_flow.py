@@ -60,3 +60,23 @@ def test_a_message_that_can_never_succeed_is_dead_lettered(mongo):
     # Fails validation in the worker: not transient, so no retry; rejected, then dead-lettered.
     app.send_task(USER_CREATED, kwargs={"user_id": "not-a-number"}, task_id=f"poison-{uuid.uuid4()}")
     wait_for(lambda: depth() == before + 1, what="the poison message in pulse.dead_letter")
+
+
+def test_one_request_id_from_the_answer_to_the_welcome_email(client, mongo, services):
+    body = signup_body()
+    request_id = f"signup-{uuid.uuid4().hex[:12]}"
+    response = client.post("/api/users/signup", json=body, headers={"X-Request-ID": request_id})
+    assert response.status_code == 201 and response.headers["X-Request-ID"] == request_id
+    user_id = response.get_json()["id"]
+    with session_scope() as session:
+        outbox = session.scalar(select(OutboxMessage).where(OutboxMessage.payload["user_id"].as_integer() == user_id))
+        assert outbox.request_id == request_id
+    mails = wait_for(lambda: services["mail"].to(body["email"]), what="welcome e-mail")
+    assert mails[0]["X-Request-ID"] == request_id
+
+    # Made when the client sends none (or an unusable one), and named in problem bodies.
+    made = client.post("/api/users/signup", json={**body, "email": "not-an-email"},
+                       headers={"X-Request-ID": "bad id with spaces"})
+    assert made.status_code == 422
+    assert made.headers["X-Request-ID"] != "bad id with spaces"
+    assert made.get_json()["request_id"] == made.headers["X-Request-ID"]

@@ -1,0 +1,168 @@
+"""Prometheus metrics at `GET /metrics` on the API's own port.
+
+* HTTP: every request by method, route (the OpenAPI path, `unmatched` for a 404) and status, and
+  its latency, counted by a WSGI middleware outside everything else, so the cached-profile fast
+  path (services.api.profile_hits) is counted like the routes Flask serves. The API runs as
+  several granian processes: with PROMETHEUS_MULTIPROC_DIR set (the Procfile and docker/start set
+  it, emptied at each start) every process writes its figures there and a scrape adds them up.
+* The profile cache: hits, misses, bypasses (shared.profile_cache counts them).
+* The pipeline and the domain, read from the stores at scrape time: outbox pending and the age
+  of its oldest row, events stored and duplicates skipped (shared.counters), users awaiting
+  rescoring, profiles rescored, dead letters, and the current model (version, age, convergence,
+  customers). A store that does not answer leaves its figures out and sets
+  `pulse_metrics_source_up{source=...}` to 0, so a scrape never fails with it.
+
+The README lists every family. Counts and timings only: no id, name or address is a label.
+"""
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+
+from flask import Flask, Response, current_app, request
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from sqlalchemy import text
+
+from services.api.contract import openapi_path
+from shared import counters, rescore
+from shared.analytics import model_store
+from shared.db import session_scope
+from shared.logging import get_logger
+from shared.mongo import get_database
+from shared.settings import get_settings
+
+log = get_logger(__name__)
+ROUTE = "pulse.route"  # the WSGI environ key where the route template is left for the middleware
+UNMATCHED = "unmatched"
+
+REQUESTS = Counter("pulse_http_requests_total", "HTTP requests answered, by method, route and status",
+                   ["method", "route", "status"])
+LATENCY = Histogram("pulse_http_request_duration_seconds", "Time to answer an HTTP request, by method and route",
+                    ["method", "route"],
+                    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+
+
+class RequestMetrics:
+    """Outermost WSGI middleware: counts and times every request."""
+
+    def __init__(self, wsgi_app):
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        started = time.perf_counter()
+        status = ["500"]
+
+        def recording(status_line, headers, exc_info=None):
+            status[0] = status_line.split(" ", 1)[0]
+            return start_response(status_line, headers, exc_info)
+
+        try:
+            return self.wsgi_app(environ, recording)
+        finally:
+            method, route = environ.get("REQUEST_METHOD", "?"), environ.get(ROUTE, UNMATCHED)
+            REQUESTS.labels(method, route, status[0]).inc()
+            LATENCY.labels(method, route).observe(time.perf_counter() - started)
+
+
+_OUTBOX = text("SELECT count(*) AS pending, extract(epoch FROM now() - min(created_at)) AS oldest "
+               "FROM outbox WHERE published_at IS NULL")
+
+
+class PipelineCollector:
+    """Reads the pipeline and domain figures at scrape time."""
+
+    def collect(self):
+        up = GaugeMetricFamily("pulse_metrics_source_up", "Whether a store answered this scrape (1) or not (0)",
+                               labels=["source"])
+        for source, read in (("postgres", self._postgres), ("redis", self._redis), ("rabbitmq", self._rabbitmq),
+                             ("mongodb", self._mongodb)):
+            try:
+                families = list(read())
+            except Exception as exc:  # a metrics scrape reports a store down, it does not fail
+                log.warning("metrics_source_down", source=source, error=type(exc).__name__)
+                up.add_metric([source], 0)
+                continue
+            up.add_metric([source], 1)
+            yield from families
+        yield up
+
+    def _postgres(self):
+        with session_scope() as session:
+            outbox = session.execute(_OUTBOX).one()
+            pending = session.scalar(text("SELECT count(*) FROM rescore_pending"))
+        yield GaugeMetricFamily("pulse_outbox_pending", "Outbox messages (signups, erasures) not yet published",
+                                value=outbox.pending)
+        yield GaugeMetricFamily("pulse_outbox_oldest_pending_age_seconds",
+                                "Age of the oldest unpublished outbox message (0 when none)",
+                                value=float(outbox.oldest or 0))
+        backlog = GaugeMetricFamily("pulse_rescore_pending_users",
+                                    "Users whose profile awaits a rescoring: durably (postgres) and queued (redis)",
+                                    labels=["store"])
+        backlog.add_metric(["postgres"], pending)
+        yield backlog
+
+    def _redis(self):
+        totals = counters.read()
+        yield CounterMetricFamily("pulse_events_stored", "Events the worker inserted into MongoDB",
+                                  value=totals[counters.EVENTS_STORED])
+        yield CounterMetricFamily("pulse_events_duplicate", "Events the worker skipped as stored already "
+                                  "(a re-sent event_id, a redelivered batch)", value=totals[counters.EVENTS_DUPLICATE])
+        yield CounterMetricFamily("pulse_profiles_rescored", "Profiles the analytics workers computed",
+                                  value=rescore.rescored_total())
+        yield GaugeMetricFamily("pulse_rescore_queued_users", "Users in the Redis set awaiting the next rescoring drain",
+                                value=rescore.pending_count())
+
+    def _rabbitmq(self):
+        prefix = get_settings().queue_prefix
+        with current_app.extensions["celery"].connection_for_read() as conn:
+            depth = conn.default_channel.queue_declare(f"{prefix}.dead_letter", passive=True).message_count
+        yield GaugeMetricFamily("pulse_dead_letters", "Messages that failed for good, waiting in the dead-letter queue",
+                                value=depth)
+
+    def _mongodb(self):
+        model = model_store.latest(get_database())
+        if model is None:
+            return
+        bgnbd, gamma_gamma = model["bgnbd"], model.get("gamma_gamma")
+        converged = bool(bgnbd.get("converged", True) and (gamma_gamma is None or gamma_gamma.get("converged", True)))
+        fitted_at = model["fitted_at"] if model["fitted_at"].tzinfo else model["fitted_at"].replace(tzinfo=UTC)
+        yield GaugeMetricFamily("pulse_model_version", "Version of the population models profiles use",
+                                value=model["version"])
+        yield GaugeMetricFamily("pulse_model_age_seconds", "Seconds since the current models were fitted",
+                                value=(datetime.now(UTC) - fitted_at).total_seconds())
+        yield GaugeMetricFamily("pulse_model_converged", "Whether both fits of the current models converged (1) or not",
+                                value=int(converged))
+        yield GaugeMetricFamily("pulse_model_customers", "Customers the current models were fitted on",
+                                value=model["n_customers"])
+
+
+_pipeline = PipelineCollector()
+
+
+def exposition() -> bytes:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        processes = CollectorRegistry()
+        multiprocess.MultiProcessCollector(processes)
+        own = generate_latest(processes)
+    else:
+        own = generate_latest(REGISTRY)
+    pipeline = CollectorRegistry()
+    pipeline.register(_pipeline)
+    return own + generate_latest(pipeline)
+
+
+def init_metrics(app: Flask) -> None:
+    @app.before_request
+    def _route_label():
+        # The route template, not the path: one series per route, whatever the ids.
+        rule = request.url_rule
+        request.environ[ROUTE] = openapi_path(rule.rule) if rule is not None else UNMATCHED
+
+    def metrics():
+        return Response(exposition(), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.add_url_rule("/metrics", endpoint="metrics", view_func=metrics, methods=["GET"])
