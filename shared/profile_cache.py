@@ -51,7 +51,8 @@ REQUESTS = Counter("pulse_profile_cache_requests_total",
 def _count(name: str) -> None:
     with _stats_lock:  # the API server's threads share these counters
         _stats[name] += 1
-    REQUESTS.labels(name).inc()
+    if get_settings().metrics_enabled:
+        REQUESTS.labels(name).inc()
 
 
 def _version_key(user_id: int) -> str:

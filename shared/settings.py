@@ -89,6 +89,9 @@ class Settings(BaseSettings):
         "6000/minute", description="Event requests (single or batch) per API key with the ingest scope."
     )
     rate_limit_read: str = Field("1200/minute", description="Read requests per API key with the read scope.")
+    metrics_enabled: bool = Field(
+        True, description="Count requests and cache reads for GET /metrics (bench/metrics_cost.py measures the cost)."
+    )
     log_level: str = Field("INFO", description="Log level of every Pulse process.")
     log_json: bool = Field(False, description="Log JSON lines instead of coloured console output.")
 

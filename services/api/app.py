@@ -17,6 +17,7 @@ from services.api.request_context import RequestIds
 from services.api.users import users_bp
 from shared.celery_app import create_celery_app
 from shared.logging import configure_logging
+from shared.settings import get_settings
 
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -47,13 +48,16 @@ def create_app() -> PulseOpenAPI:
     # A full batch of the largest events is a few MiB; anything far above is refused with a 413
     # before it is read into memory.
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    init_metrics(app)  # first: the route label is set before anything may answer early
+    metrics = get_settings().metrics_enabled
+    if metrics:
+        init_metrics(app)  # first: the route label is set before anything may answer early
     init_access(app)  # before the body checks: a caller without a key learns nothing else
     register_problem_handlers(app)
     init_celery(app)
     for blueprint in (health_bp, users_bp, privacy_bp, events_bp, analytics_bp, keys_bp):
         app.register_api(blueprint)
     app.wsgi_app = ProfileHits(app.wsgi_app)  # cache hits skip Flask (see profile_hits)
-    app.wsgi_app = RequestMetrics(app.wsgi_app)  # counts the fast path too
+    if metrics:
+        app.wsgi_app = RequestMetrics(app.wsgi_app)  # counts the fast path too
     app.wsgi_app = RequestIds(app.wsgi_app)  # outermost: every answer and log line has the id
     return app

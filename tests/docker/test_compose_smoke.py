@@ -80,7 +80,8 @@ class ComposeStack:
         }
         # The secrets compose requires (no defaults: .env.example), fresh for this project.
         self.secrets = {name: secrets.token_urlsafe(18) for name in
-                        ("POSTGRES_PASSWORD", "RABBITMQ_DEFAULT_PASS", "MONGO_ROOT_PASSWORD", "REDIS_PASSWORD")}
+                        ("POSTGRES_PASSWORD", "RABBITMQ_DEFAULT_PASS", "MONGO_ROOT_PASSWORD", "REDIS_PASSWORD",
+                         "GRAFANA_ADMIN_PASSWORD")}
         self.secrets["FLOWER_BASIC_AUTH"] = f"pulse:{secrets.token_urlsafe(18)}"
         self.env.update(self.secrets)
         self.env.update(
@@ -88,6 +89,8 @@ class ComposeStack:
             FLOWER_PORT=str(_free_port()),
             RABBITMQ_UI_PORT=str(_free_port()),
             MAILPIT_UI_PORT=str(_free_port()),
+            PROMETHEUS_PORT=str(_free_port()),
+            GRAFANA_PORT=str(_free_port()),
         )
 
     def compose(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
@@ -190,3 +193,15 @@ def test_signup_reaches_mongodb_and_mailpit(stack):
     assert requests.get(f"{api}/api/users/{user_id}/profile", timeout=30).status_code == 401
     profile = requests.get(f"{api}/api/users/{user_id}/profile", headers={"Authorization": f"Bearer {key}"}, timeout=30)
     assert profile.status_code == 200, profile.text
+
+    # Prometheus scrapes every target, and reads the signup the API counted.
+    prometheus = stack.url("prometheus", 9090)
+
+    def targets_up():
+        active = requests.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        return {t["labels"]["job"] for t in active if t["health"] == "up"} == {"pulse-api", "celery-flower", "rabbitmq"}
+
+    _poll(stack, targets_up, what="Prometheus scraping the API, Flower and RabbitMQ")
+    query = 'sum(pulse_http_requests_total{route="/api/users/signup",status="201"})'
+    _poll(stack, lambda: requests.get(f"{prometheus}/api/v1/query", params={"query": query}, timeout=10)
+          .json()["data"]["result"], what="the signup counted in Prometheus")

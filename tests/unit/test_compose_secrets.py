@@ -22,7 +22,7 @@ def example_secrets() -> list[str]:
 def test_every_secret_is_required_and_has_no_default():
     secrets = example_secrets()
     assert set(secrets) == {"POSTGRES_PASSWORD", "RABBITMQ_DEFAULT_PASS", "MONGO_ROOT_PASSWORD", "REDIS_PASSWORD",
-                            "FLOWER_BASIC_AUTH"}
+                            "FLOWER_BASIC_AUTH", "GRAFANA_ADMIN_PASSWORD"}
     uses = [m.groups() for m in VARIABLE.finditer(COMPOSE_TEXT)]
     for name in secrets:
         mine = [(op, rest) for var, op, rest in uses if var == name]

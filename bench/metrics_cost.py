@@ -1,0 +1,156 @@
+"""What the metrics cost: the same requests to an API with metrics on and to one with them off,
+side by side in one run.
+
+Runs against the running stack (`make dev`, metrics on, the default). The bench starts a second
+API server like the Procfile's (granian, API_WORKERS processes) on a free port with
+METRICS_ENABLED=false, against the same Postgres, Redis, RabbitMQ and MongoDB, and stops it at
+the end. Rounds alternate which API goes first, and the figures are summed, because the
+machine's speed drifts:
+
+  profile hits  BENCH_HITS (default 2000) cached-profile reads per API and round over one
+                keep-alive connection: p50 and p99 (the cost a scrape-ready counter adds to the
+                cheapest request);
+  ingestion     BENCH_EVENTS (default 10000) events per API in batches of 1000 from 4 client
+                threads, timed until every batch is answered 202 (the API's share) and until all
+                are in MongoDB (the pipeline, whose worker is the same for both).
+
+Targets (issue 12): with metrics, the profile-hit p50 within 10% and ingestion within 5% of
+without. Uses the development key (admin: no rate-limit round trips in either).
+"""
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from _common import (API, LINE, ROOT, BenchError, auth_headers, bench_users, call, percentile, require_stack, run,
+                     session, verdict, wait_quiet)
+
+ROUNDS = 4
+BATCH = 1000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_api_without_metrics() -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "METRICS_ENABLED": "false"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    process = subprocess.Popen(
+        [str(ROOT / ".venv/bin/granian"), "--interface", "wsgi", "--no-ws", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", os.environ.get("API_WORKERS", "2"), "--blocking-threads", "4", "services.api.wsgi:app"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if session().get(f"{url}/health", timeout=1).ok:
+                return process, url
+        except Exception:  # not listening yet
+            pass
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    raise BenchError("the API without metrics did not start")
+
+
+def hits(url: str, users: list[int], n: int) -> list[float]:
+    address = urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+    headers = auth_headers()
+    times = []
+    for i in range(n):
+        path = f"/api/users/{users[i % len(users)]}/profile"
+        started = time.perf_counter()
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        times.append((time.perf_counter() - started) * 1000)
+        if response.status != 200 or response.getheader("X-Cache") != "HIT":
+            raise BenchError(f"{url}{path} answered {response.status} {response.getheader('X-Cache')}")
+    connection.close()
+    return times
+
+
+def ingest(url: str, users: list[int], n: int, db, tag: str) -> tuple[float, float]:
+    """(seconds until every batch was answered 202, seconds until all were in MongoDB)."""
+    now = datetime.now(UTC).isoformat()
+    events = [{"event_id": f"cost-{tag}-{i}", "user_id": users[i % len(users)], "event_type": "page_view",
+               "timestamp": now, "metadata": {"page": "/cost"}} for i in range(n)]
+    batches = [events[i:i + BATCH] for i in range(0, n, BATCH)]
+    http = session(pool=4)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda b: http.post(f"{url}/api/events/batch", json={"events": b}, timeout=60), batches))
+    accepted = time.perf_counter() - started
+    if any(a.status_code != 202 for a in answers):
+        raise BenchError(f"a batch to {url} was refused: {[a.status_code for a in answers]}")
+    ids = [e["event_id"] for e in events]
+    while db.events.count_documents({"event_id": {"$in": ids}}) < n:
+        if time.perf_counter() - started > 600:
+            raise BenchError("events not stored after 10 minutes")
+        time.sleep(0.05)
+    return accepted, time.perf_counter() - started
+
+
+def main() -> None:
+    from shared.mongo import get_database
+
+    require_stack()
+    n_hits = int(os.environ.get("BENCH_HITS", 2000))
+    n_events = int(os.environ.get("BENCH_EVENTS", 10_000))
+    run_id = uuid.uuid4().hex[:8]
+    users = bench_users(200)
+    db = get_database()
+    for user_id in users[:50]:  # cache the profiles the hits read
+        call("GET", f"/api/users/{user_id}/profile")
+    process, without = start_api_without_metrics()
+    apis = {"on": API, "off": without}
+    hit_ms = {"on": [], "off": []}
+    accepted_s = {"on": 0.0, "off": 0.0}
+    stored_s = {"on": 0.0, "off": 0.0}
+    try:
+        hits(without, users[:50], 200)  # warm-up of the new processes
+        waited = wait_quiet()
+        for index in range(ROUNDS):
+            order = ("on", "off") if index % 2 == 0 else ("off", "on")
+            for which in order:
+                hit_ms[which] += hits(apis[which], users[:50], n_hits // ROUNDS)
+            for which in order:
+                waited += wait_quiet()
+                accepted, stored = ingest(apis[which], users, n_events // ROUNDS, db, f"{run_id}-{index}-{which}")
+                accepted_s[which] += accepted
+                stored_s[which] += stored
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+
+    p50 = {k: percentile(v, 50) for k, v in hit_ms.items()}
+    p99 = {k: percentile(v, 99) for k, v in hit_ms.items()}
+    print(LINE)
+    print(f"bench/metrics_cost.py — run {run_id}: {n_hits} profile hits and {n_events} events per API, {ROUNDS} "
+          f"alternating rounds; {waited:.0f}s spent waiting for a quiet stack")
+    print(LINE)
+    print(f"{'':28}{'metrics on':>14}{'metrics off':>14}{'on / off':>10}")
+    print(f"{'profile hit p50 (ms)':28}{p50['on']:14.3f}{p50['off']:14.3f}{p50['on'] / p50['off']:10.3f}")
+    print(f"{'profile hit p99 (ms)':28}{p99['on']:14.3f}{p99['off']:14.3f}{p99['on'] / p99['off']:10.3f}")
+    rate = {k: n_events / v for k, v in accepted_s.items()}
+    print(f"{'events accepted (events/s)':28}{rate['on']:14,.0f}{rate['off']:14,.0f}{rate['on'] / rate['off']:10.3f}")
+    stored = {k: n_events / v for k, v in stored_s.items()}
+    print(f"{'events stored (events/s)':28}{stored['on']:14,.0f}{stored['off']:14,.0f}{stored['on'] / stored['off']:10.3f}")
+    print(f"profile-hit p50 with metrics within 10% of without: {verdict(p50['on'] <= 1.10 * p50['off'])}")
+    print(f"ingestion (stored) with metrics within 5% of without: {verdict(stored['on'] >= 0.95 * stored['off'])}")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,60 @@
+"""The compose stack's Prometheus and Grafana configuration, checked without a Docker engine:
+every metrics endpoint is scraped where compose serves it, Grafana finds its data source and
+dashboard where compose mounts them, and every query names a metric the README documents."""
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+PROMETHEUS = yaml.safe_load((ROOT / "docker/prometheus/prometheus.yml").read_text())
+DATASOURCES = yaml.safe_load((ROOT / "docker/grafana/provisioning/datasources/prometheus.yml").read_text())
+PROVIDERS = yaml.safe_load((ROOT / "docker/grafana/provisioning/dashboards/pulse.yml").read_text())
+DASHBOARD = json.loads((ROOT / "docker/grafana/dashboards/pulse-pipeline.json").read_text())
+README = (ROOT / "README.md").read_text()
+
+
+def mounts(service: str) -> dict[str, str]:
+    """{container path: host path} of a service's bind mounts."""
+    found = {}
+    for volume in COMPOSE["services"][service].get("volumes", []):
+        host, container = volume.split(":")[:2]
+        if host.startswith("./"):
+            found[container] = host
+    return found
+
+
+def test_prometheus_scrapes_every_metrics_endpoint_where_compose_serves_it():
+    jobs = {job["job_name"]: job for job in PROMETHEUS["scrape_configs"]}
+    targets = {job: [t for c in jobs[job]["static_configs"] for t in c["targets"]] for job in jobs}
+    assert targets == {"pulse-api": ["api:8000"], "celery-flower": ["flower:5555"], "rabbitmq": ["rabbitmq:15692"]}
+    assert "--port 8000" in (ROOT / "docker/start").read_text() and "--port=5555" in (ROOT / "docker/start").read_text()
+    assert "rabbitmq_prometheus" in (ROOT / "docker/rabbitmq/enabled_plugins").read_text()
+    assert mounts("rabbitmq")["/etc/rabbitmq/enabled_plugins"] == "./docker/rabbitmq/enabled_plugins"
+    assert mounts("prometheus")["/etc/prometheus/prometheus.yml"] == "./docker/prometheus/prometheus.yml"
+
+
+def test_grafana_finds_its_data_source_and_dashboard():
+    [source] = DATASOURCES["datasources"]
+    assert source["url"] == "http://prometheus:9090" and source["type"] == "prometheus"
+    assert mounts("grafana")["/etc/grafana/provisioning"] == "./docker/grafana/provisioning"
+    dashboards_path = PROVIDERS["providers"][0]["options"]["path"]
+    assert mounts("grafana")[dashboards_path] == "./docker/grafana/dashboards"
+    assert COMPOSE["services"]["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == \
+        f"{dashboards_path}/pulse-pipeline.json"
+    for panel in DASHBOARD["panels"]:
+        assert panel["datasource"]["uid"] == source["uid"], panel["title"]
+
+
+def test_every_dashboard_query_names_a_documented_metric():
+    expressions = [target["expr"] for panel in DASHBOARD["panels"] for target in panel["targets"]]
+    names = {name for expr in expressions for name in re.findall(r"\b((?:pulse|flower|rabbitmq)_[a-z_]+)", expr)}
+    assert names
+    for name in names:
+        base = re.sub(r"_(total|bucket|count|sum)$", "", name)
+        assert f"`{base}" in README or f"`{name}" in README or name.startswith("rabbitmq_"), name
+    titles = {panel["title"] for panel in DASHBOARD["panels"]}
+    assert {"Signups and events per second", "Queue depths (ready messages)", "Outbox lag",
+            "Rescoring backlog and dead letters", "Profile cache hit ratio"} <= titles
