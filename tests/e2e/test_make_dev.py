@@ -168,7 +168,10 @@ def test_one_request_id_in_every_process_log_line_and_the_email(dev_stack):
         return {line.split("|", 1)[0].split()[-1].split(".")[0] for line in lines if request_id in line and "|" in line}
 
     wanted = {"relay", "worker", "mailer", "analytics"}
-    wait_for(lambda: wanted <= processes_logging_it(), timeout=60,
-             what=f"the request id in the relay, worker, mailer and analytics lines (log: {dev_stack['log']})")
+    try:
+        wait_for(lambda: wanted <= processes_logging_it(), timeout=60, what="the request id in every process's lines")
+    except AssertionError as exc:
+        lines = [line for line in dev_stack["log"].read_text(errors="replace").splitlines() if request_id in line]
+        raise AssertionError(f"{exc}: found in {sorted(processes_logging_it())}:\n" + "\n".join(lines[-20:])) from None
     mails = wait_for(lambda: welcome_mails(dev_stack["maildir"], body["email"]), timeout=60, what="the welcome e-mail")
     assert f"X-Request-ID: {request_id}" in mails[0]
