@@ -258,7 +258,7 @@ def _fit_response(model: dict) -> dict:
         "fitted_at": model["fitted_at"],
         "as_of": model["as_of"],
         "n_customers": model["n_customers"],
-        "converged": bool(bg.get("converged", True) and (gg is None or gg.get("converged", True))),
+        "converged": model_store.converged(model),
         "bgnbd": {k: bg[k] for k in ("r", "alpha", "a", "b", "log_likelihood")}
         | {k: bg.get(k) for k in fit_keys},
         "gamma_gamma": ({k: gg[k] for k in ("p", "q", "gamma", "log_likelihood")} | {k: gg.get(k) for k in fit_keys})

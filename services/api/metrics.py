@@ -126,15 +126,13 @@ class PipelineCollector:
         model = model_store.latest(get_database())
         if model is None:
             return
-        bgnbd, gamma_gamma = model["bgnbd"], model.get("gamma_gamma")
-        converged = bool(bgnbd.get("converged", True) and (gamma_gamma is None or gamma_gamma.get("converged", True)))
         fitted_at = model["fitted_at"] if model["fitted_at"].tzinfo else model["fitted_at"].replace(tzinfo=UTC)
         yield GaugeMetricFamily("pulse_model_version", "Version of the population models profiles use",
                                 value=model["version"])
         yield GaugeMetricFamily("pulse_model_age_seconds", "Seconds since the current models were fitted",
                                 value=(datetime.now(UTC) - fitted_at).total_seconds())
         yield GaugeMetricFamily("pulse_model_converged", "Whether both fits of the current models converged (1) or not",
-                                value=int(converged))
+                                value=int(model_store.converged(model)))
         yield GaugeMetricFamily("pulse_model_customers", "Customers the current models were fitted on",
                                 value=model["n_customers"])
 

@@ -71,17 +71,17 @@ def store_batch(db, batch_id: str, docs: list[dict], schedule_rescore: Callable[
         stored = time.perf_counter()
         with session_scope() as session:
             applied = summaries.record_batch(session, batch_id, owned)
-            # After the insert: an erasure that committed before this read is undone here, one
+            # After the insert: an erasure that committed before this read is undone below, one
             # that commits after it deletes these events itself (shared.erasure).
-            gone = erasure.forget_missing(db, session, user_ids)
+            gone = erasure.missing_users(session, user_ids)
         counted = time.perf_counter()
     finally:
         profile_cache.end_events_write(user_ids)
     if gone:
-        erasure.forget_in_redis(gone)  # the version counters end_events_write just wrote
+        erasure.forget(db, gone)  # after end_events_write: its version counters go too
+    counters.add(**{counters.EVENTS_STORED: len(inserted), counters.EVENTS_DUPLICATE: len(docs) - len(inserted)})
     # Every user of the batch, not only the newly counted: a redelivery after a crash between the
     # summaries and this call must still get those users rescored.
-    counters.add(**{counters.EVENTS_STORED: len(inserted), counters.EVENTS_DUPLICATE: len(docs) - len(inserted)})
     rescore.mark_changed([u for u in user_ids if u not in gone], schedule_rescore)
     return Stored(len(docs), len(inserted), applied, len(user_ids), gone,
                   round((stored - started) * 1000, 1), round((counted - stored) * 1000, 1))

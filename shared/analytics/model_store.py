@@ -82,6 +82,12 @@ def latest(db: Database) -> dict | None:
     return db[MODELS].find_one(sort=[("version", DESCENDING)], projection=SUMMARY_PROJECTION)
 
 
+def converged(doc: dict) -> bool:
+    """Both fits of a stored model converged (a document without the flag predates it: trusted)."""
+    bgnbd, gamma_gamma = doc["bgnbd"], doc.get("gamma_gamma")
+    return bool(bgnbd.get("converged", True) and (gamma_gamma is None or gamma_gamma.get("converged", True)))
+
+
 def latest_version(db: Database) -> int | None:
     doc = db[MODELS].find_one(sort=[("version", DESCENDING)], projection={"_id": 0, "version": 1})
     return doc["version"] if doc else None
