@@ -14,6 +14,8 @@ EVENTS = "events"
 PROFILES = "profiles"
 WELCOME_EMAILS = "welcome_emails"
 MODELS = "models"
+# One document, replaced by the analytics worker: the customer distributions of the dashboard.
+CUSTOMER_STATS = "customer_stats"
 
 
 @lru_cache(maxsize=4)

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     model_refit_cron_hour: int = Field(
         3, description="Hour (UTC) at which Celery beat refits the population models daily."
     )
+    customer_stats_seconds: float = Field(
+        60.0,
+        description="Every so many seconds (beat), the analytics worker recomputes the customer distributions "
+        "the dashboard draws (churn risk, P(alive), predicted LTV, the P(alive) matrix); also after every fit.",
+    )
     clv_horizon_months: int = Field(12, description="CLV horizon in months.")
     clv_monthly_discount_rate: float = Field(0.01, description="Monthly discount rate for CLV.")
     api_key_cache_seconds: float = Field(

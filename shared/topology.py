@@ -20,6 +20,7 @@ PRUNE_LEDGER = "pulse.worker.prune_applied_batches"
 COMPUTE_PROFILES = "pulse.analytics.compute_profiles"
 FIT_MODELS = "pulse.analytics.fit_models"
 SWEEP_RESCORING = "pulse.analytics.sweep_rescoring"
+CUSTOMER_STATS = "pulse.analytics.customer_stats"
 
 # Routing keys.
 RK_USER_CREATED = "user.created"
@@ -30,6 +31,7 @@ RK_EVENTS_PRUNE = "events.prune"
 RK_ANALYTICS_PROFILES = "analytics.profiles"
 RK_ANALYTICS_FIT = "analytics.fit"
 RK_ANALYTICS_SWEEP = "analytics.sweep"
+RK_ANALYTICS_CUSTOMER_STATS = "analytics.customer_stats"
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Topology:
             COMPUTE_PROFILES: (self.analytics, RK_ANALYTICS_PROFILES),
             FIT_MODELS: (self.analytics, RK_ANALYTICS_FIT),
             SWEEP_RESCORING: (self.analytics, RK_ANALYTICS_SWEEP),
+            CUSTOMER_STATS: (self.analytics, RK_ANALYTICS_CUSTOMER_STATS),
         }
         return {
             task: {"queue": queue.name, "exchange": self.exchange.name, "routing_key": key}

@@ -6,7 +6,7 @@ from celery.schedules import crontab
 from shared.celery_app import create_celery_app, declare_topology
 from shared.mongo import prepare_database
 from shared.settings import get_settings
-from shared.topology import FIT_MODELS, PRUNE_LEDGER, SWEEP_RESCORING
+from shared.topology import CUSTOMER_STATS, FIT_MODELS, PRUNE_LEDGER, SWEEP_RESCORING
 
 app = create_celery_app("pulse-analytics", include=["services.analytics.tasks"])
 app.conf.beat_schedule = {
@@ -23,6 +23,9 @@ app.conf.beat_schedule = {
     # is revoked, and a revoked late-ack task is rejected, i.e. dead-lettered. Sweeps queued while
     # no analytics worker ran are each one indexed query when it returns.
     "sweep-rescoring": {"task": SWEEP_RESCORING, "schedule": get_settings().rescore_sweep_seconds},
+    # The dashboard's customer histograms (services.analytics.customer_stats): one batch over the
+    # summaries, so a dashboard refresh costs a document read at any population size.
+    "customer-stats": {"task": CUSTOMER_STATS, "schedule": get_settings().customer_stats_seconds},
 }
 
 
@@ -30,3 +33,10 @@ app.conf.beat_schedule = {
 def _prepare(**_kwargs) -> None:
     prepare_database()
     declare_topology(app)
+
+
+@signals.worker_ready.connect
+def _first_customer_stats(**_kwargs) -> None:
+    # Beat's first interval run comes a whole interval after it starts: compute the dashboard's
+    # distributions now, so a fresh stack shows them at once.
+    app.send_task(CUSTOMER_STATS)

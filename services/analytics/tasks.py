@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime
 from pymongo import ReplaceOne
 from sqlalchemy import func, select, text
 
+from services.analytics import customer_stats
 from services.analytics.fitting import fit_population
 from services.analytics.main import app
 from shared import erasure, profile_cache, rescore
@@ -20,7 +21,8 @@ from shared.models import User
 from shared.mongo import PROFILES, get_database
 from shared.retry import RETRY_POLICY
 from shared.settings import get_settings
-from shared.topology import COMPUTE_PROFILES, FIT_MODELS, SWEEP_RESCORING
+from shared.analytics import model_store
+from shared.topology import COMPUTE_PROFILES, CUSTOMER_STATS, FIT_MODELS, SWEEP_RESCORING
 
 log = get_logger("pulse.analytics")
 RESCORE_CHUNK = 500
@@ -174,5 +176,18 @@ def fit_models_task(as_of: str | None = None) -> dict:
         return {"error": str(exc)}
     # Profiles carry model outputs: rescore everyone against the new version, spread over workers.
     model["rescoring_tasks"] = rescore_everyone()
+    app.send_task(CUSTOMER_STATS)  # the dashboard's distributions follow the new model at once
     model["fitted_at"] = model["fitted_at"].isoformat()
     return model
+
+
+@app.task(name=CUSTOMER_STATS, **RETRY_POLICY)
+def customer_stats_task() -> dict:
+    """Every CUSTOMER_STATS_SECONDS (beat) and after each fit: the dashboard's customer distributions."""
+    db = get_database()
+    with session_scope() as session:
+        doc = customer_stats.compute(session, model_store.current.get(db))
+    customer_stats.store(db, doc)
+    log.info("customer_stats_computed", customers=doc["customers"], model_version=doc["model_version"],
+             compute_ms=doc["compute_ms"])
+    return {"customers": doc["customers"]}

@@ -14,7 +14,8 @@ import threading
 from dataclasses import dataclass, field
 
 from cachetools import LRUCache, TTLCache
-from flask import Flask, g, request
+from flask import Flask, g, redirect, request, url_for
+from werkzeug.http import parse_cookie
 
 from services.api import rate_limits
 from services.api.problems import problem_response
@@ -37,10 +38,19 @@ REQUIRED_SCOPE: dict[str, str] = {
     "users.list_users": READ,
     "users.top_users": READ,
     "users.get_profile": READ,
+    "users.purchase_timeline": READ,
     "analytics.top_categories": READ,
     "analytics.segments": READ,
     "analytics.country_stats": READ,
     "analytics.latest_model": READ,
+    "analytics.customer_stats": READ,
+    "pipeline.pipeline": READ,
+    # The dashboard's pages need what its charts read; its login form and its scripts are open.
+    "dashboard.index": READ,
+    "dashboard.user_page": READ,
+    "dashboard.login": PUBLIC,
+    "dashboard.logout": PUBLIC,
+    "dashboard.static": PUBLIC,
     "analytics.fit_models": ADMIN,
     "analytics.cache_stats": ADMIN,
     "privacy.erase_user": ADMIN,
@@ -54,6 +64,9 @@ PUBLIC_BLUEPRINTS = {"openapi", "swagger"}
 SECURITY_SCHEME = "apiKey"
 # The WSGI environ key under which services.api.profile_hits hands its decision to Flask.
 DECIDED = "pulse.access_decision"
+# The dashboard's login keeps the key in this cookie (services.api.dashboard); it counts for reads only.
+DASHBOARD_COOKIE = "pulse_key"
+SAFE_METHODS = ("GET", "HEAD")
 
 
 def required_scope(endpoint: str) -> str:
@@ -131,6 +144,17 @@ def bearer(authorization: str | None) -> str | None:
     return credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
 
 
+def authorization(environ: dict) -> str | None:
+    """The request's credentials: its Authorization header, or for a GET or HEAD without one the
+    dashboard's cookie as a bearer key. A cookie rides along on requests other sites make, so it
+    may only read (and SameSite=Strict keeps other sites from sending it at all)."""
+    header = environ.get("HTTP_AUTHORIZATION")
+    if header or environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_COOKIE" not in environ:
+        return header
+    key = parse_cookie(environ).get(DASHBOARD_COOKIE)
+    return f"Bearer {key}" if key else None
+
+
 def _unauthorized(detail: str, error: str | None = None) -> Decision:
     challenge = f'Bearer realm="pulse", error="{error}"' if error else 'Bearer realm="pulse"'
     return Decision(401, detail, {"WWW-Authenticate": challenge})
@@ -177,7 +201,10 @@ def init_access(app: Flask) -> None:
         if request.endpoint is None:
             return None  # 404 or 405: nothing to protect
         decision = request.environ.get(DECIDED) or decide(
-            request.endpoint, request.headers.get("Authorization"), request.remote_addr)
+            request.endpoint, authorization(request.environ), request.remote_addr)
+        if decision.status == 401 and request.blueprint == "dashboard":
+            # A person at a browser: to the login form, and back here after it.
+            return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")), code=303)
         if decision.status != 200:
             response = problem_response(decision.status, decision.detail)
             response.headers.update(decision.headers)

@@ -12,7 +12,7 @@ from shared import profile_cache, reference
 from shared.analytics import model_store
 from shared.db import session_scope
 from shared.models import Address, CategorySales, City, Country, User
-from shared.mongo import get_database
+from shared.mongo import CUSTOMER_STATS, get_database
 from shared.schemas import FieldProblem, Problem, iso_text
 from shared.topology import FIT_MODELS
 
@@ -104,6 +104,39 @@ class CacheStatsOut(BaseModel):
     profiles: dict[str, int]
 
 
+class HistogramOut(BaseModel):
+    edges: list[float] = Field(description="Bin i counts values in [edges[i], edges[i+1]); the last bin "
+                               "includes its upper edge, or everything above it when open_ended")
+    counts: list[int]
+    open_ended: bool
+
+
+class LTVDistributionOut(HistogramOut):
+    mean: float | None
+    median: float | None
+    p90: float | None
+    total: float | None
+
+
+class PAliveMatrixOut(BaseModel):
+    frequency: list[int] = Field(description="Rows: repeat purchase days")
+    recency_weeks: list[float] = Field(description="Columns: weeks from the first purchase to the last")
+    age_weeks: float = Field(description="The customer age (weeks since the first purchase) the matrix is drawn for: "
+                             "the oldest customer's")
+    p_alive: list[list[float]] = Field(description="P(alive) per frequency row and recency column")
+
+
+class CustomerStatsOut(BaseModel):
+    computed_at: str
+    customers: int = Field(description="Users with at least one purchase")
+    model_version: int | None = Field(description="Model the P(alive) and LTV figures come from; null before the first fit")
+    churn_risk: HistogramOut = Field(description="Customers by churn risk (percent, the profile's churn_risk)")
+    p_alive: HistogramOut | None = Field(description="Customers by BG/NBD P(alive)")
+    predicted_ltv: LTVDistributionOut | None = Field(description="Customers by predicted lifetime value")
+    p_alive_matrix: PAliveMatrixOut | None
+    compute_ms: float
+
+
 class TopCategoriesQuery(BaseModel):
     limit: int = Field(5, ge=1, le=100)
 
@@ -170,6 +203,24 @@ def segments():
     return {"items": [{"segment": row.segment, "users": row.users} for row in rows]}
 
 
+@analytics_bp.get(
+    "/analytics/customers",
+    summary="Customer distributions: churn risk, P(alive), predicted LTV, and the P(alive) matrix",
+    description="Computed by the analytics worker in one batch over the customer summaries every "
+    "CUSTOMER_STATS_SECONDS (default 60) and after every fit, scoring each customer as their profile "
+    "does; this reads the stored result, so its cost does not grow with the population. 404 until "
+    "the first computation.",
+    responses={200: CustomerStatsOut, 404: Problem},
+)
+def customer_stats():
+    doc = get_database()[CUSTOMER_STATS].find_one({"_id": "current"}, projection={"_id": 0})
+    if doc is None:
+        raise ProblemError(404, "The customer distributions have not been computed yet: the analytics worker "
+                           "computes them every CUSTOMER_STATS_SECONDS and after each fit")
+    doc["computed_at"] = doc["computed_at"].isoformat()
+    return doc
+
+
 @analytics_bp.get("/stats/countries", summary="Users and average score per country (one GROUP BY)",
                   responses={200: CountriesOut})
 def country_stats():
@@ -217,8 +268,11 @@ def cache_stats():
         "application/json": {"schema": FitRequest.model_json_schema()}}}},
 )
 def fit_models():
+    # No body means the defaults; a body must be the object the document describes (a JSON
+    # `null` or list is refused as such, not read as "no body").
+    payload = request.get_json(silent=True) if request.content_length else {}
     try:
-        body = FitRequest.model_validate(request.get_json(silent=True) or {})
+        body = FitRequest.model_validate(payload)
     except ValidationError as exc:
         return validation_problem(exc)
     as_of = body.as_of or datetime.now(UTC).date()

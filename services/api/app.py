@@ -6,10 +6,12 @@ from flask_openapi3 import Info
 from services.api.access import SECURITY_SCHEME, init_access
 from services.api.analytics import analytics_bp
 from services.api.contract import PulseOpenAPI
+from services.api.dashboard import dashboard_bp
 from services.api.events import events_bp
 from services.api.health import health_bp
 from services.api.keys import keys_bp
 from services.api.metrics import RequestMetrics, init_metrics
+from services.api.pipeline import pipeline_bp
 from services.api.privacy import privacy_bp
 from services.api.problems import register_problem_handlers, validation_problem
 from services.api.profile_hits import ProfileHits
@@ -54,8 +56,9 @@ def create_app() -> PulseOpenAPI:
     init_access(app)  # before the body checks: a caller without a key learns nothing else
     register_problem_handlers(app)
     init_celery(app)
-    for blueprint in (health_bp, users_bp, privacy_bp, events_bp, analytics_bp, keys_bp):
+    for blueprint in (health_bp, users_bp, privacy_bp, events_bp, analytics_bp, pipeline_bp, keys_bp):
         app.register_api(blueprint)
+    app.register_blueprint(dashboard_bp)  # HTML pages: not part of the API document
     app.wsgi_app = ProfileHits(app.wsgi_app)  # cache hits skip Flask (see profile_hits)
     if metrics:
         app.wsgi_app = RequestMetrics(app.wsgi_app)  # counts the fast path too

@@ -76,7 +76,9 @@ def register_problem_handlers(app: Flask) -> None:
     def _reject_malformed_json():
         # flask-openapi3 reads bodies with get_json(silent=True): without this check a syntax
         # error would surface as a vague 422 instead of saying the JSON itself is broken.
-        if request.method in ("POST", "PUT", "PATCH") and request.content_length != 0:
+        # The dashboard's HTML forms (login, logout) post form data, not JSON.
+        if request.method in ("POST", "PUT", "PATCH") and request.content_length != 0 \
+                and request.blueprint != "dashboard":
             if not request.is_json:
                 return problem_response(415, "Send the body as application/json")
             try:

@@ -13,7 +13,7 @@ from services.api.problems import ProblemError
 from shared import profile_cache, request_ids
 from shared.analytics.profiles import LAST_PHASES, compute_profiles
 from shared.db import session_scope
-from shared.models import Address, City, Country, OutboxMessage, User
+from shared.models import Address, City, Country, OutboxMessage, PurchaseDay, User
 from shared.mongo import get_database
 from shared.profile_docs import PROFILE_DOC, ProfileOut
 from shared.reference import country_by_code, resolve_city
@@ -137,6 +137,17 @@ class UserPage(BaseModel):
     total: int
 
 
+class PurchaseDayOut(BaseModel):
+    day: str = Field(description="UTC day, YYYY-MM-DD")
+    purchases: int
+    spent: float
+
+
+class PurchaseTimeline(BaseModel):
+    user_id: int
+    items: list[PurchaseDayOut] = Field(description="Days with a purchase, oldest first")
+
+
 class TopQuery(BaseModel):
     min_score: float = Field(80, ge=0, le=100)
     limit: int = Field(10, ge=1, le=100)
@@ -215,3 +226,22 @@ def get_profile(path: UserPath):
         phases = {**phases, "view": round((time.perf_counter() - started) * 1000, 2)}
         headers["Server-Timing"] = ", ".join(f"{name};dur={ms}" for name, ms in phases.items())
     return Response(body, status=200, mimetype="application/json", headers=headers)
+
+
+@users_bp.get(
+    "/<int:user_id>/purchases",
+    summary="The user's purchase timeline: purchases and spend per day (the dashboard's user page)",
+    description="Read from the per-customer purchase days the worker keeps (one indexed range read), "
+    "not from the event log. Empty for a user who has bought nothing.",
+    responses={200: PurchaseTimeline, 404: Problem},
+)
+def purchase_timeline(path: UserPath):
+    with session_scope() as session:
+        if session.get(User, path.user_id) is None:
+            raise ProblemError(404, f"No user with id {path.user_id}")
+        rows = session.execute(
+            select(PurchaseDay.day, PurchaseDay.purchases, PurchaseDay.spent)
+            .where(PurchaseDay.user_id == path.user_id).order_by(PurchaseDay.day)
+        ).all()
+    return {"user_id": path.user_id, "items": [
+        {"day": row.day.isoformat(), "purchases": row.purchases, "spent": round(float(row.spent), 2)} for row in rows]}

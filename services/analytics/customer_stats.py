@@ -1,0 +1,103 @@
+"""The customer distributions the dashboard draws, computed as one batch over the summaries.
+
+Churn risk, P(alive) and predicted lifetime value of every customer, as histograms, and the
+P(alive) matrix of the current BG/NBD fit (lifetimes' `plot_probability_alive_matrix`: frequency ×
+recency for a customer as old as the oldest). One row per customer is read from
+`customer_summaries` (never the event log) and scored vectorised exactly as a profile is
+(shared.analytics.profiles), so a histogram counts the values the customers' profiles show. The
+result is one MongoDB document, replaced every CUSTOMER_STATS_SECONDS by beat and after each fit:
+a dashboard refresh reads that document, whatever the population.
+"""
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from services.analytics.fitting import EPOCH, _numbers
+from shared.analytics.model_store import Model
+from shared.analytics.models import churn_risks, probability_alive
+from shared.analytics.profiles import _predict
+from shared.mongo import CUSTOMER_STATS
+
+# A customer's churn risk and P(alive) in tenths; predicted LTV on a roughly logarithmic scale
+# (most customers are worth little, a few a lot), the last bin open-ended.
+CHURN_EDGES = [float(v) for v in range(0, 101, 10)]
+P_ALIVE_EDGES = [round(v / 10, 1) for v in range(11)]
+LTV_EDGES = [0.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]
+MATRIX_MAX_FREQUENCY = 30  # rows: repeat purchase days 0..this (or the largest seen, when fewer)
+MATRIX_RECENCY_STEPS = 24  # columns: recency from 0 to the oldest customer's age, in this many steps
+
+_SUMMARIES = """
+    SELECT first_day - DATE '1970-01-01', last_day - DATE '1970-01-01', purchase_days,
+           CAST(spent AS float8), CAST(first_day_spent AS float8), extract(epoch FROM last_purchase_at)
+    FROM customer_summaries"""
+
+
+def histogram(values: np.ndarray, edges: list[float], open_ended: bool = False) -> dict:
+    """Counts per bin [edges[i], edges[i+1]); the last bin is closed ([.., 100] for a percentage),
+    or, `open_ended`, takes everything above the last edge too."""
+    values = values[np.isfinite(values)]
+    bins = np.array(edges + ([np.inf] if open_ended else []), dtype=np.float64)
+    counts, _ = np.histogram(np.clip(values, bins[0], None), bins=bins)
+    return {"edges": edges, "counts": [int(c) for c in counts], "open_ended": open_ended}
+
+
+def _summary(values: np.ndarray) -> dict:
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return {"mean": None, "median": None, "p90": None, "total": None}
+    return {"mean": round(float(values.mean()), 2), "median": round(float(np.median(values)), 2),
+            "p90": round(float(np.quantile(values, 0.9)), 2), "total": round(float(values.sum()), 2)}
+
+
+def p_alive_matrix(model: Model, max_frequency: int, max_age_weeks: float) -> dict:
+    frequency = np.arange(max_frequency + 1, dtype=np.float64)
+    recency = np.linspace(0.0, max_age_weeks, MATRIX_RECENCY_STEPS + 1)
+    x, t_x = np.meshgrid(frequency, recency, indexing="ij")
+    # Without a repeat purchase there is no recency (BG/NBD: P(alive) is 1 on that row).
+    t_x = np.where(x == 0, 0.0, t_x)
+    values = probability_alive(model.bgnbd, x.ravel(), t_x.ravel(), np.full(x.size, max_age_weeks))
+    return {
+        "frequency": [int(f) for f in frequency],
+        "recency_weeks": [round(float(r), 2) for r in recency],
+        "age_weeks": round(float(max_age_weeks), 2),
+        "p_alive": [[round(float(v), 4) for v in row] for row in values.reshape(x.shape)],
+    }
+
+
+def compute(session: Session, model: Model | None, now: datetime | None = None) -> dict:
+    started = time.perf_counter()
+    now = now or datetime.now(UTC)
+    rows = _numbers(session, _SUMMARIES, 6)
+    first, last, purchase_days, spent, first_day_spent, last_purchase_at = (
+        rows.T if rows.size else np.zeros((6, 0)))
+    # As a profile counts them: whole days since the last purchase instant, weeks from the first
+    # purchase day to the last and to today.
+    days = np.floor((now.timestamp() - last_purchase_at) / 86400.0)
+    x = purchase_days - 1
+    t_x = (last - first) / 7.0
+    T = ((now.date() - EPOCH).days - first) / 7.0
+    m = np.where(x > 0, (spent - first_day_spent) / np.maximum(x, 1), 0.0)
+    doc: dict = {
+        "computed_at": now,
+        "customers": int(rows.shape[0]),
+        "churn_risk": histogram(np.round(churn_risks(days), 1), CHURN_EDGES),
+        "model_version": None,
+        "p_alive": None,
+        "predicted_ltv": None,
+        "p_alive_matrix": None,
+    }
+    if model is not None and model.bgnbd is not None and rows.size:
+        scores = _predict(model, x, t_x, T, m)
+        doc["model_version"] = model.version
+        doc["p_alive"] = histogram(scores["p_alive"], P_ALIVE_EDGES)
+        if np.isfinite(scores["clv"]).any():
+            doc["predicted_ltv"] = histogram(scores["clv"], LTV_EDGES, open_ended=True) | _summary(scores["clv"])
+        doc["p_alive_matrix"] = p_alive_matrix(model, int(min(x.max(), MATRIX_MAX_FREQUENCY)), float(T.max()))
+    doc["compute_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    return doc
+
+
+def store(db, doc: dict) -> None:
+    db[CUSTOMER_STATS].replace_one({"_id": "current"}, {"_id": "current", **doc}, upsert=True)

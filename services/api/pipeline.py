@@ -1,0 +1,93 @@
+"""`GET /api/pipeline`: the pipeline's figures now, as JSON, for the dashboard.
+
+The same numbers `GET /metrics` exposes (services.api.metrics: this API's counters added up over
+its processes, the stores read at scrape time), plus the depth of every queue. Totals only: the
+dashboard turns two readings into rates, as Prometheus' rate() does. A figure whose store did not
+answer is null, and `sources` says which store that was.
+"""
+from flask import current_app
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel, Field
+
+from services.api import metrics
+from shared.settings import get_settings
+from shared.topology import build_topology
+
+pipeline_bp = APIBlueprint("pipeline", __name__, url_prefix="/api", abp_tags=[Tag(name="pipeline")])
+SIGNUP_ROUTE = "/api/users/signup"
+EVENT_ROUTES = ("/api/events", "/api/events/batch")
+
+
+class QueueOut(BaseModel):
+    name: str
+    messages: int | None = Field(description="Ready and unacknowledged messages; null when RabbitMQ did not answer")
+    consumers: int | None
+
+
+class PipelineOut(BaseModel):
+    signups_total: float | None = Field(description="Signups this API answered 201 since it started (null with "
+                                        "METRICS_ENABLED=false)")
+    event_requests_total: float | None = Field(description="Event requests (single or batch) answered 202")
+    events_stored_total: float | None = Field(description="Events the workers inserted into MongoDB")
+    events_duplicate_total: float | None = Field(description="Events skipped as stored already")
+    profiles_rescored_total: float | None
+    outbox_pending: float | None
+    outbox_oldest_pending_age_seconds: float | None
+    rescore_pending_users: float | None = Field(description="Users awaiting a rescoring (Postgres, durable)")
+    rescore_queued_users: float | None = Field(description="Users in Redis awaiting the next drain")
+    dead_letters: float | None
+    profile_cache: dict[str, float] = Field(description="Profile reads by result: hit, miss, bypass")
+    model_version: float | None
+    model_age_seconds: float | None
+    queues: list[QueueOut]
+    sources: dict[str, bool] = Field(description="Whether each store answered")
+
+
+def _total(found: dict, name: str, **labels: str) -> float | None:
+    values = [value for sample_labels, value in found.get(name, ())
+              if all(sample_labels.get(k) == v for k, v in labels.items())]
+    return sum(values) if values else None
+
+
+def _requests(found: dict, routes: tuple[str, ...], status: str) -> float | None:
+    if "pulse_http_requests_total" not in found:
+        return None  # metrics off: nothing counted, which is not zero
+    return sum(value for labels, value in found["pulse_http_requests_total"]
+               if labels.get("route") in routes and labels.get("status") == status)
+
+
+def _queues() -> list[dict]:
+    topology = build_topology(get_settings().queue_prefix, get_settings().queue_type)
+    names = [queue.name for queue in topology.all_queues]
+    try:
+        with current_app.extensions["celery"].connection_for_read() as conn:
+            channel = conn.default_channel
+            declared = [channel.queue_declare(name, passive=True) for name in names]
+    except Exception:  # RabbitMQ down: the other figures still answer
+        return [{"name": name, "messages": None, "consumers": None} for name in names]
+    return [{"name": name, "messages": ok.message_count, "consumers": ok.consumer_count}
+            for name, ok in zip(names, declared)]
+
+
+@pipeline_bp.get("/pipeline", summary="The pipeline's figures now (the dashboard's live view)",
+                 responses={200: PipelineOut})
+def pipeline():
+    found = metrics.samples()
+    cache = {labels["result"]: value for labels, value in found.get("pulse_profile_cache_requests_total", ())}
+    return {
+        "signups_total": _requests(found, (SIGNUP_ROUTE,), "201"),
+        "event_requests_total": _requests(found, EVENT_ROUTES, "202"),
+        "events_stored_total": _total(found, "pulse_events_stored_total"),
+        "events_duplicate_total": _total(found, "pulse_events_duplicate_total"),
+        "profiles_rescored_total": _total(found, "pulse_profiles_rescored_total"),
+        "outbox_pending": _total(found, "pulse_outbox_pending"),
+        "outbox_oldest_pending_age_seconds": _total(found, "pulse_outbox_oldest_pending_age_seconds"),
+        "rescore_pending_users": _total(found, "pulse_rescore_pending_users", store="postgres"),
+        "rescore_queued_users": _total(found, "pulse_rescore_queued_users"),
+        "dead_letters": _total(found, "pulse_dead_letters"),
+        "profile_cache": cache,
+        "model_version": _total(found, "pulse_model_version"),
+        "model_age_seconds": _total(found, "pulse_model_age_seconds"),
+        "queues": _queues(),
+        "sources": {labels["source"]: bool(value) for labels, value in found.get("pulse_metrics_source_up", ())},
+    }

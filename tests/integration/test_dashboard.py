@@ -1,0 +1,248 @@
+"""The dashboard in a real browser (Debian's chromium, headless, through its chromedriver) against
+the API served over HTTP, with the real pipeline behind it: the pages load without console errors,
+every chart holds the numbers the API reports, and each page leaves a screenshot
+(PULSE_SCREENSHOT_DIR, default var/screenshots). Also, over plain HTTP: the login, what the
+cookie may and may not do, and the customer distributions against the customers' own profiles.
+"""
+import os
+import shutil
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from shared import api_keys
+from shared.db import session_scope
+from shared.mongo import CUSTOMER_STATS
+from shared.topology import CUSTOMER_STATS as CUSTOMER_STATS_TASK
+from tests.conftest import free_port
+from tests.fixtures import wait_for
+from tests.helpers import purchase, signup_body
+
+pytestmark = pytest.mark.usefixtures("pipeline")
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+SCREENSHOTS = Path(os.environ.get("PULSE_SCREENSHOT_DIR", Path(__file__).resolve().parents[2] / "var" / "screenshots"))
+
+
+@pytest.fixture(scope="module")
+def server(app):
+    """The API over real HTTP on a free port (the browser needs a server, not a test client)."""
+    http = make_server("127.0.0.1", free_port(), app, threaded=True)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{http.server_port}"
+    http.shutdown()
+
+
+@pytest.fixture(scope="module")
+def customers(client_module, mongo):
+    """Five customers with purchases on several days, the models fitted on them, and the customer
+    distributions computed with that model."""
+    client = client_module
+    today = datetime.now(UTC).replace(hour=10, minute=0, second=0, microsecond=0)
+    ids = [client.post("/api/users/signup", json=signup_body()).get_json()["id"] for _ in range(5)]
+    categories = ["Books", "Garden", "Music", "Toys"]
+    events = [purchase(user_id, 15.0 + 10 * n + 7 * i, categories[(i + n) % 4],
+                       timestamp=(today - timedelta(days=3 + 17 * n + 5 * i)).isoformat())
+              for i, user_id in enumerate(ids) for n in range(i + 1)]
+    assert client.post("/api/events/batch", json={"events": events}).status_code == 202
+    wait_for(lambda: all(len(client.get(f"/api/users/{u}/purchases").get_json()["items"]) == i + 1
+                         for i, u in enumerate(ids)), timeout=60, what="every purchase day summarised")
+    fitted = client.post("/api/analytics/models/fit", json={})
+    assert fitted.status_code == 200, fitted.get_json()
+    version = fitted.get_json()["version"]
+    stats = wait_for(lambda: (doc := mongo[CUSTOMER_STATS].find_one({"_id": "current"}))
+                     and doc["model_version"] == version and doc, timeout=60,
+                     what="the customer distributions computed with the new model")
+    return {"ids": ids, "version": version, "stats": stats}
+
+
+@pytest.fixture(scope="module")
+def client_module(app):
+    from tests.fixtures import keyed_client
+
+    return keyed_client(app)
+
+
+def make_key(scopes: list[str]) -> tuple[str, str]:
+    with session_scope() as session:
+        row, key = api_keys.create(session, scopes, name="dashboard-test")
+        row_id = row.id
+    return row_id, key
+
+
+# ------------------------------------------------------------------------------- over plain HTTP
+
+def test_pages_ask_for_a_key_and_the_cookie_only_reads(server):
+    page = requests.get(f"{server}/dashboard", allow_redirects=False, timeout=10)
+    assert page.status_code == 303 and page.headers["Location"] == "/dashboard/login?next=/dashboard"
+    assert requests.get(f"{server}/api/pipeline", timeout=10).status_code == 401
+
+    _, ingest_only = make_key(["ingest"])
+    refused = requests.post(f"{server}/dashboard/login", data={"key": ingest_only}, allow_redirects=False, timeout=10)
+    assert refused.status_code == 403 and "lacks the read scope" in refused.text and "Set-Cookie" not in refused.headers
+    assert requests.post(f"{server}/dashboard/login", data={"key": "pulse_000000000000_nope"},
+                         allow_redirects=False, timeout=10).status_code == 401
+
+    key_id, reader = make_key(["read"])
+    # `next` may only lead back into the dashboard: no open redirect.
+    login = requests.post(f"{server}/dashboard/login", data={"key": reader, "next": "https://evil.example/"},
+                          allow_redirects=False, timeout=10)
+    assert login.status_code == 303 and login.headers["Location"] == "/dashboard"
+    cookie = login.cookies["pulse_key"]
+    assert "HttpOnly" in login.headers["Set-Cookie"] and "SameSite=Strict" in login.headers["Set-Cookie"]
+    jar = {"pulse_key": cookie}
+    assert requests.get(f"{server}/dashboard", cookies=jar, allow_redirects=False, timeout=10).status_code == 200
+    pipeline = requests.get(f"{server}/api/pipeline", cookies=jar, timeout=10)
+    assert pipeline.status_code == 200
+    assert {"pulse.users", "pulse.events", "pulse.email", "pulse.analytics", "pulse.dead_letter"} <= {
+        q["name"] for q in pipeline.json()["queues"]}
+    # The cookie never writes, even with a key that could: a POST with it is not authenticated.
+    _, admin = make_key(list(api_keys.SCOPES))
+    event = purchase(1, 10.0, "Books")
+    assert requests.post(f"{server}/api/events", json=event, cookies={"pulse_key": admin}, timeout=10).status_code == 401
+    # A revoked key's cookie stops working (the revoking process forgets it at once).
+    headers = {"Authorization": f"Bearer {admin}"}
+    assert requests.delete(f"{server}/api/keys/{key_id}", headers=headers, timeout=10).status_code == 204
+    again = requests.get(f"{server}/dashboard", cookies=jar, allow_redirects=False, timeout=10)
+    assert again.status_code == 303 and again.headers["Location"].startswith("/dashboard/login")
+
+
+def test_customer_distributions_count_what_the_profiles_show(client, customers, mongo):
+    stats = client.get("/api/analytics/customers")
+    assert stats.status_code == 200
+    body = stats.get_json()
+    assert body["model_version"] == customers["version"]
+    from shared.models import CustomerSummary
+    from sqlalchemy import select
+    with session_scope() as session:
+        everyone = list(session.scalars(select(CustomerSummary.user_id)))
+    assert body["customers"] == len(everyone) >= 5
+    # Recompute, so that the stats and the profiles below are computed with the same model, now.
+    client.application.extensions["celery"].send_task(CUSTOMER_STATS_TASK)
+    body = wait_for(lambda: (b := client.get("/api/analytics/customers").get_json())["computed_at"] != stats.get_json()[
+        "computed_at"] and b, timeout=60, what="a fresh computation")
+    profiles = [client.get(f"/api/users/{u}/profile").get_json() for u in everyone]
+    for name, field in (("churn_risk", "churn_risk"), ("p_alive", "p_alive")):
+        values = np.array([p[field] for p in profiles], dtype=float)
+        edges = body[name]["edges"]
+        expected, _ = np.histogram(values, bins=edges)
+        assert body[name]["counts"] == expected.tolist(), name
+    ltv = np.array([p["predicted_ltv"] for p in profiles if p["predicted_ltv"] is not None])
+    assert sum(body["predicted_ltv"]["counts"]) == len(ltv)
+    assert body["predicted_ltv"]["total"] == pytest.approx(ltv.sum(), rel=1e-3, abs=0.05)
+    matrix = body["p_alive_matrix"]
+    assert len(matrix["p_alive"]) == len(matrix["frequency"]) and all(
+        len(row) == len(matrix["recency_weeks"]) for row in matrix["p_alive"])
+    assert matrix["p_alive"][0] == [1.0] * len(matrix["recency_weeks"])  # no repeat purchase: alive
+    # More repeat purchases, the last one long ago: less likely alive than the same, recently.
+    assert matrix["p_alive"][-1][0] < matrix["p_alive"][-1][-1]
+
+
+# ------------------------------------------------------------------------------- in the browser
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        message = "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
+        if os.environ.get("PULSE_REQUIRE_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1440,2400",
+                     "--lang=en-US"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def console_errors(driver) -> list[str]:
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def loaded(driver, what: str):
+    wait_for(lambda: driver.execute_script("return document.body.dataset.loaded === 'true'"), timeout=60,
+             what=what)
+
+
+def chart(driver, canvas: str) -> dict:
+    return driver.execute_script(
+        "const c = Chart.getChart(arguments[0]);"
+        "return c && {labels: c.data.labels, data: c.data.datasets.map(d => d.data)};", canvas)
+
+
+def log_in(driver, server: str, path: str) -> None:
+    driver.get(f"{server}{path}")
+    assert "/dashboard/login" in driver.current_url  # no cookie yet: the form
+    driver.find_element("id", "key").send_keys(os.environ["PULSE_API_KEY"])
+    driver.find_element("id", "login").click()
+    wait_for(lambda: driver.current_url.endswith(path), what=f"back at {path} after logging in")
+
+
+def test_dashboard_draws_what_the_api_reports(browser, server, customers, client):
+    log_in(browser, server, "/dashboard")
+    loaded(browser, "the dashboard's first pipeline and customer readings")
+    browser.save_screenshot(str(SCREENSHOTS / "dashboard.png"))
+    assert console_errors(browser) == []
+
+    segments = client.get("/api/analytics/segments").get_json()["items"]
+    assert chart(browser, "segments-chart") == {"labels": [s["segment"] for s in segments],
+                                                "data": [[s["users"] for s in segments]]}
+    categories = client.get("/api/analytics/categories/top?limit=10").get_json()["items"]
+    assert {c["category"] for c in categories} >= {"Books", "Garden", "Music", "Toys"}
+    assert chart(browser, "categories-chart") == {"labels": [c["category"] for c in categories],
+                                                  "data": [[c["total_sales"] for c in categories]]}
+    stats = client.get("/api/analytics/customers").get_json()
+    for canvas, name in (("churn-chart", "churn_risk"), ("palive-chart", "p_alive"), ("ltv-chart", "predicted_ltv")):
+        assert chart(browser, canvas)["data"] == [stats[name]["counts"]], canvas
+    matrix = chart(browser, "matrix-chart")["data"][0]
+    flat = [value for row in stats["p_alive_matrix"]["p_alive"] for value in row]
+    assert [cell["v"] for cell in matrix] == flat
+    model = client.get("/api/analytics/models/latest").get_json()
+    facts = {e.get_attribute("data-field"): e.text for e in browser.find_elements("css selector", "#model-facts dd")}
+    assert facts["version"] == str(model["version"]) == str(customers["version"])
+    assert facts["BG/NBD r, α, a, b"].startswith(f"{model['bgnbd']['r']:.4f}, {model['bgnbd']['alpha']:.4f}")
+    pipeline = client.get("/api/pipeline").get_json()
+    assert browser.find_element("id", "dead-letters").text == f"{pipeline['dead_letters']:,.0f}"
+    queues = chart(browser, "queues-chart")
+    assert set(queues["labels"]) == {q["name"] for q in pipeline["queues"]}
+    top = client.get("/api/users/top?min_score=0&limit=10").get_json()["items"]
+    links = [a.text for a in browser.find_elements("css selector", "#top-users a")]
+    assert links == [str(u["id"]) for u in top]
+
+
+def test_user_page_shows_the_profile_and_purchase_timeline(browser, server, customers, client):
+    user_id = customers["ids"][-1]  # the customer with the most purchase days
+    browser.get(f"{server}/dashboard/users/{user_id}")
+    if "/dashboard/login" in browser.current_url:  # run alone: this test logs in itself
+        log_in(browser, server, f"/dashboard/users/{user_id}")
+    loaded(browser, "the user page")
+    browser.save_screenshot(str(SCREENSHOTS / "dashboard-user.png"))
+    assert console_errors(browser) == []
+    profile = client.get(f"/api/users/{user_id}/profile").get_json()
+    purchases = client.get(f"/api/users/{user_id}/purchases").get_json()["items"]
+    assert len(purchases) == 5
+    timeline = chart(browser, "timeline-chart")
+    assert timeline["labels"] == [d["day"] for d in purchases]
+    assert timeline["data"][0] == [d["spent"] for d in purchases]
+    assert timeline["data"][1][-1] == pytest.approx(profile["totals"]["total_spent"])
+    assert browser.find_element("id", "p-segment").text == profile["segment"]
+    assert browser.find_element("id", "p-churn").text == f"{profile['churn_risk']:.1f} %"
+    assert browser.find_element("id", "p-alive").text == f"{profile['p_alive']:.3f}"
+    assert profile["user"]["username"] in browser.find_element("id", "user-name").text
+
+    browser.get(f"{server}/dashboard/users/999999999")
+    loaded(browser, "the page of nobody")
+    assert browser.find_element("id", "user-missing").text == "No user with id 999999999."
