@@ -36,7 +36,8 @@ class PipelineOut(BaseModel):
     rescore_pending_users: float | None = Field(description="Users awaiting a rescoring (Postgres, durable)")
     rescore_queued_users: float | None = Field(description="Users in Redis awaiting the next drain")
     dead_letters: float | None
-    profile_cache: dict[str, float] = Field(description="Profile reads by result: hit, miss, bypass")
+    profile_cache: dict[str, float] = Field(description="Profile reads by what the cache did: hits, misses "
+                                            "(of which waited or computed), bypassed (Redis unreachable)")
     model_version: float | None
     model_age_seconds: float | None
     queues: list[QueueOut]

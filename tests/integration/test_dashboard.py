@@ -192,6 +192,8 @@ def log_in(driver, server: str, path: str) -> None:
 
 
 def test_dashboard_draws_what_the_api_reports(browser, server, customers, client):
+    for _ in range(2):  # the second read of a profile is a cache hit at the latest
+        assert client.get(f"/api/users/{customers['ids'][0]}/profile").status_code == 200
     log_in(browser, server, "/dashboard")
     loaded(browser, "the dashboard's first pipeline and customer readings")
     browser.save_screenshot(str(SCREENSHOTS / "dashboard.png"))
@@ -216,6 +218,13 @@ def test_dashboard_draws_what_the_api_reports(browser, server, customers, client
     assert facts["BG/NBD r, α, a, b"].startswith(f"{model['bgnbd']['r']:.4f}, {model['bgnbd']['alpha']:.4f}")
     pipeline = client.get("/api/pipeline").get_json()
     assert browser.find_element("id", "dead-letters").text == f"{pipeline['dead_letters']:,.0f}"
+    cache = pipeline["profile_cache"]
+    assert cache["hits"] >= 1  # the fixture's reads went through the same API
+    shown = browser.find_element("id", "cache-detail").text  # "<hits> hits of <reads> reads", as read then
+    hits, reads = (float(n.replace(",", "")) for n in shown.split()[0:4:3])
+    assert 0 < hits <= cache["hits"] and reads <= cache["hits"] + cache.get("misses", 0) + cache.get("bypassed", 0)
+    ratio = browser.find_element("id", "cache-ratio").text
+    assert ratio.endswith(" %") and float(ratio[:-2]) == pytest.approx(100 * hits / reads, abs=0.051)
     queues = chart(browser, "queues-chart")
     assert set(queues["labels"]) == {q["name"] for q in pipeline["queues"]}
     top = client.get("/api/users/top?min_score=0&limit=10").get_json()["items"]

@@ -109,7 +109,7 @@ const Pulse = (() => {
     text("rescore-backlog", number(data.rescore_pending_users));
     text("rescore-detail", `${number(data.rescore_queued_users)} queued in Redis, ${number(data.profiles_rescored_total)} rescored`);
     const cache = data.profile_cache || {};
-    const hits = cache.hit || 0, reads = hits + (cache.miss || 0) + (cache.bypass || 0);
+    const hits = cache.hits || 0, reads = hits + (cache.misses || 0) + (cache.bypassed || 0);
     text("cache-ratio", reads ? `${number((100 * hits) / reads, 1)} %` : "–");
     text("cache-detail", `${number(hits)} hits of ${number(reads)} reads`);
 

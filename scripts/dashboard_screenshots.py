@@ -1,0 +1,48 @@
+"""Screenshots of the running stack's dashboard: `python -m scripts.dashboard_screenshots [--out docs]`.
+
+Logs in with the development key (PULSE_API_KEY or var/dev-api-key), waits until the dashboard
+has drawn two pipeline readings (rates need two) and the customers, and writes `dashboard.png`
+and `dashboard-user.png` (the top user by score, or --user). The README's picture is made this
+way after `make dev` and `make demo`.
+"""
+import argparse
+import time
+from pathlib import Path
+
+from scripts import browser
+from scripts.stack_client import API, api_key, call
+
+
+def wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.25)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--user", type=int, help="the user whose page to take (default: the top user by score)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    user = args.user or call("GET", "/api/users/top", params={"min_score": 0, "limit": 1}).json()["items"][0]["id"]
+    driver = browser.chromium(1440, 1900)
+    try:
+        browser.log_in(driver, API, "/dashboard", api_key())
+        wait(lambda: browser.loaded(driver), 60, "the dashboard")
+        first = driver.find_element("id", "status").text
+        wait(lambda: driver.find_element("id", "status").text != first, 30, "a second pipeline reading")
+        driver.save_screenshot(str(args.out / "dashboard.png"))
+        driver.set_window_size(1440, 1000)
+        driver.get(f"{API}/dashboard/users/{user}")
+        wait(lambda: browser.loaded(driver), 60, "the user page")
+        driver.save_screenshot(str(args.out / "dashboard-user.png"))
+    finally:
+        driver.quit()
+    print(f"wrote {args.out / 'dashboard.png'} and {args.out / 'dashboard-user.png'}")
+
+
+if __name__ == "__main__":
+    main()
