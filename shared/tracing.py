@@ -8,11 +8,11 @@ what it sends starts a trace at the worker that runs it.
 Off unless `OTEL_EXPORTER_OTLP_ENDPOINT` (OTLP over HTTP/protobuf to a collector such as Jaeger) or
 `TRACES_DIR` (every process appends its finished spans as JSON lines to a file of its own: for
 tests and for a look without a collector) is set. Off means no tracer provider and no
-instrumentation at all: the OpenTelemetry API then hands out non-recording spans, and the only
-cost left is the `traceparent` lookup when an outbox row is written (no span: nothing to write).
+instrumentation at all: the OpenTelemetry API then hands out non-recording spans (the relay's
+span per row is one of those), and an outbox row gets no traceparent.
 
 The context travels the way the request id does (shared.request_ids): the API writes the W3C
-`traceparent` of the request into the outbox row (`outbox_traceparent`), the relay publishes each
+`traceparent` of the request into the outbox row (`outbox_write`), the relay publishes each
 row inside a span that continues it (`continued_from`), Celery's instrumentation carries it in the
 message headers to the worker, and from a worker task to every task it sends (the welcome e-mail,
 the analytics rescoring drain). A coalesced rescoring drain belongs to the trace of the change that
@@ -38,10 +38,6 @@ log = get_logger("pulse.tracing")
 
 _lock = threading.Lock()
 _provider = None  # the SDK TracerProvider of this process, once configured
-
-
-def enabled() -> bool:
-    return _provider is not None
 
 
 def configure_tracing(service_name: str) -> bool:
@@ -85,7 +81,7 @@ def configure_tracing(service_name: str) -> bool:
 
 
 def shutdown() -> None:
-    """Flush what is batched (a Celery pool process leaves through os._exit, skipping atexit)."""
+    """Flush what is batched and stop exporting."""
     if _provider is not None:
         _provider.shutdown()
 
@@ -160,10 +156,13 @@ def _celery_instrumentor():
 
 
 def trace_worker_processes(service_name) -> None:
-    """Trace the tasks of a Celery worker: in each pool process, after the fork. A provider made
-    before it would be copied into every child with its exporter's connections and a batch
-    thread that does not survive the fork, and spans would be lost or mixed. `service_name` is
-    a name or a function of the worker's node name (-n), called in the main process."""
+    """Trace the tasks of a Celery worker: in each pool process, after the fork, where the tasks
+    run. A provider made before the fork would hand every child a copy of the parent's exporter
+    (its HTTP connections, its open span file) and rely on the SDK restarting its batch thread
+    in each child; made after, each child owns its own, and the main process, which runs no
+    task, traces nothing. At the child's exit its batch is flushed (`worker_process_shutdown`:
+    billiard ends a pool process with os._exit, so atexit handlers never run). `service_name`
+    is a name or a function of the worker's node name (-n), called in the main process."""
     from celery import signals
 
     names: dict[str, str] = {}
