@@ -10,6 +10,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
+from shared import tracing
 from shared.settings import get_settings
 
 CONNECT_ARGS = {
@@ -31,20 +32,24 @@ def get_engine(url: str | None = None) -> Engine:
 
 @lru_cache(maxsize=4)
 def _engine(url: str) -> Engine:
-    return create_engine(
+    engine = create_engine(
         url,
         pool_pre_ping=True,  # a Postgres restart must not turn the next request into a 500
         pool_size=5,
         max_overflow=10,
         connect_args=CONNECT_ARGS,
     )
+    tracing.instrument_engine(engine)  # statement spans when tracing is on (configured before)
+    return engine
 
 
 @lru_cache(maxsize=4)
 def unpooled_engine(url: str | None = None) -> Engine:
     """An engine that keeps no connection between uses: for code that may run in a process that
     forks afterwards (Celery's worker main process), where a pooled connection would be shared."""
-    return create_engine(url or get_settings().database_url, poolclass=NullPool, connect_args=CONNECT_ARGS)
+    engine = create_engine(url or get_settings().database_url, poolclass=NullPool, connect_args=CONNECT_ARGS)
+    tracing.instrument_engine(engine)
+    return engine
 
 
 @lru_cache(maxsize=4)

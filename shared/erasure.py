@@ -33,7 +33,7 @@ from decimal import Decimal
 from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
-from shared import request_ids, rescore
+from shared import request_ids, rescore, tracing
 from shared.cache import get_redis, key
 from shared.models import (
     ActivityDay,
@@ -79,8 +79,9 @@ def erase_in_postgres(session: Session, user_id: int) -> bool:
     # Cities stay: they are shared reference data that every API process keeps in an LRU cache
     # (shared.reference), so deleting one under a concurrent signup would break that signup.
     session.execute(delete(Address).where(Address.id == address_id, ~Address.users.any()))
-    session.add(OutboxMessage(id=uuid.uuid4(), task_name=ERASE_USER, payload={"user_id": user_id},
-                              request_id=request_ids.current()))
+    with tracing.outbox_write(ERASE_USER) as traceparent:  # the relay continues this trace
+        session.add(OutboxMessage(id=uuid.uuid4(), task_name=ERASE_USER, payload={"user_id": user_id},
+                                  request_id=request_ids.current(), traceparent=traceparent))
     return True
 
 

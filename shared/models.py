@@ -248,3 +248,6 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     # The X-Request-ID of the request that wrote it: the relay publishes under it (shared.request_ids).
     request_id: Mapped[str | None] = mapped_column(String(128))
+    # The W3C traceparent of the span that wrote it: the relay publishes it inside a span that
+    # continues that trace (shared.tracing). None when tracing is off.
+    traceparent: Mapped[str | None] = mapped_column(String(128))

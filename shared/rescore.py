@@ -22,6 +22,7 @@ take back into the Redis set: whatever Redis or a killed worker lost is rescored
 import uuid
 from collections.abc import Callable, Iterable
 
+from opentelemetry import trace
 from redis.exceptions import ResponseError
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -52,7 +53,11 @@ def mark_changed(user_ids: Iterable[int], schedule: Callable[[float], None]) -> 
     if not ids:
         return False
     get_redis().sadd(_pending(), *ids)
-    return _schedule_once(schedule)
+    scheduled = _schedule_once(schedule)
+    # The drain that rescores these users belongs to the trace of the change that scheduled it
+    # (shared.tracing): say so on this change's span, where its trace stops short of analytics.
+    trace.get_current_span().set_attribute("pulse.rescore.joined_scheduled_drain", not scheduled)
+    return scheduled
 
 
 def _schedule_once(schedule: Callable[[float], None]) -> bool:

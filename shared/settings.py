@@ -97,6 +97,16 @@ class Settings(BaseSettings):
     metrics_enabled: bool = Field(
         True, description="Count requests and cache reads for GET /metrics (bench/metrics_cost.py measures the cost)."
     )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None,
+        description="Base URL of an OTLP/HTTP collector (Jaeger: http://127.0.0.1:4318): every process sends its "
+        "traces there. Unset (and TRACES_DIR unset): tracing is off.",
+    )
+    traces_dir: str | None = Field(
+        None,
+        description="Folder where every process appends its finished spans as JSON lines, a file per process "
+        "(tests; a look without a collector). Unset: no files.",
+    )
     log_level: str = Field("INFO", description="Log level of every Pulse process.")
     log_json: bool = Field(False, description="Log JSON lines instead of coloured console output.")
 

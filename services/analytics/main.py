@@ -7,8 +7,10 @@ from shared.celery_app import create_celery_app, declare_topology
 from shared.mongo import prepare_database
 from shared.settings import get_settings
 from shared.topology import CUSTOMER_STATS, FIT_MODELS, PRUNE_LEDGER, SWEEP_RESCORING
+from shared.tracing import trace_worker_processes
 
 app = create_celery_app("pulse-analytics", include=["services.analytics.tasks"])
+trace_worker_processes("pulse-analytics")  # beat, also started from this module, stays untraced
 app.conf.beat_schedule = {
     "refit-population-models": {
         "task": FIT_MODELS,

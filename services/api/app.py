@@ -15,8 +15,9 @@ from services.api.pipeline import pipeline_bp
 from services.api.privacy import privacy_bp
 from services.api.problems import register_problem_handlers, validation_problem
 from services.api.profile_hits import ProfileHits
-from services.api.request_context import RequestIds
+from services.api.request_context import ENVIRON_KEY as REQUEST_ID_ENVIRON_KEY, RequestIds
 from services.api.users import users_bp
+from shared import tracing
 from shared.celery_app import create_celery_app
 from shared.logging import configure_logging
 from shared.settings import get_settings
@@ -30,8 +31,26 @@ def init_celery(app: Flask) -> None:
     app.extensions["celery"] = create_celery_app("pulse-api")
 
 
+def _tag_request(span, environ) -> None:
+    if span.is_recording():
+        # The id in every log line about the request (RequestIds runs outside Flask and sets it).
+        span.set_attribute("pulse.request_id", environ.get(REQUEST_ID_ENVIRON_KEY, ""))
+
+
+def init_tracing(app: Flask) -> None:
+    """A server span per request that reaches Flask, named by its route. Cache hits answered by
+    ProfileHits before Flask stay untraced: they are one Redis read in ~0.4 ms, the request the
+    benchmarks hold to the HTTP floor, and RequestMetrics already counts and times them (their
+    lone Redis span is dropped by the sampler, see shared.tracing). Health checks and metric
+    scrapes are left out: every few seconds each, they would bury the traces worth reading."""
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+    FlaskInstrumentor.instrument_app(app, excluded_urls="/health,/metrics", request_hook=_tag_request)
+
+
 def create_app() -> PulseOpenAPI:
     configure_logging()
+    traced = tracing.configure_tracing("pulse-api")  # before anything connects (it instruments the clients)
     app = PulseOpenAPI(
         __name__,
         info=Info(
@@ -59,6 +78,8 @@ def create_app() -> PulseOpenAPI:
     for blueprint in (health_bp, users_bp, privacy_bp, events_bp, analytics_bp, pipeline_bp, keys_bp):
         app.register_api(blueprint)
     app.register_blueprint(dashboard_bp)  # HTML pages: not part of the API document
+    if traced:
+        init_tracing(app)  # wraps Flask's own wsgi_app: inside the middlewares below
     app.wsgi_app = ProfileHits(app.wsgi_app)  # cache hits skip Flask (see profile_hits)
     if metrics:
         app.wsgi_app = RequestMetrics(app.wsgi_app)  # counts the fast path too

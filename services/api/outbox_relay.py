@@ -11,16 +11,18 @@ import threading
 from datetime import UTC, datetime
 
 from celery import Celery
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy import select
 
 from shared.celery_app import create_celery_app
-from shared import request_ids
+from shared import request_ids, tracing
 from shared.db import session_scope
 from shared.logging import configure_logging, get_logger
 from shared.models import OutboxMessage
 from shared.settings import get_settings
 
 log = get_logger("pulse.outbox_relay")
+tracer = tracing.tracer("pulse.outbox_relay")
 
 
 def publish_pending(app: Celery, batch_size: int) -> tuple[int, Exception | None]:
@@ -36,19 +38,29 @@ def publish_pending(app: Celery, batch_size: int) -> tuple[int, Exception | None
         ).all()
         for row in rows:
             request_ids.bind(row.request_id)  # this row's lines and its message carry the request's id
-            try:
-                app.send_task(
-                    row.task_name,
-                    kwargs=row.payload,
-                    task_id=str(row.id),
-                    message_id=str(row.id),
-                    headers={request_ids.CELERY_HEADER: row.request_id} if row.request_id else None,
-                )
-            except Exception as exc:  # broker down or message nacked: keep the row pending
-                row.attempts += 1
-                row.last_error = f"{type(exc).__name__}: {exc}"[:1000]
-                error = exc
-                break
+            # One span per row in the trace of the request that wrote it; the Celery
+            # instrumentation publishes inside it, so the message headers carry it on.
+            with tracer.start_as_current_span(
+                f"outbox publish {row.task_name}", context=tracing.continued_from(row.traceparent),
+                kind=SpanKind.CONSUMER,
+                attributes={"messaging.system": "postgres-outbox", "messaging.destination.name": row.task_name,
+                            "messaging.message.id": str(row.id), "pulse.outbox.attempts": row.attempts},
+            ) as span:
+                try:
+                    app.send_task(
+                        row.task_name,
+                        kwargs=row.payload,
+                        task_id=str(row.id),
+                        message_id=str(row.id),
+                        headers={request_ids.CELERY_HEADER: row.request_id} if row.request_id else None,
+                    )
+                except Exception as exc:  # broker down or message nacked: keep the row pending
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                    row.attempts += 1
+                    row.last_error = f"{type(exc).__name__}: {exc}"[:1000]
+                    error = exc
+                    break
             row.published_at = datetime.now(UTC)
             published += 1
             log.info("outbox_message_published", outbox_id=str(row.id), task=row.task_name)
@@ -58,6 +70,7 @@ def publish_pending(app: Celery, batch_size: int) -> tuple[int, Exception | None
 
 def run(stop: threading.Event | None = None) -> None:
     configure_logging()
+    tracing.configure_tracing("pulse-relay")  # before the first connection: it instruments engines
     settings = get_settings()
     app = create_celery_app("pulse-outbox-relay")
     stop = stop or threading.Event()
@@ -77,6 +90,7 @@ def run(stop: threading.Event | None = None) -> None:
         elif published < settings.outbox_batch_size:
             idle = settings.outbox_poll_interval
             stop.wait(idle)
+    tracing.shutdown()  # send what is batched
     log.info("relay_stopped")
 
 

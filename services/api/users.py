@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager
 
 from services.api.problems import ProblemError
-from shared import profile_cache, request_ids
+from shared import profile_cache, request_ids, tracing
 from shared.analytics.profiles import LAST_PHASES, compute_profiles
 from shared.db import session_scope
 from shared.models import Address, City, Country, OutboxMessage, PurchaseDay, User
@@ -90,8 +90,9 @@ def register_user(session: Session, body: SignupRequest) -> User:
         country_code=body.address.country_code,
         created_at=session.scalar(select(func.now())),
     )
-    session.add(OutboxMessage(id=outbox_id, task_name=USER_CREATED, payload=message.model_dump(mode="json"),
-                              request_id=request_ids.current()))
+    with tracing.outbox_write(USER_CREATED) as traceparent:  # the relay continues this trace
+        session.add(OutboxMessage(id=outbox_id, task_name=USER_CREATED, payload=message.model_dump(mode="json"),
+                                  request_id=request_ids.current(), traceparent=traceparent))
     return user
 
 

@@ -3,8 +3,12 @@ from celery import signals
 
 from shared.celery_app import create_celery_app, declare_topology
 from shared.mongo import prepare_database
+from shared.tracing import trace_worker_processes
 
 app = create_celery_app("pulse-worker", include=["services.worker.tasks"])
+# One app, two processes: the mailer (-n mailer-...) consumes pulse.email only, and its spans
+# say so, as its log lines do.
+trace_worker_processes(lambda hostname: "pulse-mailer" if hostname.startswith("mailer-") else "pulse-worker")
 
 
 @signals.worker_init.connect

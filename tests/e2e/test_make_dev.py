@@ -34,6 +34,8 @@ def dev_stack(services):
         "FLOWER_PORT": str(ports["FLOWER_PORT"]),
         "PULSE_VAR_DIR": str(var_dir),
         "LOG_LEVEL": "INFO",
+        # Traces on for this stack only: every process appends its spans to a file of its own.
+        "TRACES_DIR": str(var_dir / "traces"),
     }
     env.pop("PULSE_API_KEY", None)  # the session's key lives in another database: make dev writes its own
     log_path = var_dir / "make-dev.log"
@@ -44,7 +46,8 @@ def dev_stack(services):
         wait_for(lambda: requests.get(f"{base}/health/ready", timeout=2).json()["status"] == "ok", timeout=180, interval=0.5,
                  what=f"make dev to be ready (log: {log_path})")
         yield {"url": base, "mongo_uri": env["MONGO_URI"], "maildir": var_dir / "mail", "log": log_path,
-               "key_file": var_dir / "dev-api-key", "flower_port": ports["FLOWER_PORT"]}
+               "key_file": var_dir / "dev-api-key", "flower_port": ports["FLOWER_PORT"],
+               "traces": var_dir / "traces"}
     finally:
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does
         try:
@@ -175,3 +178,90 @@ def test_one_request_id_in_every_process_log_line_and_the_email(dev_stack):
         raise AssertionError(f"{exc}: found in {sorted(processes_logging_it())}:\n" + "\n".join(lines[-20:])) from None
     mails = wait_for(lambda: welcome_mails(dev_stack["maildir"], body["email"]), timeout=60, what="the welcome e-mail")
     assert f"X-Request-ID: {request_id}" in mails[0]
+
+
+def read_spans(directory: Path) -> list[dict]:
+    import json
+
+    spans = []
+    for path in directory.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            try:
+                spans.append(json.loads(line))
+            except ValueError:  # a line being written right now
+                pass
+    return spans
+
+
+def test_one_trace_from_the_signup_to_analytics(dev_stack):
+    """The issue's trace: one signup, spans from the API, the relay, the worker, the mailer and
+    analytics in one trace, each hop the parent of the next, with the stores' spans in it."""
+    import redis
+
+    # The analytics step of a signup is the rescoring drain its worker task schedules; a drain
+    # already scheduled by an earlier change would take the user into that change's trace.
+    scheduled = f"pulse-e2e-{RUN_ID}:rescore:scheduled"
+    r = redis.Redis.from_url(TEST_ENV["REDIS_URL"])
+    wait_for(lambda: not r.exists(scheduled), timeout=60, what="no rescoring drain scheduled")
+    request_id = f"trace-{RUN_ID}-{os.getpid()}"
+    response = requests.post(f"{dev_stack['url']}/api/users/signup", json=signup_body(), timeout=10,
+                             headers={**dev_key(dev_stack), "X-Request-ID": request_id})
+    assert response.status_code == 201, response.text
+
+    def server_span() -> dict | None:
+        return next((s for s in read_spans(dev_stack["traces"])
+                     if s["kind"] == "SERVER" and s["attributes"].get("pulse.request_id") == request_id), None)
+
+    root = wait_for(server_span, timeout=30, what="the API's span of the signup request")
+    wanted = {"pulse-api", "pulse-relay", "pulse-worker", "pulse-mailer", "pulse-analytics"}
+
+    def trace_spans() -> list[dict] | None:
+        spans = [s for s in read_spans(dev_stack["traces"]) if s["trace_id"] == root["trace_id"]]
+        done = any(s["name"] == "run/pulse.analytics.compute_profiles" for s in spans)
+        return spans if done and wanted <= {s["service"] for s in spans} else None
+
+    try:
+        spans = wait_for(trace_spans, timeout=60, what="spans of every process in the signup's trace")
+    except AssertionError as exc:
+        found = [(s["service"], s["name"]) for s in read_spans(dev_stack["traces"]) if s["trace_id"] == root["trace_id"]]
+        raise AssertionError(f"{exc}: the trace holds {sorted(set(found))}") from None
+
+    by_id = {s["span_id"]: s for s in spans}
+    assert root["parent_span_id"] is None and root["name"] == "POST /api/users/signup"
+
+    def chain(span: dict) -> list[tuple[str, str]]:
+        """(service, name) from the root down to `span`; fails on a parent missing from the trace."""
+        path = [span]
+        while path[-1]["parent_span_id"] is not None:
+            parent = by_id.get(path[-1]["parent_span_id"])
+            assert parent is not None, f"the parent of {path[-1]['name']} ({path[-1]['service']}) is not in the trace"
+            path.append(parent)
+        return [(s["service"], s["name"]) for s in reversed(path)]
+
+    [analytics] = [s for s in spans if s["name"] == "run/pulse.analytics.compute_profiles"]
+    assert chain(analytics) == [
+        ("pulse-api", "POST /api/users/signup"),
+        ("pulse-api", "outbox write pulse.worker.user_created"),
+        ("pulse-relay", "outbox publish pulse.worker.user_created"),
+        ("pulse-relay", "apply_async/pulse.worker.user_created"),
+        ("pulse-worker", "run/pulse.worker.user_created"),
+        ("pulse-worker", "apply_async/pulse.analytics.compute_profiles"),
+        ("pulse-analytics", "run/pulse.analytics.compute_profiles"),
+    ]
+    [created] = [s for s in spans if s["name"] == "run/pulse.worker.user_created"]
+    assert created["attributes"]["pulse.rescore.joined_scheduled_drain"] is False  # it scheduled the drain
+    [welcome] = [s for s in spans if s["name"] == "run/pulse.worker.send_welcome"]
+    assert chain(welcome)[-3:] == [("pulse-worker", "run/pulse.worker.user_created"),
+                                   ("pulse-worker", "apply_async/pulse.worker.send_welcome"),
+                                   ("pulse-mailer", "run/pulse.worker.send_welcome")]
+
+    def stores(service: str) -> set[str]:
+        return {s["attributes"].get("db.system") or s["attributes"].get("db.system.name")
+                for s in spans if s["service"] == service and s["kind"] == "CLIENT"}
+
+    # The signup's INSERTs, the event and profile in MongoDB, the cache and rescoring set in Redis.
+    assert "postgresql" in stores("pulse-api")
+    assert {"postgresql", "mongodb", "redis"} <= stores("pulse-worker")
+    assert {"postgresql", "mongodb", "redis"} <= stores("pulse-analytics")
+    for span in spans:  # every span of the trace hangs from the request
+        chain(span)

@@ -58,3 +58,48 @@ def test_every_dashboard_query_names_a_documented_metric():
     titles = {panel["title"] for panel in DASHBOARD["panels"]}
     assert {"Signups and events per second", "Queue depths (ready messages)", "Outbox lag",
             "Rescoring backlog and dead letters", "Profile cache hit ratio"} <= titles
+
+
+TRACED = {"api": "pulse-api", "relay": "pulse-relay", "worker": "pulse-worker", "mailer": "pulse-mailer",
+          "analytics": "pulse-analytics"}
+
+
+def test_jaeger_receives_the_traces_of_every_pulse_process():
+    jaeger = COMPOSE["services"]["jaeger"]
+    image, tag = jaeger["image"].rsplit(":", 1)
+    assert image == "jaegertracing/all-in-one" and tuple(int(p) for p in tag.split(".")) >= (1, 35)  # OTLP on by default
+    # The UI on localhost only, like every other published port; the OTLP receivers stay inside.
+    assert jaeger["ports"] == ["127.0.0.1:${JAEGER_UI_PORT:-16686}:16686"]
+    assert "14269" in " ".join(jaeger["healthcheck"]["test"])
+    for name in TRACED:
+        service = COMPOSE["services"][name]
+        endpoint = service["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]
+        # OTLP/HTTP (the exporter Pulse ships) on Jaeger's 4318, by its compose service name.
+        assert re.fullmatch(r"\$\{OTEL_EXPORTER_OTLP_ENDPOINT-http://jaeger:4318\}", endpoint), (name, endpoint)
+        assert service["depends_on"]["jaeger"] == {"condition": "service_healthy"}, name
+    # The setting compose passes is the one the code reads.
+    from shared.settings import Settings
+
+    assert "otel_exporter_otlp_endpoint" in Settings.model_fields
+
+
+def test_every_traced_process_configures_tracing_under_its_service_name():
+    """The names compose and the README promise are the ones the processes give themselves."""
+    sources = {
+        "pulse-api": ROOT / "services/api/app.py",
+        "pulse-relay": ROOT / "services/api/outbox_relay.py",
+        "pulse-worker": ROOT / "services/worker/main.py",
+        "pulse-mailer": ROOT / "services/worker/main.py",
+        "pulse-analytics": ROOT / "services/analytics/main.py",
+    }
+    for service, path in sources.items():
+        assert f'"{service}"' in path.read_text(), (service, path)
+        assert f"`{service}`" in README, service
+    start = (ROOT / "docker/start").read_text()
+    assert '-n "mailer-${prefix}@%h"' in start  # the node name that makes the mailer pulse-mailer
+
+
+def test_every_published_port_is_bound_to_localhost():
+    for name, service in COMPOSE["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
