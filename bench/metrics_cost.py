@@ -1,11 +1,13 @@
 """What the metrics cost: the same requests to an API with metrics on and to one with them off,
 side by side in one run.
 
-Runs against the running stack (`make dev`, metrics on, the default). The bench starts a second
-API server like the Procfile's (granian, API_WORKERS processes) on a free port with
-METRICS_ENABLED=false, against the same Postgres, Redis, RabbitMQ and MongoDB, and stops it at
-the end. Rounds alternate which API goes first, and the figures are summed, because the
-machine's speed drifts:
+Runs against the running stack (`make dev`). The bench starts two API servers like the
+Procfile's (granian, API_WORKERS processes) on free ports, one with metrics on (the default) and
+one with METRICS_ENABLED=false, against the stack's Postgres, Redis, RabbitMQ, MongoDB and
+workers, and stops them at the end. (Measuring the stack's own API against a second one measured
+honcho's output pipe and the API's age too: accepted batches came out 15% apart in two runs,
+where the same two servers started alike showed no difference.) Rounds alternate which API goes
+first, and the figures are summed, because the machine's speed drifts:
 
   profile hits  BENCH_HITS (default 2000) cached-profile reads per API and round over one
                 keep-alive connection: p50 and p99 (the cost a scrape-ready counter adds to the
@@ -22,16 +24,18 @@ from __future__ import annotations
 
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from _common import (API, LINE, ROOT, BenchError, auth_headers, bench_users, call, percentile, require_stack, run,
+from _common import (LINE, ROOT, BenchError, auth_headers, bench_users, call, percentile, require_stack, run,
                      session, verdict, wait_quiet)
 
 ROUNDS = 4
@@ -44,10 +48,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_api_without_metrics() -> tuple[subprocess.Popen, str]:
+def start_api(metrics: bool, multiproc_dir: str) -> tuple[subprocess.Popen, str]:
+    """An API server like the Procfile's, metrics on (with a fresh PROMETHEUS_MULTIPROC_DIR, as
+    the Procfile empties it at each start) or off. Both are started the same way by this bench, so
+    they differ in METRICS_ENABLED alone (not in where their output goes or how long they ran)."""
     port = free_port()
-    env = {**os.environ, "METRICS_ENABLED": "false"}
+    env = {**os.environ, "METRICS_ENABLED": "true" if metrics else "false"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if metrics:
+        env["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
     process = subprocess.Popen(
         [str(ROOT / ".venv/bin/granian"), "--interface", "wsgi", "--no-ws", "--host", "127.0.0.1", "--port", str(port),
          "--workers", os.environ.get("API_WORKERS", "2"), "--blocking-threads", "4", "services.api.wsgi:app"],
@@ -62,7 +71,7 @@ def start_api_without_metrics() -> tuple[subprocess.Popen, str]:
             pass
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
-    raise BenchError("the API without metrics did not start")
+    raise BenchError(f"the API with METRICS_ENABLED={metrics} did not start")
 
 
 def cache(users: list[int]) -> None:
@@ -131,8 +140,11 @@ def main() -> None:
     users = bench_users(200)
     readers, writers = users[:50], users[50:]  # events never invalidate the profiles the hits read
     db = get_database()
-    process, without = start_api_without_metrics()
-    apis = {"on": API, "off": without}
+    multiproc_dir = tempfile.mkdtemp(prefix="pulse-bench-metrics-")
+    processes, apis = [], {}
+    for which in ("on", "off"):
+        process, apis[which] = start_api(which == "on", multiproc_dir)
+        processes.append(process)
     hit_ms = {"on": [], "off": []}
     accepted_s = {"on": 0.0, "off": 0.0}
     stored_s = {"on": 0.0, "off": 0.0}
@@ -149,8 +161,10 @@ def main() -> None:
                 accepted_s[which] += accepted
                 stored_s[which] += stored
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+        for process in processes:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(30)
+        shutil.rmtree(multiproc_dir, ignore_errors=True)
 
     p50 = {k: percentile(v, 50) for k, v in hit_ms.items()}
     p99 = {k: percentile(v, 99) for k, v in hit_ms.items()}

@@ -1,7 +1,7 @@
 """Screenshots of the running stack's dashboard: `python -m scripts.dashboard_screenshots [--out docs]`.
 
 Logs in with the development key (PULSE_API_KEY or var/dev-api-key), waits until the dashboard
-has drawn two pipeline readings (rates need two) and the customers, and writes `dashboard.png`
+has drawn the customers and `--readings` pipeline readings (rates need two), and writes `dashboard.png`
 and `dashboard-user.png` (the top user by score, or --user). The README's picture is made this
 way after `make dev` and `make demo`.
 """
@@ -25,6 +25,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--user", type=int, help="the user whose page to take (default: the top user by score)")
+    parser.add_argument("--readings", type=int, default=2,
+                        help="pipeline readings (5 s apart) to wait for: more draw more of the throughput chart")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     user = args.user or call("GET", "/api/users/top", params={"min_score": 0, "limit": 1}).json()["items"][0]["id"]
@@ -32,8 +34,9 @@ def main() -> None:
     try:
         browser.log_in(driver, API, "/dashboard", api_key())
         wait(lambda: browser.loaded(driver), 60, "the dashboard")
-        first = driver.find_element("id", "status").text
-        wait(lambda: driver.find_element("id", "status").text != first, 30, "a second pipeline reading")
+        for _ in range(args.readings - 1):
+            before = driver.find_element("id", "status").text
+            wait(lambda: driver.find_element("id", "status").text != before, 30, "the next pipeline reading")
         driver.save_screenshot(str(args.out / "dashboard.png"))
         driver.set_window_size(1440, 1000)
         driver.get(f"{API}/dashboard/users/{user}")

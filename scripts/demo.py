@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 import requests
 from tqdm import tqdm
 
-from scripts.stack_client import API, StackError, call, require_stack
+from scripts.stack_client import API, StackError, call, key_file, require_stack
 
 SEED = 20240808
 N_GENERATED = 200
@@ -461,6 +461,7 @@ def main() -> int:
         fitted = fit_and_wait(persons)
         print(f"Model v{fitted['version']} fitted and every profile rescored in {time.monotonic() - t0:.1f}s.")
         scenarios(persons, fitted)
+        print(f"\nThe same, drawn: {API}/dashboard (log in with the development key, {key_file()}).")
         return 0
     except StackError as exc:
         print(f"\nERROR: {exc}", file=sys.stderr)

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             key_id = KEY_FORMAT.fullmatch(key).group(1)
             what = "created a development key" if created else "development key"
             print(f"{what} (id {key_id}, scopes {','.join(SCOPES)}) in {args.file}: "
-                  f"curl -H \"Authorization: Bearer $(cat {args.file})\" ...")
+                  f"curl -H \"Authorization: Bearer $(cat {args.file})\" ...; the dashboard at /dashboard takes it too")
     return 0
 
 

@@ -151,15 +151,29 @@ def test_every_metrics_endpoint_of_the_stack_answers_with_its_families(dev_stack
     assert "rabbitmq_queue_messages_ready" in rabbit and "rabbitmq_connections" in rabbit
 
 
+def settle(dev_stack) -> None:
+    """Wait until the stack has nothing in flight: no outbox row, no message in a work queue, no
+    user queued for rescoring and no drain scheduled (read from the stack's own GET /api/pipeline).
+    An earlier test's signup still queued would otherwise schedule the next drain, and a signup
+    made now would be rescored in that drain, under that change's id and trace."""
+    import redis
+
+    scheduled = f"pulse-e2e-{RUN_ID}:rescore:scheduled"
+    r = redis.Redis.from_url(TEST_ENV["REDIS_URL"])
+
+    def quiet() -> bool:
+        now = requests.get(f"{dev_stack['url']}/api/pipeline", headers=dev_key(dev_stack), timeout=10).json()
+        busy = [q["name"] for q in now["queues"] if q["messages"] and not q["name"].endswith("dead_letter")]
+        return not busy and not now["outbox_pending"] and not now["rescore_queued_users"] and not r.exists(scheduled)
+
+    wait_for(quiet, timeout=90, what="nothing in flight on the stack")
+
+
 def test_one_request_id_in_every_process_log_line_and_the_email(dev_stack):
     import uuid
 
-    import redis
-
     # A rescoring drain carries the id of the change that scheduled it: let none be scheduled yet.
-    scheduled = f"pulse-e2e-{RUN_ID}:rescore:scheduled"
-    r = redis.Redis.from_url(TEST_ENV["REDIS_URL"])
-    wait_for(lambda: not r.exists(scheduled), timeout=60, what="no rescoring drain scheduled")
+    settle(dev_stack)
     request_id = f"e2e-{uuid.uuid4().hex[:12]}"
     body = signup_body()
     response = requests.post(f"{dev_stack['url']}/api/users/signup", json=body, timeout=10,
@@ -196,13 +210,9 @@ def read_spans(directory: Path) -> list[dict]:
 def test_one_trace_from_the_signup_to_analytics(dev_stack):
     """The issue's trace: one signup, spans from the API, the relay, the worker, the mailer and
     analytics in one trace, each hop the parent of the next, with the stores' spans in it."""
-    import redis
-
     # The analytics step of a signup is the rescoring drain its worker task schedules; a drain
     # already scheduled by an earlier change would take the user into that change's trace.
-    scheduled = f"pulse-e2e-{RUN_ID}:rescore:scheduled"
-    r = redis.Redis.from_url(TEST_ENV["REDIS_URL"])
-    wait_for(lambda: not r.exists(scheduled), timeout=60, what="no rescoring drain scheduled")
+    settle(dev_stack)
     request_id = f"trace-{RUN_ID}-{os.getpid()}"
     response = requests.post(f"{dev_stack['url']}/api/users/signup", json=signup_body(), timeout=10,
                              headers={**dev_key(dev_stack), "X-Request-ID": request_id})
@@ -265,3 +275,22 @@ def test_one_trace_from_the_signup_to_analytics(dev_stack):
     assert {"postgresql", "mongodb", "redis"} <= stores("pulse-analytics")
     for span in spans:  # every span of the trace hangs from the request
         chain(span)
+
+
+def test_the_dashboard_is_served_with_its_own_chart_library(dev_stack):
+    base = dev_stack["url"]
+    assert requests.get(f"{base}/dashboard", allow_redirects=False, timeout=10).status_code == 303  # to the login
+    login = requests.post(f"{base}/dashboard/login", data={"key": dev_stack["key_file"].read_text().strip()},
+                          allow_redirects=False, timeout=10)
+    assert login.status_code == 303 and "pulse_key" in login.cookies
+    page = requests.get(f"{base}/dashboard", cookies=login.cookies, timeout=10)
+    assert page.status_code == 200 and "/dashboard/static/vendor/chart.umd.min.js" in page.text
+    script = requests.get(f"{base}/dashboard/static/vendor/chart.umd.min.js", timeout=10)
+    assert script.status_code == 200 and "Chart.js v4.6.1" in script.text[:200]
+    pipeline = requests.get(f"{base}/api/pipeline", cookies=login.cookies, timeout=10).json()
+    assert pipeline["sources"] == {"postgres": True, "redis": True, "rabbitmq": True, "mongodb": True}
+    before = pipeline["signups_total"]
+    assert requests.post(f"{base}/api/users/signup", json=signup_body(), headers=dev_key(dev_stack),
+                         timeout=10).status_code == 201
+    # Counted by whichever API process answered: the figures are added up over both.
+    assert requests.get(f"{base}/api/pipeline", cookies=login.cookies, timeout=10).json()["signups_total"] == before + 1
