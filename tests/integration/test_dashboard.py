@@ -5,7 +5,6 @@ every chart holds the numbers the API reports, and each page leaves a screenshot
 cookie may and may not do, and the customer distributions against the customers' own profiles.
 """
 import os
-import shutil
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
+from scripts import browser as browsers
 from shared import api_keys
 from shared.db import session_scope
 from shared.mongo import CUSTOMER_STATS
@@ -24,7 +24,6 @@ from tests.fixtures import wait_for
 from tests.helpers import purchase, signup_body
 
 pytestmark = pytest.mark.usefixtures("pipeline")
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOTS = Path(os.environ.get("PULSE_SCREENSHOT_DIR", Path(__file__).resolve().parents[2] / "var" / "screenshots"))
 
 
@@ -147,22 +146,12 @@ def test_customer_distributions_count_what_the_profiles_show(client, customers, 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+    if not browsers.available():
         message = "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
         if os.environ.get("PULSE_REQUIRE_BROWSER"):
             pytest.fail(message)
         pytest.skip(message)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1440,2400",
-                     "--lang=en-US"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
+    driver = browsers.chromium()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     yield driver
     driver.quit()
@@ -173,8 +162,7 @@ def console_errors(driver) -> list[str]:
 
 
 def loaded(driver, what: str):
-    wait_for(lambda: driver.execute_script("return document.body.dataset.loaded === 'true'"), timeout=60,
-             what=what)
+    wait_for(lambda: browsers.loaded(driver), timeout=60, what=what)
 
 
 def chart(driver, canvas: str) -> dict:
@@ -186,8 +174,7 @@ def chart(driver, canvas: str) -> dict:
 def log_in(driver, server: str, path: str) -> None:
     driver.get(f"{server}{path}")
     assert "/dashboard/login" in driver.current_url  # no cookie yet: the form
-    driver.find_element("id", "key").send_keys(os.environ["PULSE_API_KEY"])
-    driver.find_element("id", "login").click()
+    browsers.log_in(driver, server, path, os.environ["PULSE_API_KEY"])
     wait_for(lambda: driver.current_url.endswith(path), what=f"back at {path} after logging in")
 
 
