@@ -30,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     user = args.user or call("GET", "/api/users/top", params={"min_score": 0, "limit": 1}).json()["items"][0]["id"]
-    driver = browser.chromium(1440, 1900)
+    driver = browser.chromium(1440, 2150)
     try:
         browser.log_in(driver, API, "/dashboard", api_key())
         wait(lambda: browser.loaded(driver), 60, "the dashboard")
