@@ -66,18 +66,30 @@ def p_alive_matrix(model: Model, max_frequency: int, max_age_weeks: float) -> di
     }
 
 
-def compute(session: Session, model: Model | None, now: datetime | None = None) -> dict:
+def read_summaries(session: Session) -> np.ndarray:
+    """One row per customer: first and last purchase day (days since 1970), purchase days, spent,
+    the first day's spend, the last purchase instant (seconds since 1970)."""
+    return _numbers(session, _SUMMARIES, 6)
+
+
+def compute(rows: np.ndarray, model: Model | None, now: datetime | None = None) -> dict:
     started = time.perf_counter()
     now = now or datetime.now(UTC)
-    rows = _numbers(session, _SUMMARIES, 6)
     first, last, purchase_days, spent, first_day_spent, last_purchase_at = (
         rows.T if rows.size else np.zeros((6, 0)))
+    # Events may be stamped up to a day ahead (shared.schemas). A profile then re-reads that
+    # customer's purchases up to now from the event log (shared.analytics.profiles); a batch over
+    # everyone cannot, so such a purchase counts as made today, now: the customer stays in the
+    # histograms and the model's recency never exceeds the age.
+    today = (now.date() - EPOCH).days
+    first, last = np.minimum(first, today), np.minimum(last, today)
+    last_purchase_at = np.minimum(last_purchase_at, now.timestamp())
     # As a profile counts them: whole days since the last purchase instant, weeks from the first
     # purchase day to the last and to today.
     days = np.floor((now.timestamp() - last_purchase_at) / 86400.0)
     x = purchase_days - 1
     t_x = (last - first) / 7.0
-    T = ((now.date() - EPOCH).days - first) / 7.0
+    T = (today - first) / 7.0
     m = np.where(x > 0, (spent - first_day_spent) / np.maximum(x, 1), 0.0)
     doc: dict = {
         "computed_at": now,
@@ -89,7 +101,9 @@ def compute(session: Session, model: Model | None, now: datetime | None = None) 
         "p_alive_matrix": None,
     }
     if model is not None and model.bgnbd is not None and rows.size:
-        scores = _predict(model, x, t_x, T, m)
+        # Rounded as a profile shows them (shared.analytics.profiles._number): a value at a bin
+        # edge falls in the bin its profile's number does.
+        scores = {name: np.round(values, 4) for name, values in _predict(model, x, t_x, T, m).items()}
         doc["model_version"] = model.version
         doc["p_alive"] = histogram(scores["p_alive"], P_ALIVE_EDGES)
         if np.isfinite(scores["clv"]).any():

@@ -186,7 +186,7 @@ def customer_stats_task() -> dict:
     """Every CUSTOMER_STATS_SECONDS (beat) and after each fit: the dashboard's customer distributions."""
     db = get_database()
     with session_scope() as session:
-        doc = customer_stats.compute(session, model_store.current.get(db))
+        doc = customer_stats.compute(customer_stats.read_summaries(session), model_store.current.get(db))
     customer_stats.store(db, doc)
     log.info("customer_stats_computed", customers=doc["customers"], model_version=doc["model_version"],
              compute_ms=doc["compute_ms"])

@@ -144,12 +144,15 @@ def bearer(authorization: str | None) -> str | None:
     return credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
 
 
-def authorization(environ: dict) -> str | None:
-    """The request's credentials: its Authorization header, or for a GET or HEAD without one the
-    dashboard's cookie as a bearer key. A cookie rides along on requests other sites make, so it
-    may only read (and SameSite=Strict keeps other sites from sending it at all)."""
+def authorization(environ: dict, endpoint: str) -> str | None:
+    """The request's credentials: its Authorization header, or for a GET or HEAD of a page or an
+    endpoint that needs the read scope the dashboard's cookie as a bearer key. A cookie rides along
+    on requests a browser makes, so it may only read what the dashboard reads: never write, never
+    an admin read (an export, the keys), whichever key was pasted into the login form
+    (SameSite=Strict also keeps other sites from sending it at all)."""
     header = environ.get("HTTP_AUTHORIZATION")
-    if header or environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_COOKIE" not in environ:
+    if header or environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_COOKIE" not in environ \
+            or required_scope(endpoint) not in (READ, PUBLIC):
         return header
     key = parse_cookie(environ).get(DASHBOARD_COOKIE)
     return f"Bearer {key}" if key else None
@@ -201,7 +204,7 @@ def init_access(app: Flask) -> None:
         if request.endpoint is None:
             return None  # 404 or 405: nothing to protect
         decision = request.environ.get(DECIDED) or decide(
-            request.endpoint, authorization(request.environ), request.remote_addr)
+            request.endpoint, authorization(request.environ, request.endpoint), request.remote_addr)
         if decision.status == 401 and request.blueprint == "dashboard":
             # A person at a browser: to the login form, and back here after it.
             return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")), code=303)

@@ -270,7 +270,7 @@ def cache_stats():
 def fit_models():
     # No body means the defaults; a body must be the object the document describes (a JSON
     # `null` or list is refused as such, not read as "no body").
-    payload = request.get_json(silent=True) if request.content_length else {}
+    payload = request.get_json(silent=True) if request.get_data(cache=True) else {}
     try:
         body = FitRequest.model_validate(payload)
     except ValidationError as exc:

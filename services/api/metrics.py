@@ -56,16 +56,16 @@ class RequestMetrics:
         self.wsgi_app = wsgi_app
         # The labelled children, looked up once per (method, route, status): `labels()` validates
         # and locks on every call, a measurable share of a ~0.5 ms cached-profile hit
-        # (bench/metrics_cost.py). Routes are templates and methods are few, so this stays small;
-        # a method nobody serves is folded into "other" so a client can't grow it without end.
+        # (bench/metrics_cost.py). Routes are templates, methods are folded into a known few and
+        # statuses are the API's own, so this stays small; the cap only guards against a surprise.
         self._children: dict[tuple[str, str, str], tuple] = {}
 
     def _children_for(self, method: str, route: str, status: str):
+        if method not in _METHODS:
+            method = "other"  # folded before the key: a client sending made-up methods adds nothing
         key = (method, route, status)
         children = self._children.get(key)
         if children is None:
-            if method not in _METHODS:
-                method = "other"
             children = (REQUESTS.labels(method, route, status), LATENCY.labels(method, route))
             if len(self._children) < _MAX_CHILDREN:
                 self._children[key] = children
@@ -139,6 +139,7 @@ class PipelineCollector:
     def _rabbitmq(self):
         prefix = get_settings().queue_prefix
         with current_app.extensions["celery"].connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)  # a scrape reports RabbitMQ down in 2 s
             depth = conn.default_channel.queue_declare(f"{prefix}.dead_letter", passive=True).message_count
         yield GaugeMetricFamily("pulse_dead_letters", "Messages that failed for good, waiting in the dead-letter queue",
                                 value=depth)

@@ -20,7 +20,8 @@ EVENT_ROUTES = ("/api/events", "/api/events/batch")
 
 class QueueOut(BaseModel):
     name: str
-    messages: int | None = Field(description="Ready and unacknowledged messages; null when RabbitMQ did not answer")
+    messages: int | None = Field(description="Messages ready for delivery (not those a worker holds "
+                                 "unacknowledged); null when RabbitMQ did not answer")
     consumers: int | None
 
 
@@ -62,6 +63,9 @@ def _queues() -> list[dict]:
     names = [queue.name for queue in topology.all_queues]
     try:
         with current_app.extensions["celery"].connection_for_read() as conn:
+            # One try: with the broker down this answers in 2 s, not after kombu's retries, so a
+            # dashboard polling every 5 s cannot tie up the API's threads.
+            conn.ensure_connection(max_retries=1, timeout=2)
             channel = conn.default_channel
             declared = [channel.queue_declare(name, passive=True) for name in names]
     except Exception:  # RabbitMQ down: the other figures still answer

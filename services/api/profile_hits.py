@@ -37,7 +37,7 @@ class ProfileHits:
             if match:
                 environ[ROUTE] = PROFILE_ROUTE
                 try:
-                    decision = access.decide(PROFILE_ENDPOINT, access.authorization(environ),
+                    decision = access.decide(PROFILE_ENDPOINT, access.authorization(environ, PROFILE_ENDPOINT),
                                              environ.get("REMOTE_ADDR"))
                 except Exception:
                     return self.wsgi_app(environ, start_response)  # Postgres down: Flask answers 503

@@ -161,10 +161,23 @@ def settle(dev_stack) -> None:
     scheduled = f"pulse-e2e-{RUN_ID}:rescore:scheduled"
     r = redis.Redis.from_url(TEST_ENV["REDIS_URL"])
 
+    import socket
+
+    from shared.celery_app import create_celery_app
+
+    # The queues count ready messages only: a task a worker is running (or holds for later) is
+    # asked of the stack's own workers (they share the test run's vhost with its session workers).
+    control = create_celery_app("pulse-e2e-control").control
+    nodes = [f"{role}-pulse_e2e_{RUN_ID}@{socket.gethostname()}" for role in ("worker", "mailer", "analytics")]
+
     def quiet() -> bool:
         now = requests.get(f"{dev_stack['url']}/api/pipeline", headers=dev_key(dev_stack), timeout=10).json()
         busy = [q["name"] for q in now["queues"] if q["messages"] and not q["name"].endswith("dead_letter")]
-        return not busy and not now["outbox_pending"] and not now["rescore_queued_users"] and not r.exists(scheduled)
+        inspect = control.inspect(destination=nodes, timeout=1.0)
+        held = [tasks for reply in (inspect.active(), inspect.reserved(), inspect.scheduled())
+                for tasks in (reply or {}).values() if tasks]
+        return (not busy and not held and not now["outbox_pending"] and not now["rescore_queued_users"]
+                and not r.exists(scheduled))
 
     wait_for(quiet, timeout=90, what="nothing in flight on the stack")
 

@@ -57,6 +57,19 @@ def customers(client_module, mongo):
     stats = wait_for(lambda: (doc := mongo[CUSTOMER_STATS].find_one({"_id": "current"}))
                      and doc["model_version"] == version and doc, timeout=60,
                      what="the customer distributions computed with the new model")
+    # The fit's rescoring of everyone, and any drain still due, done: segments and scores stay put
+    # while a page and the API are compared.
+    celery = client.application.extensions["celery"]
+
+    def settled() -> bool:
+        now = client.get("/api/pipeline").get_json()
+        inspect = celery.control.inspect(timeout=1.0)
+        held = [tasks for reply in (inspect.active(), inspect.reserved(), inspect.scheduled())
+                for tasks in (reply or {}).values() if tasks]
+        return not held and not now["rescore_pending_users"] and not now["rescore_queued_users"] and not any(
+            q["messages"] for q in now["queues"] if not q["name"].endswith("dead_letter"))
+
+    wait_for(settled, timeout=90, what="the pipeline settled after the fit")
     return {"ids": ids, "version": version, "stats": stats}
 
 
@@ -100,10 +113,18 @@ def test_pages_ask_for_a_key_and_the_cookie_only_reads(server):
     assert pipeline.status_code == 200
     assert {"pulse.users", "pulse.events", "pulse.email", "pulse.analytics", "pulse.dead_letter"} <= {
         q["name"] for q in pipeline.json()["queues"]}
-    # The cookie never writes, even with a key that could: a POST with it is not authenticated.
+    # The cookie never writes, and never reads beyond the read scope, even with a key that could.
     _, admin = make_key(list(api_keys.SCOPES))
+    as_admin = {"pulse_key": admin}
     event = purchase(1, 10.0, "Books")
-    assert requests.post(f"{server}/api/events", json=event, cookies={"pulse_key": admin}, timeout=10).status_code == 401
+    assert requests.post(f"{server}/api/events", json=event, cookies=as_admin, timeout=10).status_code == 401
+    assert requests.get(f"{server}/api/keys", cookies=as_admin, timeout=10).status_code == 401
+    assert requests.get(f"{server}/api/users/1/export", cookies=as_admin, timeout=10).status_code == 401
+    assert requests.get(f"{server}/api/pipeline", cookies=as_admin, timeout=10).status_code == 200
+    # A login form posted from another site is refused: no page elsewhere can log you in with its key.
+    forged = requests.post(f"{server}/dashboard/login", data={"key": reader}, headers={"Origin": "https://evil.example"},
+                           allow_redirects=False, timeout=10)
+    assert forged.status_code == 403 and "Set-Cookie" not in forged.headers
     # A revoked key's cookie stops working (the revoking process forgets it at once).
     headers = {"Authorization": f"Bearer {admin}"}
     assert requests.delete(f"{server}/api/keys/{key_id}", headers=headers, timeout=10).status_code == 204

@@ -76,7 +76,8 @@ def test_jaeger_receives_the_traces_of_every_pulse_process():
         endpoint = service["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]
         # OTLP/HTTP (the exporter Pulse ships) on Jaeger's 4318, by its compose service name.
         assert re.fullmatch(r"\$\{OTEL_EXPORTER_OTLP_ENDPOINT-http://jaeger:4318\}", endpoint), (name, endpoint)
-        assert service["depends_on"]["jaeger"] == {"condition": "service_healthy"}, name
+        # Started, not healthy: tracing is optional, and the stack must come up without it.
+        assert service["depends_on"]["jaeger"] == {"condition": "service_started"}, name
     # The setting compose passes is the one the code reads.
     from shared.settings import Settings
 
@@ -93,7 +94,9 @@ def test_every_traced_process_configures_tracing_under_its_service_name():
         "pulse-analytics": ROOT / "services/analytics/main.py",
     }
     for service, path in sources.items():
-        assert f'"{service}"' in path.read_text(), (service, path)
+        # The name inside the call that sets tracing up (the Celery app names are the same words).
+        calls = re.findall(r"(?:configure_tracing|trace_worker_processes)\((.*)\)", path.read_text())
+        assert any(f'"{service}"' in call for call in calls), (service, path, calls)
         assert f"`{service}`" in README, service
     start = (ROOT / "docker/start").read_text()
     assert '-n "mailer-${prefix}@%h"' in start  # the node name that makes the mailer pulse-mailer

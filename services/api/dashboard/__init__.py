@@ -6,9 +6,10 @@ The pages are small HTML shells; their script reads the API's own JSON (`/api/pi
 
 A browser cannot send `Authorization: Bearer` when it follows a link, so the dashboard's login
 form takes a key with the read scope and keeps it in an HttpOnly, SameSite=Strict cookie. The
-access check (services.api.access.authorization) accepts that cookie for GET and HEAD only, so
-the cookie can read what the key may read and can never change anything; the key itself is
-checked on every request as a header key is (revoked or expired, it stops working at once).
+access check (services.api.access.authorization) accepts that cookie for GET and HEAD of the
+pages and the read-scope endpoints only, so the cookie can read what the dashboard reads and
+nothing else, whatever the key may do; the key itself is checked on every request as a header
+key is (revoked or expired, it stops working at once). The forms refuse posts from other sites.
 """
 from urllib.parse import urlsplit
 
@@ -41,11 +42,20 @@ def _local(target: str | None) -> str:
     return url_for("dashboard.index")
 
 
+def _cross_site() -> bool:
+    """A form posted from another site (browsers send Origin with every POST): refused, so no
+    page elsewhere can log a visitor in with its own key, or out."""
+    origin = request.headers.get("Origin")
+    return origin is not None and origin != request.host_url.rstrip("/")
+
+
 @dashboard_bp.route("/login", methods=["GET", "POST"])
 def login():
     target = _local(request.values.get("next"))
     if request.method == "GET":
         return render_template("dashboard/login.html", next=target, error=None)
+    if _cross_site():
+        return render_template("dashboard/login.html", next=target, error="This form was sent from another site"), 403
     key = (request.form.get("key") or "").strip()
     decision = access.decide("dashboard.index", f"Bearer {key}" if key else None, request.remote_addr)
     if decision.status != 200:
@@ -59,6 +69,9 @@ def login():
 
 @dashboard_bp.post("/logout")
 def logout():
+    if _cross_site():
+        return render_template("dashboard/login.html", next=url_for("dashboard.index"),
+                               error="This form was sent from another site"), 403
     response = make_response(redirect(url_for("dashboard.login"), code=303))
     response.delete_cookie(access.DASHBOARD_COOKIE, path="/", samesite="Strict", httponly=True)
     return response
