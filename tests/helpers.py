@@ -43,3 +43,18 @@ def count_statements():
         yield statements
     finally:
         event.remove(engine, "before_cursor_execute", record)
+
+
+def tasks_held(control, nodes: list[str] | None = None) -> list:
+    """Tasks the workers (`nodes`, or every one on the broker) are running, have reserved or hold
+    for later: a queue's depth counts none of them."""
+    inspect = control.inspect(destination=nodes, timeout=1.0)
+    return [tasks for reply in (inspect.active(), inspect.reserved(), inspect.scheduled())
+            for tasks in (reply or {}).values() if tasks]
+
+
+def pipeline_busy(now: dict) -> bool:
+    """Whether a GET /api/pipeline answer shows work in flight: outbox rows, users awaiting a
+    rescoring, messages ready in a work queue."""
+    return bool(now["outbox_pending"] or now["rescore_pending_users"] or now["rescore_queued_users"] or any(
+        q["messages"] for q in now["queues"] if not q["name"].endswith("dead_letter")))

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from services.analytics.fitting import EPOCH, _numbers
 from shared.analytics.model_store import Model
 from shared.analytics.models import churn_risks, probability_alive
-from shared.analytics.profiles import _predict
+from shared.analytics.profiles import model_inputs, predict
 from shared.mongo import CUSTOMER_STATS
 
 # A customer's churn risk and P(alive) in tenths; predicted LTV on a roughly logarithmic scale
@@ -84,13 +84,10 @@ def compute(rows: np.ndarray, model: Model | None, now: datetime | None = None) 
     today = (now.date() - EPOCH).days
     first, last = np.minimum(first, today), np.minimum(last, today)
     last_purchase_at = np.minimum(last_purchase_at, now.timestamp())
-    # As a profile counts them: whole days since the last purchase instant, weeks from the first
-    # purchase day to the last and to today.
+    # As a profile counts them: whole days since the last purchase instant; the models' inputs
+    # as everywhere (shared.analytics.profiles.model_inputs).
     days = np.floor((now.timestamp() - last_purchase_at) / 86400.0)
-    x = purchase_days - 1
-    t_x = (last - first) / 7.0
-    T = (today - first) / 7.0
-    m = np.where(x > 0, (spent - first_day_spent) / np.maximum(x, 1), 0.0)
+    x, t_x, T, m = model_inputs(first, last, purchase_days, spent, first_day_spent, today)
     doc: dict = {
         "computed_at": now,
         "customers": int(rows.shape[0]),
@@ -103,7 +100,7 @@ def compute(rows: np.ndarray, model: Model | None, now: datetime | None = None) 
     if model is not None and model.bgnbd is not None and rows.size:
         # Rounded as a profile shows them (shared.analytics.profiles._number): a value at a bin
         # edge falls in the bin its profile's number does.
-        scores = {name: np.round(values, 4) for name, values in _predict(model, x, t_x, T, m).items()}
+        scores = {name: np.round(values, 4) for name, values in predict(model, x, t_x, T, m).items()}
         doc["model_version"] = model.version
         doc["p_alive"] = histogram(scores["p_alive"], P_ALIVE_EDGES)
         if np.isfinite(scores["clv"]).any():

@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared.analytics import model_store
+from shared.analytics.profiles import model_inputs
 from shared.analytics.models import (
     CoPurchases,
     fit_bgnbd,
@@ -104,10 +105,7 @@ def fit_population(db, session: Session, as_of: date) -> dict:
     if rows.shape[0] < 2:
         raise ValueError(f"need purchases of at least 2 customers up to {as_of}, found {rows.shape[0]}")
     _, first, last, purchase_days, spent, first_day_spent = rows.T
-    x = purchase_days - 1
-    t_x = (last - first) / 7.0
-    T = (cutoff - first) / 7.0
-    m = np.where(x > 0, (spent - first_day_spent) / np.maximum(x, 1), 0.0)
+    x, t_x, T, m = model_inputs(first, last, purchase_days, spent, first_day_spent, cutoff)
     as_of_read = time.perf_counter()
     bgnbd = fit_bgnbd(x, t_x, T)
     gamma_gamma = fit_gamma_gamma(x, m) if int(((x > 0) & (m > 0)).sum()) >= 2 else None

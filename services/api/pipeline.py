@@ -5,7 +5,6 @@ its processes, the stores read at scrape time), plus the depth of every queue. T
 dashboard turns two readings into rates, as Prometheus' rate() does. A figure whose store did not
 answer is null, and `sources` says which store that was.
 """
-from flask import current_app
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
@@ -62,22 +61,21 @@ def _queues() -> list[dict]:
     topology = build_topology(get_settings().queue_prefix, get_settings().queue_type)
     names = [queue.name for queue in topology.all_queues]
     try:
-        with current_app.extensions["celery"].connection_for_read() as conn:
-            # One try: with the broker down this answers in 2 s, not after kombu's retries, so a
-            # dashboard polling every 5 s cannot tie up the API's threads.
-            conn.ensure_connection(max_retries=1, timeout=2)
-            channel = conn.default_channel
-            declared = [channel.queue_declare(name, passive=True) for name in names]
+        depths = metrics.queue_depths(names)
     except Exception:  # RabbitMQ down: the other figures still answer
         return [{"name": name, "messages": None, "consumers": None} for name in names]
-    return [{"name": name, "messages": ok.message_count, "consumers": ok.consumer_count}
-            for name, ok in zip(names, declared)]
+    return [{"name": name, "messages": messages, "consumers": consumers}
+            for name, (messages, consumers) in depths.items()]
 
 
 @pipeline_bp.get("/pipeline", summary="The pipeline's figures now (the dashboard's live view)",
                  responses={200: PipelineOut})
 def pipeline():
-    found = metrics.samples()
+    # RabbitMQ once, for every queue (the dead letters among them), not again in the scrape.
+    queues = _queues()
+    found = metrics.samples(skip=("rabbitmq",))
+    sources = {labels["source"]: bool(value) for labels, value in found.get("pulse_metrics_source_up", ())}
+    sources["rabbitmq"] = queues[0]["messages"] is not None
     cache = {labels["result"]: value for labels, value in found.get("pulse_profile_cache_requests_total", ())}
     return {
         "signups_total": _requests(found, (SIGNUP_ROUTE,), "201"),
@@ -89,10 +87,10 @@ def pipeline():
         "outbox_oldest_pending_age_seconds": _total(found, "pulse_outbox_oldest_pending_age_seconds"),
         "rescore_pending_users": _total(found, "pulse_rescore_pending_users", store="postgres"),
         "rescore_queued_users": _total(found, "pulse_rescore_queued_users"),
-        "dead_letters": _total(found, "pulse_dead_letters"),
+        "dead_letters": next(q["messages"] for q in queues if q["name"] == metrics.dead_letter_queue()),
         "profile_cache": cache,
         "model_version": _total(found, "pulse_model_version"),
         "model_age_seconds": _total(found, "pulse_model_age_seconds"),
-        "queues": _queues(),
-        "sources": {labels["source"]: bool(value) for labels, value in found.get("pulse_metrics_source_up", ())},
+        "queues": queues,
+        "sources": sources,
     }

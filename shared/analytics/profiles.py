@@ -215,12 +215,9 @@ def _score_customers(model: Model | None, facts: list[Purchases], today: date) -
     purchase_days = np.array([f.purchase_days for f in facts], dtype=np.float64)
     spent = np.array([f.spent for f in facts])
     first_day_spent = np.array([f.first_day_spent for f in facts])
-    x = purchase_days - 1
-    t_x = (last - first) / 7.0
-    T = ((today - EPOCH).days - first) / 7.0
-    m = np.where(x > 0, (spent - first_day_spent) / np.maximum(x, 1), 0.0)
+    x, t_x, T, m = model_inputs(first, last, purchase_days, spent, first_day_spent, (today - EPOCH).days)
     if model.bgnbd is not None:
-        result["models"] = _predict(model, x, t_x, T, m)
+        result["models"] = predict(model, x, t_x, T, m)
     if model.rfm is not None:
         result["rfm"] = {
             "recency": score_with_breakpoints(last, model.rfm.recency),
@@ -230,7 +227,19 @@ def _score_customers(model: Model | None, facts: list[Purchases], today: date) -
     return result
 
 
-def _predict(model: Model, x, t_x, T, m) -> dict[str, np.ndarray]:
+def model_inputs(first, last, purchase_days, spent, first_day_spent, end) -> tuple[np.ndarray, ...]:
+    """BG/NBD's and Gamma-Gamma's (x, t_x, T, m) from the summary columns (days since 1970 for
+    `first`, `last` and `end`, the last day of observation): frequency counts repeat purchase days,
+    recency and age are weeks from the first purchase day, m is the mean spend of a repeat day.
+    The fit, a profile and the dashboard's distributions all read a customer this way."""
+    x = purchase_days - 1
+    t_x = (last - first) / 7.0
+    T = (end - first) / 7.0
+    m = np.where(x > 0, (spent - first_day_spent) / np.maximum(x, 1), 0.0)
+    return x, t_x, T, m
+
+
+def predict(model: Model, x, t_x, T, m) -> dict[str, np.ndarray]:
     settings = get_settings()
     bgnbd, gg = model.bgnbd, model.gamma_gamma
     scores = {

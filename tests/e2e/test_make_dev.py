@@ -13,7 +13,7 @@ from pymongo import MongoClient
 
 from tests.conftest import RUN_ID, TEST_ENV, free_port
 from tests.fixtures import ROOT, wait_for
-from tests.helpers import signup_body
+from tests.helpers import pipeline_busy, signup_body, tasks_held
 
 
 @pytest.fixture(scope="module")
@@ -156,15 +156,14 @@ def settle(dev_stack) -> None:
     user queued for rescoring and no drain scheduled (read from the stack's own GET /api/pipeline).
     An earlier test's signup still queued would otherwise schedule the next drain, and a signup
     made now would be rescored in that drain, under that change's id and trace."""
-    import redis
-
-    scheduled = f"pulse-e2e-{RUN_ID}:rescore:scheduled"
-    r = redis.Redis.from_url(TEST_ENV["REDIS_URL"])
-
     import socket
+
+    import redis
 
     from shared.celery_app import create_celery_app
 
+    scheduled = f"pulse-e2e-{RUN_ID}:rescore:scheduled"
+    r = redis.Redis.from_url(TEST_ENV["REDIS_URL"])
     # The queues count ready messages only: a task a worker is running (or holds for later) is
     # asked of the stack's own workers (they share the test run's vhost with its session workers).
     control = create_celery_app("pulse-e2e-control").control
@@ -172,12 +171,7 @@ def settle(dev_stack) -> None:
 
     def quiet() -> bool:
         now = requests.get(f"{dev_stack['url']}/api/pipeline", headers=dev_key(dev_stack), timeout=10).json()
-        busy = [q["name"] for q in now["queues"] if q["messages"] and not q["name"].endswith("dead_letter")]
-        inspect = control.inspect(destination=nodes, timeout=1.0)
-        held = [tasks for reply in (inspect.active(), inspect.reserved(), inspect.scheduled())
-                for tasks in (reply or {}).values() if tasks]
-        return (not busy and not held and not now["outbox_pending"] and not now["rescore_queued_users"]
-                and not r.exists(scheduled))
+        return not pipeline_busy(now) and not tasks_held(control, nodes) and not r.exists(scheduled)
 
     wait_for(quiet, timeout=90, what="nothing in flight on the stack")
 

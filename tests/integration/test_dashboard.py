@@ -21,7 +21,7 @@ from shared.mongo import CUSTOMER_STATS
 from shared.topology import CUSTOMER_STATS as CUSTOMER_STATS_TASK
 from tests.conftest import free_port
 from tests.fixtures import wait_for
-from tests.helpers import purchase, signup_body
+from tests.helpers import pipeline_busy, purchase, signup_body, tasks_held
 
 pytestmark = pytest.mark.usefixtures("pipeline")
 SCREENSHOTS = Path(os.environ.get("PULSE_SCREENSHOT_DIR", Path(__file__).resolve().parents[2] / "var" / "screenshots"))
@@ -61,15 +61,8 @@ def customers(client_module, mongo):
     # while a page and the API are compared.
     celery = client.application.extensions["celery"]
 
-    def settled() -> bool:
-        now = client.get("/api/pipeline").get_json()
-        inspect = celery.control.inspect(timeout=1.0)
-        held = [tasks for reply in (inspect.active(), inspect.reserved(), inspect.scheduled())
-                for tasks in (reply or {}).values() if tasks]
-        return not held and not now["rescore_pending_users"] and not now["rescore_queued_users"] and not any(
-            q["messages"] for q in now["queues"] if not q["name"].endswith("dead_letter"))
-
-    wait_for(settled, timeout=90, what="the pipeline settled after the fit")
+    wait_for(lambda: not pipeline_busy(client.get("/api/pipeline").get_json()) and not tasks_held(celery.control),
+             timeout=90, what="the pipeline settled after the fit")
     return {"ids": ids, "version": version, "stats": stats}
 
 

@@ -42,11 +42,14 @@ def _local(target: str | None) -> str:
     return url_for("dashboard.index")
 
 
-def _cross_site() -> bool:
-    """A form posted from another site (browsers send Origin with every POST): refused, so no
-    page elsewhere can log a visitor in with its own key, or out."""
+def _cross_site():
+    """A form posted from another site (browsers send Origin with every POST) is refused, so no
+    page elsewhere can log a visitor in with its own key, or out: the refusal, or None."""
     origin = request.headers.get("Origin")
-    return origin is not None and origin != request.host_url.rstrip("/")
+    if origin is None or origin == request.host_url.rstrip("/"):
+        return None
+    target = _local(request.values.get("next"))
+    return render_template("dashboard/login.html", next=target, error="This form was sent from another site"), 403
 
 
 @dashboard_bp.route("/login", methods=["GET", "POST"])
@@ -54,8 +57,8 @@ def login():
     target = _local(request.values.get("next"))
     if request.method == "GET":
         return render_template("dashboard/login.html", next=target, error=None)
-    if _cross_site():
-        return render_template("dashboard/login.html", next=target, error="This form was sent from another site"), 403
+    if refused := _cross_site():
+        return refused
     key = (request.form.get("key") or "").strip()
     decision = access.decide("dashboard.index", f"Bearer {key}" if key else None, request.remote_addr)
     if decision.status != 200:
@@ -69,9 +72,8 @@ def login():
 
 @dashboard_bp.post("/logout")
 def logout():
-    if _cross_site():
-        return render_template("dashboard/login.html", next=url_for("dashboard.index"),
-                               error="This form was sent from another site"), 403
+    if refused := _cross_site():
+        return refused
     response = make_response(redirect(url_for("dashboard.login"), code=303))
     response.delete_cookie(access.DASHBOARD_COOKIE, path="/", samesite="Strict", httponly=True)
     return response

@@ -191,6 +191,19 @@ const Pulse = (() => {
     }));
   }
 
+  // A <dl> of [name, value] pairs; each value's element carries its name as data-field.
+  function definitions(list, rows) {
+    list.replaceChildren(...rows.flatMap(([name, value]) => {
+      const term = document.createElement("dt");
+      term.textContent = name;
+      const detail = document.createElement("dd");
+      detail.textContent = value;
+      detail.dataset.field = name;
+      return [term, detail];
+    }));
+    return list;
+  }
+
   function showModel(model) {
     const bg = model.bgnbd, gg = model.gamma_gamma;
     const rows = [
@@ -206,15 +219,7 @@ const Pulse = (() => {
     ];
     const list = document.createElement("dl");
     list.id = "model-facts";
-    for (const [name, value] of rows) {
-      const term = document.createElement("dt");
-      term.textContent = name;
-      const detail = document.createElement("dd");
-      detail.textContent = value;
-      detail.dataset.field = name;
-      list.append(term, detail);
-    }
-    document.getElementById("model").replaceChildren(list);
+    document.getElementById("model").replaceChildren(definitions(list, rows));
   }
 
   function drawMatrix(matrix) {
@@ -326,14 +331,7 @@ const Pulse = (() => {
       ["model version", profile.model_version ?? "none"],
       ["computed", new Date(profile.computed_at).toLocaleString()],
     ];
-    const list = document.getElementById("profile-facts");
-    list.replaceChildren(...facts.flatMap(([name, value]) => {
-      const term = document.createElement("dt");
-      term.textContent = name;
-      const detail = document.createElement("dd");
-      detail.textContent = value;
-      return [term, detail];
-    }));
+    definitions(document.getElementById("profile-facts"), facts);
 
     const days = purchases.items;
     document.getElementById("timeline-empty").hidden = days.length > 0;
