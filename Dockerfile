@@ -18,16 +18,24 @@ WORKDIR /src
 
 # Third-party dependencies first, from pyproject.toml alone, so this (slow) layer is rebuilt only
 # when pyproject.toml changes: install the project's runtime deps + the `monitoring` extra (Flower)
-# from a metadata-only stub, then the real sources with --no-deps.
-COPY pyproject.toml README.md ./
-RUN mkdir -p shared services && touch shared/__init__.py services/__init__.py \
- && pip install '.[monitoring]' \
- && pip uninstall --yes pulse
+# from a metadata-only stub, then the real sources with --no-deps. The stub is built in a folder of
+# its own, removed with what the build left there (build/, *.egg-info): setuptools reuses a build/
+# it finds, and the sources copied below keep their older mtimes, so the wheel of the real project
+# could carry the stub's empty packages.
+COPY pyproject.toml README.md /tmp/stub/
+RUN mkdir -p /tmp/stub/shared /tmp/stub/services \
+ && touch /tmp/stub/shared/__init__.py /tmp/stub/services/__init__.py \
+ && pip install '/tmp/stub[monitoring]' \
+ && pip uninstall --yes pulse \
+ && rm -rf /tmp/stub
 
 # Then the project itself (.dockerignore lets only pyproject.toml, README.md, shared/, services/
-# and docker/ into the context). --no-deps: everything it needs is installed above.
+# and docker/ into the context), built as a wheel from a clean tree. --no-deps: everything it
+# needs is installed above.
 COPY . .
-RUN pip install --no-deps . \
+RUN pip wheel --no-deps --wheel-dir /tmp/wheels . \
+ && pip install --no-deps /tmp/wheels/pulse-*.whl \
+ && rm -rf /tmp/wheels build *.egg-info \
  && pip check
 
 # ---- runtime ---------------------------------------------------------------------------------

@@ -91,6 +91,7 @@ class ComposeStack:
             MAILPIT_UI_PORT=str(_free_port()),
             PROMETHEUS_PORT=str(_free_port()),
             GRAFANA_PORT=str(_free_port()),
+            JAEGER_UI_PORT=str(_free_port()),
         )
 
     def compose(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
@@ -132,7 +133,17 @@ class ComposeStack:
         return json.loads(lines[-1]) if lines else None
 
     def up(self) -> None:
+        # As `make up`: the one-shot jobs are awaited by the services that depend on them
+        # (service_completed_successfully), so --wait does not fail on their exited containers.
         self.compose("up", "--build", "--detach", "--wait", timeout=UP_TIMEOUT)
+        # Nothing exited but the jobs, and each of them with 0.
+        states = [json.loads(line) for line in
+                  self.compose("ps", "--all", "--format", "json").stdout.splitlines() if line.strip()]
+        for state in states:
+            if state["Service"] in ("migrate", "dev-key"):
+                assert state["State"] == "exited" and state["ExitCode"] == 0, state
+            else:
+                assert state["State"] == "running", state
 
     def down(self) -> None:
         self.compose("down", "--volumes", "--remove-orphans", "--timeout", "30", timeout=300, check=False)

@@ -67,10 +67,14 @@ TRACED = {"api": "pulse-api", "relay": "pulse-relay", "worker": "pulse-worker", 
 def test_jaeger_receives_the_traces_of_every_pulse_process():
     jaeger = COMPOSE["services"]["jaeger"]
     image, tag = jaeger["image"].rsplit(":", 1)
-    assert image == "jaegertracing/all-in-one" and tuple(int(p) for p in tag.split(".")) >= (1, 35)  # OTLP on by default
+    # Jaeger v2: its built-in configuration takes OTLP/HTTP on 4318 and serves the UI on 16686 with
+    # in-memory storage, listening on JAEGER_LISTEN_HOST (0.0.0.0 in the image), so no config file.
+    assert image == "jaegertracing/jaeger" and int(tag.split(".")[0]) == 2
+    assert "command" not in jaeger and "volumes" not in jaeger
     # The UI on localhost only, like every other published port; the OTLP receivers stay inside.
     assert jaeger["ports"] == ["127.0.0.1:${JAEGER_UI_PORT:-16686}:16686"]
-    assert "14269" in " ".join(jaeger["healthcheck"]["test"])
+    # v2's health check (the healthcheckv2 extension), not v1's admin port 14269.
+    assert "http://127.0.0.1:13133/status" in jaeger["healthcheck"]["test"]
     for name in TRACED:
         service = COMPOSE["services"][name]
         endpoint = service["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]
