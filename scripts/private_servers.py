@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from scripts.lifetime import die_with_parent, process_tree  # noqa: F401 - process_tree: scripts.chaos imports it here
+
 BIN = Path(sys.executable).parent
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -44,25 +46,6 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
             last = exc
         time.sleep(interval)
     raise TimeoutError(f"{what} not ready after {timeout:.0f}s" + (f" ({last!r})" if last else ""))
-
-
-def process_tree(root: int) -> list[int]:
-    """`root` and every process descended from it (Postgres' backends call setsid, so a process
-    group does not hold them all)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
 
 
 def _signal_all(pids: list[int], sig: int) -> None:
@@ -102,8 +85,12 @@ class Server:
     # -- lifecycle
     def start(self, timeout: float = 120) -> "Server":
         with open(self.log, "ab") as log:
+            # Its own session (stopped, paused and killed as a group), and SIGTERM when the process
+            # that started it dies, however (runuser, which starts Postgres and RabbitMQ here,
+            # passes the signal on to the server it runs).
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                            env=self.environment(), start_new_session=True)
+                                            env=self.environment(), start_new_session=True,
+                                            preexec_fn=die_with_parent())
 
         def up() -> bool:
             if self.process.poll() is not None:

@@ -18,6 +18,7 @@ import redis as redis_lib
 from aiosmtpd.controller import Controller
 from pymongo import MongoClient
 
+from scripts.lifetime import die_with_parent, exit_on_signals
 from tests.conftest import MONGO_PORT, SMTP_PORT, TEST_ENV, VHOST
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +40,15 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error!r})" if last_error else ""))
 
 
+def pytest_configure(config):
+    """A SIGTERM (or SIGHUP) to pytest ends the run as Ctrl-C does: the session's finalizers run,
+    and the database, vhost, MongoDB storage and processes of this run go with it. (Without this,
+    pytest dies at once; the processes it started would still die with it, see die_with_parent,
+    but what they created would stay.)"""
+    if threading.current_thread() is threading.main_thread():
+        exit_on_signals(exception=KeyboardInterrupt)
+
+
 def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
@@ -49,6 +59,7 @@ def start_mongo(port: int, storage: str) -> subprocess.Popen:
          "--standalone", "--sync-on-commit"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_parent(),  # gone with pytest, even when it is killed with SIGKILL
     )
     client = MongoClient(f"mongodb://127.0.0.1:{port}", serverSelectionTimeoutMS=500)
     wait_for(lambda: client.admin.command("ping"), timeout=60, what=f"SecantusDB on :{port}")
@@ -151,7 +162,8 @@ def services() -> Iterator[dict]:
 
 def spawn(args: list[str], name: str, env: dict | None = None) -> subprocess.Popen:
     log = open(Path(tempfile.gettempdir()) / f"pulse-test-{name}.log", "wb")
-    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=die_with_parent())  # gone with pytest, even when it is killed
 
 
 def celery_worker_args(app: str, queues: str, name: str, concurrency: int = 1) -> list[str]:
