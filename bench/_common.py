@@ -172,6 +172,11 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "c
 
 
 def run(main) -> None:
+    # `kill` or a hang-up ends a benchmark through its `finally:` clean-up (the processes it
+    # started, the folders it made), as Ctrl-C does.
+    from scripts.lifetime import exit_on_signals
+
+    exit_on_signals()
     try:
         main()
     except BenchError as exc:

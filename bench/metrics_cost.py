@@ -25,7 +25,6 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -37,6 +36,8 @@ from urllib.parse import urlsplit
 
 from _common import (LINE, ROOT, BenchError, auth_headers, bench_users, call, percentile, require_stack, run,
                      session, verdict, wait_quiet)
+
+from scripts.lifetime import end, start  # noqa: E402 - after _common puts the repository root on sys.path
 
 ROUNDS = 4
 BATCH = 1000
@@ -57,10 +58,11 @@ def start_api(metrics: bool, multiproc_dir: str) -> tuple[subprocess.Popen, str]
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     if metrics:
         env["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
-    process = subprocess.Popen(
+    # A group of its own that dies with this process (scripts/lifetime.py).
+    process = start(
         [str(ROOT / ".venv/bin/granian"), "--interface", "wsgi", "--no-ws", "--host", "127.0.0.1", "--port", str(port),
          "--workers", os.environ.get("API_WORKERS", "2"), "--blocking-threads", "4", "services.api.wsgi:app"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -70,7 +72,7 @@ def start_api(metrics: bool, multiproc_dir: str) -> tuple[subprocess.Popen, str]
         except Exception:  # not listening yet
             pass
         time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
+    end(process, grace=0)
     raise BenchError(f"the API with METRICS_ENABLED={metrics} did not start")
 
 
@@ -142,13 +144,13 @@ def main() -> None:
     db = get_database()
     multiproc_dir = tempfile.mkdtemp(prefix="pulse-bench-metrics-")
     processes, apis = [], {}
-    for which in ("on", "off"):
-        process, apis[which] = start_api(which == "on", multiproc_dir)
-        processes.append(process)
     hit_ms = {"on": [], "off": []}
     accepted_s = {"on": 0.0, "off": 0.0}
     stored_s = {"on": 0.0, "off": 0.0}
     try:
+        for which in ("on", "off"):
+            process, apis[which] = start_api(which == "on", multiproc_dir)
+            processes.append(process)
         waited = wait_quiet()
         for index in range(ROUNDS):
             order = ("on", "off") if index % 2 == 0 else ("off", "on")
@@ -162,8 +164,7 @@ def main() -> None:
                 stored_s[which] += stored
     finally:
         for process in processes:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(30)
+            end(process, grace=30)
         shutil.rmtree(multiproc_dir, ignore_errors=True)
 
     p50 = {k: percentile(v, 50) for k, v in hit_ms.items()}

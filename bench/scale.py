@@ -103,7 +103,7 @@ os.chdir(ROOT)
 
 from _common import LINE, BenchError, percentile, run, verdict  # noqa: E402
 
-from scripts.lifetime import die_with_parent, end, exit_on_signals, start  # noqa: E402
+from scripts.lifetime import die_with_parent, end, start  # noqa: E402
 from scripts.population import write_population  # noqa: E402
 from scripts.stack_client import auth_headers, call  # noqa: E402
 
@@ -262,7 +262,8 @@ def write_more_purchases(path: Path, rng: np.random.Generator, purchases: int) -
 def backfill(path: Path) -> float:
     started = time.perf_counter()
     result = subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "services.worker.backfill", str(path), "--quiet"],
-                            cwd=ROOT, env={**os.environ, **STACK_ENV}, capture_output=True, text=True)
+                            cwd=ROOT, env={**os.environ, **STACK_ENV}, capture_output=True, text=True,
+                            preexec_fn=die_with_parent())
     if result.returncode != 0:
         raise BenchError(f"backfill failed: {result.stdout}{result.stderr[-2000:]}")
     return time.perf_counter() - started
@@ -496,8 +497,8 @@ def main() -> None:
     parser.add_argument("--no-idle-wait", action="store_true",
                         help="measure each round of misses at once, without waiting for the CPUs to be idle")
     IDLE_WAIT = not parser.parse_args().no_idle_wait
-    # `kill` (and a hang-up; Ctrl-C is a KeyboardInterrupt) ends the run through the clean-up below.
-    exit_on_signals()
+    # `kill` (and a hang-up; Ctrl-C is a KeyboardInterrupt) ends the run through the clean-up below
+    # (_common.run turned them into SystemExit).
     rng = np.random.default_rng(SEED)
     pick = random.Random(SEED)
     stack = Stack()

@@ -37,6 +37,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scripts.lifetime import die_with_parent, exit_on_signals  # noqa: E402
 from scripts.private_servers import (  # noqa: E402
     PrivateMailCatcher,
     PrivateMongo,
@@ -143,8 +144,10 @@ class ChaosStack:
 
     def start_process(self, name: str) -> None:
         log = open(self.root / f"{name}.log", "ab")
+        # A group of its own (killed as one), and SIGTERM from the kernel if this run dies first.
         self.processes[name] = subprocess.Popen(self.commands[name], cwd=ROOT, env=self.env, stdout=log,
-                                                stderr=subprocess.STDOUT, start_new_session=True)
+                                                stderr=subprocess.STDOUT, start_new_session=True,
+                                                preexec_fn=die_with_parent())
         if name == "api":
             wait_until(lambda: accepts(self.api_port), 60, "the API to listen")
 
@@ -590,6 +593,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the logs and data for a post-mortem")
     parser.add_argument("--json", help="also write the reconciliation to this file")
     args = parser.parse_args(argv)
+    # `kill` or a hang-up ends the run through its clean-up (the stack's processes, servers and
+    # folders), as Ctrl-C does.
+    exit_on_signals()
     faults = [f.strip() for f in args.faults.split(",")] if args.faults else None
     result = run(args.duration, args.seed, args.keep, faults)
     if args.json:

@@ -11,6 +11,7 @@ import pytest
 import requests
 from pymongo import MongoClient
 
+from scripts.lifetime import die_with_parent
 from tests.conftest import RUN_ID, TEST_ENV, free_port
 from tests.fixtures import ROOT, wait_for
 from tests.helpers import pipeline_busy, signup_body, tasks_held
@@ -40,7 +41,10 @@ def dev_stack(services):
     env.pop("PULSE_API_KEY", None)  # the session's key lives in another database: make dev writes its own
     log_path = var_dir / "make-dev.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(["make", "dev"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # die_with_parent: if pytest dies without its finalizers, make gets SIGTERM, which GNU make
+        # passes on to the recipe it runs (honcho), which stops every process of the stack.
+        process = subprocess.Popen(["make", "dev"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, preexec_fn=die_with_parent())
     base = f"http://127.0.0.1:{ports['API_PORT']}"
     try:
         wait_for(lambda: requests.get(f"{base}/health/ready", timeout=2).json()["status"] == "ok", timeout=180, interval=0.5,
