@@ -106,8 +106,8 @@ def measure_pipeline(db, events: list[dict], clients: int) -> tuple[float, float
 
     Completion is polled cheaply: the API publishes each batch in chunks of EVENTS_CHUNK_SIZE and
     the worker stores a chunk with one insert_many, so the first and last event_id of every chunk
-    are looked up (unique index) until all are there; then every id is verified once (untimed
-    unless something is missing). Counting the collection instead costs seconds per poll on the
+    are looked up (the unique index on `(user_id, event_id)`) until all are there; then every id is
+    verified once (untimed unless something is missing). Counting the collection instead costs seconds per poll on the
     dev server and would slow down what we measure.
     """
     events_collection = db[EVENTS]
@@ -117,7 +117,7 @@ def measure_pipeline(db, events: list[dict], clients: int) -> tuple[float, float
     for batch in batches:
         for i in range(0, len(batch), chunk):
             part = batch[i:i + chunk]
-            sentinels.update((part[0]["event_id"], part[-1]["event_id"]))
+            sentinels.update((_key(part[0]), _key(part[-1])))
     sessions = [session(2) for _ in range(clients)]
 
     def post(args):
@@ -128,15 +128,11 @@ def measure_pipeline(db, events: list[dict], clients: int) -> tuple[float, float
     pending = set(sentinels)
 
     def sentinels_stored() -> bool:
-        found = {d["event_id"] for d in events_collection.find({"event_id": {"$in": list(pending)}},
-                                                               {"_id": 0, "event_id": 1})}
-        pending.difference_update(found)
+        pending.difference_update(_found(events_collection, pending))
         return not pending
 
     def all_stored() -> bool:
-        ids = [e["event_id"] for e in events]
-        return sum(events_collection.count_documents({"event_id": {"$in": ids[i:i + 1000]}})
-                   for i in range(0, len(ids), 1000)) == len(ids)
+        return _stored(events_collection, [_key(e) for e in events]) == len(events)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -150,8 +146,26 @@ def measure_pipeline(db, events: list[dict], clients: int) -> tuple[float, float
     return accepted, stored
 
 
-def _ids_stored(collection, ids: list[str]) -> int:
-    return sum(collection.count_documents({"event_id": {"$in": ids[i:i + 1000]}}) for i in range(0, len(ids), 1000))
+def _key(event: dict) -> tuple[int, str]:
+    """An event's identity: `(user_id, event_id)` (shared.event_identity)."""
+    return int(event["user_id"]), event["event_id"]
+
+
+def _selector(keys) -> dict:
+    """A query on both fields of the unique index; it may match a few pairs beyond `keys` (an id
+    of one user with another's), which the callers pick out."""
+    keys = list(keys)
+    return {"user_id": {"$in": sorted({u for u, _ in keys})}, "event_id": {"$in": [i for _, i in keys]}}
+
+
+def _found(collection, keys) -> set[tuple[int, str]]:
+    keys = set(keys)
+    return {k for d in collection.find(_selector(keys), {"_id": 0, "user_id": 1, "event_id": 1})
+            if (k := (int(d["user_id"]), d["event_id"])) in keys}
+
+
+def _stored(collection, keys: list[tuple[int, str]]) -> int:
+    return sum(len(_found(collection, keys[i:i + 1000])) for i in range(0, len(keys), 1000))
 
 
 def measure_ceiling(db, events: list[dict], inserted: list[str]) -> float:
@@ -160,19 +174,20 @@ def measure_ceiling(db, events: list[dict], inserted: list[str]) -> float:
     the server's state under the next measurement)."""
     events_collection = db[EVENTS]
     docs = stored_form(events)
-    ids = [d["event_id"] for d in docs]
-    inserted.extend(ids)
+    keys = [_key(d) for d in docs]
+    inserted.extend(keys)
     start = time.perf_counter()
     events_collection.insert_many(docs, ordered=False)
     elapsed = time.perf_counter() - start
-    if _ids_stored(events_collection, ids) != len(docs):
+    if _stored(events_collection, keys) != len(docs):
         raise BenchError("ceiling: not every document was inserted")
     return elapsed
 
 
-def delete_ceiling_documents(db, ids: list[str]) -> None:
-    for i in range(0, len(ids), 1000):
-        db[EVENTS].delete_many({"event_id": {"$in": ids[i:i + 1000]}})
+def delete_ceiling_documents(db, keys: list[tuple[int, str]]) -> None:
+    # Only "-ceiling" ids are in `keys`, so the selector's extra pairs are ceiling documents too.
+    for i in range(0, len(keys), 1000):
+        db[EVENTS].delete_many(_selector(keys[i:i + 1000]))
 
 
 def measure_naive(db, events: list[dict]) -> float:
@@ -180,8 +195,8 @@ def measure_naive(db, events: list[dict]) -> float:
     (the worker takes messages in order, a few at a time), then every one is verified."""
     events_collection = db[EVENTS]
     app = create_celery_app("bench-naive")
-    ids = [e["event_id"] for e in events]
-    tail = set(ids[-2 * NAIVE_PUBLISHERS * int(os.environ.get("WORKER_CONCURRENCY", 1)) - 8:])
+    keys = [_key(e) for e in events]
+    tail = set(keys[-2 * NAIVE_PUBLISHERS * int(os.environ.get("WORKER_CONCURRENCY", 1)) - 8:])
     parts = [events[i::NAIVE_PUBLISHERS] for i in range(NAIVE_PUBLISHERS)]
     errors: list[BaseException] = []
 
@@ -194,8 +209,7 @@ def measure_naive(db, events: list[dict]) -> float:
             errors.append(exc)
 
     def tail_stored() -> bool:
-        found = {d["event_id"] for d in events_collection.find({"event_id": {"$in": list(tail)}}, {"event_id": 1})}
-        tail.difference_update(found)
+        tail.difference_update(_found(events_collection, tail))
         return not tail
 
     start = time.perf_counter()
@@ -208,9 +222,9 @@ def measure_naive(db, events: list[dict]) -> float:
         raise BenchError(f"naive: publishing failed: {errors[0]!r}")
     wait_until(tail_stored, timeout=900, interval=0.1, what="the naive pipeline")
     elapsed = time.perf_counter() - start
-    if _ids_stored(events_collection, ids) != len(ids):
-        wait_until(lambda: _ids_stored(events_collection, ids) == len(ids), timeout=600, interval=0.5,
-                   what=f"all {len(ids)} naive events in MongoDB")
+    if _stored(events_collection, keys) != len(keys):
+        wait_until(lambda: _stored(events_collection, keys) == len(keys), timeout=600, interval=0.5,
+                   what=f"all {len(keys)} naive events in MongoDB")
         elapsed = time.perf_counter() - start
     return elapsed
 
@@ -249,7 +263,7 @@ def main() -> None:
     naive_s = measure_naive(db, naive_events)
     slices = [events[i::rounds] for i in range(rounds)]
     ceiling_s = accepted_s = pipeline_s = 0.0
-    ceiling_ids: list[str] = []
+    ceiling_ids: list[tuple[int, str]] = []
     backlog = {}
     try:
         for index, part in enumerate(slices):

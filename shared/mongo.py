@@ -35,7 +35,7 @@ def get_database(uri: str | None = None) -> Database:
 
 def ensure_indexes(db: Database) -> None:
     """Idempotent: create_index is a no-op when the same index exists."""
-    db[EVENTS].create_index([("event_id", ASCENDING)], unique=True, name="uq_event_id")
+    _key_events_by_user_and_id(db)
     db[EVENTS].create_index(
         [("user_id", ASCENDING), ("timestamp", DESCENDING)], name="ix_user_time"
     )
@@ -43,6 +43,22 @@ def ensure_indexes(db: Database) -> None:
     # Serves "purchases of these users" and the category aggregation's $match on event_type.
     db[EVENTS].create_index([("event_type", ASCENDING), ("user_id", ASCENDING)], name="ix_type_user")
     db[MODELS].create_index([("version", DESCENDING)], unique=True, name="uq_version")
+
+
+def _key_events_by_user_and_id(db: Database) -> None:
+    """An event is identified by `(user_id, event_id)` (shared.event_identity): the unique index
+    is on the pair, user first (the prefix a shard key `{user_id: "hashed"}` needs). Databases of
+    an older version hold the global `uq_event_id`; every event id in them is unique, so every
+    pair is too, and the new index builds on the data as it is. It is built before the old one is
+    dropped, so there is no moment without a unique key. Nothing in the product looks events up
+    by `event_id` alone, so no index on it is kept: ingestion pays for the same number of
+    indexes as before."""
+    db[EVENTS].create_index([("user_id", ASCENDING), ("event_id", ASCENDING)], unique=True, name="uq_user_event")
+    if "uq_event_id" in db[EVENTS].index_information():
+        try:
+            db[EVENTS].drop_index("uq_event_id")
+        except OperationFailure:  # dropped by a process starting alongside
+            pass
 
 
 def _key_profiles_by_user(db: Database) -> None:

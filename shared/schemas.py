@@ -156,7 +156,9 @@ class ProductMetadata(StrictModel):
 
 class _EventBase(StrictModel):
     event_id: EventId | None = Field(
-        None, description="Idempotency key; generated when absent. Re-sending an id never duplicates."
+        None, description="Idempotency key within the user: an event is `(user_id, event_id)`. Generated when "
+        "absent. The same user re-sending an id never duplicates (the first copy wins); another user's "
+        "event with the same id is a different event."
     )
     user_id: int = Field(gt=0, lt=2**31, strict=True)
     timestamp: datetime | None = Field(

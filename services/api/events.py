@@ -1,7 +1,8 @@
 """Activity events: validated here, published in chunks, stored by the worker.
 
 202 means every event is in RabbitMQ (publisher confirms). When the broker is down the answer
-is 503 and the client retries: with its own `event_id`s a retry can never duplicate an event.
+is 503 and the client retries: with its own `event_id`s a retry can never duplicate an event
+(an event is `(user_id, event_id)`, shared.event_identity).
 """
 import threading
 import time
@@ -11,10 +12,11 @@ from datetime import UTC, datetime
 import redis
 from flask import current_app, request
 from flask_openapi3 import APIBlueprint, Tag
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from services.api.problems import ProblemError, problem_response
+from shared import counters, event_identity
 from shared.cache import get_redis, key
 from shared.db import session_scope
 from shared.models import User
@@ -68,8 +70,10 @@ class EventAccepted(BaseModel):
 
 
 class BatchAccepted(BaseModel):
-    accepted: int
-    event_ids: list[str]
+    accepted: int = Field(description="Distinct events taken in: an event is `(user_id, event_id)`")
+    duplicates: int = Field(0, description="Identical copies of an earlier event of the same request, "
+                            "collapsed into it (stored once, counted once)")
+    event_ids: list[str] = Field(description="One id per event of the request, in its order")
 
 
 @events_bp.before_request
@@ -116,23 +120,43 @@ def _publish(documents: list[dict]) -> None:
         ) from exc
 
 
-def _accept(events) -> list[dict]:
-    _check_users_exist(events)
+def _accept(events) -> tuple[list[dict], int]:
+    """Publish the request's events; returns every event's document, in request order, and how
+    many copies were collapsed.
+
+    An event is `(user_id, event_id)` (shared.event_identity). Copies of one event inside one
+    request are decided here, before anything is stored: identical copies (a client re-sending
+    from its own buffer) are the same event, published once and counted as duplicates; copies
+    that differ in content are refused with a 422 naming both positions, since whichever one we
+    kept would silently drop what the client meant by the other."""
     received_at = datetime.now(UTC)
     documents = [event_document(e, e.event_id or uuid.uuid4().hex, received_at) for e in events]
-    _publish(documents)
-    return documents
+    unique, repeated, conflicts = event_identity.collapse(documents)
+    if conflicts:
+        raise ProblemError(422, "Conflicting copies of an event", [
+            FieldProblem(field=f"events[{later}].event_id",
+                         message=f"user {documents[later]['user_id']}'s event {documents[later]['event_id']!r} is "
+                                 f"also events[{first}], with different content: one id, one event")
+            for first, later in conflicts
+        ])
+    _check_users_exist(events)
+    _publish(unique)
+    if repeated:
+        counters.add(**{counters.EVENTS_DUPLICATE: len(repeated)})
+    return documents, len(repeated)
 
 
 @events_bp.post(
     "",
     summary="Record one activity event",
     description="`user_purchase` needs `metadata.product_id`, a non-negative `metadata.price` and "
-    "`metadata.category`. Re-sending an `event_id` never stores the event twice.",
+    "`metadata.category`. An event is identified by `(user_id, event_id)`: the same user's "
+    "`event_id` sent again is a retry (the first copy is kept, the event is never stored or counted "
+    "twice); another user's event with the same `event_id` is a different event.",
     responses={202: EventAccepted, 413: Problem, 422: Problem, 503: Problem},
 )
 def publish_event(body: SingleEvent):
-    [document] = _accept([body.root])
+    [document], _ = _accept([body.root])
     return {"event_id": document["event_id"]}, 202
 
 
@@ -140,9 +164,13 @@ def publish_event(body: SingleEvent):
     "/batch",
     summary="Record many activity events (one RabbitMQ message per chunk)",
     description="At most EVENTS_BATCH_MAX (default 1000) events; a larger batch answers 413. "
-    "Either every event is accepted or none is.",
+    "Either every event is accepted or none is. An event is identified by `(user_id, event_id)`: "
+    "identical copies of one event in the request are stored and counted once (`duplicates` says "
+    "how many were collapsed); copies of one event with different content answer 422 naming "
+    "`events[i].event_id` of each later copy.",
     responses={202: BatchAccepted, 413: Problem, 422: Problem, 503: Problem},
 )
 def publish_batch(body: EventBatch):
-    documents = _accept(body.events)
-    return {"accepted": len(documents), "event_ids": [d["event_id"] for d in documents]}, 202
+    documents, duplicates = _accept(body.events)
+    return {"accepted": len(documents) - duplicates, "duplicates": duplicates,
+            "event_ids": [d["event_id"] for d in documents]}, 202

@@ -18,9 +18,12 @@ storage path (services.worker.storage: MongoDB `events`, then the Postgres count
 summaries, exactly once), so everything derived from them is right afterwards; the users whose
 history changed are queued for rescoring like any other.
 
-Idempotent: an event without an `event_id` gets one derived from its content (and, in a CSV, from
-how many identical rows precede it), batches get ids derived from their events, and users are
-matched by username, so a re-run (or a run resumed after a crash) stores and counts nothing twice.
+Idempotent: an event is `(user_id, event_id)` (shared.event_identity); an event without an
+`event_id` gets one derived from its content (and, in a CSV, from how many identical rows precede
+it), an NDJSON event without a `timestamp` is dated by the file's modification time, batches get
+ids derived from their events' identities, and users are matched by username, so a re-run (or a
+run resumed after a crash) stores and counts nothing twice. Copies of one event in the file are
+one event: the first is stored, the others reported as already stored.
 Imported users are not new signups: they get no welcome e-mail and no `user_created` event.
 """
 from __future__ import annotations
@@ -97,6 +100,10 @@ class Record:
 
 
 def _ndjson(path: Path, plan: Plan) -> Iterator[Record]:
+    # An event line without a timestamp is dated when the file was last written, not when it is
+    # read: a re-run then sends the very same event (same identity, same content), and the worker
+    # recognises what a killed run stored (services.worker.storage.insert_events compares both).
+    undated = datetime.fromtimestamp(path.stat().st_mtime, UTC)
     with path.open(encoding="utf-8") as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
@@ -121,7 +128,7 @@ def _ndjson(path: Path, plan: Plan) -> Iterator[Record]:
                 plan.problems.extend(_problems(number, exc))
                 continue
             event_id = event.event_id or _derived_id("ndjson", raw.strip())
-            document = event_document(event, event_id, event.timestamp or datetime.now(UTC))
+            document = event_document(event, event_id, event.timestamp or undated)
             yield Record(number, str(username).lower() if username is not None else event.user_id, document)
 
 
@@ -317,7 +324,8 @@ def import_events(path: Path, args: argparse.Namespace, plan: Plan, users: dict[
     def flush() -> None:
         if not pending:
             return
-        batch_id = _derived_id("batch", *(e["event_id"] for e in pending))
+        # From the events' identities (user and id: two users' chunks may share every event id).
+        batch_id = _derived_id("batch", *(f"{e['user_id']}:{e['event_id']}" for e in pending))
         stored = store_batch(db, batch_id, _documents(pending), schedule)
         counts["stored"] += stored.inserted
         counts["already stored"] += stored.received - stored.inserted

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
-from shared import counters, erasure, profile_cache, rescore, summaries
+from shared import counters, erasure, event_identity, profile_cache, rescore, summaries
 from shared.db import session_scope
 from shared.mongo import EVENTS
 
@@ -29,32 +29,50 @@ class Stored:
 
 
 def insert_events(collection: Collection, docs: list[dict], batch_id: str) -> tuple[list[dict], list[dict]]:
-    """Unordered bulk insert of documents stamped with `batch_id`; a duplicate `event_id` means
-    that event is stored already. Returns (the documents this call inserted, the documents the
-    batch owns): what it inserted plus the duplicates an earlier delivery of the same batch
-    stored, as their stored `batch_id` tells."""
+    """Unordered bulk insert of documents stamped with `batch_id`; a duplicate key
+    `(user_id, event_id)` (shared.event_identity) means that event is stored already.
+
+    Returns (the documents this call inserted, the documents the batch owns): what it inserted,
+    plus the duplicates that an earlier delivery of this same batch stored. Such a duplicate is
+    recognised by the stored document itself: it must carry this batch's id AND the same identity
+    and content as the batch's copy. The batch id alone is not enough: two copies of one key in
+    one batch would both find "their" batch id on the one stored document and be counted twice
+    (1,000 copies of a purchase counted 1,000 times). So copies within the batch are collapsed
+    first (the first one wins; the others count as duplicates), and what a batch owns is then one
+    stored document per key at most."""
     if not docs:
         return [], []
     for doc in docs:
         doc["batch_id"] = batch_id
+    unique, _, _ = event_identity.collapse(docs)
     try:
-        collection.insert_many(docs, ordered=False)
-        return docs, docs
+        collection.insert_many(unique, ordered=False)
+        return unique, unique
     except BulkWriteError as exc:
         details = exc.details
         fatal = [e for e in details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
         if fatal or details.get("writeConcernErrors"):
             raise
         duplicates = {e["index"] for e in details.get("writeErrors", [])}
-    inserted = [doc for i, doc in enumerate(docs) if i not in duplicates]
-    duplicate_ids = [docs[i]["event_id"] for i in duplicates]
-    ours = {
-        stored["event_id"]
-        for stored in collection.find({"event_id": {"$in": duplicate_ids}}, {"_id": 0, "event_id": 1, "batch_id": 1})
-        if stored.get("batch_id") == batch_id
+    inserted = [doc for i, doc in enumerate(unique) if i not in duplicates]
+    candidates = [unique[i] for i in sorted(duplicates)]
+    # One query on the unique index's bounds (both fields), exact pairs picked out below.
+    stored = {
+        event_identity.key(found): found
+        for found in collection.find(
+            {"user_id": {"$in": sorted({int(d["user_id"]) for d in candidates})},
+             "event_id": {"$in": sorted({str(d["event_id"]) for d in candidates})}},
+            {"_id": 0, "user_id": 1, "event_id": 1, "event_type": 1, "timestamp": 1, "metadata": 1, "geo": 1,
+             "batch_id": 1},
+        )
     }
-    owned = [doc for i, doc in enumerate(docs) if i not in duplicates or doc["event_id"] in ours]
-    return inserted, owned
+    ours = []
+    for doc in candidates:
+        found = stored.get(event_identity.key(doc))
+        if found is not None and found.get("batch_id") == batch_id \
+                and event_identity.content(found) == event_identity.content(doc):
+            ours.append(doc)
+    return inserted, inserted + ours
 
 
 def store_batch(db, batch_id: str, docs: list[dict], schedule_rescore: Callable[[float], None]) -> Stored:
