@@ -71,6 +71,15 @@ def validation_problem(error: ValidationError) -> Response:
     return problem_response(422, f"Invalid fields: {fields}", errors)
 
 
+def _chain(exc: BaseException):
+    """The exception and those it was raised from or while handling, nearest first."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
 def register_problem_handlers(app: Flask) -> None:
     @app.before_request
     def _reject_malformed_json():
@@ -84,7 +93,11 @@ def register_problem_handlers(app: Flask) -> None:
             try:
                 request.get_json()  # parsed once; Flask caches it for the view's validation
             except BadRequest as exc:
-                return problem_response(400, f"Malformed JSON body: {exc.description}")
+                # Flask hides the parser's reason outside debug mode; it is about the client's own
+                # bytes (a position, "nested more than 32 levels deep"), so it is said.
+                reason = next((str(e) for e in _chain(exc) if isinstance(e, ValueError)), exc.description)
+                return problem_response(400, f"Malformed JSON body: {reason}",
+                                        [FieldProblem(field="body", message=reason)])
         return None
 
     @app.errorhandler(ProblemError)
