@@ -90,6 +90,11 @@ def register_problem_handlers(app: Flask) -> None:
                 and request.blueprint != "dashboard":
             if not request.is_json:
                 return problem_response(415, "Send the body as application/json")
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            if request.content_length is None and limit and len(request.get_data(cache=True)) >= limit:
+                # A chunked body (no Content-Length) is cut at the limit by werkzeug without an
+                # error; what was cut off must not go unnoticed (or parse as a shorter document).
+                return problem_response(413, f"The body is larger than {limit} bytes")
             try:
                 request.get_json()  # parsed once; Flask caches it for the view's validation
             except BadRequest as exc:
