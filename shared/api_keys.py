@@ -11,6 +11,9 @@ Scopes (independent: admin does not imply read):
 * ``read``: users, profiles and the analytics reads;
 * ``admin``: model fits, cache statistics, erasure and export of a person's data, key management.
   Requests with an admin key are not rate limited.
+* ``personal``: who people are. Without it every answer shows people pseudonymously (by id, with
+  city, country, dates and analytics); with it the username, e-mail, full name and street are
+  there too (shared.personal). An export, being all of a person's data, needs admin and personal.
 
 `python -m shared.api_keys create --scope read --scope ingest [--name N] [--expires-at ISO]`,
 `list`, `revoke <id>`, and `dev <file>`: the development key of `make dev` (every scope, written
@@ -35,9 +38,9 @@ from sqlalchemy.orm import Session
 
 from shared.models import ApiKey
 
-Scope = Literal["ingest", "read", "admin"]
+Scope = Literal["ingest", "read", "admin", "personal"]
 SCOPES: tuple[str, ...] = get_args(Scope)
-INGEST, READ, ADMIN = SCOPES
+INGEST, READ, ADMIN, PERSONAL = SCOPES
 KEY_FORMAT = re.compile(r"pulse_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 
 

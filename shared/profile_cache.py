@@ -14,7 +14,6 @@ profile without them.
 Concurrent misses for one user compute once: the first takes a short lock, the others wait for
 its result (bounded), so a burst of reads does not turn into a burst of computations.
 """
-import json
 import threading
 import time
 from functools import lru_cache
@@ -23,6 +22,7 @@ from collections.abc import Callable, Iterable
 from prometheus_client import Counter
 from redis import exceptions as redis_errors
 
+from shared import personal
 from shared.cache import get_redis, key
 from shared.settings import get_settings
 
@@ -95,7 +95,10 @@ def _writing_key(user_id: int) -> str:
 
 
 def dumps(profile: dict) -> str:
-    return json.dumps(profile, default=str, separators=(",", ":"))
+    """The profile as cached and as `get_or_compute` returns it: packed with the ranges of its
+    personal members (shared.personal), so that each request is answered the view its key may see
+    (`shared.personal.profile_view`) from the one entry, without parsing it."""
+    return personal.pack_profile(profile)
 
 
 def write(user_id: int, version: str, profile: dict | str) -> bool:

@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     rate_limit_signup: str = Field(
         "10/minute", description="Signups per client IP address (requests with an admin key are not limited)."
     )
+    trusted_proxies: str = Field(
+        "",
+        description="Reverse proxies in front of the API, comma-separated IP addresses or CIDR ranges: only a "
+        "request from one of them has its X-Forwarded-For read for the client's address (the signup limit). "
+        "Empty: the connection's peer is the client.",
+    )
     rate_limit_ingest: str = Field(
         "6000/minute", description="Event requests (single or batch) per API key with the ingest scope."
     )

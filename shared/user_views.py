@@ -1,11 +1,23 @@
 """How a user is read and shown: User → Address → City → Country in one SELECT."""
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
 from shared.models import Address, City, Country, User
+from shared.personal import FIELD_NOTE, PERSONAL
+
+# A personal field: a string when present, absent without the personal scope (shared.personal).
+# The OpenAPI document names the scope in its description and as `x-scope` (services.api.contract).
+def _mark_personal(schema: dict) -> None:
+    schema.pop("default", None)  # absent, not null: a string field has no null default to document
+    schema["x-scope"] = PERSONAL
+
+
+def _personal_field():
+    return Field(None, description=FIELD_NOTE, json_schema_extra=_mark_personal)
 
 
 def with_address():
@@ -19,16 +31,16 @@ class CountryOut(BaseModel):
 
 
 class AddressOut(BaseModel):
-    street: str
+    street: str | SkipJsonSchema[None] = _personal_field()
     city: str
     country: CountryOut
 
 
 class UserOut(BaseModel):
     id: int
-    username: str
-    email: str
-    full_name: str
+    username: str | SkipJsonSchema[None] = _personal_field()
+    email: str | SkipJsonSchema[None] = _personal_field()
+    full_name: str | SkipJsonSchema[None] = _personal_field()
     profile_score: float
     created_at: datetime
     address: AddressOut

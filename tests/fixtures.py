@@ -82,6 +82,9 @@ class MailCatcher:
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
+        # Each message with the envelope recipients it was sent to (RCPT TO), which is who gets it,
+        # whatever its headers say.
+        self.deliveries: list[tuple[tuple[str, ...], Message]] = []
         self._lock = threading.Lock()
         self._open = threading.Event()
         self._open.set()
@@ -99,7 +102,9 @@ class MailCatcher:
         with self._lock:
             # The modern policy decodes headers: a name outside ASCII (the fuzzer signs such users up)
             # arrives RFC 2047-encoded, which the legacy policy would hand back as a Header object.
-            self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
+            message = message_from_bytes(envelope.content, policy=policy.default)
+            self.messages.append(message)
+            self.deliveries.append((tuple(envelope.rcpt_tos), message))
         return "250 OK"
 
     @contextmanager

@@ -17,10 +17,10 @@ from cachetools import LRUCache, TTLCache
 from flask import Flask, g, redirect, request, url_for
 from werkzeug.http import parse_cookie
 
-from services.api import rate_limits
+from services.api import proxies, rate_limits
 from services.api.problems import problem_response
 from shared import api_keys
-from shared.api_keys import ADMIN, INGEST, READ, Principal
+from shared.api_keys import ADMIN, INGEST, PERSONAL, READ, Principal
 from shared.db import session_scope
 from shared.retry import TRANSIENT_ERRORS
 from shared.settings import get_settings
@@ -59,6 +59,11 @@ REQUIRED_SCOPE: dict[str, str] = {
     "keys.list_keys": ADMIN,
     "keys.revoke_key": ADMIN,
 }
+# Endpoints whose answer is a person's data as a whole need the personal scope as well as their own
+# (shared.personal); the reads of people above leave the personal fields out without it.
+ALSO_REQUIRED: dict[str, str] = {"privacy.export_user": PERSONAL}
+# Endpoints answering people, whose personal fields need the personal scope (the OpenAPI document says so).
+PERSONAL_FIELDS = frozenset({"users.get_user", "users.list_users", "users.top_users", "users.get_profile"})
 # The OpenAPI document and Swagger UI (flask-openapi3's blueprints) describe the API to anyone.
 PUBLIC_BLUEPRINTS = {"openapi", "swagger"}
 SECURITY_SCHEME = "apiKey"
@@ -187,9 +192,10 @@ def decide(endpoint: str, authorization: str | None, client_ip: str | None) -> D
         return _unauthorized(f"API key {known.key_id} has been revoked", "invalid_token")
     if not known.usable():
         return _unauthorized(f"API key {known.key_id} has expired", "invalid_token")
-    if scope not in known.scopes:
-        return Decision(403, f"API key {known.key_id} lacks the {scope} scope this endpoint needs "
-                        f"(it has {', '.join(sorted(known.scopes))})", principal=known)
+    for needed in (scope, ALSO_REQUIRED.get(endpoint)):
+        if needed is not None and needed not in known.scopes:
+            return Decision(403, f"API key {known.key_id} lacks the {needed} scope this endpoint needs "
+                            f"(it has {', '.join(sorted(known.scopes))})", principal=known)
     limit = limit_for(scope)
     if known.unlimited or limit is None:
         return Decision(200, principal=known)
@@ -204,7 +210,7 @@ def init_access(app: Flask) -> None:
         if request.endpoint is None:
             return None  # 404 or 405: nothing to protect
         decision = request.environ.get(DECIDED) or decide(
-            request.endpoint, authorization(request.environ, request.endpoint), request.remote_addr)
+            request.endpoint, authorization(request.environ, request.endpoint), proxies.client_address(request))
         if decision.status == 401 and request.blueprint == "dashboard":
             # A person at a browser: to the login form, and back here after it.
             return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")), code=303)

@@ -9,6 +9,7 @@ from services.api.contract import PulseOpenAPI
 from services.api.dashboard import dashboard_bp
 from services.api.events import events_bp
 from services.api.health import health_bp
+from services.api.json_body import LimitedJSONProvider
 from services.api.keys import keys_bp
 from services.api.metrics import RequestMetrics, init_metrics
 from services.api.pipeline import pipeline_bp
@@ -65,6 +66,8 @@ def create_app() -> PulseOpenAPI:
         security_schemes={SECURITY_SCHEME: {"type": "http", "scheme": "bearer", "description":
                           "An API key: `Authorization: Bearer pulse_<id>_<secret>` (see README, API keys)"}},
     )
+    # Every body any route reads as JSON goes through this parser and its depth limit.
+    app.json = LimitedJSONProvider(app)
     app.json.sort_keys = False
     # A full batch of the largest events is a few MiB; anything far above is refused with a 413
     # before it is read into memory.

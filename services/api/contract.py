@@ -10,6 +10,7 @@ import re
 from flask_openapi3 import OpenAPI
 
 from services.api import access
+from shared import personal
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
@@ -61,10 +62,17 @@ def _own_schema(response: dict) -> bool:
 
 
 def complete(spec: dict, policy: dict[tuple[str, str], tuple[str, bool]] | None = None,
-             stateless_paths: frozenset[str] = frozenset({"/health", "/health/ready"})) -> dict:
+             stateless_paths: frozenset[str] = frozenset({"/health", "/health/ready"}),
+             also_required: dict[tuple[str, str], str] | None = None) -> dict:
     """`policy`: {(path, method): (the scope services.api.access requires or "public", whether
-    it is rate limited)}."""
+    it is rate limited)}; `also_required`: {(path, method): a second scope it needs too}."""
     spec["components"] = {k: v for k, v in spec.get("components", {}).items() if v is not None}
+    # Each personal field names its scope as an extension too (flask-openapi3 drops pydantic's
+    # json_schema_extra, so it is put back from the description every personal field carries).
+    for schema in spec["components"].get("schemas", {}).values():
+        for prop in (schema.get("properties") or {}).values():
+            if prop.get("description") == personal.FIELD_NOTE:
+                prop["x-scope"] = personal.PERSONAL
     for path, item in spec["paths"].items():
         for method, operation in item.items():
             scope, limited = (policy or {}).get((path, method), (access.PUBLIC, False))
@@ -84,7 +92,9 @@ def complete(spec: dict, policy: dict[tuple[str, str], tuple[str, bool]] | None 
                 statuses |= {400, 413, 415}
             if scope != access.PUBLIC:
                 operation["security"] = [{access.SECURITY_SCHEME: []}]
-                operation["description"] = (f"Needs an API key with the `{scope}` scope. "
+                also = (also_required or {}).get((path, method))
+                needs = f"the `{scope}` and `{also}` scopes" if also else f"the `{scope}` scope"
+                operation["description"] = (f"Needs an API key with {needs}. "
                                             + operation.get("description", "")).strip()
                 statuses |= {401, 403}
             if limited:
@@ -123,4 +133,9 @@ class PulseOpenAPI(OpenAPI):
             for rule in self.url_map.iter_rules()
             for method in rule.methods or ()
         }
-        self.spec_json = complete(self.spec_json, policy)
+        also_required = {
+            (openapi_path(rule.rule), method.lower()): access.ALSO_REQUIRED[rule.endpoint]
+            for rule in self.url_map.iter_rules() if rule.endpoint in access.ALSO_REQUIRED
+            for method in rule.methods or ()
+        }
+        self.spec_json = complete(self.spec_json, policy, also_required=also_required)

@@ -1,4 +1,9 @@
-"""Liveness (`/health`) and readiness (`/health/ready`: every dependency, each reported)."""
+"""Liveness (`/health`) and readiness (`/health/ready`: every dependency, each reported).
+
+Readiness is public (load balancers and orchestrators probe it without a key), so each dependency
+is checked at most once a second per API process, the result shared by every caller meanwhile
+(services.api.shared_reads): a flood of probes costs the stores nothing more.
+"""
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -8,6 +13,7 @@ from kombu import Connection
 from pydantic import BaseModel
 from sqlalchemy import text
 
+from services.api.shared_reads import SharedRead
 from shared.db import get_engine
 from shared.mongo import get_database
 from shared.cache import get_redis
@@ -42,6 +48,20 @@ CHECKS: dict[str, Callable[[], None]] = {
 }
 
 
+def _timed(check: Callable[[], None]) -> Callable[[], dict]:
+    def run() -> dict:
+        started = time.perf_counter()
+        try:
+            check()
+            return {"status": "ok", "ms": round((time.perf_counter() - started) * 1000, 1)}
+        except Exception as exc:  # a readiness probe reports failures, it does not raise them
+            return {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:300]}
+    return run
+
+
+SHARED_CHECKS: dict[str, SharedRead[dict]] = {name: SharedRead(_timed(check)) for name, check in CHECKS.items()}
+
+
 # Without Postgres the API can do nothing useful; without any of the others it still answers in
 # part (signups wait in the outbox, events in RabbitMQ, profiles skip the cache), so it stays in
 # service and says "degraded" rather than being taken out of a load balancer.
@@ -72,17 +92,12 @@ def health():
     "/health/ready",
     summary="Each dependency answers: ok; degraded (200) when one other than Postgres does not; "
     "unavailable (503) without Postgres",
+    description="Each dependency is checked at most once a second per API process; callers meanwhile share "
+    "that result, so a report is up to a second old.",
     responses={200: Readiness, 503: Readiness},
 )
 def ready():
-    report = {}
-    for name, check in CHECKS.items():
-        started = time.perf_counter()
-        try:
-            check()
-            report[name] = {"status": "ok", "ms": round((time.perf_counter() - started) * 1000, 1)}
-        except Exception as exc:  # a readiness probe reports failures, it does not raise them
-            report[name] = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:300]}
+    report = {name: dict(shared.get()) for name, shared in SHARED_CHECKS.items()}
     failing = [name for name, item in report.items() if item["status"] != "ok"]
     if any(name in REQUIRED for name in failing):
         return {"status": "unavailable", "checks": report}, 503

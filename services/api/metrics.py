@@ -10,7 +10,10 @@
   of its oldest row, events stored and duplicates skipped (shared.counters), users awaiting
   rescoring, profiles rescored, dead letters, and the current model (version, age, convergence,
   customers). A store that does not answer leaves its figures out and sets
-  `pulse_metrics_source_up{source=...}` to 0, so a scrape never fails with it.
+  `pulse_metrics_source_up{source=...}` to 0, so a scrape never fails with it. `/metrics` is open
+  (a Prometheus scraper has no key; the figures are counts, no person's data), so each store is
+  read at most once a second per API process and every scrape meanwhile shares that reading
+  (services.api.shared_reads): scraping in a loop loads no store.
 
 The README lists every family. Counts and timings only: no id, name or address is a label.
 """
@@ -27,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import text
 
 from services.api.contract import openapi_path
+from services.api.shared_reads import SharedRead
 from shared import counters, rescore
 from shared.analytics import model_store
 from shared.db import session_scope
@@ -117,12 +121,11 @@ class PipelineCollector:
     def collect(self):
         up = GaugeMetricFamily("pulse_metrics_source_up", "Whether a store answered this scrape (1) or not (0)",
                                labels=["source"])
-        for source, read in (("postgres", self._postgres), ("redis", self._redis), ("rabbitmq", self._rabbitmq),
-                             ("mongodb", self._mongodb)):
+        for source, shared in _SOURCES.items():
             if source in self.skip:
                 continue
             try:
-                families = list(read())
+                families = shared.get()
             except Exception as exc:  # a metrics scrape reports a store down, it does not fail
                 log.warning("metrics_source_down", source=source, error=type(exc).__name__)
                 up.add_metric([source], 0)
@@ -131,7 +134,8 @@ class PipelineCollector:
             yield from families
         yield up
 
-    def _postgres(self):
+    @staticmethod
+    def _postgres():
         with session_scope() as session:
             outbox = session.execute(_OUTBOX).one()
             pending = session.scalar(text("SELECT count(*) FROM rescore_pending"))
@@ -146,7 +150,8 @@ class PipelineCollector:
         backlog.add_metric(["postgres"], pending)
         yield backlog
 
-    def _redis(self):
+    @staticmethod
+    def _redis():
         totals = counters.read()
         yield CounterMetricFamily("pulse_events_stored", "Events the worker inserted into MongoDB",
                                   value=totals[counters.EVENTS_STORED])
@@ -157,12 +162,14 @@ class PipelineCollector:
         yield GaugeMetricFamily("pulse_rescore_queued_users", "Users in the Redis set awaiting the next rescoring drain",
                                 value=rescore.pending_count())
 
-    def _rabbitmq(self):
+    @staticmethod
+    def _rabbitmq():
         depth, _ = queue_depths([dead_letter_queue()])[dead_letter_queue()]
         yield GaugeMetricFamily("pulse_dead_letters", "Messages that failed for good, waiting in the dead-letter queue",
                                 value=depth)
 
-    def _mongodb(self):
+    @staticmethod
+    def _mongodb():
         model = model_store.latest(get_database())
         if model is None:
             return
@@ -175,6 +182,14 @@ class PipelineCollector:
                                 value=int(model_store.converged(model)))
         yield GaugeMetricFamily("pulse_model_customers", "Customers the current models were fitted on",
                                 value=model["n_customers"])
+
+
+# Each store's families, read at most once a second per process and shared by every scrape meanwhile.
+_SOURCES: dict[str, SharedRead[list]] = {
+    source: SharedRead(lambda read=read: list(read()))
+    for source, read in (("postgres", PipelineCollector._postgres), ("redis", PipelineCollector._redis),
+                         ("rabbitmq", PipelineCollector._rabbitmq), ("mongodb", PipelineCollector._mongodb))
+}
 
 
 def _registries(skip: tuple[str, ...] = ()) -> tuple[CollectorRegistry, CollectorRegistry]:

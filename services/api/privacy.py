@@ -73,7 +73,9 @@ def erase_user(path: UserPath):
 
 @privacy_bp.get(
     "/<int:user_id>/export",
-    summary="Everything Pulse holds about a person, as one JSON document (admin)",
+    summary="Everything Pulse holds about a person, as one JSON document (admin and personal)",
+    description="All of a person's data, their name, e-mail and street included: the key needs the `personal` "
+    "scope as well as `admin`. Sent with `Cache-Control: no-store`.",
     responses={200: UserExport, 404: Problem},
 )
 def export_user(path: UserPath):

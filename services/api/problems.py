@@ -71,6 +71,15 @@ def validation_problem(error: ValidationError) -> Response:
     return problem_response(422, f"Invalid fields: {fields}", errors)
 
 
+def _chain(exc: BaseException):
+    """The exception and those it was raised from or while handling, nearest first."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
 def register_problem_handlers(app: Flask) -> None:
     @app.before_request
     def _reject_malformed_json():
@@ -81,10 +90,19 @@ def register_problem_handlers(app: Flask) -> None:
                 and request.blueprint != "dashboard":
             if not request.is_json:
                 return problem_response(415, "Send the body as application/json")
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            if request.content_length is None and limit and len(request.get_data(cache=True)) >= limit:
+                # A chunked body (no Content-Length) is cut at the limit by werkzeug without an
+                # error; what was cut off must not go unnoticed (or parse as a shorter document).
+                return problem_response(413, f"The body is larger than {limit} bytes")
             try:
                 request.get_json()  # parsed once; Flask caches it for the view's validation
             except BadRequest as exc:
-                return problem_response(400, f"Malformed JSON body: {exc.description}")
+                # Flask hides the parser's reason outside debug mode; it is about the client's own
+                # bytes (a position, "nested more than 32 levels deep"), so it is said.
+                reason = next((str(e) for e in _chain(exc) if isinstance(e, ValueError)), exc.description)
+                return problem_response(400, f"Malformed JSON body: {reason}",
+                                        [FieldProblem(field="body", message=reason)])
         return None
 
     @app.errorhandler(ProblemError)

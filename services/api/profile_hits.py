@@ -9,6 +9,9 @@ where `services.api.users.get_profile` computes, caches, documents and reports e
 re-reads the cache on a miss: one more round trip on a path that takes ~10 ms, in exchange for
 the view staying the whole story on its own.
 
+A key without the personal scope gets the profile without the person's name, e-mail and street,
+cut from the same cached text (shared.personal.profile_view), as the view answers it.
+
 The key and the rate limit are checked here as Flask would (services.api.access: same decision,
 same problem answers); a request that goes on to Flask carries the decision along, so a limit
 is counted once per request.
@@ -20,7 +23,7 @@ import redis
 from services.api import access
 from services.api.metrics import ROUTE
 from services.api.problems import problem_response
-from shared import profile_cache
+from shared import personal, profile_cache
 
 PROFILE_PATH = re.compile(r"/api/users/([0-9]{1,18})/profile")
 PROFILE_ENDPOINT = "users.get_profile"
@@ -51,9 +54,12 @@ class ProfileHits:
                 except redis.RedisError:
                     body = None  # the view reports it as the API does everywhere else
                 if body is not None:
-                    data = body.encode()
+                    # The view the key may see, cut from the one cached text (shared.personal).
+                    shown = decision.principal is not None and personal.may_see(decision.principal.scopes)
+                    data = personal.profile_view(body, shown).encode()
                     start_response("200 OK", [("Content-Type", "application/json"),
                                               ("Content-Length", str(len(data))), ("X-Cache", "HIT"),
+                                              *(personal.NO_STORE.items() if shown else ()),
                                               *decision.headers.items()])
                     return [data]
         return self.wsgi_app(environ, start_response)

@@ -1,7 +1,7 @@
 """Users: signup (with its outbox message) and reads with eager-loaded addresses."""
 import time
 import uuid
-from flask import Response
+from flask import Response, g
 from flask_openapi3 import APIBlueprint, Tag
 from psycopg.errors import UniqueViolation
 from pydantic import BaseModel, Field
@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager
 
 from services.api.problems import ProblemError
-from shared import profile_cache, request_ids, tracing
+from shared import personal, profile_cache, request_ids, tracing
 from shared.analytics.profiles import LAST_PHASES, compute_profiles
 from shared.db import session_scope
 from shared.models import Address, City, Country, OutboxMessage, PurchaseDay, User
@@ -32,6 +32,31 @@ class SignupCreated(BaseModel):
 
 class UserPath(BaseModel):
     user_id: int = Field(gt=0, lt=2**31)
+
+
+def sees_personal() -> bool:
+    """Whether this request's key may see who people are (the personal scope, shared.personal)."""
+    principal = g.get("principal")
+    return principal is not None and personal.may_see(principal.scopes)
+
+
+def _people(users: list[dict], shown: bool) -> list[dict]:
+    return users if shown else [personal.pseudonymous(user) for user in users]
+
+
+def _privacy_headers(shown: bool) -> dict[str, str]:
+    # An answer naming people is kept by no cache, a browser's included.
+    return dict(personal.NO_STORE) if shown else {}
+
+
+PERSONAL_READ = ("Without the `personal` scope people are pseudonymous: username, email, full_name and "
+                 "address.street are absent. With it they are present and the answer carries "
+                 "`Cache-Control: no-store`.")
+
+
+PERSONAL_PROFILE = ("Without the `personal` scope the profile's user is pseudonymous: user.username, user.email, "
+                    "user.full_name and user.address.street are absent. With it they are present and the answer "
+                    "carries `Cache-Control: no-store`.")
 
 
 def _taken_fields(session: Session, username: str, email: str) -> list[FieldProblem]:
@@ -114,6 +139,7 @@ def signup(body: SignupRequest):
 @users_bp.get(
     "/<int:user_id>",
     summary="A user with address, city and country (one SQL query)",
+    description=PERSONAL_READ,
     responses={200: UserOut, 404: Problem},
 )
 def get_user(path: UserPath):
@@ -121,7 +147,8 @@ def get_user(path: UserPath):
         user = session.scalar(select(User).options(with_address()).where(User.id == path.user_id))
         if user is None:
             raise ProblemError(404, f"No user with id {path.user_id}")
-        return UserOut.of(user).model_dump(mode="json")
+        shown = sees_personal()
+        return _people([UserOut.of(user).model_dump(mode="json")], shown)[0], 200, _privacy_headers(shown)
 
 
 class UserListQuery(BaseModel):
@@ -157,6 +184,7 @@ class TopQuery(BaseModel):
 @users_bp.get(
     "",
     summary="Users by country and city, with their addresses (one SQL query per page)",
+    description=PERSONAL_READ,
     responses={200: UserPage, 422: Problem},
 )
 def list_users(query: UserListQuery):
@@ -178,14 +206,17 @@ def list_users(query: UserListQuery):
         statement = statement.where(func.lower(City.name) == query.city.strip().lower())
     with session_scope() as session:
         rows = session.execute(statement).all()
-        items = [UserOut.of(row.User) for row in rows]
+        items = [UserOut.of(row.User).model_dump(mode="json") for row in rows]
     total = rows[0].total if rows else 0
-    return UserPage(items=items, page=query.page, per_page=query.per_page, total=total).model_dump(mode="json")
+    shown = sees_personal()
+    return ({"items": _people(items, shown), "page": query.page, "per_page": query.per_page, "total": total},
+            200, _privacy_headers(shown))
 
 
 @users_bp.get(
     "/top",
     summary="Top users by profile score (the guide's `profile_score > 80`)",
+    description=PERSONAL_READ,
     responses={200: UserPage, 422: Problem},
 )
 def top_users(query: TopQuery):
@@ -197,15 +228,17 @@ def top_users(query: TopQuery):
             .order_by(User.profile_score.desc(), User.id)
             .limit(query.limit)
         ).all()
-        items = [UserOut.of(u) for u in users]
-    return UserPage(items=items, page=1, per_page=query.limit, total=len(items)).model_dump(mode="json")
+        items = [UserOut.of(u).model_dump(mode="json") for u in users]
+    shown = sees_personal()
+    return ({"items": _people(items, shown), "page": 1, "per_page": query.limit, "total": len(items)},
+            200, _privacy_headers(shown))
 
 
 @users_bp.get(
     "/<int:user_id>/profile",
     summary="The user's analytics profile (cache-aside in Redis; header X-Cache: HIT|MISS, "
     "BYPASS while Redis is unreachable)",
-    description=PROFILE_DOC,
+    description=PROFILE_DOC + "\n" + PERSONAL_PROFILE,
     responses={200: ProfileOut, 404: Problem},
 )
 def get_profile(path: UserPath):
@@ -219,7 +252,9 @@ def get_profile(path: UserPath):
     body, cache = profile_cache.get_or_compute(path.user_id, compute)
     if body is None:
         raise ProblemError(404, f"No user with id {path.user_id}")
-    headers = {"X-Cache": cache}
+    shown = sees_personal()
+    body = personal.profile_view(body, shown)
+    headers = {"X-Cache": cache, **_privacy_headers(shown)}
     phases = LAST_PHASES.get()
     if cache != profile_cache.HIT and phases:
         # Where a computed profile spent its time (W3C Server-Timing): each store read, the scoring,

@@ -98,7 +98,7 @@ def send_welcome_once(db, user: UserCreatedMessage) -> bool:
         if erasure.missing_users(session, [user.user_id]):
             return False  # erased since signing up: nobody to welcome
     message = mailer.welcome_message(user)
-    mailer.send(message)
+    mailer.send(message, to=user.email)
     db[WELCOME_EMAILS].update_one(
         {"_id": user.user_id},
         {"$set": {"sent_at": datetime.now(UTC), "event_id": user.event_id, "to": user.email,

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, make_response, redirect, render_template, request, url_for
 
-from services.api import access
+from services.api import access, proxies
 
 dashboard_bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates",
                          static_folder="static")
@@ -60,7 +60,8 @@ def login():
     if refused := _cross_site():
         return refused
     key = (request.form.get("key") or "").strip()
-    decision = access.decide("dashboard.index", f"Bearer {key}" if key else None, request.remote_addr)
+    decision = access.decide("dashboard.index", f"Bearer {key}" if key else None,
+                            proxies.client_address(request))
     if decision.status != 200:
         detail = decision.detail if key else "Paste an API key with the read scope"
         return render_template("dashboard/login.html", next=target, error=detail), decision.status

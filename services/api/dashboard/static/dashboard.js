@@ -181,7 +181,8 @@ const Pulse = (() => {
       const link = document.createElement("a");
       link.href = `/dashboard/users/${u.id}`;
       link.textContent = u.id;
-      const cells = [link, u.username, `${u.address.city}, ${u.address.country.code}`, number(u.profile_score, 1)];
+      // Without the personal scope people are pseudonymous (README, API keys): no username to show.
+      const cells = [link, u.username ?? "–", `${u.address.city}, ${u.address.country.code}`, number(u.profile_score, 1)];
       for (const value of cells) {
         const cell = document.createElement("td");
         if (value instanceof Node) cell.append(value); else cell.textContent = value;
@@ -312,7 +313,9 @@ const Pulse = (() => {
       return "";
     }
     const user = profile.user;
-    text("user-name", `${user.full_name} (${user.username}), ${user.address.city}, ${user.address.country.name}`);
+    const place = `${user.address.city}, ${user.address.country.name}`;
+    // A key without the personal scope sees the user by id only (README, API keys).
+    text("user-name", user.full_name === undefined ? place : `${user.full_name} (${user.username}), ${place}`);
     text("p-segment", profile.segment);
     text("p-churn", `${profile.churn_risk.toFixed(1)} %`);
     text("p-alive", profile.p_alive === null ? "–" : profile.p_alive.toFixed(3));
