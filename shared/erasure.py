@@ -26,14 +26,16 @@ and RFM breakpoints are fitted from the customer summaries, where the person no 
 Nothing may make an erasure undone or forgotten:
 
 - `user.erase` retries until it succeeds (shared.retry.UntilDone: never dead-lettered by an outage).
-- Step 1 also writes the id into `erasures`; the reconciliation (`reconcile`, beat every
-  ERASURE_RECONCILE_SECONDS) does step 2 again for every erasure not yet confirmed, and confirms
-  (`reconciled_at`) only once MongoDB answers that nothing of the person is left. Its cost is the
-  unconfirmed erasures, a page at a time, never a scan of `events`.
-- The sweep (`sweep_page`, one page of SWEEP_PAGE ids per run, wrapping around) catches a person
-  deleted from Postgres some other way (by hand, a restored backup): ids come from a sequence, so
-  the ids below its value that have no user row are exactly those that may have left something;
-  each page asks MongoDB about those ids only, through its indexes.
+- Step 1 also writes the id into `erasures`; the worker deletes that row once its first pass is
+  done and the second queued (`confirm`: MongoDB answers that nothing of the person is left). The
+  reconciliation (`reconcile`, beat every ERASURE_RECONCILE_SECONDS) does step 2 again for every
+  row still there after the second pass's window, and confirms the same way. Its cost is the
+  unconfirmed erasures, a batch at a time, never a scan of `events`; in the end not even the id
+  stays.
+- The sweep (`sweep_page`, one page of ERASURE_SWEEP_PAGE ids per run, wrapping around) catches a
+  person deleted from Postgres some other way (by hand, a restored backup): ids come from a
+  sequence, so the ids below its value that have no user row are exactly those that may have left
+  something; each page asks MongoDB about those ids only, through its indexes.
 - Erasure also deletes the person's recorded task failures (shared.task_failures keeps the user
   ids of each), and published outbox messages of everyone are pruned after OUTBOX_RETENTION_HOURS
   (services.api.outbox_relay).
@@ -45,7 +47,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
-from sqlalchemy import Integer, delete, func, select, text, update
+from sqlalchemy import Integer, delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -160,7 +162,6 @@ def reconcile(db, batch: int = RECONCILE_BATCH) -> dict[str, int]:
     with session_scope() as session:
         ids = list(session.scalars(
             select(Erasure.user_id).where(
-                Erasure.reconciled_at.is_(None),
                 Erasure.erased_at < func.now() - text(f"interval '{ERASURE_SECOND_PASS_SECONDS} seconds'"))
             .order_by(Erasure.erased_at).limit(batch)))
     if not ids:
@@ -173,13 +174,12 @@ def reconcile(db, batch: int = RECONCILE_BATCH) -> dict[str, int]:
 
 
 def confirm(db, user_ids: list[int]) -> list[int]:
-    """Mark the erasures of these users done, for those MongoDB holds nothing of any more (the
-    worker's second pass, and the reconciliation). Returns them."""
+    """Close the erasures of those of these users MongoDB holds nothing of any more (the worker,
+    and the reconciliation): their `erasures` rows go. Returns them."""
     confirmed = sorted(set(user_ids) - left_in_mongodb(db, list(user_ids)))
     if confirmed:
         with session_scope() as session:
-            session.execute(update(Erasure).where(Erasure.user_id.in_(confirmed), Erasure.reconciled_at.is_(None))
-                            .values(reconciled_at=func.now()))
+            session.execute(delete(Erasure).where(Erasure.user_id.in_(confirmed)))
     return confirmed
 
 
@@ -189,8 +189,8 @@ SWEEP = "erasure"
 def sweep_page(db, page: int) -> dict[str, int]:
     """One page of the sweep: ids [cursor, cursor + page) below the users sequence's value that
     have no user row. Whoever among them MongoDB still holds something of (a person deleted from
-    Postgres behind Pulse's back) is forgotten everywhere, and recorded in `erasures`. Redis and
-    task failures are cleared for every such id (a delete of absent keys costs nothing)."""
+    Postgres behind Pulse's back) is forgotten everywhere. Redis, task failures and outbox messages
+    are cleared for every such id (a delete of what is absent costs an index look-up)."""
     with session_scope() as session:
         highest = session.scalar(text("SELECT pg_sequence_last_value(pg_get_serial_sequence('users', 'id'))")) or 0
         cursor = session.get(SweepCursor, SWEEP, with_for_update=True)
@@ -227,10 +227,6 @@ def sweep_page(db, page: int) -> dict[str, int]:
     forget_in_redis(missing)
     if leftover:
         forget(db, leftover)
-        with session_scope() as session:
-            session.execute(insert(Erasure).values([{"user_id": u, "reconciled_at": func.now()} for u in leftover])
-                            .on_conflict_do_update(index_elements=[Erasure.user_id],
-                                                   set_={"reconciled_at": func.now()}))
     return {"checked": end - start, "forgotten": len(leftover)}
 
 

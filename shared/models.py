@@ -203,17 +203,15 @@ class TaskFailure(Base):
 
 
 class Erasure(Base):
-    """A person erased through the API (shared.erasure), until MongoDB and Redis are confirmed to
-    hold nothing of theirs: the reconciliation (beat) does the worker's part again for every row
-    whose `reconciled_at` is empty, so an erasure whose message was lost is still completed.
-    Holds the id only (ids are never reused); nothing else of the person."""
+    """A person erased (shared.erasure) whose erasure is not yet confirmed done in MongoDB and
+    Redis: the reconciliation (beat) does the worker's part again for every row, and the row goes
+    once MongoDB answers that nothing of the person is left, so in the end not even the id stays.
+    Holds the id only (ids are never reused)."""
 
     __tablename__ = "erasures"
-    __table_args__ = (Index("ix_erasures_unreconciled", "erased_at", postgresql_where=text("reconciled_at IS NULL")),)
 
     user_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    reconciled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
 
 
 class SweepCursor(Base):

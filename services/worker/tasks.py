@@ -129,10 +129,7 @@ def erase_user(self, user_id: int, second_pass: bool = False) -> dict:
             log.warning("erase_refused_user_exists", user_id=user_id, task_id=self.request.id)
             return {"user_id": user_id, "erased": False}
     removed = erasure.forget(db, [user_id])
-    if second_pass:
-        # Done, unless MongoDB still holds something: then the reconciliation takes it on.
-        erasure.confirm(db, [user_id])
-    else:
+    if not second_pass:
         app.send_task(ERASE_USER, kwargs={"user_id": user_id, "second_pass": True},
                       countdown=erasure.ERASURE_SECOND_PASS_SECONDS, task_id=f"{self.request.id}.second-pass")
         try:
@@ -142,6 +139,9 @@ def erase_user(self, user_id: int, second_pass: bool = False) -> dict:
         if outbox_id is not None:
             with session_scope() as session:
                 session.execute(delete(OutboxMessage).where(OutboxMessage.id == outbox_id))
+    # Done (the second pass queued, with confirms, until done itself), unless MongoDB still
+    # holds something: then the `erasures` row stays for the reconciliation.
+    erasure.confirm(db, [user_id])
     log.info("user_erased", user_id=user_id, second_pass=second_pass, **removed)
     return {"user_id": user_id, "erased": True, **removed}
 

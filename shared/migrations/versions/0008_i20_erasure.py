@@ -21,10 +21,8 @@ def upgrade() -> None:
         "erasures",
         sa.Column("user_id", sa.Integer(), primary_key=True),
         sa.Column("erased_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-        sa.Column("reconciled_at", sa.DateTime(timezone=True), nullable=True),
     )
-    op.create_index("ix_erasures_unreconciled", "erasures", ["erased_at"],
-                    postgresql_where=sa.text("reconciled_at IS NULL"))
+    op.create_index("ix_erasures_erased_at", "erasures", ["erased_at"])
     op.create_table(
         "sweep_cursors",
         sa.Column("name", sa.String(50), primary_key=True),
@@ -48,5 +46,5 @@ def downgrade() -> None:
     op.drop_column("task_failures", "retrying")
     op.drop_column("task_failures", "user_ids")
     op.drop_table("sweep_cursors")
-    op.drop_index("ix_erasures_unreconciled", table_name="erasures")
+    op.drop_index("ix_erasures_erased_at", table_name="erasures")
     op.drop_table("erasures")
