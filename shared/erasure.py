@@ -44,10 +44,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import Integer, delete, func, select, text
+from sqlalchemy import Integer, delete, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -162,7 +162,7 @@ def reconcile(db, batch: int = RECONCILE_BATCH) -> dict[str, int]:
     with session_scope() as session:
         ids = list(session.scalars(
             select(Erasure.user_id).where(
-                Erasure.erased_at < func.now() - text(f"interval '{ERASURE_SECOND_PASS_SECONDS} seconds'"))
+                Erasure.erased_at < datetime.now(UTC) - timedelta(seconds=ERASURE_SECOND_PASS_SECONDS))
             .order_by(Erasure.erased_at).limit(batch)))
     if not ids:
         return {"erasures": 0, "confirmed": 0}

@@ -6,7 +6,8 @@ more than once: acks are late, and the outbox relay may republish after a crash.
 import uuid
 from datetime import UTC, datetime
 
-from pymongo.errors import DuplicateKeyError
+import pymongo
+from pymongo.errors import DuplicateKeyError, PyMongoError
 from sqlalchemy import delete
 
 from services.worker import mailer
@@ -193,9 +194,14 @@ def reconcile_erasures() -> dict:
     periodic task must not be dead-lettered (acks are late; a failure rejects)."""
     db = get_database()
     try:
+        # A second at most to learn that MongoDB is down, not the client's server-selection
+        # timeout: a run during an outage must not hold for long the worker slot that the erasures
+        # and batches retrying meanwhile need. The next run comes within ERASURE_RECONCILE_SECONDS.
+        with pymongo.timeout(1.0):
+            db.command("ping")
         reconciled = erasure.reconcile(db)
         swept = erasure.sweep_page(db, get_settings().erasure_sweep_page)
-    except TRANSIENT_ERRORS as exc:
+    except (*TRANSIENT_ERRORS, PyMongoError) as exc:
         log.warning("erasure_reconciliation_skipped", error=task_failures.describe(exc))
         return {"skipped": True}
     if reconciled["erasures"] or swept["forgotten"]:
