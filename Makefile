@@ -13,8 +13,9 @@ help:
 setup: ## venv + dependencies, database + migrations, RabbitMQ management plugin
 	@scripts/setup
 
-dev: setup ## run every process in the foreground (Ctrl-C stops them all); prints where the development API key is
+dev: setup ## run every process in the foreground (Ctrl-C stops them all); prints where the development API key and the Flower login are
 	@$(PY) -m shared.api_keys dev $(VAR)/dev-api-key
+	@$(PY) -m scripts.flower login $(VAR)/flower-login
 	exec $(VENV)/bin/honcho start -f Procfile
 
 test: ## bandit, then the whole suite against real Postgres, RabbitMQ, Redis, MongoDB-wire server and workers

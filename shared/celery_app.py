@@ -1,5 +1,6 @@
 """The Celery app factory: every Pulse process builds its app here, so all agree on the wire."""
 from celery import Celery, signals
+from celery.app.amqp import AMQP
 
 from shared import request_ids, task_failures  # noqa: F401  (connect the request ids and the failure recorder to Celery's signals)
 from shared.logging import configure_logging
@@ -7,10 +8,39 @@ from shared.settings import Settings, get_settings
 from shared.topology import build_topology
 
 
+def arguments_shown(kwargs: dict | None) -> str:
+    """What a task message says its arguments are (`kwargsrepr`): the ids only. Flower, the
+    monitoring events and the logs show this instead of the arguments, which hold names,
+    e-mail and street addresses (a signup) or a person's events (a batch), and which an erasure
+    could not reach in Flower's memory."""
+    shown = {}
+    for name, value in (kwargs or {}).items():
+        if name.endswith("_id") or value is None or isinstance(value, bool | int | float):
+            shown[name] = value  # ids, flags and numbers: never a name or an address
+        elif isinstance(value, list | tuple):
+            shown[name] = f"<{len(value)} items>"
+        else:
+            shown[name] = "<hidden>"
+    return repr(shown)
+
+
+class PrivateArgumentsAMQP(AMQP):
+    """Every message Pulse publishes (the relay, the workers, Celery's own retries) carries
+    `arguments_shown` as its kwargsrepr and no argsrepr (Pulse tasks take keyword arguments)."""
+
+    def as_task_v2(self, task_id, name, args=None, kwargs=None, *more, **options):
+        if options.get("kwargsrepr") is None:
+            options["kwargsrepr"] = arguments_shown(kwargs)
+        if options.get("argsrepr") is None:
+            options["argsrepr"] = f"<{len(args or ())} arguments>"
+        return super().as_task_v2(task_id, name, args, kwargs, *more, **options)
+
+
 def create_celery_app(name: str, include: list[str] | None = None, settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     topology = build_topology(settings.queue_prefix, settings.queue_type)
-    app = Celery(name, broker=settings.broker_url, backend=settings.result_backend, include=include or [])
+    app = Celery(name, broker=settings.broker_url, backend=settings.result_backend, include=include or [],
+                 amqp=PrivateArgumentsAMQP)
     app.conf.update(
         # JSON only: a pickle on the wire is remote code execution.
         task_serializer="json",

@@ -22,26 +22,47 @@ such a late cache write (or anything else racing the first pass) put back.
 
 Population statistics lose the person at once (category sales) or at the next refit (the models
 and RFM breakpoints are fitted from the customer summaries, where the person no longer is).
+
+Nothing may make an erasure undone or forgotten:
+
+- `user.erase` retries until it succeeds (shared.retry.UntilDone: never dead-lettered by an outage).
+- Step 1 also writes the id into `erasures`; the worker deletes that row once its first pass is
+  done and the second queued (`confirm`: MongoDB answers that nothing of the person is left). The
+  reconciliation (`reconcile`, beat every ERASURE_RECONCILE_SECONDS) does step 2 again for every
+  row still there after the second pass's window, and confirms the same way. Its cost is the
+  unconfirmed erasures, a batch at a time, never a scan of `events`; in the end not even the id
+  stays.
+- The sweep (`sweep_page`, one page of ERASURE_SWEEP_PAGE ids per run, wrapping around) catches a
+  person deleted from Postgres some other way (by hand, a restored backup): ids come from a
+  sequence, so the ids below its value that have no user row are exactly those that may have left
+  something; each page asks MongoDB about those ids only, through its indexes.
+- Erasure also deletes the person's recorded task failures (shared.task_failures keeps the user
+  ids of each), and published outbox messages of everyone are pruned after OUTBOX_RETENTION_HOURS
+  (services.api.outbox_relay).
 """
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import Integer, delete, select, text
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from shared import request_ids, rescore, tracing
+from shared import request_ids, rescore, task_failures, tracing
 from shared.cache import get_redis, key
+from shared.db import session_scope
 from shared.models import (
     ActivityDay,
     Address,
     CustomerCategory,
     CustomerSummary,
+    Erasure,
     OutboxMessage,
     PurchaseDay,
+    SweepCursor,
     User,
 )
 from shared.mongo import EVENTS, PROFILES, WELCOME_EMAILS
@@ -79,6 +100,9 @@ def erase_in_postgres(session: Session, user_id: int) -> bool:
     # Cities stay: they are shared reference data that every API process keeps in an LRU cache
     # (shared.reference), so deleting one under a concurrent signup would break that signup.
     session.execute(delete(Address).where(Address.id == address_id, ~Address.users.any()))
+    task_failures.forget_people(session, [user_id])
+    # The ledger the reconciliation completes from, should the message below never do its work.
+    session.execute(insert(Erasure).values(user_id=user_id).on_conflict_do_nothing())
     with tracing.outbox_write(ERASE_USER) as traceparent:  # the relay continues this trace
         session.add(OutboxMessage(id=uuid.uuid4(), task_name=ERASE_USER, payload={"user_id": user_id},
                                   request_id=request_ids.current(), traceparent=traceparent))
@@ -100,16 +124,110 @@ def forget_in_redis(user_ids: Iterable[int]) -> int:
 
 
 def forget(db, user_ids: Iterable[int]) -> dict[str, int]:
-    """Step 2: delete everything MongoDB and Redis hold about these (erased) users. Idempotent."""
+    """Step 2: delete everything MongoDB and Redis hold about these (erased) users, and the task
+    failures recorded about them since step 1. Idempotent."""
     ids = sorted(set(int(u) for u in user_ids))
     if not ids:
         return {}
-    return {
+    removed = {
         "events": db[EVENTS].delete_many({"user_id": {"$in": ids}}).deleted_count,
         "profiles": db[PROFILES].delete_many({"_id": {"$in": ids}}).deleted_count,
         "welcome_emails": db[WELCOME_EMAILS].delete_many({"_id": {"$in": ids}}).deleted_count,
         "cache_keys": forget_in_redis(ids),
     }
+    with session_scope() as session:
+        removed["task_failures"] = task_failures.forget_people(session, ids)
+    return removed
+
+
+def left_in_mongodb(db, user_ids: list[int]) -> set[int]:
+    """Which of these users MongoDB still holds anything of, asked through indexes only
+    (`ix_user_time` of events, `_id` of the others)."""
+    if not user_ids:
+        return set()
+    found = set(db[EVENTS].distinct("user_id", {"user_id": {"$in": user_ids}}))
+    for collection in (PROFILES, WELCOME_EMAILS):
+        found.update(doc["_id"] for doc in db[collection].find({"_id": {"$in": user_ids}}, {"_id": 1}))
+    return {int(u) for u in found}
+
+
+# How many unconfirmed erasures one reconciliation run takes on: bounded work per run whatever
+# an outage left behind; the rest wait for the next run.
+RECONCILE_BATCH = 500
+
+
+def reconcile(db, batch: int = RECONCILE_BATCH) -> dict[str, int]:
+    """Do step 2 again for erasures not yet confirmed and older than the second pass (whose window
+    is the worker's to close), then confirm each that MongoDB no longer holds anything of."""
+    with session_scope() as session:
+        ids = list(session.scalars(
+            select(Erasure.user_id).where(
+                Erasure.erased_at < datetime.now(UTC) - timedelta(seconds=ERASURE_SECOND_PASS_SECONDS))
+            .order_by(Erasure.erased_at).limit(batch)))
+    if not ids:
+        return {"erasures": 0, "confirmed": 0}
+    # Only people still without a user row: an id in `erasures` is never reused, but be exact.
+    with session_scope() as session:
+        ids = missing_users(session, ids)
+    forget(db, ids)
+    return {"erasures": len(ids), "confirmed": len(confirm(db, ids))}
+
+
+def confirm(db, user_ids: list[int]) -> list[int]:
+    """Close the erasures of those of these users MongoDB holds nothing of any more (the worker,
+    and the reconciliation): their `erasures` rows go. Returns them."""
+    confirmed = sorted(set(user_ids) - left_in_mongodb(db, list(user_ids)))
+    if confirmed:
+        with session_scope() as session:
+            session.execute(delete(Erasure).where(Erasure.user_id.in_(confirmed)))
+    return confirmed
+
+
+SWEEP = "erasure"
+
+
+def sweep_page(db, page: int) -> dict[str, int]:
+    """One page of the sweep: ids [cursor, cursor + page) below the users sequence's value that
+    have no user row. Whoever among them MongoDB still holds something of (a person deleted from
+    Postgres behind Pulse's back) is forgotten everywhere. Redis, task failures and outbox messages
+    are cleared for every such id (a delete of what is absent costs an index look-up)."""
+    with session_scope() as session:
+        highest = session.scalar(text("SELECT pg_sequence_last_value(pg_get_serial_sequence('users', 'id'))")) or 0
+        cursor = session.get(SweepCursor, SWEEP, with_for_update=True)
+        if cursor is None:
+            cursor = SweepCursor(name=SWEEP, next_id=1)
+            session.add(cursor)
+            session.flush()
+        start = cursor.next_id if cursor.next_id <= highest else 1
+        end = min(start + page, highest + 1)
+        present = set(session.scalars(select(User.id).where(User.id >= start, User.id < end)))
+        missing = [u for u in range(start, end) if u not in present]
+        if end > highest:  # the cycle is complete: the next run starts at 1 again
+            cursor.next_id = 1
+            cursor.last_cycle_completed_at = datetime.now(UTC)
+            cursor.cycle_started_at = datetime.now(UTC)
+        else:
+            cursor.next_id = end
+    # The cursor moves on first: a page that fails below is checked again in the next cycle.
+    if not missing:
+        return {"checked": max(0, end - start), "forgotten": 0}
+    leftover = left_in_mongodb(db, missing)
+    # Asked again after MongoDB answered: a signup that committed after the read above had its
+    # first document written only after that commit, so this read sees its user row.
+    with session_scope() as session:
+        missing = missing_users(session, missing)
+        leftover = sorted(leftover & set(missing))
+        task_failures.forget_people(session, missing)
+        # A signup's published message (name, e-mail, street) of a person deleted by hand; the
+        # NOT EXISTS guards a signup committing meanwhile (its row and message commit together).
+        session.execute(delete(OutboxMessage).where(
+            OutboxMessage.payload["user_id"].astext.in_([str(u) for u in missing]),
+            OutboxMessage.task_name != ERASE_USER,
+            ~select(User.id).where(User.id == OutboxMessage.payload["user_id"].astext.cast(Integer)).exists()))
+    forget_in_redis(missing)
+    if leftover:
+        forget(db, leftover)
+    return {"checked": end - start, "forgotten": len(leftover)}
 
 
 def missing_users(session: Session, user_ids: Iterable[int]) -> list[int]:

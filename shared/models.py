@@ -9,6 +9,7 @@ from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Date,
     DateTime,
     Float,
@@ -189,6 +190,39 @@ class TaskFailure(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     first_failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    # The people the task was about (its message's user ids): an erasure deletes their rows, since
+    # an error may quote what the task held (addresses are also redacted when recorded).
+    user_ids: Mapped[list[int] | None] = mapped_column(ARRAY(Integer))
+    # True while a retry is queued (the retry backlog); False once the task failed for good.
+    retrying: Mapped[bool] = mapped_column(Boolean, server_default=text("false"), default=False)
+
+    __table_args__ = (
+        Index("ix_task_failures_user_ids", "user_ids", postgresql_using="gin"),
+        Index("ix_task_failures_retrying", "task_name", postgresql_where=text("retrying")),
+    )
+
+
+class Erasure(Base):
+    """A person erased (shared.erasure) whose erasure is not yet confirmed done in MongoDB and
+    Redis: the reconciliation (beat) does the worker's part again for every row, and the row goes
+    once MongoDB answers that nothing of the person is left, so in the end not even the id stays.
+    Holds the id only (ids are never reused)."""
+
+    __tablename__ = "erasures"
+
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
+
+
+class SweepCursor(Base):
+    """Where a paged sweep over all ids goes on next (the erasure sweep: shared.erasure)."""
+
+    __tablename__ = "sweep_cursors"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    next_id: Mapped[int] = mapped_column(BigInteger)
+    cycle_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_cycle_completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 RESCORE_CHANGE_SEQ = Sequence("rescore_change_seq")
@@ -235,6 +269,8 @@ class OutboxMessage(Base):
         ),
         # Erasure deletes a person's messages, personal data in their payloads, without a scan.
         Index("ix_outbox_user_id", text("((payload ->> 'user_id'))")),
+        # The relay prunes published messages older than OUTBOX_RETENTION_HOURS without a scan.
+        Index("ix_outbox_published", "published_at", postgresql_where=text("published_at IS NOT NULL")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)

@@ -71,6 +71,29 @@ class Settings(BaseSettings):
         description="Days the worker remembers which event batches it has counted (a redelivery within "
         "them adds nothing); pruned daily.",
     )
+    task_retry_backoff_max_seconds: int = Field(
+        300,
+        description="Cap of the exponential backoff between a task's retries (2, 4, 8, ... seconds, jittered).",
+    )
+    task_max_retries: int = Field(
+        10,
+        description="Retries of a task before it is dead-lettered. Not for erasures, event batches and signups: "
+        "those retry, at the capped backoff, until the store is back (shared.retry).",
+    )
+    erasure_reconcile_seconds: float = Field(
+        60.0,
+        description="Every so many seconds (beat), erasures not yet confirmed in MongoDB and Redis are done again, "
+        "and one page of the sweep over all user ids forgets people deleted from Postgres some other way.",
+    )
+    erasure_sweep_page: int = Field(
+        10000, description="User ids the erasure sweep checks per run (its cost per run; a full cycle takes "
+        "highest id / this runs)."
+    )
+    outbox_retention_hours: float = Field(
+        24.0,
+        description="Hours a published outbox message (a signup's carries name and e-mail) is kept; the relay "
+        "deletes older ones in batches.",
+    )
     model_refit_cron_hour: int = Field(
         3, description="Hour (UTC) at which Celery beat refits the population models daily."
     )

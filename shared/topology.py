@@ -17,6 +17,7 @@ STORE_EVENTS = "pulse.worker.store_events"
 SEND_WELCOME = "pulse.worker.send_welcome"
 ERASE_USER = "pulse.worker.erase_user"
 PRUNE_LEDGER = "pulse.worker.prune_applied_batches"
+RECONCILE_ERASURES = "pulse.worker.reconcile_erasures"
 COMPUTE_PROFILES = "pulse.analytics.compute_profiles"
 FIT_MODELS = "pulse.analytics.fit_models"
 SWEEP_RESCORING = "pulse.analytics.sweep_rescoring"
@@ -25,6 +26,7 @@ CUSTOMER_STATS = "pulse.analytics.customer_stats"
 # Routing keys.
 RK_USER_CREATED = "user.created"
 RK_USER_ERASE = "user.erase"
+RK_USER_RECONCILE = "user.reconcile"
 RK_EVENTS_INGEST = "events.ingest"
 RK_EMAIL_WELCOME = "email.welcome"
 RK_EVENTS_PRUNE = "events.prune"
@@ -56,6 +58,7 @@ class Topology:
         by_task = {
             USER_CREATED: (self.users, RK_USER_CREATED),
             ERASE_USER: (self.users, RK_USER_ERASE),
+            RECONCILE_ERASURES: (self.users, RK_USER_RECONCILE),
             STORE_EVENTS: (self.events, RK_EVENTS_INGEST),
             SEND_WELCOME: (self.email, RK_EMAIL_WELCOME),
             PRUNE_LEDGER: (self.events, RK_EVENTS_PRUNE),

@@ -6,7 +6,7 @@ from celery.schedules import crontab
 from shared.celery_app import create_celery_app, declare_topology
 from shared.mongo import prepare_database
 from shared.settings import get_settings
-from shared.topology import CUSTOMER_STATS, FIT_MODELS, PRUNE_LEDGER, SWEEP_RESCORING
+from shared.topology import CUSTOMER_STATS, FIT_MODELS, PRUNE_LEDGER, RECONCILE_ERASURES, SWEEP_RESCORING
 from shared.tracing import trace_worker_processes
 
 app = create_celery_app("pulse-analytics", include=["services.analytics.tasks"])
@@ -28,6 +28,9 @@ app.conf.beat_schedule = {
     # The dashboard's customer histograms (services.analytics.customer_stats): one batch over the
     # summaries, so a dashboard refresh costs a document read at any population size.
     "customer-stats": {"task": CUSTOMER_STATS, "schedule": get_settings().customer_stats_seconds},
+    # Erasures whose message never did its work, and people deleted from Postgres some other way
+    # (shared.erasure): bounded work per run, routed to the worker by name.
+    "reconcile-erasures": {"task": RECONCILE_ERASURES, "schedule": get_settings().erasure_reconcile_seconds},
 }
 
 

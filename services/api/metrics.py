@@ -8,7 +8,8 @@
 * The profile cache: hits, misses, bypasses (shared.profile_cache counts them).
 * The pipeline and the domain, read from the stores at scrape time: outbox pending and the age
   of its oldest row, events stored and duplicates skipped (shared.counters), users awaiting
-  rescoring, profiles rescored, dead letters, and the current model (version, age, convergence,
+  rescoring, profiles rescored, tasks waiting to retry (the retry backlog: event batches, erasures,
+  signups retrying while a store is down), dead letters, and the current model (version, age, convergence,
   customers). A store that does not answer leaves its figures out and sets
   `pulse_metrics_source_up{source=...}` to 0, so a scrape never fails with it. `/metrics` is open
   (a Prometheus scraper has no key; the figures are counts, no person's data), so each store is
@@ -37,6 +38,7 @@ from shared.db import session_scope
 from shared.logging import get_logger
 from shared.mongo import get_database
 from shared.settings import get_settings
+from shared.topology import ERASE_USER, STORE_EVENTS, USER_CREATED
 
 log = get_logger(__name__)
 ROUTE = "pulse.route"  # the WSGI environ key where the route template is left for the middleware
@@ -92,6 +94,8 @@ class RequestMetrics:
             latency.observe(time.perf_counter() - started)
 
 
+UNTIL_DONE_TASKS = (STORE_EVENTS, ERASE_USER, USER_CREATED)
+_RETRY_BACKLOG = text("SELECT task_name, count(*) AS waiting FROM task_failures WHERE retrying GROUP BY task_name")
 _OUTBOX = text("SELECT count(*) AS pending, extract(epoch FROM now() - min(created_at)) AS oldest "
                "FROM outbox WHERE published_at IS NULL")
 
@@ -139,6 +143,7 @@ class PipelineCollector:
         with session_scope() as session:
             outbox = session.execute(_OUTBOX).one()
             pending = session.scalar(text("SELECT count(*) FROM rescore_pending"))
+            retrying = session.execute(_RETRY_BACKLOG).all()
         yield GaugeMetricFamily("pulse_outbox_pending", "Outbox messages (signups, erasures) not yet published",
                                 value=outbox.pending)
         yield GaugeMetricFamily("pulse_outbox_oldest_pending_age_seconds",
@@ -149,6 +154,13 @@ class PipelineCollector:
                                     labels=["store"])
         backlog.add_metric(["postgres"], pending)
         yield backlog
+        waiting = GaugeMetricFamily("pulse_task_retry_backlog",
+                                    "Tasks whose retry is queued because a store is down (event batches, erasures, "
+                                    "signups retry until it is back), by task", labels=["task"])
+        # The tasks that retry until done are always present (0 is a reading, absent is not).
+        for task, count in sorted(({name: 0 for name in UNTIL_DONE_TASKS} | dict(retrying)).items()):
+            waiting.add_metric([task], count)
+        yield waiting
 
     @staticmethod
     def _redis():

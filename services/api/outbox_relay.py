@@ -5,14 +5,20 @@ Each round locks a batch of pending rows with FOR UPDATE SKIP LOCKED, so two rel
 publish the same row, publishes each (send_task blocks until RabbitMQ confirms), and marks the
 published rows in the same transaction. A crash between the confirm and the commit republishes
 those rows: consumers deduplicate by the outbox id, which travels as the task/message id.
+
+Published rows are kept OUTBOX_RETENTION_HOURS (a signup's message holds name, e-mail and street,
+so keeping them for ever would keep what erasure and the retention promise let go), then the
+relay deletes them, PRUNE_BATCH at a time through a partial index, every PRUNE_EVERY seconds
+at most (sooner with a shorter retention).
 """
 import signal
 import threading
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 
 from celery import Celery
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from shared.celery_app import create_celery_app
 from shared import request_ids, tracing
@@ -23,6 +29,39 @@ from shared.settings import get_settings
 
 log = get_logger("pulse.outbox_relay")
 tracer = tracing.tracer("pulse.outbox_relay")
+PRUNE_BATCH = 1000
+PRUNE_EVERY = 60.0
+
+
+def prune_published(retention_hours: float, batch: int = PRUNE_BATCH) -> int:
+    """Delete up to `batch` messages published longer than the retention ago. Returns how many."""
+    cutoff = datetime.now(UTC) - timedelta(hours=retention_hours)
+    with session_scope() as session:
+        oldest = (select(OutboxMessage.id).where(OutboxMessage.published_at < cutoff)
+                  .order_by(OutboxMessage.published_at).limit(batch).with_for_update(skip_locked=True))
+        return session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(oldest.scalar_subquery()))).rowcount
+
+
+class Pruner:
+    """Runs `prune_published` from the relay's loop: batch after batch while there is a backlog,
+    then once every PRUNE_EVERY seconds (a tenth of the retention when that is shorter)."""
+
+    def __init__(self, retention_hours: float) -> None:
+        self.retention_hours = retention_hours
+        self.every = min(PRUNE_EVERY, retention_hours * 360.0)
+        self.due = 0.0
+
+    def __call__(self) -> None:
+        if time.monotonic() < self.due:
+            return
+        try:
+            pruned = prune_published(self.retention_hours)
+        except Exception as exc:  # Postgres unavailable: the publish loop reports it; try later
+            log.warning("outbox_prune_failed", error=type(exc).__name__)
+            pruned = 0
+        if pruned:
+            log.info("outbox_pruned", count=pruned)
+        self.due = 0.0 if pruned >= PRUNE_BATCH else time.monotonic() + self.every
 
 
 def publish_pending(app: Celery, batch_size: int) -> tuple[int, Exception | None]:
@@ -76,7 +115,9 @@ def run(stop: threading.Event | None = None) -> None:
     stop = stop or threading.Event()
     log.info("relay_started", batch_size=settings.outbox_batch_size)
     idle = settings.outbox_poll_interval
+    prune = Pruner(settings.outbox_retention_hours)
     while not stop.is_set():
+        prune()
         try:
             published, error = publish_pending(app, settings.outbox_batch_size)
         except Exception as exc:  # Postgres unavailable: wait and try again, nothing is lost

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from services.api import metrics
 from shared.settings import get_settings
-from shared.topology import build_topology
+from shared.topology import ERASE_USER, STORE_EVENTS, USER_CREATED, build_topology
 
 pipeline_bp = APIBlueprint("pipeline", __name__, url_prefix="/api", abp_tags=[Tag(name="pipeline")])
 SIGNUP_ROUTE = "/api/users/signup"
@@ -36,6 +36,9 @@ class PipelineOut(BaseModel):
     rescore_pending_users: float | None = Field(description="Users awaiting a rescoring (Postgres, durable)")
     rescore_queued_users: float | None = Field(description="Users in Redis awaiting the next drain")
     dead_letters: float | None
+    retry_backlog: dict[str, float] | None = Field(
+        description="Tasks whose retry is queued while a store is down, by kind: event batches (`events`), "
+        "erasures (`erasures`), signups (`signups`), anything else (`other`); null when Postgres did not answer")
     profile_cache: dict[str, float] = Field(description="Profile reads by what the cache did: hits, misses "
                                             "(of which waited or computed), bypassed (Redis unreachable)")
     model_version: float | None
@@ -55,6 +58,18 @@ def _requests(found: dict, routes: tuple[str, ...], status: str) -> float | None
         return None  # metrics off: nothing counted, which is not zero
     return sum(value for labels, value in found["pulse_http_requests_total"]
                if labels.get("route") in routes and labels.get("status") == status)
+
+
+_BACKLOG_KINDS = {STORE_EVENTS: "events", ERASE_USER: "erasures", USER_CREATED: "signups"}
+
+
+def _retry_backlog(found: dict) -> dict[str, float] | None:
+    if "pulse_task_retry_backlog" not in found:
+        return None
+    kinds = dict.fromkeys((*_BACKLOG_KINDS.values(), "other"), 0.0)
+    for labels, value in found["pulse_task_retry_backlog"]:
+        kinds[_BACKLOG_KINDS.get(labels.get("task"), "other")] += value
+    return kinds
 
 
 def _queues() -> list[dict]:
@@ -88,6 +103,7 @@ def pipeline():
         "rescore_pending_users": _total(found, "pulse_rescore_pending_users", store="postgres"),
         "rescore_queued_users": _total(found, "pulse_rescore_queued_users"),
         "dead_letters": next(q["messages"] for q in queues if q["name"] == metrics.dead_letter_queue()),
+        "retry_backlog": _retry_backlog(found),
         "profile_cache": cache,
         "model_version": _total(found, "pulse_model_version"),
         "model_age_seconds": _total(found, "pulse_model_age_seconds"),

@@ -6,7 +6,8 @@ more than once: acks are late, and the outbox relay may republish after a crash.
 import uuid
 from datetime import UTC, datetime
 
-from pymongo.errors import DuplicateKeyError
+import pymongo
+from pymongo.errors import DuplicateKeyError, PyMongoError
 from sqlalchemy import delete
 
 from services.worker import mailer
@@ -17,10 +18,18 @@ from shared.db import session_scope
 from shared.models import OutboxMessage
 from shared.logging import get_logger
 from shared.mongo import PROFILES, WELCOME_EMAILS, get_database
-from shared.retry import RETRY_POLICY
+from shared.retry import RETRY_POLICY, RETRY_UNTIL_DONE, TRANSIENT_ERRORS
 from shared.schemas import UserCreatedMessage
 from shared.settings import get_settings
-from shared.topology import COMPUTE_PROFILES, ERASE_USER, PRUNE_LEDGER, SEND_WELCOME, STORE_EVENTS, USER_CREATED
+from shared.topology import (
+    COMPUTE_PROFILES,
+    ERASE_USER,
+    PRUNE_LEDGER,
+    RECONCILE_ERASURES,
+    SEND_WELCOME,
+    STORE_EVENTS,
+    USER_CREATED,
+)
 
 log = get_logger("pulse.worker")
 
@@ -33,7 +42,7 @@ def _upsert_ignoring_race(collection, selector: dict, update: dict) -> None:
         collection.update_one(selector, update)
 
 
-@app.task(name=USER_CREATED, **RETRY_POLICY)
+@app.task(name=USER_CREATED, **RETRY_UNTIL_DONE)  # answered 201: never dead-lettered by an outage
 def user_created(**payload) -> dict:
     user = UserCreatedMessage.model_validate(payload)
     db = get_database()
@@ -110,7 +119,7 @@ def send_welcome_once(db, user: UserCreatedMessage) -> bool:
     return True
 
 
-@app.task(name=ERASE_USER, bind=True, **RETRY_POLICY)
+@app.task(name=ERASE_USER, bind=True, **RETRY_UNTIL_DONE)
 def erase_user(self, user_id: int, second_pass: bool = False) -> dict:
     """Forget an erased user in MongoDB and Redis (shared.erasure), and the outbox message that
     named them; the first pass queues the second."""
@@ -131,6 +140,9 @@ def erase_user(self, user_id: int, second_pass: bool = False) -> dict:
         if outbox_id is not None:
             with session_scope() as session:
                 session.execute(delete(OutboxMessage).where(OutboxMessage.id == outbox_id))
+    # Done (the second pass queued, with confirms, until done itself), unless MongoDB still
+    # holds something: then the `erasures` row stays for the reconciliation.
+    erasure.confirm(db, [user_id])
     log.info("user_erased", user_id=user_id, second_pass=second_pass, **removed)
     return {"user_id": user_id, "erased": True, **removed}
 
@@ -151,7 +163,7 @@ def _schedule_rescore(delay: float) -> None:
     app.send_task(COMPUTE_PROFILES, countdown=delay)
 
 
-@app.task(name=STORE_EVENTS, bind=True, **RETRY_POLICY)
+@app.task(name=STORE_EVENTS, bind=True, **RETRY_UNTIL_DONE)  # answered 202: stored, however long the outage
 def store_events(self, events: list[dict]) -> dict:
     # The task id is the batch id: a redelivery or a retry of this message carries the same one.
     docs = event_documents(events, datetime.now(UTC))
@@ -172,3 +184,26 @@ def prune_applied_batches() -> dict:
     failures = task_failures.prune(days)
     log.info("applied_batches_pruned", removed=removed, task_failures_removed=failures, retention_days=days)
     return {"removed": removed, "task_failures_removed": failures}
+
+
+@app.task(name=RECONCILE_ERASURES)
+def reconcile_erasures() -> dict:
+    """Beat, every ERASURE_RECONCILE_SECONDS: erasures not yet confirmed are done again, and one
+    page of the sweep over all ids forgets people deleted from Postgres some other way
+    (shared.erasure). No retries: a store that is down now is tried at the next run, and a failing
+    periodic task must not be dead-lettered (acks are late; a failure rejects)."""
+    db = get_database()
+    try:
+        # A second at most to learn that MongoDB is down, not the client's server-selection
+        # timeout: a run during an outage must not hold for long the worker slot that the erasures
+        # and batches retrying meanwhile need. The next run comes within ERASURE_RECONCILE_SECONDS.
+        with pymongo.timeout(1.0):
+            db.command("ping")
+        reconciled = erasure.reconcile(db)
+        swept = erasure.sweep_page(db, get_settings().erasure_sweep_page)
+    except (*TRANSIENT_ERRORS, PyMongoError) as exc:
+        log.warning("erasure_reconciliation_skipped", error=task_failures.describe(exc))
+        return {"skipped": True}
+    if reconciled["erasures"] or swept["forgotten"]:
+        log.info("erasures_reconciled", **reconciled, swept=swept["checked"], forgotten=swept["forgotten"])
+    return {**reconciled, **swept}

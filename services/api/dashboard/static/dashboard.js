@@ -106,6 +106,9 @@ const Pulse = (() => {
     text("outbox-pending", number(data.outbox_pending));
     text("outbox-age", data.outbox_oldest_pending_age_seconds ? `oldest ${number(data.outbox_oldest_pending_age_seconds, 1)} s` : "none waiting");
     text("dead-letters", number(data.dead_letters));
+    const retrying = data.retry_backlog;
+    text("retry-backlog", retrying ? number(Object.values(retrying).reduce((a, b) => a + b, 0)) : "–");
+    text("retry-detail", retrying ? `${number(retrying.events)} batches, ${number(retrying.erasures)} erasures, ${number(retrying.signups)} signups` : "Postgres unreachable");
     text("rescore-backlog", number(data.rescore_pending_users));
     text("rescore-detail", `${number(data.rescore_queued_users)} queued in Redis, ${number(data.profiles_rescored_total)} rescored`);
     const cache = data.profile_cache || {};
