@@ -52,6 +52,7 @@ __all__ = [
     "probability_alive",
     "compress_rows",
     "standard_errors_at",
+    "fit_weights",
 ]
 
 PARAMETER_NAMES = ("r", "alpha", "a", "b")
@@ -88,6 +89,18 @@ def _validate(frequency, recency, T):
     if np.any((x == 0) & (t_x != 0)):
         raise ValueError("recency must be 0 when frequency is 0")
     return x, t_x, T
+
+
+def fit_weights(weights, x: np.ndarray) -> np.ndarray:
+    """The rows' multiplicities for a fit: ones, or ``weights`` checked (aligned, finite, >= 0)."""
+    if weights is None:
+        return np.ones_like(x)
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    if w.shape != x.shape:
+        raise ValueError("weights must align with frequency")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError("weights must be finite and non-negative")
+    return w
 
 
 def compress_rows(*columns: np.ndarray, weights: np.ndarray | None = None
@@ -391,9 +404,7 @@ def fit_bgnbd(frequency, recency, T, *, weights=None, initial_params=None,
     """
     x, t_x, T = _validate(frequency, recency, T)
     x, t_x, T = x.ravel(), t_x.ravel(), T.ravel()
-    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
-    if w.shape != x.shape:
-        raise ValueError("weights must align with frequency")
+    w = fit_weights(weights, x)
     if x.size == 0 or w.sum() <= 0:
         raise ValueError("cannot fit BG/NBD on an empty population")
     # Without a repeat purchase a and b vanish from the likelihood (B(a, b+0)/B(a, b) = 1) and

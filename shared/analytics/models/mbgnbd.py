@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special
 
-from .bgnbd import _maximise, _unique_pairs, _validate, compress_rows, rate_factor, standard_errors_at
+from .bgnbd import (_maximise, _unique_pairs, _validate, compress_rows, fit_weights, rate_factor,
+                    standard_errors_at)
 from .errors import require_repeat_information
 
 __all__ = [
@@ -140,9 +141,7 @@ def fit_mbgnbd(frequency, recency, T, *, weights=None, initial_params=None) -> M
     """
     x, t_x, T = _validate(frequency, recency, T)
     x, t_x, T = x.ravel(), t_x.ravel(), T.ravel()
-    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
-    if w.shape != x.shape:
-        raise ValueError("weights must align with frequency")
+    w = fit_weights(weights, x)
     if x.size == 0 or w.sum() <= 0:
         raise ValueError("cannot fit MBG/NBD on an empty population")
     require_repeat_information("MBG/NBD", x, T, w)
