@@ -606,7 +606,9 @@ def conditional_expected_purchases(params: BGNBDParams, t, frequency, recency, T
     E = (a+b+x-1)/(a-1) * [1 - ((alpha+T)/(alpha+T+t))^(r+x) 2F1(r+x, b+x; a+b+x-1; z)]
         / (1 + [x>0] a/(b+x-1) ((alpha+T)/(alpha+t_x))^(r+x)),   z = t/(alpha+T+t).
     The denominator is 1/P(alive) and is applied as ``probability_alive``; the hypergeometric
-    product is evaluated in Euler-transformed form, stable for any ``x``.
+    product is evaluated in Euler-transformed form, stable for any ``x`` (see ``rate_factor``).
+    ``t`` broadcasts against the customers; a column of k horizons (shape (k, 1)) against n
+    customers gives the (k, n) curve, evaluated per distinct (x, T) at each horizon.
     """
     t = np.asarray(t, dtype=np.float64)
     if np.any(t < 0):
@@ -614,6 +616,9 @@ def conditional_expected_purchases(params: BGNBDParams, t, frequency, recency, T
     if t.ndim == 0:
         # one horizon for everyone: evaluate the hypergeometric term per distinct (x, T)
         return _ConditionalCurve(params, frequency, recency, T)(float(t))
+    if t.ndim == 2 and t.shape[1] == 1 and np.ndim(frequency) == 1:
+        curve = _ConditionalCurve(params, frequency, recency, T)
+        return np.stack([curve(float(tj)) for tj in t[:, 0]])
     r, alpha, a, b = _unpack(params)
     x, t_x, T = _validate(frequency, recency, T)
     p_alive = probability_alive(params, x, t_x, T)

@@ -189,12 +189,19 @@ def expected_purchases(params, t) -> np.ndarray:
 
 
 def conditional_expected_purchases(params, t, frequency, recency, T) -> np.ndarray:
-    """E[Y(t) | x, t_x, T]: expected repeat purchases in (T, T+t]."""
+    """E[Y(t) | x, t_x, T]: expected repeat purchases in (T, T+t].
+
+    ``t`` broadcasts against the customers; a column of k horizons (shape (k, 1)) against n
+    customers gives the (k, n) curve.
+    """
     r, alpha, a, b = _unpack(params)
     t = np.asarray(t, dtype=np.float64)
     if np.any(t < 0):
         raise ValueError("t must be non-negative")
     x, t_x, T = _validate(frequency, recency, T)
+    if t.ndim == 2 and t.shape[1] == 1 and x.ndim == 1:
+        # a curve: k horizons (a column) for n customers -> (k, n), per distinct (x, T) each
+        return np.stack([conditional_expected_purchases(params, float(tj), x, t_x, T) for tj in t[:, 0]])
     p_alive = probability_alive(params, x, t_x, T)
     if t.ndim == 0:
         # the rate factor depends on (x, T) only: evaluate it once per distinct pair

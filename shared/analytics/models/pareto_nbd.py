@@ -370,7 +370,11 @@ def probability_alive(params, frequency, recency, T) -> np.ndarray:
 
 
 def conditional_expected_purchases(params, t, frequency, recency, T) -> np.ndarray:
-    """E[Y(t) | x, t_x, T]: expected repeat purchases in (T, T+t] (note 009, eq. 22)."""
+    """E[Y(t) | x, t_x, T]: expected repeat purchases in (T, T+t] (note 009, eq. 22).
+
+    ``t`` broadcasts against the customers (a column of k horizons against n customers gives the
+    (k, n) curve); P(alive), the costly part, is computed once.
+    """
     r, alpha, s, beta = _unpack(params)
     t = np.asarray(t, dtype=np.float64)
     if np.any(t < 0):

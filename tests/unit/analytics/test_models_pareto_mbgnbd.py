@@ -372,3 +372,24 @@ def test_a_population_without_repeat_buyers_is_refused(name):
     with pytest.raises(UnidentifiedModel):
         fit(np.r_[np.zeros(10), 3.0], np.r_[np.zeros(10), 5.0], np.r_[T[:10], 6.0],
             weights=np.r_[np.ones(10), 0.0])
+
+
+def test_a_column_of_horizons_gives_the_tracking_curve(cdnow):
+    """What the holdout tracking plot needs: k horizons x n customers in one call, equal to k
+    single-horizon calls."""
+    x, t_x, T = cdnow
+    weeks = np.arange(0.0, 40.0, 1.0)[:, None]
+    for name, model in MODELS.items():
+        params = model.make_params(dict(zip(model.parameter_names,
+                                            {"bgnbd": (0.243, 4.414, 0.793, 2.426),
+                                             "pareto_nbd": (0.553, 10.578, 0.606, 11.669),
+                                             "mbgnbd": (0.525, 6.183, 0.891, 1.614)}[name])))
+        curve = model.conditional_expected_purchases(params, weeks, x, t_x, T)
+        assert curve.shape == (40, x.size), name
+        for k in (0, 1, 13, 39):
+            np.testing.assert_allclose(curve[k], model.conditional_expected_purchases(params, float(k), x, t_x, T),
+                                       rtol=1e-12, atol=0, err_msg=name)
+        assert np.all(np.diff(curve.sum(axis=1)) > 0)
+    bg_total = MODELS["bgnbd"].conditional_expected_purchases(
+        MODELS["bgnbd"].make_params(dict(r=0.243, alpha=4.414, a=0.793, b=2.426)), weeks, x, t_x, T).sum(axis=1)
+    assert round(bg_total[39], 1) == 1653.9
