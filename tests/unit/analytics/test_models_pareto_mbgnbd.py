@@ -393,3 +393,23 @@ def test_a_column_of_horizons_gives_the_tracking_curve(cdnow):
     bg_total = MODELS["bgnbd"].conditional_expected_purchases(
         MODELS["bgnbd"].make_params(dict(r=0.243, alpha=4.414, a=0.793, b=2.426)), weeks, x, t_x, T).sum(axis=1)
     assert round(bg_total[39], 1) == 1653.9
+
+
+def test_every_model_fits_the_extreme_population_bgnbd_survives():
+    """The population of test_analytics_extremes (5,000-purchase customers, one-day-old ones,
+    T = 0, a dormant old buyer) with 500 ordinary ones: finite fits, bounds reported."""
+    day = 1 / 7
+    X = np.array([5000, 5000, 5000, 0, 0, 1, 1, 0, 3000, 12])
+    TX = np.array([520.0, 1.0, day, 0.0, 0.0, day, day, 0.0, 10.0, 2.0])
+    TT = np.array([520.0, 520.0, day, day, 0.0, day, 520.0, 1040.0, 520.0, 520.0])
+    rng = np.random.default_rng(1)
+    x = np.r_[X, rng.integers(0, 5, 500)]
+    T = np.r_[TT, np.full(500, 52.0)]
+    t_x = np.r_[TX, np.where(x[X.size:] > 0, rng.uniform(0, 52, 500), 0.0)]
+    for name, model in MODELS.items():
+        fit = model.fit(x, t_x, T)
+        values = [getattr(fit, k) for k in model.parameter_names]
+        assert np.all(np.isfinite(values + [fit.log_likelihood])), name
+        assert fit.converged, name
+        assert model.log_likelihood(fit, x, t_x, T).sum() == pytest.approx(fit.log_likelihood, rel=1e-9)
+        assert np.all(np.isfinite(model.conditional_expected_purchases(fit, 52.0, x, t_x, T)))
