@@ -72,7 +72,8 @@ class BGNBDParams:
     at_bounds: tuple[str, ...] = ()  # parameters the fit held at a bound (see LOG_PARAM_BOUND)
     iterations: int = 0
     # observed-information standard errors (NaN for a parameter held at a bound)
-    standard_errors: dict[str, float] = field(default_factory=dict)
+    # (derived from the rest, so left out of == and hash: the params stay hashable as before)
+    standard_errors: dict[str, float] = field(default_factory=dict, compare=False)
 
 
 def _validate(frequency, recency, T):
