@@ -413,3 +413,19 @@ def test_every_model_fits_the_extreme_population_bgnbd_survives():
         assert fit.converged, name
         assert model.log_likelihood(fit, x, t_x, T).sum() == pytest.approx(fit.log_likelihood, rel=1e-9)
         assert np.all(np.isfinite(model.conditional_expected_purchases(fit, 52.0, x, t_x, T)))
+
+
+@pytest.mark.parametrize("name", ["pareto_nbd", "mbgnbd"])
+def test_weights_are_multiplicities(cdnow, name):
+    """Fitting the distinct rows with their counts as weights is the same fit as the raw rows."""
+    x, t_x, T = cdnow
+    model = MODELS[name]
+    (ux, utx, uT), counts = bgnbd.compress_rows(x, t_x, T)
+    assert ux.size < x.size
+    raw = model.fit(x, t_x, T)
+    weighted = model.fit(ux, utx, uT, weights=counts, initial_params=(1.0, 5.0, 1.0, 5.0))
+    assert weighted.n_customers == raw.n_customers == 2357
+    for k in model.parameter_names:
+        assert getattr(weighted, k) == pytest.approx(getattr(raw, k), rel=1e-5), k
+        assert weighted.standard_errors[k] == pytest.approx(raw.standard_errors[k], rel=1e-3), k
+    assert weighted.log_likelihood == pytest.approx(raw.log_likelihood, abs=1e-6)
