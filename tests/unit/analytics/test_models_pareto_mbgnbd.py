@@ -33,7 +33,6 @@ from shared.analytics.models import (
     simulate_pareto_nbd,
 )
 from shared.analytics.models import bgnbd, mbgnbd, pareto_nbd
-from shared.analytics.models.mbgnbd import MBGNBDParams
 from shared.analytics.models.pareto_nbd import ParetoNBDParams
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
