@@ -8,8 +8,8 @@
 * The profile cache: hits, misses, bypasses (shared.profile_cache counts them).
 * The pipeline and the domain, read from the stores at scrape time: outbox pending and the age
   of its oldest row, events stored and duplicates skipped (shared.counters), users awaiting
-  rescoring, profiles rescored, dead letters, and the current model (version, age, convergence,
-  customers). A store that does not answer leaves its figures out and sets
+  rescoring, profiles rescored, dead letters, the current model (version, age, convergence,
+  customers), and each purchase model's newest rolling-holdout check (`pulse_model_holdout_*`). A store that does not answer leaves its figures out and sets
   `pulse_metrics_source_up{source=...}` to 0, so a scrape never fails with it.
 
 The README lists every family. Counts and timings only: no id, name or address is a label.
@@ -28,7 +28,7 @@ from sqlalchemy import text
 
 from services.api.contract import openapi_path
 from shared import counters, rescore
-from shared.analytics import model_store
+from shared.analytics import holdouts, model_store
 from shared.db import session_scope
 from shared.logging import get_logger
 from shared.mongo import get_database
@@ -145,6 +145,35 @@ class PipelineCollector:
                                     labels=["store"])
         backlog.add_metric(["postgres"], pending)
         yield backlog
+        yield from self._holdout()
+
+    def _holdout(self):
+        """The newest rolling-holdout check of each purchase model (services.analytics.validation)."""
+        with session_scope() as session:
+            rows = holdouts.latest(session)
+        families = {
+            "actual_repeat_purchases": "Repeat purchase days the customers made in the newest rolling holdout",
+            "predicted_repeat_purchases": "Repeat purchase days the model predicted for that holdout",
+            "relative_error": "(predicted - actual) / actual repeat purchase days in the newest rolling holdout",
+            "mae": "Mean absolute error per customer in the newest rolling holdout",
+            "rmse": "Root mean squared error per customer in the newest rolling holdout",
+            "weeks": "Length of the newest rolling holdout in weeks (from the model's as_of to the check)",
+            "customers": "Customers scored in the newest rolling holdout",
+            "model_version": "Version of the stored model the newest rolling holdout scored",
+        }
+        gauges = {name: GaugeMetricFamily(f"pulse_model_holdout_{name}", text, labels=["model"])
+                  for name, text in families.items()}
+        for row in rows:
+            actual = row.actual_repeat_purchases
+            values = {
+                "actual_repeat_purchases": actual, "predicted_repeat_purchases": row.predicted_repeat_purchases,
+                "relative_error": (row.predicted_repeat_purchases - actual) / actual if actual else float("nan"),
+                "mae": row.mae, "rmse": row.rmse, "weeks": row.weeks, "customers": row.customers,
+                "model_version": row.model_version,
+            }
+            for name, value in values.items():
+                gauges[name].add_metric([row.model], value)
+        yield from gauges.values()
 
     def _redis(self):
         totals = counters.read()
