@@ -2,6 +2,9 @@
 
 * :mod:`.summary` -- transaction log -> per-customer (x, t_x, T, m) and RFM facts
 * :mod:`.bgnbd` -- BG/NBD (Fader, Hardie & Lee 2005): fit, P(alive), expected purchases
+* :mod:`.pareto_nbd` -- Pareto/NBD (Schmittlein, Morrison & Colombo 1987), the same functions
+* :mod:`.mbgnbd` -- MBG/NBD (Batislam, Denizel & Filiztekin 2007), the same functions
+* :mod:`.registry` -- the three by name (``MODELS``), for callers that iterate over models
 * :mod:`.gamma_gamma` -- Gamma-Gamma spend model (Fader & Hardie 2013)
 * :mod:`.clv` -- discounted CLV (lifetimes' method, weeks)
 * :mod:`.rfm` -- RFM quintile scores, and their breakpoints for scoring one customer
@@ -17,6 +20,10 @@ from .bgnbd import (
     fit_bgnbd,
     probability_alive,
 )
+from .errors import UnidentifiedModel
+from .mbgnbd import MBGNBDParams, fit_mbgnbd
+from .pareto_nbd import ParetoNBDParams, fit_pareto_nbd
+from .registry import MODELS
 from .clv import WEEKS_PER_MONTH, customer_lifetime_value
 from .gamma_gamma import (
     GammaGammaParams,
@@ -40,12 +47,13 @@ from .rules import (
     segment,
     segments,
 )
-from .simulate import simulate_bgnbd, simulate_gamma_gamma_spend
+from .simulate import simulate_bgnbd, simulate_gamma_gamma_spend, simulate_mbgnbd, simulate_pareto_nbd
 from .summary import CustomerSummary, summarise_purchases
 
 __all__ = [
     "BGNBDParams", "bgnbd_log_likelihood", "conditional_expected_purchases",
     "expected_purchases", "fit_bgnbd", "probability_alive",
+    "ParetoNBDParams", "fit_pareto_nbd", "MBGNBDParams", "fit_mbgnbd", "MODELS", "UnidentifiedModel",
     "WEEKS_PER_MONTH", "customer_lifetime_value",
     "GammaGammaParams", "conditional_expected_average_spend", "fit_gamma_gamma",
     "gamma_gamma_log_likelihood",
@@ -53,6 +61,6 @@ __all__ = [
     "RFMScores", "quintile_breakpoints", "quintile_scores", "rfm_scores", "score_with_breakpoints",
     "ACTIVE", "AT_RISK", "DORMANT", "VIP", "ENGAGEMENT_WEIGHTS", "churn_risk", "churn_risks",
     "days_since_last_purchase", "engagement_score", "engagement_scores", "segment", "segments",
-    "simulate_bgnbd", "simulate_gamma_gamma_spend",
+    "simulate_bgnbd", "simulate_gamma_gamma_spend", "simulate_mbgnbd", "simulate_pareto_nbd",
     "CustomerSummary", "summarise_purchases",
 ]

@@ -26,19 +26,22 @@ Numerics
   ``(1-z)^(r+x) 2F1(r+x, b+x; a+b+x-1; z)`` appearing in the formulas into
   ``(1-z)^(a-1) 2F1(a+b-1-r, a-1; a+b+x-1; z)``: the upper parameters no longer depend on ``x``
   and the lower one grows with it, so the series converges faster the larger ``x`` is.  It is
-  evaluated with ``scipy.special.hyp2f1``; where scipy returns NaN/inf (it does for a large
-  lower parameter, ``x >~ 100``, with ``z > ~0.9``, i.e. heavy buyers over long horizons) the
-  Gauss series is summed directly, vectorised, which converges fast in exactly that region
-  (see ``_log_hyp2f1_series``); where scipy fails on the transformed form but not on the
-  untransformed one (large ``a``), the untransformed form is used (see ``_bracket``).
+  evaluated with ``scipy.special.hyp2f1``; where scipy fails on the transformed form but not on
+  the untransformed one (large ``a``), the untransformed form is used.  Where both fail (z near
+  1 with a large lower parameter: small alpha against the horizon, a young customer, large b;
+  the Gauss series there needs ~1/(1-z) terms, i.e. seconds or NaN), the expectation is computed
+  as the integral over the drop-out probability p that it is, by a trapezoidal rule in logit(p)
+  (see ``rate_factor`` and ``_quadrature_rate``): milliseconds whatever the parameters.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import optimize, special
+
+from .errors import require_repeat_information
 
 __all__ = [
     "BGNBDParams",
@@ -48,7 +51,10 @@ __all__ = [
     "conditional_expected_purchases",
     "probability_alive",
     "compress_rows",
+    "standard_errors_at",
 ]
+
+PARAMETER_NAMES = ("r", "alpha", "a", "b")
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ class BGNBDParams:
     converged: bool = True
     at_bounds: tuple[str, ...] = ()  # parameters the fit held at a bound (see LOG_PARAM_BOUND)
     iterations: int = 0
+    # observed-information standard errors (NaN for a parameter held at a bound)
+    standard_errors: dict[str, float] = field(default_factory=dict)
 
 
 def _validate(frequency, recency, T):
@@ -331,6 +339,39 @@ def _maximise(objective, starts, bound: float = LOG_PARAM_BOUND) -> Optimum:
                    message)
 
 
+def standard_errors_at(objective, optimum: Optimum, n_total: float, names, values) -> dict[str, float]:
+    """Standard errors from the observed information at the optimum, in the natural parameters.
+
+    ``objective`` is the mean negative log-likelihood over log-parameters (value, gradient), so
+    the total's Hessian there is ``n_total * H``; it is taken by central differences of the
+    gradient over the free coordinates. At a maximum the gradient vanishes, so with
+    ``theta = ln(phi)`` the covariance of ``phi`` is ``D Cov(theta) D`` (``D = diag(phi)``): the
+    standard error of ``phi_i`` is ``phi_i * se(theta_i)``, whatever the internal rescaling of
+    time (it multiplies a parameter, which leaves ``se(ln phi)`` unchanged). A parameter held at
+    a bound gets NaN (its information is not that of an interior maximum), and so does every
+    parameter when the Hessian is not positive definite (no interior maximum).
+    """
+    theta = optimum.theta
+    k = theta.size
+    free = np.array([i for i in range(k) if i not in optimum.at_bounds], dtype=int)
+    se = np.full(k, np.nan)
+    if free.size:
+        h = 1e-4
+        H = np.empty((free.size, free.size))
+        for j, i in enumerate(free):
+            e = np.zeros(k)
+            e[i] = h
+            H[:, j] = (objective(theta + e)[1][free] - objective(theta - e)[1][free]) / (2 * h)
+        H = 0.5 * (H + H.T) * n_total
+        try:
+            if np.all(np.isfinite(H)) and np.all(np.linalg.eigvalsh(H) > 0):
+                cov = np.linalg.inv(H)
+                se[free] = np.sqrt(np.maximum(np.diag(cov), 0.0)) * np.asarray(values)[free]
+        except np.linalg.LinAlgError:
+            pass
+    return {name: float(v) for name, v in zip(names, se)}
+
+
 def fit_bgnbd(frequency, recency, T, *, weights=None, initial_params=None,
               compress: bool = True) -> BGNBDParams:
     """Maximum-likelihood BG/NBD fit.
@@ -355,6 +396,9 @@ def fit_bgnbd(frequency, recency, T, *, weights=None, initial_params=None,
         raise ValueError("weights must align with frequency")
     if x.size == 0 or w.sum() <= 0:
         raise ValueError("cannot fit BG/NBD on an empty population")
+    # Without a repeat purchase a and b vanish from the likelihood (B(a, b+0)/B(a, b) = 1) and
+    # BFGS "converges" at its start a = b = 1, where every expectation is 0/0.
+    require_repeat_information("BG/NBD", x, T, w)
     n_customers = int(round(w.sum()))
     if compress and x.size > 1:
         (x, t_x, T), w = compress_rows(x, t_x, T, weights=w)
@@ -372,91 +416,112 @@ def fit_bgnbd(frequency, recency, T, *, weights=None, initial_params=None,
     alpha = alpha_s / scale
     # Log-likelihood in the original time unit: rescaling t by c adds x*ln(c) per customer.
     ll_total = float(np.dot(w, _loglik_terms(np.log([r, alpha, a, b]), x, t_x, T)[0]))
-    return BGNBDParams(float(r), float(alpha), float(a), float(b), ll_total, n_customers,
+    values = (float(r), float(alpha), float(a), float(b))
+    return BGNBDParams(*values, ll_total, n_customers,
                        converged=optimum.converged,
-                       at_bounds=tuple(("r", "alpha", "a", "b")[i] for i in optimum.at_bounds),
-                       iterations=optimum.iterations)
+                       at_bounds=tuple(PARAMETER_NAMES[i] for i in optimum.at_bounds),
+                       iterations=optimum.iterations,
+                       standard_errors=standard_errors_at(objective, optimum, objective.w_total,
+                                                          PARAMETER_NAMES, values))
 
 
 def _unpack(params: BGNBDParams):
     return params.r, params.alpha, params.a, params.b
 
 
-def _log_hyp2f1_series(A, B, C, z, *, rtol: float = 1e-16, max_terms: int = 200_000):
-    """The Gauss series sum_k (A)_k (B)_k / ((C)_k k!) z^k, summed in log space, vectorised.
+def _quadrature_rate(a, B, rho, theta):
+    """int_0^1 Beta(p; a, B) (1 - (1 + p theta)^-rho) / p dp, by the trapezoidal rule in logit(p).
 
-    Returns (log of the sum of its positive terms, log of the sum of its negative terms; -inf
-    where there are none), so the caller can apply a prefactor before leaving log space: with
-    large parameters (a ~ 1e3 and x ~ 1e3) the terms overflow a float long before the product
-    with (1-z)^(a-1) brings them back. Used only where ``scipy.special.hyp2f1`` gives no finite
-    value on either form (see :func:`_bracket`). For ``k >> C`` the terms decay like
-    ``k^(A+B-C-1) z^k``; the loop runs over series terms, never over customers, and stops a row
-    once its term is negligible and shrinking.
+    This is E[Y(t) | alive] of BG/NBD (FHL eq. 10 without P(alive); B = b+x, rho = r+x,
+    theta = t/(alpha+T)): given alive, lambda ~ Gamma(r+x, alpha+T) and p ~ Beta(a, b+x), and
+    E[Y(t) | lambda, p] = (1 - e^{-lambda p t})/p (FHL eq. 7). Used where scipy's 2F1 gives no
+    finite value on either form (z = t/(alpha+T+t) near 1 with a large lower parameter: the Gauss
+    series there needs ~1/(1-z) terms, 2.2 s for one customer of the issue's example) and where
+    a is so close to 1 that (a+b+x-1)/(a-1) [1 - bracket] is 0/0.
+
+    With v = logit(p) the integrand is p^a (1-p)^B h(p) / B(a, B), smooth and analytic in a strip
+    around the real axis (h(p) = (1 - (1+p theta)^-rho)/p falls from rho theta to ~1/p around
+    p = 1/theta, a smooth step in v), so the trapezoidal rule converges geometrically. The step is
+    a quarter of the posterior's width sqrt(1/a + 1/B) in v (at most 0.25); the range stops where
+    the integrand is e^-50 below its scale (log-concavity of the Beta weight) or where p or 1-p
+    is ~1e-10 small, beyond which the integrand is ~ p^a and (1-p)^B and the rule's nodes are
+    summed in closed form.
+    Agrees with 40-digit references to ~1e-12 (tests); at most a few hundred nodes per row.
     """
-    A, B, C, z = (np.asarray(v, dtype=np.float64) for v in np.broadcast_arrays(A, B, C, z))
-    A, B, C, z = A.ravel(), B.ravel(), C.ravel(), z.ravel()
-    log_term = np.zeros_like(z)
-    sign = np.ones_like(z)
-    log_pos = np.zeros_like(z)  # the k = 0 term, 1
-    log_neg = np.full_like(z, -np.inf)
-    active = np.arange(z.size)
-    log_rtol = np.log(rtol)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for k in range(max_terms):
-            if active.size == 0:
-                break
-            factor = (A[active] + k) * (B[active] + k) / ((C[active] + k) * (k + 1.0)) * z[active]
-            log_term[active] += np.log(np.abs(factor))
-            sign[active] *= np.sign(factor)
-            pos = sign[active] > 0
-            rows = active[pos]
-            log_pos[rows] = np.logaddexp(log_pos[rows], log_term[rows])
-            rows = active[~pos & (sign[active] < 0)]
-            log_neg[rows] = np.logaddexp(log_neg[rows], log_term[rows])
-            done = (factor == 0) | ((log_term[active] - np.maximum(log_pos[active], log_neg[active]) < log_rtol)
-                                    & (np.abs(factor) < 1.0))
-            active = active[~done]
-    if active.size:
-        log_pos[active] = np.nan
-    return log_pos, log_neg
-
-
-def _bracket(a, b, r, c, z):
-    """(1-z)^(a-1) * 2F1(a+b-1-r, a-1; c; z), the Euler-transformed product.
-
-    With ``c = a+b+x-1`` this equals ``(1-z)^(r+x) * 2F1(r+x, b+x; c; z)`` (the term of FHL
-    eqs. 9-10). ``scipy.special.hyp2f1`` is used on the transformed form where it returns a
-    finite value; elsewhere on the untransformed one (scipy returns NaN for the transformed form
-    when ``a`` is large, e.g. a fit with a ~ 1e3, b ~ 1e4, where the untransformed one is finite
-    and agreed with a 50-digit reference to 5e-14 in every case tried); and where both fail, the
-    Gauss series of the transformed form is summed directly, in log space
-    (:func:`_log_hyp2f1_series`): exact, but thousands of terms when ``a`` is large (before scipy's
-    untransformed form was tried, that made one profile cost ~100 ms).
-    """
-    z = np.asarray(z, dtype=np.float64)
-    c = np.asarray(c, dtype=np.float64)
-    A, B = a + b - 1.0 - r, a - 1.0
-    with np.errstate(all="ignore"):
-        out = np.exp(B * np.log1p(-z)) * np.asarray(special.hyp2f1(A, B, c, z), dtype=np.float64)
-    bad = ~np.isfinite(out)
-    if np.any(bad):
-        out = np.array(np.broadcast_to(out, np.broadcast(out, c, z).shape), copy=True)
-        bad = ~np.isfinite(out)
-        c_b = np.broadcast_to(c, out.shape)[bad]
-        z_b = np.broadcast_to(z, out.shape)[bad]
-        rx = c_b - a - b + 1.0 + r            # r + x
-        bx = c_b - a + 1.0                    # b + x
-        with np.errstate(all="ignore"):
-            out[bad] = np.exp(rx * np.log1p(-z_b)) * special.hyp2f1(rx, bx, c_b, z_b)
-        bad = ~np.isfinite(out)
-        if np.any(bad):
-            c_b = np.broadcast_to(c, out.shape)[bad]
-            z_b = np.broadcast_to(z, out.shape)[bad]
-            log_pos, log_neg = _log_hyp2f1_series(A, B, c_b, z_b)
-            prefactor = B * np.log1p(-z_b)
-            with np.errstate(all="ignore"):
-                out[bad] = np.exp(prefactor + log_pos) - np.exp(prefactor + log_neg)
+    a, B, rho, theta = (np.ascontiguousarray(v, dtype=np.float64).ravel()
+                        for v in np.broadcast_arrays(a, B, rho, theta))
+    out = np.empty_like(theta)
+    sigma = np.sqrt(1.0 / a + 1.0 / B)
+    mode = np.log(a) - np.log(B)
+    p_lo = 1e-10 / (1.0 + B + (rho + 1.0) * theta)
+    v_lo = np.log(p_lo) - np.log1p(-p_lo)
+    v_lo = np.where(a > 2.0, np.maximum(v_lo, mode - 12.0 * sigma - 50.0 / np.maximum(a - 1.0, 1e-300)),
+                    v_lo)
+    q_hi = 1e-10 / (1.0 + a + rho)
+    v_hi = np.minimum(np.log1p(-q_hi) - np.log(q_hi), mode + 12.0 * sigma + 50.0 / B)
+    v_hi = np.maximum(v_hi, v_lo + 1.0)
+    step = np.minimum(0.25, sigma / 4.0)
+    n_nodes = np.ceil((v_hi - v_lo) / step).astype(np.int64) + 1
+    log_norm = special.betaln(a, B)
+    order = np.argsort(n_nodes)          # similar node counts share a block
+    chunk = 4096
+    for s in range(0, order.size, chunk):
+        rows = order[s:s + chunk]
+        n = int(n_nodes[rows].max())
+        u = np.linspace(0.0, 1.0, n)
+        lo, hi = v_lo[rows, None], v_hi[rows, None]
+        v = lo + (hi - lo) * u[None, :]
+        log_p = -np.logaddexp(0.0, -v)
+        log_q = -np.logaddexp(0.0, v)
+        p = np.exp(log_p)
+        with np.errstate(divide="ignore"):
+            log_h = np.log(-np.expm1(-rho[rows, None] * np.log1p(p * theta[rows, None]))) - log_p
+        g = a[rows, None] * log_p + B[rows, None] * log_q + log_h - log_norm[rows, None]
+        # The trapezoidal sum over the whole line: beyond the ends the integrand is ~ p^a = e^(av)
+        # and ~ (1-p)^B = e^(-Bv), so the nodes out there add geometric series, folded into the
+        # end weights h / (1 - e^(-a h)) and h / (1 - e^(-B h)). (Exact tail integrals instead
+        # leave the rule's O(h^2) end error, 5e-7 for a = 0.3.)
+        h = (hi - lo) / (n - 1)
+        wts = np.repeat(h, n, axis=1)
+        wts[:, :1] = h / -np.expm1(-a[rows, None] * h)
+        wts[:, -1:] = h / -np.expm1(-B[rows, None] * h)
+        out[rows] = np.exp(special.logsumexp(g, axis=1, b=wts))
     return out
+
+
+def rate_factor(r, alpha, a, b, x, T, t) -> np.ndarray:
+    """E[Y(t) | x, T, alive] = (a+b+x-1)/(a-1) [1 - ((alpha+T)/(alpha+T+t))^(r+x)
+    2F1(r+x, b+x; a+b+x-1; z)], z = t/(alpha+T+t) (FHL eq. 10 without its P(alive) denominator;
+    with x = T = 0 it is E[X(t)], eq. 9). Arrays ``x``, ``T``, ``t`` of one shape.
+
+    The product (1-z)^(r+x) 2F1(...) is Euler-transformed into (1-z)^(a-1) 2F1(a+b-1-r, a-1;
+    a+b+x-1; z), whose upper parameters do not grow with x (see the module docstring), and
+    evaluated with ``scipy.special.hyp2f1``; where that is not finite, the untransformed form
+    (finite for large a, e.g. a ~ 1e3, b ~ 1e4, where the transformed one is NaN); where both fail
+    (z near 1 with a large lower parameter: small alpha against the horizon, T ~ 0, large b), and
+    where |a - 1| < 1e-3 (the prefactor's 0/0), the integral over p, ``_quadrature_rate``. Each
+    path costs microseconds to a millisecond per row whatever the parameters (the Gauss series
+    this replaced needed ~1/(1-z) terms: seconds, or NaN after 200,000).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    T = np.asarray(T, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64)
+    c = a + b + x - 1.0
+    z = t / (alpha + T + t)
+    A_, B_ = a + b - 1.0 - r, a - 1.0
+    with np.errstate(all="ignore"):
+        bracket = np.exp(B_ * np.log1p(-z)) * np.asarray(special.hyp2f1(A_, B_, c, z), dtype=np.float64)
+        bad = ~np.isfinite(bracket)
+        if np.any(bad):
+            rx, bx = r + x[bad], b + x[bad]
+            bracket[bad] = np.exp(rx * np.log1p(-z[bad])) * special.hyp2f1(rx, bx, c[bad], z[bad])
+        out = c / (a - 1.0) * (1.0 - bracket)
+    quad = ~np.isfinite(out) | (abs(a - 1.0) < 1e-3)
+    quad = np.broadcast_to(quad, out.shape)
+    if np.any(quad):
+        out = np.array(out, copy=True)
+        out[quad] = _quadrature_rate(a, b + x[quad], r + x[quad], t[quad] / (alpha + T[quad]))
+    return np.where(t > 0, out, 0.0)
 
 
 def _unique_pairs(u, v):
@@ -475,27 +540,23 @@ def _unique_pairs(u, v):
 class _ConditionalCurve:
     """t -> E[Y(t) | x, t_x, T] for fixed customers, reusable across many horizons ``t``.
 
-    The hypergeometric factor depends on (x, T) only, so it is evaluated once per distinct
-    (x, T) pair (day-granular data has few) and broadcast back; P(alive) is computed once.
+    The rate factor depends on (x, T) only, so it is evaluated once per distinct (x, T) pair
+    (day-granular data has few) and broadcast back; P(alive) is computed once.
     """
 
     def __init__(self, params: "BGNBDParams", frequency, recency, T):
         self.params = params
         x, t_x, T = _validate(frequency, recency, T)
         self.shape = x.shape
-        a, b = params.a, params.b
         self.p_alive = probability_alive(params, x, t_x, T).ravel()
         self.ux, self.uT, self.inv = _unique_pairs(x, T)
-        self.c_u = a + b + self.ux - 1.0
-        self.lead = (self.c_u / (a - 1.0))[self.inv] * self.p_alive
 
     def __call__(self, t: float) -> np.ndarray:
         r, alpha, a, b = _unpack(self.params)
         if t < 0:
             raise ValueError("t must be non-negative")
-        z = t / (alpha + self.uT + t)
-        bracket_u = 1.0 - _bracket(a, b, r, self.c_u, z)
-        return (self.lead * bracket_u[self.inv]).reshape(self.shape)
+        factor = rate_factor(r, alpha, a, b, self.ux, self.uT, np.full(self.ux.shape, float(t)))
+        return (self.p_alive * factor[self.inv]).reshape(self.shape)
 
 
 def expected_purchases(params: BGNBDParams, t) -> np.ndarray:
@@ -508,8 +569,9 @@ def expected_purchases(params: BGNBDParams, t) -> np.ndarray:
     t = np.asarray(t, dtype=np.float64)
     if np.any(t < 0):
         raise ValueError("t must be non-negative")
-    z = t / (alpha + t)
-    return (a + b - 1.0) / (a - 1.0) * (1.0 - _bracket(a, b, r, a + b - 1.0, z))
+    tt = t.ravel()
+    zeros = np.zeros_like(tt)
+    return rate_factor(r, alpha, a, b, zeros, zeros, tt).reshape(t.shape)
 
 
 def probability_alive(params: BGNBDParams, frequency, recency, T) -> np.ndarray:
@@ -543,8 +605,7 @@ def conditional_expected_purchases(params: BGNBDParams, t, frequency, recency, T
         return _ConditionalCurve(params, frequency, recency, T)(float(t))
     r, alpha, a, b = _unpack(params)
     x, t_x, T = _validate(frequency, recency, T)
-    c = a + b + x - 1.0
-    z = t / (alpha + T + t)
-    bracket = 1.0 - _bracket(a, b, r, c, z)
     p_alive = probability_alive(params, x, t_x, T)
-    return c / (a - 1.0) * bracket * p_alive
+    xb, Tb, tb = np.broadcast_arrays(x, T, t)
+    factor = rate_factor(r, alpha, a, b, xb.ravel(), Tb.ravel(), tb.ravel()).reshape(xb.shape)
+    return factor * p_alive

@@ -24,12 +24,14 @@ problem well conditioned whatever the currency unit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import special
 
-from .bgnbd import _maximise
+from .bgnbd import _maximise, standard_errors_at
+
+PARAMETER_NAMES = ("p", "q", "gamma")
 
 __all__ = [
     "GammaGammaParams",
@@ -51,10 +53,12 @@ class GammaGammaParams:
     converged: bool = True
     at_bounds: tuple[str, ...] = ()  # parameters the fit held at a bound (see bgnbd.LOG_PARAM_BOUND)
     iterations: int = 0
+    # observed-information standard errors (NaN for a parameter held at a bound)
+    standard_errors: dict[str, float] = field(default_factory=dict)
 
     @property
     def population_mean(self) -> float:
-        """E[Z] = p * gamma / (q - 1); infinite when q <= 1."""
+        """E[Z] = p * gamma / (q - 1); infinite when q <= 1 (the prior mean does not exist)."""
         return self.p * self.gamma / (self.q - 1.0) if self.q > 1.0 else float("inf")
 
 
@@ -152,26 +156,31 @@ def fit_gamma_gamma(frequency, monetary_value, *, initial_params=None) -> GammaG
     p, q, g_s = np.exp(optimum.theta)
     g = g_s / scale
     ll = float(_terms(np.log([p, q, g]), x, m)[0].sum())
-    return GammaGammaParams(float(p), float(q), float(g), ll, int(x.size), converged=optimum.converged,
-                            at_bounds=tuple(("p", "q", "gamma")[i] for i in optimum.at_bounds),
-                            iterations=optimum.iterations)
+    values = (float(p), float(q), float(g))
+    return GammaGammaParams(*values, ll, int(x.size), converged=optimum.converged,
+                            at_bounds=tuple(PARAMETER_NAMES[i] for i in optimum.at_bounds),
+                            iterations=optimum.iterations,
+                            standard_errors=standard_errors_at(objective, optimum, objective.n,
+                                                               PARAMETER_NAMES, values))
 
 
 def conditional_expected_average_spend(params: GammaGammaParams, frequency,
                                        monetary_value) -> np.ndarray:
     """E[M | p, q, gamma, m, x], note 025 eq. 5 (lifetimes' ``conditional_expected_average_profit``).
 
-        E = (q-1)/(px+q-1) * p gamma/(q-1) + px/(px+q-1) * m
+        E = (q-1)/(px+q-1) * p gamma/(q-1) + px/(px+q-1) * m  =  p (gamma + m x) / (p x + q - 1)
 
-    For ``x = 0`` the weight of ``m`` is 0 and the result is the population mean
-    ``p gamma / (q - 1)`` (``inf`` if the fitted ``q <= 1``, where that mean does not exist).
+    The right-hand form is used: it is the posterior mean of p/nu given x transactions of mean m
+    (nu | x, m ~ Gamma(px+q, gamma+mx)), which exists whenever p x + q > 1, also for a fitted
+    q <= 1 where the population mean p gamma/(q-1) does not (the left form, and this function
+    before, gave inf to everyone then: p 2, q .8, gamma 10, x 1, m 10 gives 22.22). It is NaN
+    only where the posterior mean is undefined, p x + q <= 1 (for x = 0: q <= 1).
     """
-    p, q = params.p, params.q
+    p, q, gamma = params.p, params.q, params.gamma
     x = np.asarray(frequency, dtype=np.float64)
     m = np.asarray(monetary_value, dtype=np.float64)
     px = p * x
-    w_ind = px / (px + q - 1.0)
-    pop = params.population_mean
-    if np.isinf(pop):
-        return np.full(np.broadcast(x, m).shape, np.inf)
-    return (1.0 - w_ind) * pop + w_ind * np.where(x > 0, m, 0.0)
+    den = px + q - 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spend = p * (gamma + np.where(x > 0, m, 0.0) * x) / den
+    return np.where(den > 0, spend, np.nan)

@@ -26,7 +26,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["simulate_bgnbd", "simulate_gamma_gamma_spend"]
+__all__ = ["simulate_bgnbd", "simulate_gamma_gamma_spend", "simulate_mbgnbd", "simulate_pareto_nbd"]
+
+
+def _on_day_grid(t_x, T, has):
+    """Round repeat-purchase times up to the next whole day (never day 0), within T."""
+    t_x[has] = np.minimum(np.maximum(np.ceil(t_x[has] * 7.0 - 1e-9), 1.0), np.round(T[has] * 7.0)) / 7.0
+    return t_x
 
 
 def simulate_bgnbd(r: float, alpha: float, a: float, b: float, T, rng: np.random.Generator,
@@ -44,7 +50,48 @@ def simulate_bgnbd(r: float, alpha: float, a: float, b: float, T, rng: np.random
     has = x > 0
     t_x[has] = T[has] * rng.beta(x[has], N[has] - x[has] + 1)
     if day_resolution:
-        t_x[has] = np.minimum(np.maximum(np.ceil(t_x[has] * 7.0 - 1e-9), 1.0), np.round(T[has] * 7.0)) / 7.0
+        _on_day_grid(t_x, T, has)
+    return x, t_x, T
+
+
+def simulate_mbgnbd(r: float, alpha: float, a: float, b: float, T, rng: np.random.Generator,
+                    *, day_resolution: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MBG/NBD (Batislam et al. 2007): as BG/NBD, but the customer may also drop out right after
+    the first purchase at time 0, so the repeat purchases she would make before dropping out are
+    ``J - 1`` with ``J ~ Geometric(p)`` on {1, 2, ...} (0 with probability p)."""
+    T = np.asarray(T, dtype=np.float64).ravel()
+    n = T.size
+    lam = rng.gamma(r, 1.0 / alpha, n)
+    p = np.clip(rng.beta(a, b, n), 1e-300, 1.0)
+    N = rng.poisson(lam * T)
+    x = np.minimum(rng.geometric(p) - 1, N).astype(np.int64)
+    t_x = np.zeros(n)
+    has = x > 0
+    t_x[has] = T[has] * rng.beta(x[has], N[has] - x[has] + 1)
+    if day_resolution:
+        _on_day_grid(t_x, T, has)
+    return x, t_x, T
+
+
+def simulate_pareto_nbd(r: float, alpha: float, s: float, beta: float, T, rng: np.random.Generator,
+                        *, day_resolution: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pareto/NBD (Schmittlein et al. 1987): ``lambda ~ Gamma(r, rate alpha)``, lifetime
+    ``tau ~ Exponential(mu)``, ``mu ~ Gamma(s, rate beta)``. Purchases are Poisson(lambda) on
+    (0, min(tau, T)]: ``x ~ Poisson(lambda w)`` with ``w = min(tau, T)``, and the last of x
+    uniform times on (0, w] is ``w U^(1/x)``."""
+    T = np.asarray(T, dtype=np.float64).ravel()
+    n = T.size
+    lam = rng.gamma(r, 1.0 / alpha, n)
+    mu = rng.gamma(s, 1.0 / beta, n)
+    with np.errstate(divide="ignore"):
+        tau = rng.exponential(1.0, n) / mu
+    w = np.minimum(tau, T)
+    x = rng.poisson(lam * w).astype(np.int64)
+    t_x = np.zeros(n)
+    has = x > 0
+    t_x[has] = w[has] * rng.random(int(has.sum())) ** (1.0 / x[has])
+    if day_resolution:
+        _on_day_grid(t_x, T, has)
     return x, t_x, T
 
 

@@ -181,7 +181,7 @@ def test_low_heterogeneity_models_score_without_the_long_series(monkeypatch):
     a, b, r = LOW_HETEROGENEITY.a, LOW_HETEROGENEITY.b, LOW_HETEROGENEITY.r
     assert not np.isfinite(special.hyp2f1(a + b - 1 - r, a - 1, a + b + 2 - 1, 0.8))
     calls = []
-    monkeypatch.setattr(bgnbd, "_log_hyp2f1_series", lambda *args, **kw: calls.append(args))
+    monkeypatch.setattr(bgnbd, "_quadrature_rate", lambda *args, **kw: calls.append(args))
     gg = GammaGammaParams(6.25, 3.74, 15.44, 0.0, 0)
     x, t_x, T = np.array([0.0, 2.0, 10.0, 60.0]), np.array([0.0, 8.0, 8.0, 9.0]), np.array([10.0, 10.0, 10.0, 10.0])
     clv = customer_lifetime_value(LOW_HETEROGENEITY, gg, x, t_x, T, np.array([0.0, 30.0, 30.0, 30.0]))
