@@ -101,6 +101,12 @@ def fit_purchase_models(x, t_x, T) -> dict:
             fitted[name] = PURCHASE_MODELS[name].fit(x, t_x, T)
         except ValueError as exc:  # UnidentifiedModel among them: no repeat buyers, every T = 0, ...
             fitted[name] = str(exc) or type(exc).__name__
+        except (ArithmeticError, np.linalg.LinAlgError) as exc:
+            # An optimiser that ran off to infinity on awkward data: that model has no fit here,
+            # said as such; the others (and the scoring model, if it is another) still serve.
+            log.warning("purchase_model_not_fitted", model=name, customers=int(np.size(x)),
+                        error=f"{type(exc).__name__}: {exc}")
+            fitted[name] = f"the {name} fit failed numerically ({type(exc).__name__}: {exc})"
     return fitted
 
 
