@@ -105,7 +105,7 @@ from _common import LINE, BenchError, percentile, run, verdict  # noqa: E402
 
 from scripts.lifetime import die_with_parent, end, start  # noqa: E402
 from scripts.population import write_population  # noqa: E402
-from scripts.stack_client import auth_headers, call  # noqa: E402
+from scripts.stack_client import auth_headers, call, run_job  # noqa: E402
 
 SIZES = [int(s) for s in os.environ.get("BENCH_SCALE_SIZES", "1000,100000,1000000").split(",")]
 MISSES = int(os.environ.get("BENCH_MISSES", 200))
@@ -359,13 +359,13 @@ def user_count() -> int:
 
 
 def fit_and_rescore() -> dict:
-    """POST the fit; time it, then the rescoring of everyone it queues."""
+    """POST the fit and poll its job until done; time it, then the rescoring of everyone it queues."""
     from shared import rescore
 
     users = user_count()
     before = rescore.rescored_total()
     started = time.perf_counter()
-    fitted = call("POST", "/api/analytics/models/fit", json={}, timeout=600).json()
+    fitted = run_job("/api/analytics/models/fit", {}, timeout=600, poll=0.05)
     answered = time.perf_counter()
     deadline = answered + 3600
     while rescore.rescored_total() - before < users:

@@ -355,7 +355,8 @@ class Load:
 
     def refit(self) -> None:
         try:
-            response = requests.post(f"{self.api}/api/analytics/models/fit", json={}, headers=self.headers, timeout=120)
+            # A fit is a job: the API answers 202 at once; the refit runs on the analytics worker.
+            response = requests.post(f"{self.api}/api/analytics/models/fit", json={}, headers=self.headers, timeout=30)
             self.ledger.answer("fit", response)
         except requests.RequestException as exc:
             self.ledger.answer("fit", None, exc)

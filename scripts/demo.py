@@ -12,7 +12,7 @@ Steps:
   2. POST a few thousand events (purchases over the last ~120 days so that every segment shows up,
      page views, logins) through POST /api/events/batch;
   3. wait until the worker has stored them and analytics has rescored the users, fit the population
-     models (POST /api/analytics/models/fit) and wait until the profiles carry the model version;
+     models (POST /api/analytics/models/fit: a job, polled at its Location) and wait until the profiles carry the model version;
   4. print the guide's scenarios [1]..[7] from the live API.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 import requests
 from tqdm import tqdm
 
-from scripts.stack_client import API, StackError, call, key_file, require_stack
+from scripts.stack_client import API, StackError, call, key_file, require_stack, run_job
 
 SEED = 20240808
 N_GENERATED = 200
@@ -291,7 +291,8 @@ def wait_until_processed(persons: list[Person], events: list[dict]) -> None:
 
 
 def fit_and_wait(persons: list[Person]) -> dict:
-    fitted = call("POST", "/api/analytics/models/fit", json={}, timeout=320).json()
+    # A fit is a job: 202 with its Location, polled until done.
+    fitted = run_job("/api/analytics/models/fit", {}, timeout=320)
     version = fitted["version"]
 
     # The fit task queues a rescoring of every user on the analytics worker, which stores the
@@ -417,10 +418,17 @@ def scenarios(persons: list[Person], fitted: dict) -> None:
     print("\n  Segments across all profiles:")
     for row in call("GET", "/api/analytics/segments").json()["items"]:
         print(f"    {row['segment']}: {row['users']} users")
-    bg, gg = fitted["bgnbd"], fitted["gamma_gamma"]
-    print(f"\n  Population models v{fitted['version']} (as of {fitted['as_of']}, {fitted['n_customers']} customers):")
-    print(f"    BG/NBD r={bg['r']:.3f} alpha={bg['alpha']:.3f} a={bg['a']:.3f} b={bg['b']:.3f} "
-          f"LL={bg['log_likelihood']:.1f} ({fit_state(bg)})")
+    gg = fitted["gamma_gamma"]
+    print(f"\n  Population models v{fitted['version']} (as of {fitted['as_of']}, {fitted['n_customers']} customers; "
+          f"profiles scored by {fitted['scoring_model']}):")
+    for name, model in fitted["models"].items():
+        if "error" in model:
+            print(f"    {name}: not fitted ({model['error']})")
+            continue
+        errors = model["standard_errors"]
+        shown = " ".join(f"{k}={v:.3f}" + (f"±{errors[k]:.3f}" if errors.get(k) is not None else "")
+                         for k, v in model["parameters"].items())
+        print(f"    {name} {shown} LL={model['log_likelihood']:.1f} ({fit_state(model)})")
     if gg:
         print(f"    Gamma-Gamma p={gg['p']:.3f} q={gg['q']:.3f} gamma={gg['gamma']:.3f} ({fit_state(gg)})")
     print(f"    fitted from the customer summaries in {fitted['timings_ms']['total']:.0f} ms")

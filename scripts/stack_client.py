@@ -89,3 +89,22 @@ def require_stack() -> None:
     ready = call("GET", "/health/ready", expect=(200, 503), timeout=10)
     if ready.json().get("status") != "ok":
         raise StackError(f"The stack at {API} is not ready: {ready.text}")
+
+
+def run_job(path: str, body: dict, *, timeout: float = 600, poll: float = 0.5) -> dict:
+    """POST a job (a fit, a validation: 202 with its Location) and poll it until it is done;
+    its result. A failed job is a StackError with the job's reason."""
+    import time
+
+    submitted = call("POST", path, json=body, expect=(202,))
+    location = submitted.headers["Location"]
+    deadline = time.monotonic() + timeout
+    while True:
+        job = call("GET", location).json()
+        if job["status"] == "done":
+            return job["result"]
+        if job["status"] == "failed":
+            raise StackError(f"{path} job {job['id']} failed: {job['error']['detail']}")
+        if time.monotonic() > deadline:
+            raise StackError(f"{path} job {job['id']} still {job['status']} after {timeout:.0f}s")
+        time.sleep(poll)

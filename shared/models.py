@@ -287,3 +287,48 @@ class OutboxMessage(Base):
     # The W3C traceparent of the span that wrote it: the relay publishes it inside a span that
     # continues that trace (shared.tracing). None when tracing is off.
     traceparent: Mapped[str | None] = mapped_column(String(128))
+
+
+class Job(Base):
+    """A fit or a validation asked for through the API (shared.jobs): the API writes it queued and
+    answers 202 at once; the analytics task that runs it moves it to running, then done with its
+    result or failed with the reason. Kept in Postgres so a job's state is durable and exact
+    whichever worker ran it, and readable by any API process."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_kind_finished", "kind", "finished_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    params: Mapped[dict] = mapped_column(JSONB)
+    result: Mapped[dict | None] = mapped_column(JSONB)
+    error: Mapped[str | None] = mapped_column(Text)
+    error_field: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
+    submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ModelHoldout(Base):
+    """One rolling-holdout check (services.analytics.validation): before a scheduled refit, the
+    model in use is scored against what its customers did between its `as_of` and the last complete
+    day. One row per check and purchase model, the history the dashboard and the metrics show."""
+
+    __tablename__ = "model_holdouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
+    model_version: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(32))
+    calibration_end: Mapped[date] = mapped_column(Date)
+    holdout_end: Mapped[date] = mapped_column(Date)
+    customers: Mapped[int] = mapped_column(Integer)
+    weeks: Mapped[float] = mapped_column(Float)
+    actual_repeat_purchases: Mapped[int] = mapped_column(BigInteger)
+    predicted_repeat_purchases: Mapped[float] = mapped_column(Float)
+    mae: Mapped[float] = mapped_column(Float)
+    rmse: Mapped[float] = mapped_column(Float)
+    # by_calibration_frequency and weekly, as a validation shows them
+    detail: Mapped[dict] = mapped_column(JSONB)

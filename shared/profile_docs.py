@@ -6,8 +6,8 @@ from shared.user_views import UserOut
 PROFILE_DOC = """
 Segment and churn risk follow the companion guide's rules exactly; engagement is a documented
 0–100 blend of recent activity, purchase frequency and spend (also stored as the user's
-`profile_score`). Model outputs come from the newest population fit (BG/NBD for purchasing,
-Gamma-Gamma for spend) and are `null` for users without a purchase or before the first fit.
+`profile_score`). Model outputs come from the newest population fit (the purchase model named by
+`scoring_model`, BG/NBD unless SCORING_MODEL says otherwise; Gamma-Gamma for spend) and are `null` for users without a purchase or before the first fit.
 A profile read after an event has been stored always includes that event.
 """
 
@@ -45,11 +45,11 @@ class ProfileOut(BaseModel):
     churn_risk: float = Field(description="Percent; the guide's logistic 100/(1+e^(−(days since purchase−30)/20))")
     predicted_ltv: float | None = Field(
         description="Customer lifetime value: discounted expected revenue over CLV_HORIZON_MONTHS "
-        "(default 12) at CLV_MONTHLY_DISCOUNT_RATE (default 1%/month), from BG/NBD and Gamma-Gamma"
+        "(default 12) at CLV_MONTHLY_DISCOUNT_RATE (default 1%/month), from the scoring model and Gamma-Gamma"
     )
-    p_alive: float | None = Field(description="BG/NBD probability that the customer is still active")
+    p_alive: float | None = Field(description="The scoring model's probability that the customer is still active")
     expected_purchases_90d: float | None = Field(
-        description="BG/NBD expected purchase days in the next 90 days, given the user's history"
+        description="The scoring model's expected purchase days in the next 90 days, given the user's history"
     )
     expected_average_spend: float | None = Field(
         description="Gamma-Gamma expected value of a future purchase day"
@@ -60,4 +60,7 @@ class ProfileOut(BaseModel):
         description="Categories that users with similar purchases bought and this user has not"
     )
     model_version: int | None = Field(description="Version of the population models used")
+    scoring_model: str | None = Field(
+        None, description="Purchase model that scored p_alive, expected purchases and LTV (bgnbd, pareto_nbd or "
+        "mbgnbd); null without model outputs")
     computed_at: str

@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for the profile cache.")
     result_backend: str = Field(
         "redis://127.0.0.1:6379/1",
-        description="Celery result backend (only the model-fit call waits for a result).",
+        description="Celery result backend (no API call waits for a task's result: fits and validations are jobs).",
     )
     cache_prefix: str = Field("pulse:", description="Prefix of every Redis key Pulse writes.")
     profile_cache_ttl: int = Field(3600, description="Seconds a cached profile lives in Redis.")
@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         60.0,
         description="Every so many seconds (beat), the analytics worker recomputes the customer distributions "
         "the dashboard draws (churn risk, P(alive), predicted LTV, the P(alive) matrix); also after every fit.",
+    )
+    scoring_model: Literal["bgnbd", "pareto_nbd", "mbgnbd"] = Field(
+        "bgnbd",
+        description="Purchase model that scores profiles (P(alive), expected purchases, CLV): every fit fits and "
+        "stores them all; a profile and the stored model say which one scored it.",
     )
     clv_horizon_months: int = Field(12, description="CLV horizon in months.")
     clv_monthly_discount_rate: float = Field(0.01, description="Monthly discount rate for CLV.")

@@ -22,6 +22,7 @@ COMPUTE_PROFILES = "pulse.analytics.compute_profiles"
 FIT_MODELS = "pulse.analytics.fit_models"
 SWEEP_RESCORING = "pulse.analytics.sweep_rescoring"
 CUSTOMER_STATS = "pulse.analytics.customer_stats"
+VALIDATE_MODELS = "pulse.analytics.validate_models"
 
 # Routing keys.
 RK_USER_CREATED = "user.created"
@@ -34,6 +35,7 @@ RK_ANALYTICS_PROFILES = "analytics.profiles"
 RK_ANALYTICS_FIT = "analytics.fit"
 RK_ANALYTICS_SWEEP = "analytics.sweep"
 RK_ANALYTICS_CUSTOMER_STATS = "analytics.customer_stats"
+RK_ANALYTICS_VALIDATE = "analytics.validate"
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class Topology:
             FIT_MODELS: (self.analytics, RK_ANALYTICS_FIT),
             SWEEP_RESCORING: (self.analytics, RK_ANALYTICS_SWEEP),
             CUSTOMER_STATS: (self.analytics, RK_ANALYTICS_CUSTOMER_STATS),
+            VALIDATE_MODELS: (self.analytics, RK_ANALYTICS_VALIDATE),
         }
         return {
             task: {"queue": queue.name, "exchange": self.exchange.name, "routing_key": key}

@@ -58,3 +58,18 @@ def pipeline_busy(now: dict) -> bool:
     rescoring, messages ready in a work queue."""
     return bool(now["outbox_pending"] or now["rescore_pending_users"] or now["rescore_queued_users"] or any(
         q["messages"] for q in now["queues"] if not q["name"].endswith("dead_letter")))
+
+
+def finished_job(client, response, timeout: float = 120.0) -> dict:
+    """The job a 202 answer names (its Location), polled until done or failed."""
+    from tests.fixtures import wait_for
+
+    assert response.status_code == 202, response.get_json()
+    location = response.headers["Location"]
+    assert location == f"/api/analytics/jobs/{response.get_json()['id']}"
+
+    def finished():
+        job = client.get(location).get_json()
+        return job["status"] in ("done", "failed") and job
+
+    return wait_for(finished, timeout=timeout, interval=0.2, what=f"job {location} to finish")

@@ -16,8 +16,9 @@ from sqlalchemy.orm import Session
 
 from services.analytics.fitting import EPOCH, _numbers
 from shared.analytics.model_store import Model
-from shared.analytics.models import churn_risks, probability_alive
-from shared.analytics.profiles import model_inputs, predict
+from shared.analytics.models import churn_risks
+from shared.analytics.models.registry import MODELS as PURCHASE_MODELS
+from shared.analytics.profiles import count_ahead_as_now, model_inputs, predict
 from shared.mongo import CUSTOMER_STATS
 
 # A customer's churn risk and P(alive) in tenths; predicted LTV on a roughly logarithmic scale
@@ -57,7 +58,8 @@ def p_alive_matrix(model: Model, max_frequency: int, max_age_weeks: float) -> di
     x, t_x = np.meshgrid(frequency, recency, indexing="ij")
     # Without a repeat purchase there is no recency (BG/NBD: P(alive) is 1 on that row).
     t_x = np.where(x == 0, 0.0, t_x)
-    values = probability_alive(model.bgnbd, x.ravel(), t_x.ravel(), np.full(x.size, max_age_weeks))
+    values = PURCHASE_MODELS[model.scoring_model].probability_alive(
+        model.purchase, x.ravel(), t_x.ravel(), np.full(x.size, max_age_weeks))
     return {
         "frequency": [int(f) for f in frequency],
         "recency_weeks": [round(float(r), 2) for r in recency],
@@ -77,13 +79,10 @@ def compute(rows: np.ndarray, model: Model | None, now: datetime | None = None) 
     now = now or datetime.now(UTC)
     first, last, purchase_days, spent, first_day_spent, last_purchase_at = (
         rows.T if rows.size else np.zeros((6, 0)))
-    # Events may be stamped up to a day ahead (shared.schemas). A profile then re-reads that
-    # customer's purchases up to now from the event log (shared.analytics.profiles); a batch over
-    # everyone cannot, so such a purchase counts as made today, now: the customer stays in the
-    # histograms and the model's recency never exceeds the age.
+    # Events may be stamped up to a day ahead (shared.schemas): such a purchase counts as made now,
+    # here as in a profile (shared.analytics.profiles.count_ahead_as_now, the one rule for both).
     today = (now.date() - EPOCH).days
-    first, last = np.minimum(first, today), np.minimum(last, today)
-    last_purchase_at = np.minimum(last_purchase_at, now.timestamp())
+    first, last, last_purchase_at = count_ahead_as_now(first, last, last_purchase_at, now)
     # As a profile counts them: whole days since the last purchase instant; the models' inputs
     # as everywhere (shared.analytics.profiles.model_inputs).
     days = np.floor((now.timestamp() - last_purchase_at) / 86400.0)
@@ -93,16 +92,23 @@ def compute(rows: np.ndarray, model: Model | None, now: datetime | None = None) 
         "customers": int(rows.shape[0]),
         "churn_risk": histogram(np.round(churn_risks(days), 1), CHURN_EDGES),
         "model_version": None,
+        "scoring_model": None,
         "p_alive": None,
+        "p_alive_by_buyers": None,
         "predicted_ltv": None,
         "p_alive_matrix": None,
     }
-    if model is not None and model.bgnbd is not None and rows.size:
+    if model is not None and model.purchase is not None and rows.size:
         # Rounded as a profile shows them (shared.analytics.profiles._number): a value at a bin
         # edge falls in the bin its profile's number does.
         scores = {name: np.round(values, 4) for name, values in predict(model, x, t_x, T, m).items()}
         doc["model_version"] = model.version
+        doc["scoring_model"] = model.scoring_model
         doc["p_alive"] = histogram(scores["p_alive"], P_ALIVE_EDGES)
+        # One-time buyers apart: BG/NBD gives every one of them P(alive) = 1 (a customer drops out
+        # only after a repeat purchase), the spike at 1.0 of the histogram above.
+        doc["p_alive_by_buyers"] = {"one_time": histogram(scores["p_alive"][x == 0], P_ALIVE_EDGES),
+                                    "repeat": histogram(scores["p_alive"][x > 0], P_ALIVE_EDGES)}
         if np.isfinite(scores["clv"]).any():
             doc["predicted_ltv"] = histogram(scores["clv"], LTV_EDGES, open_ended=True) | _summary(scores["clv"])
         doc["p_alive_matrix"] = p_alive_matrix(model, int(min(x.max(), MATRIX_MAX_FREQUENCY)), float(T.max()))

@@ -1,7 +1,7 @@
 """Fitting the population model from the customer summaries (never the raw event log).
 
-One fit computes, together, everything scoring a customer needs about the others: BG/NBD and
-Gamma-Gamma on the summaries as of `as_of` (the end of the observation period), the RFM quintile
+One fit computes, together, everything scoring a customer needs about the others: every purchase
+model (BG/NBD, Pareto/NBD, MBG/NBD) and Gamma-Gamma on the summaries as of `as_of` (the end of the observation period), the RFM quintile
 breakpoints and the co-purchase weights of the recommendations over the customers as they are
 now. It reads one row per customer (plus, for a past `as_of`, the purchase days of the customers
 who bought since) and one row per customer and category, so its cost grows with the number of
@@ -9,7 +9,7 @@ customers, not of purchases.
 """
 import io
 import time
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 from psycopg import sql
@@ -20,12 +20,13 @@ from shared.analytics import model_store
 from shared.analytics.profiles import model_inputs
 from shared.analytics.models import (
     CoPurchases,
-    fit_bgnbd,
     fit_co_purchases,
     fit_gamma_gamma,
     quintile_breakpoints,
 )
+from shared.analytics.models.registry import MODELS as PURCHASE_MODELS
 from shared.logging import get_logger
+from shared.settings import get_settings
 
 log = get_logger("pulse.analytics.fit")
 EPOCH = date(1970, 1, 1)
@@ -90,9 +91,37 @@ def population_statistics(session: Session, summaries: np.ndarray) -> dict:
     }
 
 
+def fit_purchase_models(x, t_x, T) -> dict:
+    """Every purchase model of the registry fitted on (x, t_x, T): name -> params, or the reason
+    the data do not identify it (a string), so that one model the data cannot fit does not stop
+    the others."""
+    fitted: dict = {}
+    for name in sorted(PURCHASE_MODELS):
+        try:
+            fitted[name] = PURCHASE_MODELS[name].fit(x, t_x, T)
+        except ValueError as exc:  # UnidentifiedModel among them: no repeat buyers, every T = 0, ...
+            fitted[name] = str(exc) or type(exc).__name__
+        except (ArithmeticError, np.linalg.LinAlgError) as exc:
+            # An optimiser that ran off to infinity on awkward data: that model has no fit here,
+            # said as such; the others (and the scoring model, if it is another) still serve.
+            log.warning("purchase_model_not_fitted", model=name, customers=int(np.size(x)),
+                        error=f"{type(exc).__name__}: {exc}")
+            fitted[name] = f"the {name} fit failed numerically ({type(exc).__name__}: {exc})"
+    return fitted
+
+
+def last_complete_day(now: datetime | None = None) -> date:
+    """The scheduled refit's end of observation: yesterday (UTC). Today is only partly observed (at
+    03:00, three hours of it), and counting it as a whole day biases the young customers' rates and
+    P(alive) down."""
+    now = now or datetime.now(UTC)
+    return now.astimezone(UTC).date() - timedelta(days=1)
+
+
 def fit_population(db, session: Session, as_of: date) -> dict:
-    """Fit BG/NBD and Gamma-Gamma on every customer's purchases up to and including `as_of`, with
-    the population statistics, and store them as the next model version."""
+    """Fit every purchase model and Gamma-Gamma on every customer's purchases up to and including
+    `as_of`, with the population statistics, and store them as the next model version (SCORING_MODEL
+    names the purchase model profiles use; it must be fitted, the others may fail with a reason)."""
     started = time.perf_counter()
     current = _numbers(session, _SUMMARIES, 6)
     read = time.perf_counter()
@@ -107,7 +136,11 @@ def fit_population(db, session: Session, as_of: date) -> dict:
     _, first, last, purchase_days, spent, first_day_spent = rows.T
     x, t_x, T, m = model_inputs(first, last, purchase_days, spent, first_day_spent, cutoff)
     as_of_read = time.perf_counter()
-    bgnbd = fit_bgnbd(x, t_x, T)
+    scoring = get_settings().scoring_model
+    models = fit_purchase_models(x, t_x, T)
+    if isinstance(models[scoring], str):
+        raise ValueError(f"the scoring model {scoring} cannot be fitted on the purchases up to {as_of}: "
+                         f"{models[scoring]}")
     gamma_gamma = fit_gamma_gamma(x, m) if int(((x > 0) & (m > 0)).sum()) >= 2 else None
     fitted = time.perf_counter()
     population = population_statistics(session, current)
@@ -118,10 +151,12 @@ def fit_population(db, session: Session, as_of: date) -> dict:
         "population_statistics": round((done - fitted) * 1000, 1),
         "total": round((done - started) * 1000, 1),
     }
-    model = model_store.save(db, as_of, bgnbd, gamma_gamma, population, timings)
+    model = model_store.save(db, as_of, models, scoring, gamma_gamma, population, timings)
+    bgnbd = models[scoring]
     log.info(
         "models_fitted", version=model["version"], as_of=model["as_of"], customers=bgnbd.n_customers,
-        bgnbd_converged=bgnbd.converged, bgnbd_at_bounds=list(bgnbd.at_bounds),
+        scoring_model=scoring, bgnbd_converged=bgnbd.converged, bgnbd_at_bounds=list(bgnbd.at_bounds),
+        not_fitted={name: reason for name, reason in models.items() if isinstance(reason, str)},
         gamma_gamma_converged=gamma_gamma.converged if gamma_gamma else None,
         gamma_gamma_at_bounds=list(gamma_gamma.at_bounds) if gamma_gamma else None,
         summaries_read_ms=round((read - started) * 1000, 1), **{f"{k}_ms": v for k, v in timings.items()},

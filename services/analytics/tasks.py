@@ -5,15 +5,15 @@ for the whole batch, vectorised scoring, one bulk write per store), and the batc
 rescoring are separate tasks, so every analytics worker process that runs takes a share.
 """
 import math
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 
 from pymongo import ReplaceOne
 from sqlalchemy import func, select, text
 
-from services.analytics import customer_stats
-from services.analytics.fitting import fit_population
+from services.analytics import customer_stats, validation
+from services.analytics.fitting import fit_population, last_complete_day
 from services.analytics.main import app
-from shared import erasure, profile_cache, rescore
+from shared import erasure, jobs, profile_cache, rescore
 from shared.analytics.profiles import compute_profiles
 from shared.db import session_scope
 from shared.logging import get_logger
@@ -22,7 +22,7 @@ from shared.mongo import PROFILES, get_database
 from shared.retry import RETRY_POLICY
 from shared.settings import get_settings
 from shared.analytics import model_store
-from shared.topology import COMPUTE_PROFILES, CUSTOMER_STATS, FIT_MODELS, SWEEP_RESCORING
+from shared.topology import COMPUTE_PROFILES, CUSTOMER_STATS, FIT_MODELS, SWEEP_RESCORING, VALIDATE_MODELS
 
 log = get_logger("pulse.analytics")
 RESCORE_CHUNK = 500
@@ -163,22 +163,90 @@ def rescore_everyone() -> int:
     return tasks
 
 
-@app.task(name=FIT_MODELS, ignore_result=False, **RETRY_POLICY)
-def fit_models_task(as_of: str | None = None) -> dict:
-    day = date.fromisoformat(as_of) if as_of else datetime.now(UTC).date()
+class JobTask(app.Task):
+    """A task that runs a job (shared.jobs): when it fails for good (its retries spent, or an error
+    no retry helps), the job is marked failed with the reason, so its client is told instead of
+    polling a job that stays running."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        job_id = jobs.parse_id((kwargs or {}).get("job_id"))
+        if job_id is None:
+            return
+        try:
+            with session_scope() as session:
+                jobs.fail(session, job_id, f"the analytics worker failed: {type(exc).__name__}: {exc}")
+        except Exception as error:  # noqa: BLE001 - Postgres down: the job stays running, the task is dead-lettered
+            log.warning("job_not_marked_failed", job_id=str(job_id), error=type(error).__name__)
+
+
+def _start_job(job_id: str | None):
+    """The job this task runs, now running; None when it is finished already (a redelivery)."""
+    with session_scope() as session:
+        job = jobs.start(session, jobs.parse_id(job_id))
+        return None if job is None else dict(job.params)
+
+
+@app.task(name=FIT_MODELS, base=JobTask, ignore_result=True, **RETRY_POLICY)
+def fit_models_task(as_of: str | None = None, job_id: str | None = None) -> dict:
+    """A fit asked for through the API (`job_id`: its job, `as_of` in its params), or beat's daily
+    refit (no arguments): that one fits up to the last complete day, and first scores the model in
+    use against what its customers did since it was fitted (the rolling holdout)."""
+    if job_id is not None:
+        params = _start_job(job_id)
+        if params is None:
+            return {"skipped": "job finished already"}
+        as_of = params.get("as_of") or as_of
+    day = date.fromisoformat(as_of) if as_of else last_complete_day()
+    db = get_database()
+    if job_id is None:
+        try:
+            with session_scope() as session:
+                validation.rolling_check(db, session, day)
+        except ValueError as exc:
+            log.warning("rolling_holdout_failed", reason=str(exc))
     try:
         with session_scope() as session:
-            model = fit_population(get_database(), session, day)
+            model = fit_population(db, session, day)
     except ValueError as exc:
-        # Too few customers is an answer, not a failure: returned to the caller (422), never
-        # retried or dead-lettered.
+        # Too few customers, or a population the scoring model cannot be fitted on, is an answer,
+        # not a failure: the job says why, the task is neither retried nor dead-lettered.
         log.info("models_not_fitted", as_of=day.isoformat(), reason=str(exc))
+        if job_id is not None:
+            with session_scope() as session:
+                jobs.fail(session, jobs.parse_id(job_id), f"The models could not be fitted: {exc}", "as_of")
         return {"error": str(exc)}
     # Profiles carry model outputs: rescore everyone against the new version, spread over workers.
     model["rescoring_tasks"] = rescore_everyone()
     app.send_task(CUSTOMER_STATS)  # the dashboard's distributions follow the new model at once
     model["fitted_at"] = model["fitted_at"].isoformat()
-    return model
+    answer = model_store.describe(model)
+    if job_id is not None:
+        with session_scope() as session:
+            jobs.finish(session, jobs.parse_id(job_id), answer)
+    return {"version": answer["version"]}
+
+
+@app.task(name=VALIDATE_MODELS, base=JobTask, ignore_result=True, **RETRY_POLICY)
+def validate_models_task(job_id: str) -> dict:
+    """A calibration/holdout validation asked for through the API (services.analytics.validation)."""
+    params = _start_job(job_id)
+    if params is None:
+        return {"skipped": "job finished already"}
+    calibration_end = date.fromisoformat(params["calibration_end"])
+    holdout_end = date.fromisoformat(params["holdout_end"])
+    try:
+        with session_scope() as session:
+            result = validation.validate(session, calibration_end, holdout_end)
+    except validation.ValidationRefused as exc:
+        with session_scope() as session:
+            jobs.fail(session, jobs.parse_id(job_id), f"The models could not be validated: {exc}", exc.field)
+        return {"error": str(exc)}
+    with session_scope() as session:
+        jobs.finish(session, jobs.parse_id(job_id), result)
+    log.info("models_validated", job_id=job_id, calibration_end=params["calibration_end"],
+             holdout_end=params["holdout_end"], customers=result["holdout"]["customers"],
+             total_ms=result["timings_ms"]["total"])
+    return {"customers": result["holdout"]["customers"]}
 
 
 @app.task(name=CUSTOMER_STATS, **RETRY_POLICY)

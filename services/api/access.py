@@ -44,6 +44,9 @@ REQUIRED_SCOPE: dict[str, str] = {
     "analytics.country_stats": READ,
     "analytics.latest_model": READ,
     "analytics.customer_stats": READ,
+    "analytics.get_job": READ,
+    "analytics.latest_validation": READ,
+    "analytics.holdout_history": READ,
     "pipeline.pipeline": READ,
     # The dashboard's pages need what its charts read; its login form and its scripts are open.
     "dashboard.index": READ,
@@ -52,6 +55,7 @@ REQUIRED_SCOPE: dict[str, str] = {
     "dashboard.logout": PUBLIC,
     "dashboard.static": PUBLIC,
     "analytics.fit_models": ADMIN,
+    "analytics.validate_models": ADMIN,
     "analytics.cache_stats": ADMIN,
     "privacy.erase_user": ADMIN,
     "privacy.export_user": ADMIN,

@@ -1,23 +1,22 @@
 """Analytics endpoints: the guide's MongoDB aggregation, segments, model fitting, cache stats."""
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
-from celery.exceptions import TimeoutError as ResultTimeout
 from flask import current_app, request
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from services.api.problems import ProblemError, validation_problem
-from shared import profile_cache, reference
+from shared import jobs, profile_cache, reference
 from shared.analytics import model_store
 from shared.db import session_scope
-from shared.models import Address, CategorySales, City, Country, User
+from shared.models import Address, CategorySales, City, Country, Job, User
 from shared.mongo import CUSTOMER_STATS, get_database
-from shared.schemas import FieldProblem, Problem, iso_text
-from shared.topology import FIT_MODELS
+from shared.schemas import Problem, iso_text
+from shared.topology import FIT_MODELS, VALIDATE_MODELS
+from shared.analytics.holdouts import history as validation_history
 
 analytics_bp = APIBlueprint("analytics", __name__, url_prefix="/api", abp_tags=[Tag(name="analytics")])
-FIT_TIMEOUT_SECONDS = 300
 
 
 class FitDiagnostics(BaseModel):
@@ -126,12 +125,21 @@ class PAliveMatrixOut(BaseModel):
     p_alive: list[list[float]] = Field(description="P(alive) per frequency row and recency column")
 
 
+class PAliveByBuyersOut(BaseModel):
+    one_time: HistogramOut
+    repeat: HistogramOut
+
+
 class CustomerStatsOut(BaseModel):
     computed_at: str
     customers: int = Field(description="Users with at least one purchase")
     model_version: int | None = Field(description="Model the P(alive) and LTV figures come from; null before the first fit")
     churn_risk: HistogramOut = Field(description="Customers by churn risk (percent, the profile's churn_risk)")
-    p_alive: HistogramOut | None = Field(description="Customers by BG/NBD P(alive)")
+    scoring_model: str | None = Field(None, description="Purchase model the P(alive) and LTV figures come from")
+    p_alive: HistogramOut | None = Field(description="Customers by P(alive) (the scoring model's)")
+    p_alive_by_buyers: PAliveByBuyersOut | None = Field(
+        None, description="The same, one-time buyers (no repeat purchase: BG/NBD's P(alive) is 1 for each) and "
+        "repeat buyers apart")
     predicted_ltv: LTVDistributionOut | None = Field(description="Customers by predicted lifetime value")
     p_alive_matrix: PAliveMatrixOut | None
     compute_ms: float
@@ -156,6 +164,73 @@ class FitRequest(BaseModel):
         if value is not None and value > datetime.now(UTC).date():
             raise ValueError("as_of cannot be in the future")
         return value
+
+
+class ValidateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    calibration_end: date = Field(description="Last day of the calibration period (its purchases are fitted on)")
+    holdout_end: date = Field(description="Last day of the holdout: after calibration_end, not in the future")
+
+    _dates_are_text = field_validator("calibration_end", "holdout_end", mode="before")(
+        lambda value, info: iso_text(value, info.field_name))
+
+    @field_validator("holdout_end")
+    @classmethod
+    def _after_calibration(cls, value: date, info) -> date:
+        calibration_end = info.data.get("calibration_end")
+        if calibration_end is not None and value <= calibration_end:
+            raise ValueError("holdout_end must be after calibration_end")
+        if value > datetime.now(UTC).date():
+            raise ValueError("holdout_end cannot be in the future")
+        return value
+
+
+class JobError(BaseModel):
+    detail: str
+    field: str | None = Field(description="The request field the reason is about, when there is one")
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str = Field(description="fit or validation")
+    status: str = Field(description="queued, running, done or failed")
+    params: dict = Field(description="What the job was asked to do (the request's fields)")
+    submitted_at: str
+    started_at: str | None
+    finished_at: str | None
+    attempts: int = Field(description="How many times a worker started it (a retry after a worker died counts)")
+    result: dict | None = Field(description="When done: the stored model (a fit) or the validation")
+    error: JobError | None = Field(description="When failed: why")
+
+
+class JobPath(BaseModel):
+    job_id: str
+
+
+class HoldoutQuery(BaseModel):
+    limit: int = Field(90, ge=1, le=1000)
+
+
+class HoldoutCheckOut(BaseModel):
+    checked_at: str
+    model_version: int
+    model: str
+    scoring: bool = Field(description="Whether this model scored the profiles of that version")
+    calibration_end: str = Field(description="The model's as_of")
+    holdout_end: str = Field(description="The last complete day when the check ran")
+    customers: int
+    weeks: float
+    actual_repeat_purchases: int
+    predicted_repeat_purchases: float
+    mae: float
+    rmse: float
+    by_calibration_frequency: list[dict]
+    weekly: list[dict]
+
+
+class HoldoutHistoryOut(BaseModel):
+    items: list[HoldoutCheckOut]
 
 
 @analytics_bp.get(
@@ -256,13 +331,15 @@ def cache_stats():
 
 @analytics_bp.post(
     "/analytics/models/fit",
-    summary="Fit BG/NBD and Gamma-Gamma on every customer's summary up to `as_of`",
-    description="Body (optional): `{\"as_of\": \"YYYY-MM-DD\"}`. Runs on the analytics worker from the "
-    "per-customer summaries (not the event log), together with the population statistics profiles use "
-    "(RFM breakpoints, co-purchase weights); stored with a new version and used by every profile from "
-    "then on (everyone is rescored in the background). Says whether the optimiser converged and which "
-    "parameters it held at a bound.",
-    responses={200: ModelOut, 422: Problem, 503: Problem},
+    summary="Fit every purchase model and Gamma-Gamma up to `as_of`, as a job",
+    description="Body (optional): `{\"as_of\": \"YYYY-MM-DD\"}`. Answers 202 at once with the job and "
+    "`Location: /api/analytics/jobs/<id>`; poll that until `status` is `done` (its `result` is the stored "
+    "model, as `GET /api/analytics/models/latest` shows it) or `failed` (its `error` says why, e.g. fewer than "
+    "two customers up to `as_of`). The analytics worker fits from the per-customer summaries (not the event "
+    "log) every purchase model (BG/NBD, Pareto/NBD, MBG/NBD) with standard errors, Gamma-Gamma and the "
+    "population statistics profiles use; the new version is used by every profile from then on, scored by "
+    "SCORING_MODEL (everyone is rescored in the background).",
+    responses={202: JobOut, 422: Problem, 503: Problem},
     # The body is optional, so the view reads it itself; the document still describes it.
     openapi_extensions={"requestBody": {"required": False, "content": {
         "application/json": {"schema": FitRequest.model_json_schema()}}}},
@@ -276,21 +353,83 @@ def fit_models():
     except ValidationError as exc:
         return validation_problem(exc)
     as_of = body.as_of or datetime.now(UTC).date()
+    return _submit(jobs.FIT, FIT_MODELS, {"as_of": as_of.isoformat()})
+
+
+@analytics_bp.post(
+    "/analytics/models/validate",
+    summary="Validate every purchase model on a calibration/holdout split, as a job",
+    description="Body: `{\"calibration_end\": \"YYYY-MM-DD\", \"holdout_end\": \"YYYY-MM-DD\"}`. Answers "
+    "202 with `Location: /api/analytics/jobs/<id>`. The job fits every purchase model on the customers' purchases "
+    "up to `calibration_end` and compares what each predicts for (`calibration_end`, `holdout_end`] with what "
+    "those customers did: the total, by repeat purchases in calibration (0..7+), week by week, and the "
+    "per-customer MAE and RMSE, beside a naive per-customer rate. Reads the summaries and purchase days, never "
+    "the event log; nothing is stored but the job.",
+    responses={202: JobOut, 422: Problem, 503: Problem},
+)
+def validate_models(body: ValidateRequest):
+    return _submit(jobs.VALIDATION, VALIDATE_MODELS, {"calibration_end": body.calibration_end.isoformat(),
+                                                      "holdout_end": body.holdout_end.isoformat()})
+
+
+def _submit(kind: str, task: str, params: dict):
+    """Write the job (queued), then send its task; the client polls the job. A broker that cannot
+    take the task leaves no job behind: 503, and the client may send the request again."""
+    with session_scope() as session:
+        job_id = jobs.create(session, kind, params)
+        answer = jobs.describe(jobs.get(session, job_id))
     celery = current_app.extensions["celery"]
     try:
-        result = celery.send_task(FIT_MODELS, kwargs={"as_of": as_of.isoformat()})
-        model = result.get(timeout=FIT_TIMEOUT_SECONDS, propagate=False)
-    except ResultTimeout as exc:
-        raise ProblemError(503, "The analytics worker did not answer in time") from exc
-    except Exception as exc:  # broker or result backend down
-        raise ProblemError(503, f"Could not reach the analytics worker ({type(exc).__name__})") from exc
-    if result.failed():
-        raise ProblemError(503, f"The analytics worker failed to fit the models ({type(model).__name__})",
-                           headers={"Retry-After": "60"})
-    if "error" in model:
-        raise ProblemError(422, f"The models could not be fitted: {model['error']}",
-                           [FieldProblem(field="as_of", message=model["error"])])
-    return _fit_response(model)
+        celery.send_task(task, kwargs={"job_id": str(job_id)}, task_id=str(job_id))
+    except Exception as exc:  # broker down
+        with session_scope() as session:
+            session.execute(delete(Job).where(Job.id == job_id))
+        raise ProblemError(503, f"Could not reach the analytics worker ({type(exc).__name__}); retry later") from exc
+    return answer, 202, {"Location": jobs.location(job_id)}
+
+
+@analytics_bp.get(
+    "/analytics/jobs/<job_id>",
+    summary="A fit or validation job: its status and, when done, its result",
+    description="`status` is `queued`, `running`, `done` (then `result` holds the answer) or `failed` (then "
+    "`error.detail` says why and `error.field` names the request field it is about, when one is). 404 for an id "
+    "that names no job.",
+    responses={200: JobOut, 404: Problem},
+)
+def get_job(path: JobPath):
+    job_id = jobs.parse_id(path.job_id)
+    with session_scope() as session:
+        job = jobs.get(session, job_id) if job_id is not None else None
+        if job is None:
+            raise ProblemError(404, f"No job {path.job_id[:100]!r}: jobs are made by POST /api/analytics/models/fit "
+                               "and POST /api/analytics/models/validate")
+        return jobs.describe(job)
+
+
+@analytics_bp.get(
+    "/analytics/models/validations/latest",
+    summary="The newest finished validation job (what the dashboard draws)",
+    responses={200: JobOut, 404: Problem},
+)
+def latest_validation():
+    with session_scope() as session:
+        job = jobs.latest_done(session, jobs.VALIDATION)
+        if job is None:
+            raise ProblemError(404, "No validation has finished yet: POST /api/analytics/models/validate")
+        return jobs.describe(job)
+
+
+@analytics_bp.get(
+    "/analytics/models/holdout",
+    summary="The rolling holdout: how well each stored model predicted its customers since it was fitted",
+    description="Before every scheduled refit the analytics worker scores the model in use, with each purchase "
+    "model it stored, against what its customers did from its `as_of` to the last complete day; the newest "
+    "checks first (at most `limit`).",
+    responses={200: HoldoutHistoryOut},
+)
+def holdout_history(query: HoldoutQuery):
+    with session_scope() as session:
+        return {"items": validation_history(session, query.limit)}
 
 
 @analytics_bp.get("/analytics/models/latest", summary="The fitted models profiles use now",
@@ -299,36 +438,4 @@ def latest_model():
     model = model_store.latest(get_database())
     if model is None:
         raise ProblemError(404, "No model has been fitted yet: POST /api/analytics/models/fit")
-    model["fitted_at"] = model["fitted_at"].isoformat()
-    return _fit_response(model)
-
-
-def _fit_response(model: dict) -> dict:
-    bg, gg = model["bgnbd"], model.get("gamma_gamma")
-    fit_keys = ("converged", "at_bounds", "iterations")
-    population = model.get("population") or {}
-    return {
-        "version": model["version"],
-        "fitted_at": model["fitted_at"],
-        "as_of": model["as_of"],
-        "n_customers": model["n_customers"],
-        "converged": model_store.converged(model),
-        "bgnbd": {k: bg[k] for k in ("r", "alpha", "a", "b", "log_likelihood")}
-        | {k: bg.get(k) for k in fit_keys},
-        "gamma_gamma": ({k: gg[k] for k in ("p", "q", "gamma", "log_likelihood")} | {k: gg.get(k) for k in fit_keys})
-        if gg
-        else None,
-        "population": {
-            "customers": population.get("customers", model["n_customers"]),
-            "categories": population.get("categories"),
-            "rfm": _rfm_out(population["rfm"]) if population.get("rfm") else None,
-        },
-        "timings_ms": model.get("timings_ms"),
-    }
-
-
-def _rfm_out(rfm: dict) -> dict:
-    def day(value):
-        return (date(1970, 1, 1) + timedelta(days=int(value))).isoformat() if value is not None else None
-
-    return {"recency": [day(v) for v in rfm["recency"]], "frequency": rfm["frequency"], "monetary": rfm["monetary"]}
+    return model_store.describe(model)

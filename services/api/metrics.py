@@ -9,8 +9,8 @@
 * The pipeline and the domain, read from the stores at scrape time: outbox pending and the age
   of its oldest row, events stored and duplicates skipped (shared.counters), users awaiting
   rescoring, profiles rescored, tasks waiting to retry (the retry backlog: event batches, erasures,
-  signups retrying while a store is down), dead letters, and the current model (version, age, convergence,
-  customers). A store that does not answer leaves its figures out and sets
+  signups retrying while a store is down), dead letters, the current model (version, age, convergence,
+  customers), and each purchase model's newest rolling-holdout check (`pulse_model_holdout_*`). A store that does not answer leaves its figures out and sets
   `pulse_metrics_source_up{source=...}` to 0, so a scrape never fails with it. `/metrics` is open
   (a Prometheus scraper has no key; the figures are counts, no person's data), so each store is
   read at most once a second per API process and every scrape meanwhile shares that reading
@@ -33,7 +33,7 @@ from sqlalchemy import text
 from services.api.contract import openapi_path
 from services.api.shared_reads import SharedRead
 from shared import counters, rescore
-from shared.analytics import model_store
+from shared.analytics import holdouts, model_store
 from shared.db import session_scope
 from shared.logging import get_logger
 from shared.mongo import get_database
@@ -144,6 +144,7 @@ class PipelineCollector:
             outbox = session.execute(_OUTBOX).one()
             pending = session.scalar(text("SELECT count(*) FROM rescore_pending"))
             retrying = session.execute(_RETRY_BACKLOG).all()
+            holdout_rows = holdouts.latest(session)
         yield GaugeMetricFamily("pulse_outbox_pending", "Outbox messages (signups, erasures) not yet published",
                                 value=outbox.pending)
         yield GaugeMetricFamily("pulse_outbox_oldest_pending_age_seconds",
@@ -161,6 +162,34 @@ class PipelineCollector:
         for task, count in sorted(({name: 0 for name in UNTIL_DONE_TASKS} | dict(retrying)).items()):
             waiting.add_metric([task], count)
         yield waiting
+        yield from PipelineCollector._holdout(holdout_rows)
+
+    @staticmethod
+    def _holdout(rows):
+        """The newest rolling-holdout check of each purchase model (services.analytics.validation)."""
+        families = {
+            "actual_repeat_purchases": "Repeat purchase days the customers made in the newest rolling holdout",
+            "predicted_repeat_purchases": "Repeat purchase days the model predicted for that holdout",
+            "relative_error": "(predicted - actual) / actual repeat purchase days in the newest rolling holdout",
+            "mae": "Mean absolute error per customer in the newest rolling holdout",
+            "rmse": "Root mean squared error per customer in the newest rolling holdout",
+            "weeks": "Length of the newest rolling holdout in weeks (from the model's as_of to the check)",
+            "customers": "Customers scored in the newest rolling holdout",
+            "model_version": "Version of the stored model the newest rolling holdout scored",
+        }
+        gauges = {name: GaugeMetricFamily(f"pulse_model_holdout_{name}", text, labels=["model"])
+                  for name, text in families.items()}
+        for row in rows:
+            actual = row.actual_repeat_purchases
+            values = {
+                "actual_repeat_purchases": actual, "predicted_repeat_purchases": row.predicted_repeat_purchases,
+                "relative_error": (row.predicted_repeat_purchases - actual) / actual if actual else float("nan"),
+                "mae": row.mae, "rmse": row.rmse, "weeks": row.weeks, "customers": row.customers,
+                "model_version": row.model_version,
+            }
+            for name, value in values.items():
+                gauges[name].add_metric([row.model], value)
+        yield from gauges.values()
 
     @staticmethod
     def _redis():

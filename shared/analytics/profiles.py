@@ -20,6 +20,7 @@ from shared import summaries
 from shared.analytics import model_store
 from shared.analytics.model_store import Model
 from shared.analytics.models import (
+    WEEKS_PER_MONTH,
     churn_risk,
     conditional_expected_average_spend,
     conditional_expected_purchases,
@@ -29,7 +30,7 @@ from shared.analytics.models import (
     score_with_breakpoints,
     segment,
 )
-from shared.analytics.purchases import load_purchases
+from shared.analytics.models.registry import MODELS as PURCHASE_MODELS
 from shared.logging import get_logger
 from shared.settings import get_settings
 from shared.user_views import user_summaries
@@ -58,44 +59,29 @@ class Purchases:
     categories: list[str]
 
 
-def _from_log(db, user_ids: list[int], now: datetime) -> dict[int, Purchases]:
-    """Customers with purchases stamped after `now` (timestamps may run up to a day ahead): their
-    summary already counts those, a profile as of now must not. Read from their own events."""
-    log = load_purchases(db, user_ids).until(now)
-    found: dict[int, Purchases] = {}
-    for user_id in user_ids:
-        mine = log.user_id == user_id
-        if not mine.any():
-            continue
-        stamps = log.timestamp[mine]
-        amounts = log.amount[mine]
-        days = stamps.astype("datetime64[D]")
-        first = days.min()
-        found[user_id] = Purchases(
-            first_day=first.astype(date),
-            last_day=days.max().astype(date),
-            last_purchase_at=stamps.max().astype(datetime).replace(tzinfo=UTC),
-            purchase_days=int(np.unique(days).size),
-            purchases=int(mine.sum()),
-            spent=float(amounts.sum()),
-            first_day_spent=float(amounts[days == first].sum()),
-            categories=sorted(set(log.category[mine].tolist())),
-        )
-    return found
+def count_ahead_as_now(first_day, last_day, last_purchase_at, now: datetime):
+    """The one rule for purchases stamped ahead of now (timestamps may run up to a day ahead,
+    shared.schemas): they count, as made now. Their day becomes today and their instant now; they
+    stay in the purchase days, the purchases and the spend. A profile and the dashboard's batch
+    over everyone (services.analytics.customer_stats) both apply it, to the summary, so the two
+    always agree and neither reads the event log. Works on numpy arrays (days since 1970, seconds
+    since 1970) and on one customer's dates."""
+    if isinstance(last_purchase_at, datetime):
+        today = now.date()
+        return min(first_day, today), min(last_day, today), min(last_purchase_at, now)
+    today = (now.date() - EPOCH).days
+    return (np.minimum(first_day, today), np.minimum(last_day, today),
+            np.minimum(last_purchase_at, now.timestamp()))
 
 
 def load_purchase_facts(db, session: Session, user_ids: list[int], now: datetime) -> dict[int, Purchases]:
     stored = summaries.load(session, user_ids)
     categories = summaries.load_categories(session, list(stored))
-    facts = {
-        user_id: Purchases(s.first_day, s.last_day, s.last_purchase_at, s.purchase_days, s.purchases, s.spent,
-                           s.first_day_spent, categories.get(user_id, []))
-        for user_id, s in stored.items()
-        if s.last_purchase_at <= now
-    }
-    ahead = [user_id for user_id, s in stored.items() if s.last_purchase_at > now]
-    if ahead:
-        facts.update(_from_log(db, ahead, now))
+    facts = {}
+    for user_id, s in stored.items():
+        first_day, last_day, last_purchase_at = count_ahead_as_now(s.first_day, s.last_day, s.last_purchase_at, now)
+        facts[user_id] = Purchases(first_day, last_day, last_purchase_at, s.purchase_days, s.purchases, s.spent,
+                                   s.first_day_spent, categories.get(user_id, []))
     return facts
 
 
@@ -164,6 +150,8 @@ def compute_profiles(db, session: Session, user_ids: list[int], now: datetime | 
             },
             "recommendations": [str(item) for item in recommendations.get(user_id, [])],
             "model_version": model.version if model else None,
+            # Which purchase model gave p_alive, expected_purchases_90d and predicted_ltv.
+            "scoring_model": model.scoring_model if model and predictions else None,
             "computed_at": now.isoformat(),
         }
     return profiles
@@ -216,7 +204,7 @@ def _score_customers(model: Model | None, facts: list[Purchases], today: date) -
     spent = np.array([f.spent for f in facts])
     first_day_spent = np.array([f.first_day_spent for f in facts])
     x, t_x, T, m = model_inputs(first, last, purchase_days, spent, first_day_spent, (today - EPOCH).days)
-    if model.bgnbd is not None:
+    if model.purchase is not None:
         result["models"] = predict(model, x, t_x, T, m)
     if model.rfm is not None:
         result["rfm"] = {
@@ -240,21 +228,45 @@ def model_inputs(first, last, purchase_days, spent, first_day_spent, end) -> tup
 
 
 def predict(model: Model, x, t_x, T, m) -> dict[str, np.ndarray]:
+    """P(alive), expected purchases over PREDICTION_DAYS, expected spend and CLV from the stored
+    model's scoring purchase model (model.scoring_model) and Gamma-Gamma."""
     settings = get_settings()
-    bgnbd, gg = model.bgnbd, model.gamma_gamma
-    scores = {
-        "p_alive": probability_alive(bgnbd, x, t_x, T),
-        "expected_purchases_90d": conditional_expected_purchases(bgnbd, PREDICTION_DAYS / 7, x, t_x, T),
-    }
+    purchase, gg = model.purchase, model.gamma_gamma
+    if model.scoring_model == "bgnbd":
+        # BG/NBD's own CLV reuses one hypergeometric evaluation per distinct (x, T) for every month.
+        p_alive = probability_alive(purchase, x, t_x, T)
+        expected = conditional_expected_purchases(purchase, PREDICTION_DAYS / 7, x, t_x, T)
+    else:
+        spec = PURCHASE_MODELS[model.scoring_model]
+        p_alive = spec.probability_alive(purchase, x, t_x, T)
+        expected = spec.conditional_expected_purchases(purchase, PREDICTION_DAYS / 7, x, t_x, T)
+    scores = {"p_alive": p_alive, "expected_purchases_90d": expected}
     if gg is not None:
         scores["expected_average_spend"] = conditional_expected_average_spend(gg, x, m)
-        scores["clv"] = customer_lifetime_value(
-            bgnbd, gg, x, t_x, T, m,
-            horizon_months=settings.clv_horizon_months,
-            monthly_discount_rate=settings.clv_monthly_discount_rate,
-        )
+        if model.scoring_model == "bgnbd":
+            scores["clv"] = customer_lifetime_value(
+                purchase, gg, x, t_x, T, m,
+                horizon_months=settings.clv_horizon_months,
+                monthly_discount_rate=settings.clv_monthly_discount_rate,
+            )
+        else:
+            scores["clv"] = _lifetime_value(PURCHASE_MODELS[model.scoring_model], purchase,
+                                            scores["expected_average_spend"], x, t_x, T, settings)
     else:
         scores["expected_average_spend"] = np.full(len(x), np.nan)
         scores["clv"] = np.full(len(x), np.nan)
     return scores
 
+
+
+def _lifetime_value(spec, params, spend, x, t_x, T, settings) -> np.ndarray:
+    """CLV by the method of shared.analytics.models.clv (lifetimes' discounted monthly cash flows)
+    for a purchase model other than BG/NBD: expected spend times the expected purchases of each
+    month, discounted monthly."""
+    clv = np.zeros(np.shape(x), dtype=np.float64)
+    previous = np.zeros_like(clv)
+    for k in range(1, int(settings.clv_horizon_months) + 1):
+        current = spec.conditional_expected_purchases(params, k * WEEKS_PER_MONTH, x, t_x, T)
+        clv += spend * (current - previous) / (1.0 + settings.clv_monthly_discount_rate) ** k
+        previous = current
+    return clv

@@ -1,9 +1,7 @@
 """Reading purchases out of MongoDB `events` as numpy arrays: the raw log.
 
-Profiles and fits read the per-customer summaries (shared.summaries), never this. It serves the
-few places that need the events themselves: a profile of a customer with purchases stamped
-later than now (the summary counts them already, a profile as of now must not), and tests and
-benchmarks that recompute everything from the log to compare.
+Profiles, fits and validations read the per-customer summaries (shared.summaries), never this.
+It serves tests and benchmarks that recompute everything from the log to compare.
 """
 from dataclasses import dataclass
 from datetime import UTC, datetime

@@ -21,7 +21,7 @@ from shared.mongo import CUSTOMER_STATS
 from shared.topology import CUSTOMER_STATS as CUSTOMER_STATS_TASK
 from tests.conftest import free_port
 from tests.fixtures import wait_for
-from tests.helpers import pipeline_busy, purchase, signup_body, tasks_held
+from tests.helpers import finished_job, pipeline_busy, purchase, signup_body, tasks_held
 
 pytestmark = pytest.mark.usefixtures("pipeline")
 SCREENSHOTS = Path(os.environ.get("PULSE_SCREENSHOT_DIR", Path(__file__).resolve().parents[2] / "var" / "screenshots"))
@@ -51,9 +51,9 @@ def customers(client_module, mongo):
     assert client.post("/api/events/batch", json={"events": events}).status_code == 202
     wait_for(lambda: all(len(client.get(f"/api/users/{u}/purchases").get_json()["items"]) == i + 1
                          for i, u in enumerate(ids)), timeout=60, what="every purchase day summarised")
-    fitted = client.post("/api/analytics/models/fit", json={})
-    assert fitted.status_code == 200, fitted.get_json()
-    version = fitted.get_json()["version"]
+    fitted = finished_job(client, client.post("/api/analytics/models/fit", json={}))
+    assert fitted["status"] == "done", fitted
+    version = fitted["result"]["version"]
     stats = wait_for(lambda: (doc := mongo[CUSTOMER_STATS].find_one({"_id": "current"}))
                      and doc["model_version"] == version and doc, timeout=60,
                      what="the customer distributions computed with the new model")

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures import wait_for
-from tests.helpers import purchase, signup_body
+from tests.helpers import finished_job, purchase, signup_body
 
 pytestmark = pytest.mark.usefixtures("pipeline")
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -36,7 +36,7 @@ def test_a_signup_and_events_move_the_counters(client, anonymous_client, mongo):
     batch = [purchase(i, 20.0, "Books", timestamp=f"2026-11-0{n}T10:00:00+00:00") for i in ids for n in (1, 2)]
     assert client.post("/api/events/batch", json={"events": batch}).status_code == 202
     wait_for(lambda: mongo.events.count_documents({"user_id": {"$in": ids}}) == 6, what="the events stored")
-    assert client.post("/api/analytics/models/fit", json={}).status_code == 200
+    assert finished_job(client, client.post("/api/analytics/models/fit", json={}))["status"] == "done"
 
     before = scrape(anonymous_client)  # no key needed: counts and timings only
     assert [f for f in FAMILIES if f not in before] == []

@@ -21,7 +21,7 @@ from shared.analytics.purchases import load_purchases
 from shared.db import session_scope
 from shared.models import CustomerSummary
 from tests.fixtures import keyed_client, wait_for
-from tests.helpers import purchase, signup_body
+from tests.helpers import finished_job, purchase, signup_body
 
 pytestmark = pytest.mark.usefixtures("pipeline")
 CATEGORIES = ["music", "films", "games", "comics", "vinyl", "posters"]
@@ -66,8 +66,13 @@ def direct_fit(mongo, as_of):
 def test_fit_matches_a_direct_fit_and_profiles_match_a_full_recomputation(client, mongo, buyers):
     as_of = (datetime.now(UTC) - timedelta(days=5)).date()
     response = client.post("/api/analytics/models/fit", json={"as_of": as_of.isoformat()})
-    assert response.status_code == 200, response.get_json()
-    fitted = response.get_json()
+    # A job: answered at once, queued, its result read from its Location once the worker is done.
+    assert response.status_code == 202 and response.get_json()["status"] == "queued", response.get_json()
+    assert response.get_json()["kind"] == "fit" and response.get_json()["params"] == {"as_of": as_of.isoformat()}
+    job = finished_job(client, response)
+    assert job["status"] == "done", job
+    assert job["started_at"] >= job["submitted_at"] and job["finished_at"] >= job["started_at"]
+    fitted = job["result"]
     summary, bgnbd, gamma_gamma = direct_fit(mongo, as_of)
     assert fitted["as_of"] == as_of.isoformat()
     assert fitted["n_customers"] == len(summary)
@@ -75,6 +80,11 @@ def test_fit_matches_a_direct_fit_and_profiles_match_a_full_recomputation(client
     assert fitted["bgnbd"]["at_bounds"] == list(bgnbd.at_bounds)
     for name in ("r", "alpha", "a", "b", "log_likelihood"):
         assert fitted["bgnbd"][name] == pytest.approx(getattr(bgnbd, name), rel=1e-9)
+    # Every purchase model is fitted and stored, with standard errors; BG/NBD scores profiles.
+    assert fitted["scoring_model"] == "bgnbd"
+    assert fitted["models"]["bgnbd"]["parameters"] == {k: fitted["bgnbd"][k] for k in ("r", "alpha", "a", "b")}
+    assert set(fitted["models"]["bgnbd"]["standard_errors"]) == {"r", "alpha", "a", "b"}
+    assert fitted["bgnbd"]["standard_errors"] == fitted["models"]["bgnbd"]["standard_errors"]
     # The summaries' spend is exact decimal, the direct one float sums: equal to the last bits,
     # which moves the Gamma-Gamma optimum along its flat directions (by 1e-7 on this module's
     # buyers, more with other tests' customers in the database). The same fit is the same maximum.
@@ -90,7 +100,8 @@ def test_fit_matches_a_direct_fit_and_profiles_match_a_full_recomputation(client
     # Everyone is rescored with the new model in the background; read the profiles once they are.
     def rescored():
         found = {u: client.get(f"/api/users/{u}/profile").get_json() for u in buyers}
-        return all(p["model_version"] == fitted["version"] for p in found.values()) and found
+        return all(p["model_version"] == fitted["version"] and p["scoring_model"] == "bgnbd"
+                   for p in found.values()) and found
 
     profiles = wait_for(rescored, timeout=60, what="every buyer rescored with the new model")
 
@@ -135,9 +146,10 @@ def test_fit_input_is_validated(client, mongo):
     assert future.status_code == 422 and future.get_json()["errors"][0]["field"] == "as_of"
     garbage = client.post("/api/analytics/models/fit", json={"as_of": "someday"})
     assert garbage.status_code == 422 and garbage.get_json()["errors"][0]["field"] == "as_of"
-    too_early = client.post("/api/analytics/models/fit", json={"as_of": "1980-01-01"})
-    assert too_early.status_code == 422 and "customers" in too_early.get_json()["detail"]
-    assert too_early.get_json()["errors"][0]["field"] == "as_of"
+    # Too few customers up to as_of is known only to the worker: the job fails and says why.
+    too_early = finished_job(client, client.post("/api/analytics/models/fit", json={"as_of": "1980-01-01"}))
+    assert too_early["status"] == "failed" and too_early["result"] is None
+    assert "customers" in too_early["error"]["detail"] and too_early["error"]["field"] == "as_of"
     # A body must be the object the document describes: JSON null is not "no body" (found by
     # schemathesis once the database held customers enough to fit).
     for body in ("null", "[]", "3"):
