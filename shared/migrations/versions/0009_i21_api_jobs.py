@@ -10,7 +10,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0008_i21_api_jobs"
-down_revision = "0007"
+down_revision = "0008_i20_erasure"
 branch_labels = None
 depends_on = None
 
