@@ -137,8 +137,10 @@ class ComposeStack:
         # (service_completed_successfully), so --wait does not fail on their exited containers.
         self.compose("up", "--build", "--detach", "--wait", timeout=UP_TIMEOUT)
         # Nothing exited but the jobs, and each of them with 0.
-        states = [json.loads(line) for line in
-                  self.compose("ps", "--all", "--format", "json").stdout.splitlines() if line.strip()]
+        listing = self.compose("ps", "--all", "--format", "json").stdout.strip()
+        # One JSON object per line (Compose >= 2.21), or one array (earlier 2.x).
+        states = json.loads(listing) if listing.startswith("[") else [
+            json.loads(line) for line in listing.splitlines() if line.strip()]
         for state in states:
             if state["Service"] in ("migrate", "dev-key"):
                 assert state["State"] == "exited" and state["ExitCode"] == 0, state
