@@ -10,7 +10,7 @@ from shared.models import Address, City, Country, User
 from shared.personal import FIELD_NOTE, PERSONAL
 
 # A personal field: a string when present, absent without the personal scope (shared.personal).
-# The OpenAPI document names the scope on the field (`x-scope`) and in its description.
+# The OpenAPI document names the scope in its description and as `x-scope` (services.api.contract).
 def _personal_field():
     return Field(None, description=FIELD_NOTE, json_schema_extra={"x-scope": PERSONAL})
 

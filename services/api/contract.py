@@ -10,6 +10,7 @@ import re
 from flask_openapi3 import OpenAPI
 
 from services.api import access
+from shared import personal
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
@@ -66,6 +67,12 @@ def complete(spec: dict, policy: dict[tuple[str, str], tuple[str, bool]] | None 
     """`policy`: {(path, method): (the scope services.api.access requires or "public", whether
     it is rate limited)}; `also_required`: {(path, method): a second scope it needs too}."""
     spec["components"] = {k: v for k, v in spec.get("components", {}).items() if v is not None}
+    # Each personal field names its scope as an extension too (flask-openapi3 drops pydantic's
+    # json_schema_extra, so it is put back from the description every personal field carries).
+    for schema in spec["components"].get("schemas", {}).values():
+        for prop in (schema.get("properties") or {}).values():
+            if prop.get("description") == personal.FIELD_NOTE:
+                prop["x-scope"] = personal.PERSONAL
     for path, item in spec["paths"].items():
         for method, operation in item.items():
             scope, limited = (policy or {}).get((path, method), (access.PUBLIC, False))
