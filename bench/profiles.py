@@ -18,6 +18,11 @@ the same connection) is printed alongside, so what the hit costs beyond HTTP is 
 floor goes through Flask; a hit does not (services/api/profile_hits.py answers it before Flask
 with one Redis read), so a hit can come in at about the floor.
 
+The hits are also timed with a key that has only the `read` scope (created through the API for the
+run): its answers leave the person's name, e-mail and street out, cut from the same cached text
+(shared.personal.profile_view). Such a key is rate-limited (RATE_LIMIT_READ), so its hits also pay
+the limit's Redis round trips; the development key's do not.
+
 Target: a hit at least 20x faster than a miss at p50.
 Env: BENCH_USERS (default 100), BENCH_ROUNDS (misses per user, default 3), BENCH_HITS (hits per
 miss, default 3).
@@ -30,7 +35,7 @@ import statistics
 import time
 from urllib.parse import urlsplit
 
-from _common import API, LINE, auth_headers, BenchError, ensure_users, percentile, require_stack, run, verdict, wait_quiet
+from _common import API, LINE, auth_headers, BenchError, call, ensure_users, percentile, require_stack, run, verdict, wait_quiet
 
 TARGET = 20.0
 
@@ -86,6 +91,19 @@ def main() -> None:
                     unexpected += 1
     elapsed = time.perf_counter() - started
     floor = [get("/health")[0] for _ in range(len(hits))]
+    # The same hits with a read-only key (pseudonymous answers), within its rate limit.
+    read_key = call("POST", "/api/keys", expect=(201,), json={"scopes": ["read"], "name": "bench-profiles"}).json()
+    headers_admin, headers = headers, {"Authorization": f"Bearer {read_key['key']}"}
+    read_hits = []
+    try:
+        for user_id in users[:min(len(users), 200)]:
+            for _ in range(hits_per_miss):
+                ms, header = read(user_id)
+                if header == "HIT":
+                    read_hits.append(ms)
+    finally:
+        headers = headers_admin
+        call("DELETE", f"/api/keys/{read_key['id']}", expect=(204, 200))
 
     m50, m99, h50, h99 = (percentile(misses, 50), percentile(misses, 99), percentile(hits, 50), percentile(hits, 99))
     print(LINE)
@@ -98,6 +116,9 @@ def main() -> None:
           f"mean {statistics.fmean(misses):8.2f} ms")
     print(f"HIT  (Redis):                                    p50 {h50:8.2f} ms   p99 {h99:8.2f} ms   "
           f"mean {statistics.fmean(hits):8.2f} ms")
+    if read_hits:
+        print(f"HIT  (read-only key, personal fields cut):       p50 {percentile(read_hits, 50):8.2f} ms   "
+              f"p99 {percentile(read_hits, 99):8.2f} ms   ({len(read_hits)} samples)")
     print(f"HTTP floor (GET /health, same connection):     p50 {percentile(floor, 50):8.2f} ms   "
           f"p99 {percentile(floor, 99):8.2f} ms")
     print(f"hit vs miss: {m50 / h50:.1f}x faster at p50, {m99 / h99:.1f}x at p99")

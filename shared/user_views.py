@@ -11,8 +11,13 @@ from shared.personal import FIELD_NOTE, PERSONAL
 
 # A personal field: a string when present, absent without the personal scope (shared.personal).
 # The OpenAPI document names the scope in its description and as `x-scope` (services.api.contract).
+def _mark_personal(schema: dict) -> None:
+    schema.pop("default", None)  # absent, not null: a string field has no null default to document
+    schema["x-scope"] = PERSONAL
+
+
 def _personal_field():
-    return Field(None, description=FIELD_NOTE, json_schema_extra={"x-scope": PERSONAL})
+    return Field(None, description=FIELD_NOTE, json_schema_extra=_mark_personal)
 
 
 def with_address():
