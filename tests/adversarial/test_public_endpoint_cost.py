@@ -112,8 +112,7 @@ def stack(services):
     # Plain text on the wire so that the statements can be counted (the proxy is on loopback).
     postgres = CountingProxy((database.hostname, database.port or 5432), postgres=True)
     env = {"BROKER_URL": through(TEST_ENV["BROKER_URL"], amqp.port),
-           "DATABASE_URL": through(TEST_ENV["DATABASE_URL"], postgres.port, "sslmode=disable&gssencmode=disable"),
-           "PROMETHEUS_MULTIPROC_DIR": ""}
+           "DATABASE_URL": through(TEST_ENV["DATABASE_URL"], postgres.port, "sslmode=disable&gssencmode=disable")}
     try:
         with api_server("adversarial-cost", env, threads=THREADS) as url:
             yield url, amqp, postgres

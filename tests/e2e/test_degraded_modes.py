@@ -93,8 +93,8 @@ def test_redis_down_profiles_bypass_the_cache_and_readiness_is_degraded(stack, u
         assert answer.status_code == 200 and answer.headers["X-Cache"] == "BYPASS"
         assert answer.json()["user_id"] == user and answer.json()["totals"]["purchases"] == 1
         # Readiness is read at most once a second per process (shared by every caller meanwhile).
-        readiness = wait_for(lambda: (r := ready(stack)).json()["checks"]["redis"]["status"] == "error" and r,
-                             timeout=10, what="readiness to see Redis down")
+        [readiness] = wait_for(lambda: [r] if (r := ready(stack)).json()["checks"]["redis"]["status"] == "error" else None,
+                               timeout=10, what="readiness to see Redis down")
         assert readiness.status_code == 200 and readiness.json()["status"] == "degraded"
     finally:
         stack.redis.start()
@@ -111,8 +111,8 @@ def test_mongodb_down_events_wait_in_rabbitmq_and_are_stored_when_it_returns(sta
         assert accepted.status_code == 202
         answer = profile(stack, user)
         assert answer.status_code == 200 or is_problem_503(answer), answer.text
-        readiness = wait_for(lambda: (r := ready(stack)).json()["checks"]["mongodb"]["status"] == "error" and r,
-                             timeout=10, what="readiness to see MongoDB down")
+        [readiness] = wait_for(lambda: [r] if (r := ready(stack)).json()["checks"]["mongodb"]["status"] == "error" else None,
+                               timeout=10, what="readiness to see MongoDB down")
         assert readiness.status_code == 200
     finally:
         stack.mongo.start()
@@ -138,8 +138,9 @@ def test_postgres_down_signup_answers_503_and_works_again_when_it_returns(stack,
         assert cached.status_code == 200 and cached.headers["X-Cache"] == "HIT", cached.text
         refused = signup(stack)
         assert is_problem_503(refused), refused.text
-        readiness = wait_for(lambda: (r := ready(stack)).status_code == 503 and r, timeout=10,
-                             what="readiness to see Postgres down")
+        # (A list: a 503 Response is falsy, and wait_for waits for something truthy.)
+        [readiness] = wait_for(lambda: [r] if (r := ready(stack)).status_code == 503 else None, timeout=10,
+                               what="readiness to see Postgres down")
         assert readiness.json()["status"] == "unavailable"
     finally:
         stack.postgres.start()
