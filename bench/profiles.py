@@ -97,7 +97,7 @@ def main() -> None:
           f"(after {waited:.0f}s waiting for a quiet stack)")
     print(f"MISS (computed: Postgres + MongoDB + analytics): p50 {m50:8.2f} ms   p99 {m99:8.2f} ms   "
           f"mean {statistics.fmean(misses):8.2f} ms")
-    print(f"HIT  (Redis):                                    p50 {h50:8.2f} ms   p99 {h99:8.2f} ms   "
+    print(f"HIT  (Redis body, Postgres version):             p50 {h50:8.2f} ms   p99 {h99:8.2f} ms   "
           f"mean {statistics.fmean(hits):8.2f} ms")
     print(f"HTTP floor (GET /health, same connection):     p50 {percentile(floor, 50):8.2f} ms   "
           f"p99 {percentile(floor, 99):8.2f} ms")

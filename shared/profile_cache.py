@@ -175,11 +175,19 @@ def read(user_id: int) -> tuple[str | None, str | None]:
     return version, (body if cached_version == version else None)
 
 
-def cached(user_id: int) -> str | None:
+def profile_key(user_id: int) -> str:
+    """Where the user's profile is cached (for a caller that reads it along with other keys)."""
+    return _profile_key(user_id)
+
+
+def cached(user_id: int, raw: bytes | None | object = ...) -> str | None:
     """The cached profile JSON if it is current (counted as a hit), else None (not counted: the
-    caller goes on to `get_or_compute`, which counts what happens next). Redis first: a user with
-    nothing cached costs no Postgres read here."""
-    cached_version, body = _split(get_redis().get(_profile_key(user_id)))
+    caller goes on to `get_or_compute`, which counts what happens next). `raw`: what Redis holds
+    at `profile_key`, when the caller has read it already. Redis first: a user with nothing cached
+    costs no Postgres read here."""
+    if raw is ...:
+        raw = get_redis().get(_profile_key(user_id))
+    cached_version, body = _split(raw)
     if body is None or cached_version != current_version(user_id):
         return None
     _count("hits")

@@ -119,6 +119,9 @@ _checked_lock = threading.Lock()  # the server's threads share these; cachetools
 _revocations = [0]  # bumped by `forget`: a check that raced a revocation is not remembered
 _NOT_SEEN = object()
 _announced: list = [_NOT_SEEN]  # the revocation token this process saw last
+# `announced` not read by the caller: `_follow_revocations` reads it. (The cached-profile fast path
+# reads it with the profile, in one round trip: services.api.profile_hits.)
+UNREAD = object()
 
 
 class TooManyFailures(Exception):
@@ -129,14 +132,21 @@ class TooManyFailures(Exception):
         self.verdict = verdict
 
 
-def _follow_revocations() -> None:
-    """Forget every checked key when a revocation was announced since this process last looked.
-    With Redis unreachable the keys checked keep their API_KEY_CACHE_SECONDS."""
-    try:
-        token = get_redis().get(redis_key(*api_keys.REVOCATIONS))
-    except redis.RedisError as exc:
-        log.warning("revocations_unreadable", error=type(exc).__name__)
-        return
+def revocations_key() -> str:
+    return redis_key(*api_keys.REVOCATIONS)
+
+
+def _follow_revocations(announced=UNREAD) -> None:
+    """Forget every checked key when a revocation was announced since this process last looked
+    (`announced`: the token, when the caller has read it already). With Redis unreachable the keys
+    checked keep their API_KEY_CACHE_SECONDS."""
+    token = announced
+    if token is UNREAD:
+        try:
+            token = get_redis().get(revocations_key())
+        except redis.RedisError as exc:
+            log.warning("revocations_unreadable", error=type(exc).__name__)
+            return
     with _checked_lock:
         if token != _announced[0]:
             # Also the keys kept for a Postgres outage: which one was revoked is not known here.
@@ -173,11 +183,11 @@ def _remembered(name: str, look_up) -> Principal | None:
     return found
 
 
-def principal(key: str, client_ip: str | None = None) -> Principal | None:
+def principal(key: str, client_ip: str | None = None, announced=UNREAD) -> Principal | None:
     """The key's principal, or None for a key that does not exist (see the module's docstring for
     what is remembered). Raises TooManyFailures when `client_ip` is over its failed-lookup limit
     and the key would need a lookup."""
-    _follow_revocations()
+    _follow_revocations(announced)
     fingerprint = api_keys.digest(key)
     with _checked_lock:
         found = _checked.get(fingerprint)
@@ -197,10 +207,10 @@ def principal(key: str, client_ip: str | None = None) -> Principal | None:
     return found
 
 
-def session_principal(session_id: str) -> Principal | None:
+def session_principal(session_id: str, announced=UNREAD) -> Principal | None:
     """The dashboard session's principal: the key that logged in, with the read scope only (None:
     no such session, or it ended)."""
-    _follow_revocations()
+    _follow_revocations(announced)
     key_id = get_redis().get(session_key(session_id))
     if key_id is None:
         return None
@@ -264,22 +274,22 @@ def _session_id(authorization: str | None) -> str | None:
     return session_id.strip() if scheme == SESSION_SCHEME and session_id.strip() else None
 
 
-def decide(endpoint: str, authorization: str | None, client_ip: str | None) -> Decision:
+def decide(endpoint: str, authorization: str | None, client_ip: str | None, announced=UNREAD) -> Decision:
     """May this request go on? 401 (no usable key), 403 (a key without the scope), 429 (over its
     limit, or its client over the failed-lookup limit), or 200 with the rate-limit headers to send."""
     try:
-        return _decide(endpoint, authorization, client_ip)
+        return _decide(endpoint, authorization, client_ip, announced)
     except TooManyFailures as refused:
         return Decision(429, "Too many unknown API keys from this address; retry later", refused.verdict.headers)
 
 
-def _decide(endpoint: str, authorization: str | None, client_ip: str | None) -> Decision:
+def _decide(endpoint: str, authorization: str | None, client_ip: str | None, announced) -> Decision:
     scope = required_scope(endpoint)
     key = bearer(authorization)
     if scope == PUBLIC:
         if endpoint != SIGNUP:
             return Decision(200)
-        known = principal(key, client_ip) if key else None
+        known = principal(key, client_ip, announced) if key else None
         if known is not None and known.usable() and known.unlimited:
             return Decision(200, principal=known)
         verdict = rate_limits.check(get_settings().rate_limit_signup, "signup", client_ip or "unknown")
@@ -289,7 +299,7 @@ def _decide(endpoint: str, authorization: str | None, client_ip: str | None) -> 
     if key is None and session_id is None:
         return _unauthorized(f"This endpoint needs an API key with the {scope} scope: "
                              "send `Authorization: Bearer <key>`")
-    known = principal(key, client_ip) if key is not None else session_principal(session_id)
+    known = principal(key, client_ip, announced) if key is not None else session_principal(session_id, announced)
     if known is None and session_id is not None:
         return _unauthorized("The dashboard session has ended: log in again", "invalid_token")
     if known is None:
