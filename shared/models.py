@@ -207,7 +207,8 @@ class RescorePending(Base):
 
 class ProfileVersion(Base):
     """The current cache version of a user's profile (shared.profile_cache): a random token,
-    replaced in the transaction of every change to the user's data. Gone with the user."""
+    replaced in the transaction of every change to the user's data (no row: "initial", not
+    changed since created). Gone with the user."""
 
     __tablename__ = "profile_versions"
 

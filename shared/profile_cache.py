@@ -3,7 +3,9 @@ Postgres, where it cannot go back in time.
 
 Each user has a version in Postgres (`profile_versions`): a random token, replaced in the same
 transaction as every change to the data a profile is computed from (the worker's event batches,
-`bump`), and deleted with the user (ON DELETE CASCADE). Redis holds
+`bump`), and deleted with the user (ON DELETE CASCADE). A user whose data has not changed since
+they were created has no row yet, and the version INITIAL: it can occur only before their first
+change, so it never repeats either. Redis holds
 ``<prefix>profile:<id>`` = ``<version>:<JSON profile>`` (TTL one hour): a profile and the version
 read *before* its data was read. A cached profile is served only when its version is the user's
 current one in Postgres, read on every hit (one primary-key read over a pooled connection).
@@ -78,9 +80,12 @@ _BUMP = text(
     "FROM unnest(CAST(:ids AS integer[])) AS u JOIN users ON users.id = u ORDER BY u "
     "ON CONFLICT (user_id) DO UPDATE SET version = EXCLUDED.version"
 )
-_VERSIONS = text("SELECT user_id, version::text AS version FROM profile_versions "
-                 "WHERE user_id = ANY(CAST(:ids AS integer[]))")
-_VERSION_OF = "SELECT version::text FROM profile_versions WHERE user_id = %s"
+INITIAL = "initial"
+# From users: no row is no user (erased, or never was), whose profile is never served from the cache.
+_VERSIONS = text(f"SELECT u.id AS user_id, coalesce(v.version::text, '{INITIAL}') AS version FROM users u "
+                 "LEFT JOIN profile_versions v ON v.user_id = u.id WHERE u.id = ANY(CAST(:ids AS integer[]))")
+_VERSION_OF = (f"SELECT coalesce(v.version::text, '{INITIAL}') FROM users u "
+               "LEFT JOIN profile_versions v ON v.user_id = u.id WHERE u.id = %s")
 
 
 def bump(session: Session, user_ids: Iterable[int]) -> None:
@@ -98,9 +103,8 @@ def invalidate(user_ids: Iterable[int]) -> None:
 
 
 def versions(session: Session, user_ids: Iterable[int]) -> dict[int, str]:
-    """The current versions (read before the data a profile is computed from). A user without one
-    (erased, or signed up a moment ago and not yet given one by the worker) is absent: what is
-    computed for them is not cached."""
+    """The current versions (read before the data a profile is computed from). A user that does
+    not exist (erased) is absent: nothing computed for them is cached."""
     ids = sorted(set(int(u) for u in user_ids))
     if not ids:
         return {}
@@ -152,7 +156,7 @@ _connections = _Connections()
 
 
 def current_version(user_id: int) -> str | None:
-    """The user's current version (None: no such user, or none yet), read from Postgres now."""
+    """The user's current version (None: no such user), read from Postgres now."""
     return _connections.version(user_id)
 
 
@@ -249,7 +253,7 @@ def _get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[s
         return cached, HIT
     _count("misses")
     if version is None:
-        # No such user (the compute says 404), or one without a version yet: nothing to cache
+        # No such user (the compute says 404, or finds them created since): nothing to cache
         # under, so nothing to share either.
         _count("computed")
         profile = compute()

@@ -16,7 +16,7 @@ even if it was copied. The forms refuse posts from other sites.
 
 Every dashboard answer carries a Content-Security-Policy allowing this origin's scripts, styles
 and requests only (no inline script: each page names itself in `<body data-page>`), no framing
-(`frame-ancestors 'none'`, X-Frame-Options: DENY), nosniff and no referrer.
+(`frame-ancestors 'none'`, X-Frame-Options: DENY), nosniff and no referrer to other sites.
 """
 import secrets
 from urllib.parse import urlsplit
@@ -37,7 +37,9 @@ SECURITY_HEADERS = {
                                "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: with it, browsers send `Origin: null` on the forms' own POSTs, which the
+    # cross-site check (below) must refuse. same-origin sends nothing to other sites.
+    "Referrer-Policy": "same-origin",
 }
 
 

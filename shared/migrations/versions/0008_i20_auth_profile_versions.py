@@ -23,9 +23,9 @@ def upgrade() -> None:
         sa.Column("user_id", sa.Integer(), sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
         sa.Column("version", postgresql.UUID(as_uuid=True), nullable=False, server_default=sa.text("gen_random_uuid()")),
     )
-    # Every existing user gets a token, so profiles stay cacheable across the upgrade (what Redis
-    # holds from before carries the old counters' tags and is simply recomputed once).
-    op.execute("INSERT INTO profile_versions (user_id) SELECT id FROM users")
+    # No row for the existing users: a user without one has the version "initial" until their
+    # next change (shared.profile_cache). What Redis holds from before carries the old counters'
+    # numbers as its tag, never "initial", and is simply computed again once.
 
 
 def downgrade() -> None:
