@@ -159,8 +159,8 @@ def _follow_revocations(announced=UNREAD) -> None:
 def _remembered(name: str, look_up) -> Principal | None:
     """A principal from memory (checked within API_KEY_CACHE_SECONDS, no revocation since), else
     `look_up(session)` in Postgres. While Postgres is unreachable, a key this process has checked
-    before keeps the standing it had then (cached profiles stay readable, as in the degraded
-    modes); a key it has never seen gets the 503 of the outage."""
+    before keeps the standing it had then (what needs no Postgres goes on answering, as in the
+    degraded modes); a key it has never seen gets the 503 of the outage."""
     with _checked_lock:
         found = _checked.get(name)
         revocations = _revocations[0]
