@@ -6,8 +6,8 @@ there are users with a purchase history), then `.venv/bin/python bench/profiles.
 How a miss is forced: the analytics worker writes every profile it computes into Redis, so
 "a user never read before" is already cached, and an event only opens a short, racy window before
 analytics rewrites the entry. The bench therefore does exactly what the event worker does when a
-user's events change (shared.profile_cache.invalidate: one Redis INCR of the user's cache version,
-REDIS_URL/CACHE_PREFIX as the stack uses them) and then reads the profile: that read misses,
+user's events change (shared.profile_cache.invalidate: a new cache version for the user in Postgres,
+DATABASE_URL as the stack uses it) and then reads the profile: that read misses,
 computes from Postgres + MongoDB (the same compute_profiles the worker uses) and caches it; the
 reads after it hit. Samples whose X-Cache header is not the expected one are counted and dropped.
 
@@ -16,7 +16,8 @@ service calling the API would: `requests` adds about a millisecond of its own pe
 machine, which would measure the client rather than the cache. The HTTP floor (GET /health over
 the same connection) is printed alongside, so what the hit costs beyond HTTP is visible. The
 floor goes through Flask; a hit does not (services/api/profile_hits.py answers it before Flask
-with one Redis read), so a hit can come in at about the floor.
+with one Redis read and one Postgres read of the user's cache version), so a hit can come in at
+about the floor.
 
 The hits are also timed with a key that has only the `read` scope (created through the API for the
 run): its answers leave the person's name, e-mail and street out, cut from the same cached text
@@ -114,7 +115,7 @@ def main() -> None:
           f"(after {waited:.0f}s waiting for a quiet stack)")
     print(f"MISS (computed: Postgres + MongoDB + analytics): p50 {m50:8.2f} ms   p99 {m99:8.2f} ms   "
           f"mean {statistics.fmean(misses):8.2f} ms")
-    print(f"HIT  (Redis):                                    p50 {h50:8.2f} ms   p99 {h99:8.2f} ms   "
+    print(f"HIT  (Redis body, Postgres version):             p50 {h50:8.2f} ms   p99 {h99:8.2f} ms   "
           f"mean {statistics.fmean(hits):8.2f} ms")
     if read_hits:
         print(f"HIT  (read-only key, personal fields cut):       p50 {percentile(read_hits, 50):8.2f} ms   "

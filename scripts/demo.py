@@ -339,15 +339,15 @@ def force_miss(user_id: int) -> str:
     processed. Sending an event works, but only during the short window between the worker's
     invalidation and the analytics rescoring, which makes the demo racy. So the demo does exactly
     what the worker does when events arrive, and nothing more: it bumps the user's cache version
-    (shared.profile_cache.invalidate, one Redis INCR, using the stack's REDIS_URL/CACHE_PREFIX).
+    (shared.profile_cache.invalidate: a new version in Postgres, the stack's DATABASE_URL).
     The next read then misses, computes from Postgres + MongoDB and caches; the read after it hits.
     """
     try:
         from shared import profile_cache
 
         profile_cache.invalidate([user_id])
-        return "cache version bumped in Redis"
-    except Exception as exc:  # Redis not reachable from here: fall back to the event route
+        return "cache version bumped in Postgres"
+    except Exception as exc:  # Postgres not reachable from here: fall back to the event route
         call("POST", "/api/events", expect=(202,), json={"user_id": user_id, "event_type": "page_view",
                                                          "metadata": {"page": "/demo"}})
         return f"page_view sent (Redis not reachable from the demo: {type(exc).__name__})"

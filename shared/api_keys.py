@@ -33,15 +33,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, get_args
 
+from redis import RedisError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from shared.cache import get_redis, key as cache_key
 from shared.models import ApiKey
 
 Scope = Literal["ingest", "read", "admin", "personal"]
 SCOPES: tuple[str, ...] = get_args(Scope)
 INGEST, READ, ADMIN, PERSONAL = SCOPES
 KEY_FORMAT = re.compile(r"pulse_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+# The Redis key (under CACHE_PREFIX) whose value changes with every revocation.
+REVOCATIONS = ("keys", "revocations")
 
 
 def digest(key: str) -> str:
@@ -97,6 +101,26 @@ def lookup(session: Session, key: str) -> Principal | None:
     if row is None or not hmac.compare_digest(row.secret_hash, digest(key)):
         return None
     return Principal(row.id, frozenset(row.scopes), row.expires_at, row.revoked_at is not None)
+
+
+def lookup_id(session: Session, key_id: str) -> Principal | None:
+    """The principal of the key with this id (a dashboard session knows the id, not the key)."""
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        return None
+    return Principal(row.id, frozenset(row.scopes), row.expires_at, row.revoked_at is not None)
+
+
+def announce_revocation(key_id: str) -> bool:
+    """After the revocation committed: a new random token in Redis, which every API process
+    compares on every request (services.api.access), so none of them accepts the key from its
+    next request on. False when Redis is unreachable: the processes that checked the key then
+    keep it for up to API_KEY_CACHE_SECONDS."""
+    try:
+        get_redis().set(cache_key(*REVOCATIONS), f"{secrets.token_hex(16)}:{key_id}")
+    except RedisError:
+        return False
+    return True
 
 
 def list_keys(session: Session) -> list[ApiKey]:
@@ -169,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             if not revoke(session, args.key_id):
                 print(f"no key with id {args.key_id}", file=sys.stderr)
                 return 1
-            print(f"revoked {args.key_id}")
+            session.commit()  # before the announcement: a process that looks again must see it revoked
+            if announce_revocation(args.key_id):
+                print(f"revoked {args.key_id}: refused by every API process from its next request on")
+            else:
+                print(f"revoked {args.key_id}; Redis is unreachable, so API processes that checked it refuse it "
+                      "within API_KEY_CACHE_SECONDS", file=sys.stderr)
         else:
             key, created = ensure_dev_key(session, args.file)
             key_id = KEY_FORMAT.fullmatch(key).group(1)

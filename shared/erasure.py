@@ -7,7 +7,7 @@ Erasure runs in two steps, durable like a signup:
    the user and address rows deleted (counters, purchase summaries, categories and pending
    rescoring go with them, ON DELETE CASCADE), and a `user.erase` outbox message written.
 2. The worker, given that message, `forget`s them in MongoDB (events, profile, welcome-e-mail
-   record) and Redis (cached profile, its version counters, pending rescoring), then deletes the
+   record) and Redis (cached profile, pending rescoring), then deletes the
    outbox message that named them.
 
 User ids come from a sequence and are never reused, so "no user row" is the only tombstone
@@ -18,7 +18,10 @@ its own write is what makes that exact: if the user still existed then, the eras
 later, so its `user.erase` (published after that commit) deletes what the writer wrote.
 The one writer that does not check is an API profile miss, which caches under a version read
 before it computed; the worker's second pass, ERASURE_SECOND_PASS_SECONDS later, removes what
-such a late cache write (or anything else racing the first pass) put back.
+such a late cache write (or anything else racing the first pass) put back. Nothing cached for the
+person is ever served meanwhile, nor after Redis is restored from an older snapshot: a cached
+profile is served only under the user's current version in Postgres (shared.profile_cache), and
+the erasure deletes that version with the user row.
 
 Population statistics lose the person at once (category sales) or at the next refit (the models
 and RFM breakpoints are fitted from the customer summaries, where the person no longer is).
@@ -110,11 +113,14 @@ def erase_in_postgres(session: Session, user_id: int) -> bool:
 
 
 def _redis_keys(user_id: int) -> list[str]:
+    # The cached profile; "ver" and "writing" are the version counters Redis held before the
+    # versions moved to Postgres (migration 0008), deleted too so an upgraded Redis forgets them.
     return [key("profile", user_id), key("profile", "ver", user_id), key("profile", "writing", user_id)]
 
 
 def forget_in_redis(user_ids: Iterable[int]) -> int:
-    """The cached profiles, their version counters and pending rescoring. Returns keys deleted."""
+    """The cached profiles and pending rescoring. Returns keys deleted. (What is cached could not
+    be served anyway: the user's cache version went with their row, shared.profile_cache.)"""
     ids = sorted(set(int(u) for u in user_ids))
     if not ids:
         return 0

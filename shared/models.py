@@ -239,6 +239,17 @@ class RescorePending(Base):
     changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
 
 
+class ProfileVersion(Base):
+    """The current cache version of a user's profile (shared.profile_cache): a random token,
+    replaced in the transaction of every change to the user's data (no row: "initial", not
+    changed since created). Gone with the user."""
+
+    __tablename__ = "profile_versions"
+
+    user_id: Mapped[int] = _user_fk()
+    version: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), server_default=text("gen_random_uuid()"))
+
+
 class ApiKey(Base):
     """A key the API accepts (shared.api_keys): its public id, what it may do, and the SHA-256 of
     the whole key, which is shown once and never stored."""

@@ -1,44 +1,56 @@
-"""Cache-aside for profiles in Redis, with per-user versions so that nothing stale survives.
+"""Cache-aside for profiles in Redis; what decides whether a cached profile is current lives in
+Postgres, where it cannot go back in time.
 
-Keys: ``<prefix>profile:ver:<id>`` (an integer), ``<prefix>profile:writing:<id>`` (how many event
-writes for the user are in flight) and ``<prefix>profile:<id>`` (``<ver>:<JSON profile>``, TTL one
-hour: the profile and the version it was computed under). A read is one MGET of the version and
-the profile, a hit when the two versions agree: one plain command, no script on the hot path.
-Whoever stores events for a user brackets the MongoDB write with `begin_events_write` and
-`end_events_write`: both bump the version, so no profile cached before or during the write is
-reachable afterwards. A profile is cached only if, atomically at the moment of caching, the version
-is still the one read *before* the data was read and no event write is in flight; otherwise the
-result is served but not cached. Hence a read that starts after events are stored never sees a
-profile without them.
+Each user has a version in Postgres (`profile_versions`): a random token, replaced in the same
+transaction as every change to the data a profile is computed from (the worker's event batches,
+`bump`), and deleted with the user (ON DELETE CASCADE). A user whose data has not changed since
+they were created has no row yet, and the version INITIAL: it can occur only before their first
+change, so it never repeats either. Redis holds
+``<prefix>profile:<id>`` = ``<version>:<JSON profile>`` (TTL one hour): a profile and the version
+read *before* its data was read. A cached profile is served only when its version is the user's
+current one in Postgres, read on every hit (one primary-key read over a pooled connection).
+
+Why this holds whatever Redis does: a token never repeats (random, 122 bits), so an old body can
+never carry a current version, whether Redis restarts empty (FLUSHALL, no persistence), restarts
+from an older snapshot, or fails over to a replica that missed the last writes: the body is then
+a miss and is computed again. An erased user has no version at all, so nothing cached for them is
+ever served, whatever Redis still holds. And a read that starts after a change committed reads the
+new version: anything computed from older data carries an older one. A cache write therefore needs
+no check against Redis (a late write of an older result is simply a miss later). Versions live in
+Postgres and not in a per-process map fed by LISTEN/NOTIFY because a notification arrives some
+time after the commit: until then a process would serve the profile without the change as a HIT,
+and a listener that reconnects cannot tell what it missed. The hit's Postgres read is measured by
+bench/profiles.py.
+
+While Postgres is unreachable nothing can be verified, so nothing is served from the cache (the
+view answers 503, as every other read does then); while Redis is unreachable profiles are computed
+and answered without it (BYPASS).
 
 Concurrent misses for one user compute once: the first takes a short lock, the others wait for
 its result (bounded), so a burst of reads does not turn into a burst of computations.
 """
+import os
+import queue
 import threading
 import time
-from functools import lru_cache
 from collections.abc import Callable, Iterable
 
+import psycopg
 from prometheus_client import Counter
 from redis import exceptions as redis_errors
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from shared import personal
 from shared.cache import get_redis, key
+from shared.db import session_scope
 from shared.settings import get_settings
 
-# Cache only when nothing moved: same version as before the data was read, no write in flight.
-_WRITE_IF_CURRENT = """
-local version = redis.call('GET', KEYS[1]) or '0'
-local writing = tonumber(redis.call('GET', KEYS[2]) or '0')
-if version == ARGV[1] and writing <= 0 then
-  redis.call('SET', KEYS[3], version .. ':' .. ARGV[2], 'EX', ARGV[3])
-  return 1
-end
-return 0
-"""
-# An event write that dies half-way must not disable caching for its users forever.
-WRITING_TTL_SECONDS = 600
 LOCK_SECONDS = 10
+# Idle connections the hit path keeps per process (more are opened under a burst, then closed).
+POOL_IDLE = 8
 
 _stats = {"hits": 0, "misses": 0, "waited": 0, "computed": 0, "bypassed": 0}
 _stats_lock = threading.Lock()
@@ -55,43 +67,135 @@ def _count(name: str) -> None:
         REQUESTS.labels(name).inc()
 
 
-def _version_key(user_id: int) -> str:
-    return key("profile", "ver", user_id)
-
-
 def _profile_key(user_id: int) -> str:
     return key("profile", user_id)
 
 
-@lru_cache(maxsize=8)
-def _script(source: str, redis_client):
-    # register_script runs EVALSHA (the script body is sent once, not on every read).
-    return redis_client.register_script(source)
+# ----------------------------------------------------------------------------- versions (Postgres)
+
+_BUMP = text(
+    # Sorted, so two workers bumping overlapping users lock the rows in one order; only users that
+    # exist (an event of an erased user changes nothing, as in shared.summaries).
+    "INSERT INTO profile_versions (user_id, version) SELECT u, gen_random_uuid() "
+    "FROM unnest(CAST(:ids AS integer[])) AS u JOIN users ON users.id = u ORDER BY u "
+    "ON CONFLICT (user_id) DO UPDATE SET version = EXCLUDED.version"
+)
+INITIAL = "initial"
+# From users: no row is no user (erased, or never was), whose profile is never served from the cache.
+_VERSIONS = text(f"SELECT u.id AS user_id, coalesce(v.version::text, '{INITIAL}') AS version FROM users u "
+                 "LEFT JOIN profile_versions v ON v.user_id = u.id WHERE u.id = ANY(CAST(:ids AS integer[]))")
+_VERSION_OF = (f"SELECT coalesce(v.version::text, '{INITIAL}') FROM users u "
+               "LEFT JOIN profile_versions v ON v.user_id = u.id WHERE u.id = %s")
 
 
-def read(user_id: int) -> tuple[str, str | None]:
-    """(current version, the cached profile JSON under it or None). The JSON is returned as stored
-    so a hit can go to the client without being parsed and serialised again."""
-    version, raw = get_redis().mget([_version_key(user_id), _profile_key(user_id)])
-    version = version.decode() if version else "0"
-    if raw:
-        cached_version, _, body = raw.decode().partition(":")
-        if cached_version == version:
-            return version, body
-    return version, None
+def bump(session: Session, user_ids: Iterable[int]) -> None:
+    """A new version for each user, in the caller's transaction (the one that changes their data):
+    once it commits, nothing cached before is served."""
+    ids = sorted(set(int(u) for u in user_ids))
+    if ids:
+        session.execute(_BUMP, {"ids": ids})
 
 
-def cached(user_id: int) -> str | None:
+def invalidate(user_ids: Iterable[int]) -> None:
+    """`bump` in a transaction of its own (the benchmarks and the demo force a miss with it)."""
+    with session_scope() as session:
+        bump(session, user_ids)
+
+
+def versions(session: Session, user_ids: Iterable[int]) -> dict[int, str]:
+    """The current versions (read before the data a profile is computed from). A user that does
+    not exist (erased) is absent: nothing computed for them is cached."""
+    ids = sorted(set(int(u) for u in user_ids))
+    if not ids:
+        return {}
+    return {row.user_id: row.version for row in session.execute(_VERSIONS, {"ids": ids})}
+
+
+class _Connections:
+    """The hit path's own autocommit connections: one round trip per read (a pooled SQLAlchemy
+    session adds a pre-ping, BEGIN and ROLLBACK around it), the statement prepared once per
+    connection. A connection that fails is dropped and the read tried once on a new one, so a
+    Postgres restart costs one retry, not an error."""
+
+    def __init__(self) -> None:
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        self._pid = os.getpid()
+
+    def _connect(self) -> psycopg.Connection:
+        url = make_url(get_settings().database_url).set(drivername="postgresql")
+        return psycopg.connect(url.render_as_string(hide_password=False), autocommit=True, connect_timeout=5)
+
+    def version(self, user_id: int) -> str | None:
+        if os.getpid() != self._pid:  # forked: the parent's sockets are not ours
+            self.__init__()
+        for attempt in (1, 2):
+            try:
+                connection = self._idle.get_nowait()
+            except queue.Empty:
+                connection = None
+            try:
+                if connection is None:
+                    connection = self._connect()
+                row = connection.execute(_VERSION_OF, (user_id,), prepare=True).fetchone()
+            except psycopg.OperationalError as exc:
+                if connection is not None:
+                    connection.close()
+                if attempt == 2:
+                    # As SQLAlchemy wraps it: the API answers 503 for it (shared.retry).
+                    raise OperationalError(_VERSION_OF, (user_id,), exc) from exc
+                continue
+            if self._idle.qsize() < POOL_IDLE:
+                self._idle.put(connection)
+            else:
+                connection.close()
+            return row[0] if row else None
+        return None  # not reached
+
+
+_connections = _Connections()
+
+
+def current_version(user_id: int) -> str | None:
+    """The user's current version (None: no such user), read from Postgres now."""
+    return _connections.version(user_id)
+
+
+# ----------------------------------------------------------------------------- the cache (Redis)
+
+def _split(raw: bytes | None) -> tuple[str | None, str | None]:
+    if not raw:
+        return None, None
+    version, _, body = raw.decode().partition(":")
+    return version, body
+
+
+def read(user_id: int) -> tuple[str | None, str | None]:
+    """(current version, the cached profile JSON if it was computed under it, else None). The JSON
+    is returned as stored so a hit can go to the client without being parsed and serialised again."""
+    version = current_version(user_id)
+    if version is None:
+        return None, None
+    cached_version, body = _split(get_redis().get(_profile_key(user_id)))
+    return version, (body if cached_version == version else None)
+
+
+def profile_key(user_id: int) -> str:
+    """Where the user's profile is cached (for a caller that reads it along with other keys)."""
+    return _profile_key(user_id)
+
+
+def cached(user_id: int, raw: bytes | None | object = ...) -> str | None:
     """The cached profile JSON if it is current (counted as a hit), else None (not counted: the
-    caller goes on to `get_or_compute`, which counts what happens next)."""
-    _, body = read(user_id)
-    if body is not None:
-        _count("hits")
+    caller goes on to `get_or_compute`, which counts what happens next). `raw`: what Redis holds
+    at `profile_key`, when the caller has read it already. Redis first: a user with nothing cached
+    costs no Postgres read here."""
+    if raw is ...:
+        raw = get_redis().get(_profile_key(user_id))
+    cached_version, body = _split(raw)
+    if body is None or cached_version != current_version(user_id):
+        return None
+    _count("hits")
     return body
-
-
-def _writing_key(user_id: int) -> str:
-    return key("profile", "writing", user_id)
 
 
 def dumps(profile: dict) -> str:
@@ -101,63 +205,31 @@ def dumps(profile: dict) -> str:
     return personal.pack_profile(profile)
 
 
-def write(user_id: int, version: str, profile: dict | str) -> bool:
-    """Cache `profile`, computed from data read after `version` was read, if it is still current."""
-    redis = get_redis()
+def write(user_id: int, version: str | None, profile: dict | str) -> bool:
+    """Cache `profile`, computed from data read after `version` was read. Nothing to check: if the
+    version has moved on meanwhile, the entry is a miss for whoever reads it."""
+    if version is None:
+        return False
     body = profile if isinstance(profile, str) else dumps(profile)
-    return bool(
-        _script(_WRITE_IF_CURRENT, redis)(
-            keys=[_version_key(user_id), _writing_key(user_id), _profile_key(user_id)],
-            args=[version, body, get_settings().profile_cache_ttl],
-        )
-    )
+    get_redis().set(_profile_key(user_id), f"{version}:{body}", ex=get_settings().profile_cache_ttl)
+    return True
 
 
-def write_many(entries: dict[int, tuple[str, dict | str]]) -> int:
+def write_many(entries: dict[int, tuple[str | None, dict | str]]) -> int:
     """`write` for many users in one round trip ({user id: (version, profile)}). Returns how many
     were cached."""
-    if not entries:
-        return 0
-    redis = get_redis()
-    script = _script(_WRITE_IF_CURRENT, redis)
     ttl = get_settings().profile_cache_ttl
-    pipe = redis.pipeline(transaction=False)
-    for user_id, (version, profile) in entries.items():
-        body = profile if isinstance(profile, str) else dumps(profile)
-        script(keys=[_version_key(user_id), _writing_key(user_id), _profile_key(user_id)],
-               args=[version, body, ttl], client=pipe)
-    return sum(1 for cached in pipe.execute() if cached)
-
-
-def current_versions(user_ids: Iterable[int]) -> dict[int, str]:
-    ids = list(user_ids)
-    values = get_redis().mget([_version_key(u) for u in ids]) if ids else []
-    return {u: (v.decode() if v else "0") for u, v in zip(ids, values)}
-
-
-def invalidate(user_ids: Iterable[int]) -> None:
-    """Bump each user's version: every cached profile computed before now is unreachable."""
     pipe = get_redis().pipeline(transaction=False)
-    for user_id in user_ids:
-        pipe.incr(_version_key(user_id))
-    pipe.execute()
-
-
-def begin_events_write(user_ids: Iterable[int]) -> None:
-    pipe = get_redis().pipeline(transaction=True)
-    for user_id in user_ids:
-        pipe.incr(_version_key(user_id))
-        pipe.incr(_writing_key(user_id))
-        pipe.expire(_writing_key(user_id), WRITING_TTL_SECONDS)
-    pipe.execute()
-
-
-def end_events_write(user_ids: Iterable[int]) -> None:
-    pipe = get_redis().pipeline(transaction=True)
-    for user_id in user_ids:
-        pipe.incr(_version_key(user_id))
-        pipe.decr(_writing_key(user_id))
-    pipe.execute()
+    written = 0
+    for user_id, (version, profile) in entries.items():
+        if version is None:
+            continue
+        body = profile if isinstance(profile, str) else dumps(profile)
+        pipe.set(_profile_key(user_id), f"{version}:{body}", ex=ttl)
+        written += 1
+    if written:
+        pipe.execute()
+    return written
 
 
 HIT, MISS, BYPASS = "HIT", "MISS", "BYPASS"
@@ -183,6 +255,12 @@ def _get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[s
         _count("hits")
         return cached, HIT
     _count("misses")
+    if version is None:
+        # No such user (the compute says 404, or finds them created since): nothing to cache
+        # under, so nothing to share either.
+        _count("computed")
+        profile = compute()
+        return (dumps(profile) if profile is not None else None), MISS
     redis = get_redis()
     lock = key("profile", "lock", user_id, version)
     locked = bool(redis.set(lock, "1", nx=True, ex=LOCK_SECONDS))
@@ -192,8 +270,8 @@ def _get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[s
             time.sleep(0.005)
             now_version, cached = read(user_id)
             if cached is None and now_version == version and not redis.exists(lock):
-                # The holder let go: it cached its result just now, or could not (an event write
-                # was in flight); read once more to tell which.
+                # The holder let go: it cached its result just now, or failed; read once more
+                # to tell which.
                 now_version, cached = read(user_id)
                 if cached is None:
                     break
@@ -201,7 +279,7 @@ def _get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[s
                 _count("waited")
                 return cached, MISS
             if now_version != version:
-                version = now_version  # events arrived: the holder's result is stale anyway
+                version = now_version  # the data changed: the holder's result is stale anyway
                 break
     else:
         # A holder may have cached its result and let go between our read and our lock.

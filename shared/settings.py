@@ -111,8 +111,16 @@ class Settings(BaseSettings):
     clv_monthly_discount_rate: float = Field(0.01, description="Monthly discount rate for CLV.")
     api_key_cache_seconds: float = Field(
         5.0,
-        description="Seconds an API process trusts a key it has checked: a revoked key stops working on "
-        "every process within this (at once on the process that revoked it).",
+        description="Seconds an API process trusts a key it has checked while Redis is unreachable (otherwise a "
+        "revocation, announced in Redis, reaches every process from the next request on).",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (comma-separated "
+        "IP addresses or CIDR networks; empty: none, clients connect directly).",
+    )
+    dashboard_session_seconds: int = Field(
+        12 * 3600, description="Seconds a dashboard login lasts (a session in Redis; logging out ends it at once)."
     )
     rate_limits_enabled: bool = Field(True, description="Apply the rate limits below (kept in Redis).")
     rate_limit_signup: str = Field(
@@ -128,6 +136,11 @@ class Settings(BaseSettings):
         "6000/minute", description="Event requests (single or batch) per API key with the ingest scope."
     )
     rate_limit_read: str = Field("1200/minute", description="Read requests per API key with the read scope.")
+    rate_limit_auth_failures: str = Field(
+        "20/minute",
+        description="Per client IP address: keys looked up in Postgres and not found. Over it, requests with a key "
+        "this process does not know answer 429 without a lookup.",
+    )
     metrics_enabled: bool = Field(
         True, description="Count requests and cache reads for GET /metrics (bench/metrics_cost.py measures the cost)."
     )

@@ -77,16 +77,16 @@ def store_profiles(db, session, profiles: dict[int, dict]) -> None:
 
 def rescore_users(user_ids: list[int]) -> int:
     db = get_database()
-    # Versions first: if events arrive while we compute, our result is written under a version
-    # that is already superseded (or not at all), so it can never be served as fresh.
-    versions = profile_cache.current_versions(user_ids)
     with session_scope() as session:
+        # Versions first: if events arrive while we compute, our result is written under a
+        # version that is already superseded, so it can never be served as fresh.
+        versions = profile_cache.versions(session, user_ids)
         # Read before the data: a change committed after this read keeps its user pending.
         seen = rescore.changes_seen(session, user_ids)
         profiles = compute_profiles(db, session, user_ids)
         store_profiles(db, session, profiles)
         rescore.clear_seen(session, seen)
-    profile_cache.write_many({user_id: (versions[user_id], profile) for user_id, profile in profiles.items()})
+    profile_cache.write_many({user_id: (versions.get(user_id), profile) for user_id, profile in profiles.items()})
     with session_scope() as session:
         # After every write: whoever was erased meanwhile is forgotten again (shared.erasure). All
         # the requested users, not only those computed: a retry after a failed write computes

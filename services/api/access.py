@@ -5,14 +5,28 @@ so a route added without a thought here is closed, not open. The OpenAPI documen
 from the same table (services.api.contract), so the spec and the checks cannot disagree.
 
 Checked keys are remembered per process for API_KEY_CACHE_SECONDS (a key check is then a dict
-lookup, not a Postgres query per request); expiry is compared on every request, and the process
-that revokes a key forgets it at once.
+lookup, not a Postgres query per request); expiry is compared on every request. A revocation is
+announced in Redis (shared.api_keys.announce_revocation: a new random token), and every request
+compares that token with the one its process saw last: when it changed, the process forgets every
+key it had checked, so a revoked key is refused everywhere from the next request on. Only while
+Redis is unreachable does the time limit alone decide.
+
+A key Postgres does not know is remembered as unknown (UNKNOWN_KEY_SECONDS, bounded), and each
+lookup that finds nothing counts against its client (RATE_LIMIT_AUTH_FAILURES per IP address):
+over it, a key this process does not already know is refused with a 429 before any lookup, so a
+flood of made-up keys costs Postgres a bounded number of queries.
+
+The dashboard's browser holds a session, not a key (services.api.dashboard): a random id in an
+HttpOnly cookie, mapped in Redis to the id of the key that logged in. It stands for that key with
+the read scope only, as long as the key is usable, and only for reads (`authorization`).
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass, field
 
+import redis
 from cachetools import LRUCache, TTLCache
 from flask import Flask, g, redirect, request, url_for
 from werkzeug.http import parse_cookie
@@ -21,9 +35,13 @@ from services.api import proxies, rate_limits
 from services.api.problems import problem_response
 from shared import api_keys
 from shared.api_keys import ADMIN, INGEST, PERSONAL, READ, Principal
+from shared.cache import get_redis, key as redis_key
 from shared.db import session_scope
+from shared.logging import get_logger
 from shared.retry import TRANSIENT_ERRORS
 from shared.settings import get_settings
+
+log = get_logger(__name__)
 
 PUBLIC = "public"
 SIGNUP = "users.signup"
@@ -73,9 +91,17 @@ PUBLIC_BLUEPRINTS = {"openapi", "swagger"}
 SECURITY_SCHEME = "apiKey"
 # The WSGI environ key under which services.api.profile_hits hands its decision to Flask.
 DECIDED = "pulse.access_decision"
-# The dashboard's login keeps the key in this cookie (services.api.dashboard); it counts for reads only.
-DASHBOARD_COOKIE = "pulse_key"
+# The dashboard's session id (services.api.dashboard); it counts for reads only.
+SESSION_COOKIE = "pulse_session"
+# Where the dashboard kept the key itself before sessions: deleted at login, never read.
+OLD_KEY_COOKIE = "pulse_key"
+SESSION_SCHEME = "session"
 SAFE_METHODS = ("GET", "HEAD")
+# A made-up key is not made up less a minute later: keys are created with a random secret, so one
+# no one has been given cannot start to exist. The bound is memory (and a Postgres restored from a
+# backup, where a key could come back).
+UNKNOWN_KEY_SECONDS = 60.0
+FAILURES = "auth_failures"
 
 
 def required_scope(endpoint: str) -> str:
@@ -93,39 +119,120 @@ def rate_limited(endpoint: str) -> bool:
     return endpoint == SIGNUP or limit_for(required_scope(endpoint)) is not None
 
 
+# Checked keys by their digest, and by "id:<key id>" for dashboard sessions.
 _checked: TTLCache[str, Principal] = TTLCache(maxsize=10_000, ttl=get_settings().api_key_cache_seconds)
 # What each key was at its last check, for when Postgres cannot be asked (below).
 _last_known: LRUCache[str, Principal] = LRUCache(maxsize=10_000)
+_unknown: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=UNKNOWN_KEY_SECONDS)
 _checked_lock = threading.Lock()  # the server's threads share these; cachetools' caches are not thread-safe
 _revocations = [0]  # bumped by `forget`: a check that raced a revocation is not remembered
+_NOT_SEEN = object()
+_announced: list = [_NOT_SEEN]  # the revocation token this process saw last
+# `announced` not read by the caller: `_follow_revocations` reads it. (The cached-profile fast path
+# reads it with the profile, in one round trip: services.api.profile_hits.)
+UNREAD = object()
 
 
-def principal(key: str) -> Principal | None:
-    """The key's principal: from memory when checked within API_KEY_CACHE_SECONDS, else from
-    Postgres. While Postgres is unreachable, a key this process has checked before keeps the
-    standing it had then (cached profiles stay readable, as in the degraded modes); a key it has
-    never seen gets the 503 of the outage."""
-    fingerprint = api_keys.digest(key)
+class TooManyFailures(Exception):
+    """The client is over RATE_LIMIT_AUTH_FAILURES: no lookup for it now."""
+
+    def __init__(self, verdict: rate_limits.Verdict) -> None:
+        super().__init__("too many failed key checks")
+        self.verdict = verdict
+
+
+def revocations_key() -> str:
+    return redis_key(*api_keys.REVOCATIONS)
+
+
+def _follow_revocations(announced=UNREAD) -> None:
+    """Forget every checked key when a revocation was announced since this process last looked
+    (`announced`: the token, when the caller has read it already). With Redis unreachable the keys
+    checked keep their API_KEY_CACHE_SECONDS."""
+    token = announced
+    if token is UNREAD:
+        try:
+            token = get_redis().get(revocations_key())
+        except redis.RedisError as exc:
+            log.warning("revocations_unreadable", error=type(exc).__name__)
+            return
     with _checked_lock:
-        found = _checked.get(fingerprint)
+        if token != _announced[0]:
+            # Also the keys kept for a Postgres outage: which one was revoked is not known here.
+            _announced[0] = token
+            _revocations[0] += 1
+            _checked.clear()
+            _last_known.clear()
+
+
+def _remembered(name: str, look_up) -> Principal | None:
+    """A principal from memory (checked within API_KEY_CACHE_SECONDS, no revocation since), else
+    `look_up(session)` in Postgres. While Postgres is unreachable, a key this process has checked
+    before keeps the standing it had then (what needs no Postgres goes on answering, as in the
+    degraded modes); a key it has never seen gets the 503 of the outage."""
+    with _checked_lock:
+        found = _checked.get(name)
         revocations = _revocations[0]
     if found is not None:
         return found
     try:
         with session_scope() as session:
-            found = api_keys.lookup(session, key)
+            found = look_up(session)
     except TRANSIENT_ERRORS:
         with _checked_lock:
-            found = _last_known.get(fingerprint)
+            found = _last_known.get(name)
         if found is None:
             raise
         return found
     if found is not None:
         with _checked_lock:
             if _revocations[0] == revocations:
-                _checked[fingerprint] = found
-                _last_known[fingerprint] = found
+                _checked[name] = found
+                _last_known[name] = found
     return found
+
+
+def principal(key: str, client_ip: str | None = None, announced=UNREAD) -> Principal | None:
+    """The key's principal, or None for a key that does not exist (see the module's docstring for
+    what is remembered). Raises TooManyFailures when `client_ip` is over its failed-lookup limit
+    and the key would need a lookup."""
+    _follow_revocations(announced)
+    fingerprint = api_keys.digest(key)
+    with _checked_lock:
+        found = _checked.get(fingerprint)
+        unknown = fingerprint in _unknown
+    if found is not None:
+        return found
+    if unknown or api_keys.KEY_FORMAT.fullmatch(key) is None:
+        return None  # known to be unknown, or not even the shape of a key: no lookup
+    limit, who = get_settings().rate_limit_auth_failures, client_ip or "unknown"
+    if (refusal := rate_limits.refused(limit, FAILURES, who)) is not None:
+        raise TooManyFailures(refusal)
+    found = _remembered(fingerprint, lambda session: api_keys.lookup(session, key))
+    if found is None:
+        with _checked_lock:
+            _unknown[fingerprint] = True
+        rate_limits.check(limit, FAILURES, who)
+    return found
+
+
+def session_principal(session_id: str, announced=UNREAD) -> Principal | None:
+    """The dashboard session's principal: the key that logged in, with its read and personal scopes
+    only (None: no such session, or it ended). Personal stays because the dashboard's user pages
+    show who a person is when, and only when, the key that logged in may see it."""
+    _follow_revocations(announced)
+    key_id = get_redis().get(session_key(session_id))
+    if key_id is None:
+        return None
+    found = _remembered(f"id:{key_id.decode()}", lambda session: api_keys.lookup_id(session, key_id.decode()))
+    if found is None:
+        return None
+    return Principal(found.key_id, found.scopes & {READ, PERSONAL}, found.expires_at, found.revoked)
+
+
+def session_key(session_id: str) -> str:
+    # Stored by its hash: what Redis holds (a dump, a replica) does not log anyone in.
+    return redis_key("dashboard", "session", hashlib.sha256(session_id.encode()).hexdigest())
 
 
 def forget(key_id: str) -> None:
@@ -155,16 +262,16 @@ def bearer(authorization: str | None) -> str | None:
 
 def authorization(environ: dict, endpoint: str) -> str | None:
     """The request's credentials: its Authorization header, or for a GET or HEAD of a page or an
-    endpoint that needs the read scope the dashboard's cookie as a bearer key. A cookie rides along
-    on requests a browser makes, so it may only read what the dashboard reads: never write, never
-    an admin read (an export, the keys), whichever key was pasted into the login form
-    (SameSite=Strict also keeps other sites from sending it at all)."""
+    endpoint that needs the read scope the dashboard's session cookie (as "session <id>"). A cookie
+    rides along on requests a browser makes, so it may only read what the dashboard reads: never
+    write, never an admin read (an export, the keys), whichever key logged in (the session holds
+    the read scope only; SameSite=Strict also keeps other sites from sending it at all)."""
     header = environ.get("HTTP_AUTHORIZATION")
     if header or environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_COOKIE" not in environ \
             or required_scope(endpoint) not in (READ, PUBLIC):
         return header
-    key = parse_cookie(environ).get(DASHBOARD_COOKIE)
-    return f"Bearer {key}" if key else None
+    session_id = parse_cookie(environ).get(SESSION_COOKIE)
+    return f"{SESSION_SCHEME} {session_id}" if session_id else None
 
 
 def _unauthorized(detail: str, error: str | None = None) -> Decision:
@@ -172,24 +279,39 @@ def _unauthorized(detail: str, error: str | None = None) -> Decision:
     return Decision(401, detail, {"WWW-Authenticate": challenge})
 
 
-def decide(endpoint: str, authorization: str | None, client_ip: str | None) -> Decision:
+def _session_id(authorization: str | None) -> str | None:
+    scheme, _, session_id = (authorization or "").partition(" ")
+    return session_id.strip() if scheme == SESSION_SCHEME and session_id.strip() else None
+
+
+def decide(endpoint: str, authorization: str | None, client_ip: str | None, announced=UNREAD) -> Decision:
     """May this request go on? 401 (no usable key), 403 (a key without the scope), 429 (over its
-    limit), or 200 with the rate-limit headers to send."""
+    limit, or its client over the failed-lookup limit), or 200 with the rate-limit headers to send."""
+    try:
+        return _decide(endpoint, authorization, client_ip, announced)
+    except TooManyFailures as refused:
+        return Decision(429, "Too many unknown API keys from this address; retry later", refused.verdict.headers)
+
+
+def _decide(endpoint: str, authorization: str | None, client_ip: str | None, announced) -> Decision:
     scope = required_scope(endpoint)
     key = bearer(authorization)
     if scope == PUBLIC:
         if endpoint != SIGNUP:
             return Decision(200)
-        known = principal(key) if key else None
+        known = principal(key, client_ip, announced) if key else None
         if known is not None and known.usable() and known.unlimited:
             return Decision(200, principal=known)
         verdict = rate_limits.check(get_settings().rate_limit_signup, "signup", client_ip or "unknown")
         return Decision(200 if verdict.allowed else 429, "Too many signups from this address; retry later",
                         verdict.headers)
-    if key is None:
+    session_id = _session_id(authorization)
+    if key is None and session_id is None:
         return _unauthorized(f"This endpoint needs an API key with the {scope} scope: "
                              "send `Authorization: Bearer <key>`")
-    known = principal(key)
+    known = principal(key, client_ip, announced) if key is not None else session_principal(session_id, announced)
+    if known is None and session_id is not None:
+        return _unauthorized("The dashboard session has ended: log in again", "invalid_token")
     if known is None:
         return _unauthorized("Unknown API key", "invalid_token")
     if known.revoked:

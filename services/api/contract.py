@@ -24,7 +24,7 @@ DESCRIPTIONS = {
     413: "Body too large (a batch over EVENTS_BATCH_MAX events, or a body over 16 MiB)",
     415: "The body is not application/json",
     422: "Invalid fields, each named in `errors`",
-    429: "Over the rate limit; retry after `Retry-After` seconds",
+    429: "Over the rate limit (the key's, or its client's for unknown keys); retry after `Retry-After` seconds",
     500: "Internal error (logged with the request)",
     503: "A store Pulse needs is unavailable; retry after `Retry-After` seconds",
 }
@@ -96,7 +96,8 @@ def complete(spec: dict, policy: dict[tuple[str, str], tuple[str, bool]] | None 
                 needs = f"the `{scope}` and `{also}` scopes" if also else f"the `{scope}` scope"
                 operation["description"] = (f"Needs an API key with {needs}. "
                                             + operation.get("description", "")).strip()
-                statuses |= {401, 403}
+                # 429 also for a client over its limit of unknown keys (services.api.access).
+                statuses |= {401, 403, 429}
             if limited:
                 statuses.add(429)
             for status in sorted(statuses):

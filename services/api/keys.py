@@ -86,4 +86,6 @@ def revoke_key(path: KeyPath):
         if not api_keys.revoke(session, path.key_id):
             raise ProblemError(404, f"No API key with id {path.key_id}")
     access.forget(path.key_id)
+    # Committed: now every other API process is told (it re-checks every key on its next request).
+    api_keys.announce_revocation(path.key_id)
     return Response(status=204)

@@ -1,16 +1,23 @@
-"""Who the client is, behind the reverse proxies this deployment trusts (TRUSTED_PROXIES).
+"""Who sent a request, and over which scheme, when Pulse runs behind reverse proxies (TRUSTED_PROXIES).
 
-The peer of the TCP connection (`REMOTE_ADDR`) is the client unless it is one of the configured
-proxies. Only then is `X-Forwarded-For` read, as werkzeug's ProxyFix and uvicorn's
-`--forwarded-allow-ips` read it: from the right (the entry the nearest proxy appended), skipping
-entries that are trusted proxies themselves; the first address that is not one is the client.
-Anything to the left of it was written by the client and proves nothing. A request that does not
-come from a trusted proxy is judged by its peer address alone, so a client talking to the API
-directly cannot pick its own rate-limit bucket by sending the header.
+`X-Forwarded-For` and `X-Forwarded-Proto` are headers anyone can send, so they are believed only
+from a peer listed in TRUSTED_PROXIES (addresses or CIDR networks, comma-separated; empty, the
+default, for an API that clients reach directly). From such a peer `X-Forwarded-For` is read as
+werkzeug's ProxyFix and uvicorn's `--forwarded-allow-ips` read it: from the right (the entry the
+nearest proxy appended), skipping entries that are trusted proxies themselves; the first address
+that is not one is the client. Anything to the left of it was written by the client and proves
+nothing. The scheme is the last `X-Forwarded-Proto` value (the one our proxy set). From any other
+peer the socket's own address and scheme stand, whatever the headers say, so a client talking to
+the API directly can neither pick its own rate-limit bucket nor claim HTTPS.
+
+One reading, `forwarded`, so that every decision that depends on the client (the failed-key and
+signup limits in services.api.access, the dashboard login) or on the scheme (the dashboard's
+Secure cookie) reads the same.
 """
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from functools import lru_cache
 
 from shared.settings import get_settings
@@ -18,10 +25,24 @@ from shared.settings import get_settings
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+@dataclass(frozen=True)
+class Forwarded:
+    client: str  # the client's address ("unknown" when the server gave none)
+    scheme: str  # "http" or "https"
+
+
 @lru_cache(maxsize=4)
-def _networks(setting: str) -> tuple[Network, ...]:
-    # "10.0.0.1, 172.16.0.0/12": single addresses and CIDR ranges, IPv4 or IPv6.
-    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in setting.split(",") if part.strip())
+def trusted_networks(setting: str) -> tuple[Network, ...]:
+    """TRUSTED_PROXIES parsed: single addresses and CIDR ranges, IPv4 or IPv6 (a bad entry fails
+    at the first request, naming itself)."""
+    networks = []
+    for entry in (part.strip() for part in setting.split(",")):
+        if entry:
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError as exc:
+                raise ValueError(f"TRUSTED_PROXIES: {entry!r} is not an IP address or CIDR network") from exc
+    return tuple(networks)
 
 
 def _trusted(address: str, networks: tuple[Network, ...]) -> bool:
@@ -34,17 +55,25 @@ def _trusted(address: str, networks: tuple[Network, ...]) -> bool:
     return any(ip in network for network in networks)
 
 
-def client_address(request) -> str:
-    """The client's address: `REMOTE_ADDR`, or when that is a trusted proxy the nearest
-    `X-Forwarded-For` entry that is not a trusted proxy ("unknown" without any address)."""
-    environ = request.environ
+def _values(environ: dict, header: str) -> list[str]:
+    return [value.strip() for value in environ.get(header, "").split(",") if value.strip()]
+
+
+def forwarded(environ: dict) -> Forwarded:
+    """The request's client address and scheme, through a trusted proxy's headers when it came from one."""
     peer = environ.get("REMOTE_ADDR") or "unknown"
-    networks = _networks(get_settings().trusted_proxies)
+    scheme = environ.get("wsgi.url_scheme", "http")
+    networks = trusted_networks(get_settings().trusted_proxies)
     if not networks or not _trusted(peer, networks):
-        return peer
-    hops = [hop.strip() for hop in environ.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop.strip()]
-    for hop in reversed(hops):
-        if not _trusted(hop, networks):
-            return hop
-    # Every hop is a proxy of ours (or there is no header): the leftmost is as far as we can see.
-    return hops[0] if hops else peer
+        return Forwarded(peer, scheme)
+    hops = _values(environ, "HTTP_X_FORWARDED_FOR")
+    # Every hop a proxy of ours (or no header): the leftmost is as far as we can see.
+    client = next((hop for hop in reversed(hops) if not _trusted(hop, networks)), hops[0] if hops else peer)
+    protos = _values(environ, "HTTP_X_FORWARDED_PROTO")
+    proto = protos[-1].lower() if protos else ""
+    return Forwarded(client, proto if proto in ("http", "https") else scheme)
+
+
+def client_address(request) -> str:
+    """The client's address (see `forwarded`)."""
+    return forwarded(request.environ).client

@@ -65,3 +65,22 @@ def check(limit: str, bucket: str, who: str) -> Verdict:
     if not allowed:
         headers["Retry-After"] = str(reset)
     return Verdict(allowed, headers)
+
+
+def refused(limit: str, bucket: str, who: str) -> Verdict | None:
+    """Whether `who` is over `limit` in `bucket` now, without counting a request: the refusal (429
+    headers with Retry-After) or None. For limits counted on an outcome (a failed key lookup)
+    rather than on every request; Redis unreachable: None, as in `check`."""
+    if not get_settings().rate_limits_enabled:
+        return None
+    item = _item(limit)
+    try:
+        if _limiter().test(item, bucket, who):
+            return None
+        window = _limiter().get_window_stats(item, bucket, who)
+    except redis.RedisError as exc:
+        log.warning("rate_limit_unavailable", error=f"{type(exc).__name__}: {exc}"[:200])
+        return None
+    reset = max(1, math.ceil(window.reset_time - time.time()))
+    return Verdict(False, {"RateLimit-Limit": str(item.amount), "RateLimit-Remaining": "0",
+                           "RateLimit-Reset": str(reset), "Retry-After": str(reset)})

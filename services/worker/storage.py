@@ -82,21 +82,20 @@ def store_batch(db, batch_id: str, docs: list[dict], schedule_rescore: Callable[
     user_ids = sorted({int(doc["user_id"]) for doc in docs})
     gone: list[int] = []
     started = time.perf_counter()
-    # Bracket the writes so that no profile cached before or during them can be served after them.
-    profile_cache.begin_events_write(user_ids)
-    try:
-        inserted, owned = insert_events(db[EVENTS], docs, batch_id)
-        stored = time.perf_counter()
-        with session_scope() as session:
-            applied = summaries.record_batch(session, batch_id, owned)
-            # After the insert: an erasure that committed before this read is undone below, one
-            # that commits after it deletes these events itself (shared.erasure).
-            gone = erasure.missing_users(session, user_ids)
-        counted = time.perf_counter()
-    finally:
-        profile_cache.end_events_write(user_ids)
+    inserted, owned = insert_events(db[EVENTS], docs, batch_id)
+    stored = time.perf_counter()
+    with session_scope() as session:
+        applied = summaries.record_batch(session, batch_id, owned)
+        # Profiles are computed from the summaries: new cache versions in the same transaction,
+        # so no profile cached before it commits is served after (shared.profile_cache). Every
+        # user of the batch, also on a redelivery (harmless: one more miss).
+        profile_cache.bump(session, user_ids)
+        # After the insert: an erasure that committed before this read is undone below, one
+        # that commits after it deletes these events itself (shared.erasure).
+        gone = erasure.missing_users(session, user_ids)
+    counted = time.perf_counter()
     if gone:
-        erasure.forget(db, gone)  # after end_events_write: its version counters go too
+        erasure.forget(db, gone)
     counters.add(**{counters.EVENTS_STORED: len(inserted), counters.EVENTS_DUPLICATE: len(docs) - len(inserted)})
     # Every user of the batch, not only the newly counted: a redelivery after a crash between the
     # summaries and this call must still get those users rescored.

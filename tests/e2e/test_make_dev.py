@@ -293,7 +293,7 @@ def test_the_dashboard_is_served_with_its_own_chart_library(dev_stack):
     assert requests.get(f"{base}/dashboard", allow_redirects=False, timeout=10).status_code == 303  # to the login
     login = requests.post(f"{base}/dashboard/login", data={"key": dev_stack["key_file"].read_text().strip()},
                           allow_redirects=False, timeout=10)
-    assert login.status_code == 303 and "pulse_key" in login.cookies
+    assert login.status_code == 303 and "pulse_session" in login.cookies
     page = requests.get(f"{base}/dashboard", cookies=login.cookies, timeout=10)
     assert page.status_code == 200 and "/dashboard/static/vendor/chart.umd.min.js" in page.text
     script = requests.get(f"{base}/dashboard/static/vendor/chart.umd.min.js", timeout=10)

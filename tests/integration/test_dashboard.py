@@ -98,9 +98,10 @@ def test_pages_ask_for_a_key_and_the_cookie_only_reads(server):
     login = requests.post(f"{server}/dashboard/login", data={"key": reader, "next": "https://evil.example/"},
                           allow_redirects=False, timeout=10)
     assert login.status_code == 303 and login.headers["Location"] == "/dashboard"
-    cookie = login.cookies["pulse_key"]
+    cookie = login.cookies["pulse_session"]  # a session, not the key (tests/adversarial/test_dashboard_session.py)
+    assert reader not in login.headers["Set-Cookie"]
     assert "HttpOnly" in login.headers["Set-Cookie"] and "SameSite=Strict" in login.headers["Set-Cookie"]
-    jar = {"pulse_key": cookie}
+    jar = {"pulse_session": cookie}
     assert requests.get(f"{server}/dashboard", cookies=jar, allow_redirects=False, timeout=10).status_code == 200
     pipeline = requests.get(f"{server}/api/pipeline", cookies=jar, timeout=10)
     assert pipeline.status_code == 200
@@ -108,7 +109,8 @@ def test_pages_ask_for_a_key_and_the_cookie_only_reads(server):
         q["name"] for q in pipeline.json()["queues"]}
     # The cookie never writes, and never reads beyond the read scope, even with a key that could.
     _, admin = make_key(list(api_keys.SCOPES))
-    as_admin = {"pulse_key": admin}
+    as_admin = {"pulse_session": requests.post(f"{server}/dashboard/login", data={"key": admin}, allow_redirects=False,
+                                               timeout=10).cookies["pulse_session"]}
     event = purchase(1, 10.0, "Books")
     assert requests.post(f"{server}/api/events", json=event, cookies=as_admin, timeout=10).status_code == 401
     assert requests.get(f"{server}/api/keys", cookies=as_admin, timeout=10).status_code == 401
@@ -118,7 +120,7 @@ def test_pages_ask_for_a_key_and_the_cookie_only_reads(server):
     forged = requests.post(f"{server}/dashboard/login", data={"key": reader}, headers={"Origin": "https://evil.example"},
                            allow_redirects=False, timeout=10)
     assert forged.status_code == 403 and "Set-Cookie" not in forged.headers
-    # A revoked key's cookie stops working (the revoking process forgets it at once).
+    # A revoked key's session stops working (every process forgets it at once).
     headers = {"Authorization": f"Bearer {admin}"}
     assert requests.delete(f"{server}/api/keys/{key_id}", headers=headers, timeout=10).status_code == 204
     again = requests.get(f"{server}/dashboard", cookies=jar, allow_redirects=False, timeout=10)
@@ -198,7 +200,12 @@ def test_dashboard_draws_what_the_api_reports(browser, server, customers, client
     log_in(browser, server, "/dashboard")
     loaded(browser, "the dashboard's first pipeline and customer readings")
     browser.save_screenshot(str(SCREENSHOTS / "dashboard.png"))
-    assert console_errors(browser) == []
+    assert console_errors(browser) == []  # a Content-Security-Policy violation would be one
+    # The browser holds a session, never the key; its script cannot read the cookie at all.
+    cookies = browser.get_cookies()
+    assert [c["name"] for c in cookies] == ["pulse_session"] and cookies[0]["httpOnly"] and cookies[0]["sameSite"] == "Strict"
+    assert os.environ["PULSE_API_KEY"] not in cookies[0]["value"]
+    assert browser.execute_script("return document.cookie") == ""
 
     segments = client.get("/api/analytics/segments").get_json()["items"]
     assert chart(browser, "segments-chart") == {"labels": [s["segment"] for s in segments],

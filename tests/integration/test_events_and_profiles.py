@@ -109,7 +109,10 @@ def test_profile_is_cached_and_reflects_events_stored_after_caching(client, mong
 
     event = purchase(user_id, 1500.0, "electronics")
     assert client.post("/api/events", json=event).status_code == 202
-    wait_for(lambda: stored(mongo, [event["event_id"]]) == 1, what="purchase stored")
+    # Stored: the worker's transaction that counts it committed (the purchase days, which
+    # /purchases reads, and the user's new cache version commit together). Polled without reading
+    # the profile, so nothing is computed in between.
+    wait_for(lambda: client.get(f"/api/users/{user_id}/purchases").get_json()["items"], what="purchase stored")
 
     # As soon as the event is stored, no read may show the old totals.
     after = client.get(f"/api/users/{user_id}/profile").get_json()

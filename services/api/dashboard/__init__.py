@@ -4,22 +4,51 @@ The pages are small HTML shells; their script reads the API's own JSON (`/api/pi
 `/api/analytics/...`, a user's profile and purchases) and draws it with Chart.js, served from
 `static/vendor` (no CDN: the dashboard works on a machine without internet).
 
-A browser cannot send `Authorization: Bearer` when it follows a link, so the dashboard's login
-form takes a key with the read scope and keeps it in an HttpOnly, SameSite=Strict cookie. The
-access check (services.api.access.authorization) accepts that cookie for GET and HEAD of the
-pages and the read-scope endpoints only, so the cookie can read what the dashboard reads and
-nothing else, whatever the key may do; the key itself is checked on every request as a header
-key is (revoked or expired, it stops working at once). The forms refuse posts from other sites.
+A browser cannot send `Authorization: Bearer` when it follows a link, so the login form takes a
+key with the read scope, checks it, and exchanges it for a session: a random id (256 bits) in an
+HttpOnly, SameSite=Strict cookie (Secure when the request came over HTTPS, as a trusted proxy
+says: services.api.proxies), kept in Redis under its hash with the id of the key, expiring after
+DASHBOARD_SESSION_SECONDS. The key itself is never sent back to the browser. The session stands
+for the key with the read scope only, for GET and HEAD of the pages and the read endpoints
+(services.api.access.authorization), and only while the key is usable: a revoked or expired key
+ends its sessions at once. Logging out deletes the session in Redis, so the cookie is worthless
+even if it was copied. The forms refuse posts from other sites.
+
+Every dashboard answer carries a Content-Security-Policy allowing this origin's scripts, styles
+and requests only (no inline script: each page names itself in `<body data-page>`), no framing
+(`frame-ancestors 'none'`, X-Frame-Options: DENY), nosniff and no referrer to other sites.
 """
+import secrets
 from urllib.parse import urlsplit
 
+import redis
 from flask import Blueprint, make_response, redirect, render_template, request, url_for
 
 from services.api import access, proxies
+from shared.cache import get_redis
+from shared.logging import get_logger
+from shared.settings import get_settings
 
+log = get_logger(__name__)
 dashboard_bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates",
                          static_folder="static")
-COOKIE_MAX_AGE = 12 * 3600  # a working day; then the key is asked for again
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    # Not no-referrer: with it, browsers send `Origin: null` on the forms' own POSTs, which the
+    # cross-site check (below) must refuse. same-origin sends nothing to other sites.
+    "Referrer-Policy": "same-origin",
+}
+
+
+@dashboard_bp.after_request
+def _security_headers(response):
+    # Also on the login redirects that services.api.access answers for the dashboard's pages.
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 @dashboard_bp.get("")
@@ -37,9 +66,14 @@ def _local(target: str | None) -> str:
     if target:
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc and parts.path.startswith("/dashboard") \
-                and not target.startswith("//"):
+                and not target.startswith("//") and "\\" not in target:
             return target
     return url_for("dashboard.index")
+
+
+def _form(target: str, error: str | None, status: int = 200):
+    hours = get_settings().dashboard_session_seconds // 3600
+    return render_template("dashboard/login.html", next=target, error=error, hours=hours), status
 
 
 def _cross_site():
@@ -48,26 +82,34 @@ def _cross_site():
     origin = request.headers.get("Origin")
     if origin is None or origin == request.host_url.rstrip("/"):
         return None
-    target = _local(request.values.get("next"))
-    return render_template("dashboard/login.html", next=target, error="This form was sent from another site"), 403
+    return _form(_local(request.values.get("next")), "This form was sent from another site", 403)
 
 
 @dashboard_bp.route("/login", methods=["GET", "POST"])
 def login():
     target = _local(request.values.get("next"))
     if request.method == "GET":
-        return render_template("dashboard/login.html", next=target, error=None)
+        return _form(target, None)
     if refused := _cross_site():
         return refused
     key = (request.form.get("key") or "").strip()
-    decision = access.decide("dashboard.index", f"Bearer {key}" if key else None,
-                            proxies.client_address(request))
+    forwarded = proxies.forwarded(request.environ)
+    decision = access.decide("dashboard.index", f"Bearer {key}" if key else None, forwarded.client)
     if decision.status != 200:
         detail = decision.detail if key else "Paste an API key with the read scope"
-        return render_template("dashboard/login.html", next=target, error=detail), decision.status
+        return _form(target, detail, decision.status)
+    session_id = secrets.token_urlsafe(32)
+    ttl = get_settings().dashboard_session_seconds
+    try:
+        get_redis().set(access.session_key(session_id), decision.principal.key_id, ex=ttl)
+    except redis.RedisError as exc:
+        log.warning("dashboard_session_unavailable", error=type(exc).__name__)
+        return _form(target, "Sessions are kept in Redis, which is unreachable: retry in a moment", 503)
     response = make_response(redirect(target, code=303))
-    response.set_cookie(access.DASHBOARD_COOKIE, key, max_age=COOKIE_MAX_AGE, httponly=True, samesite="Strict",
-                        secure=request.is_secure, path="/")
+    response.set_cookie(access.SESSION_COOKIE, session_id, max_age=ttl, httponly=True, samesite="Strict",
+                        secure=forwarded.scheme == "https", path="/")
+    # A browser logged in before sessions holds the key itself in this cookie: take it back.
+    response.delete_cookie(access.OLD_KEY_COOKIE, path="/", samesite="Strict", httponly=True)
     return response
 
 
@@ -75,6 +117,15 @@ def login():
 def logout():
     if refused := _cross_site():
         return refused
+    session_id = request.cookies.get(access.SESSION_COOKIE)
+    if session_id:
+        try:
+            get_redis().delete(access.session_key(session_id))
+        except redis.RedisError as exc:
+            # The cookie goes below all the same; the session then ends when it expires.
+            log.warning("dashboard_logout_unrecorded", error=type(exc).__name__)
     response = make_response(redirect(url_for("dashboard.login"), code=303))
-    response.delete_cookie(access.DASHBOARD_COOKIE, path="/", samesite="Strict", httponly=True)
+    secure = proxies.forwarded(request.environ).scheme == "https"
+    response.delete_cookie(access.SESSION_COOKIE, path="/", samesite="Strict", httponly=True, secure=secure)
+    response.delete_cookie(access.OLD_KEY_COOKIE, path="/", samesite="Strict", httponly=True)
     return response

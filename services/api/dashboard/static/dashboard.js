@@ -370,3 +370,12 @@ const Pulse = (() => {
 
   return { dashboard, userPage, charts };
 })();
+
+// Each page says which it is on <body> (no inline script: the Content-Security-Policy allows
+// scripts from this server only).
+(() => {
+  const { page, userId } = document.body.dataset;
+  if (page === "dashboard") Pulse.dashboard();
+  else if (page === "user") Pulse.userPage(Number(userId));
+  else document.getElementById("status").textContent = "";
+})();
