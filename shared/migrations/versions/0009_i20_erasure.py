@@ -3,7 +3,7 @@ erasure sweep's cursor, the people a task failure was about (so erasure finds th
 retry state (the retry backlog), and an index for pruning published outbox messages.
 
 Revision ID: 0008_i20_erasure
-Revises: 0007
+Revises: 0008_i20_auth
 Create Date: 2026-12-06
 """
 import sqlalchemy as sa
@@ -11,7 +11,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0008_i20_erasure"
-down_revision = "0007"
+down_revision = "0008_i20_auth"
 branch_labels = None
 depends_on = None
 

@@ -2,7 +2,7 @@
 of the models (services.analytics.validation).
 
 Revision ID: 0008_i21_api_jobs
-Revises: 0007
+Revises: 0008_i20_erasure
 Create Date: 2026-12-06
 """
 import sqlalchemy as sa
