@@ -22,7 +22,7 @@ from limits import parse
 from shared import api_keys
 from shared.db import session_scope
 from shared.settings import get_settings
-from tests.adversarial.stack import ApiProcess, serve
+from tests.adversarial.api_servers import ApiProcess, serve
 from tests.fixtures import ROOT, wait_for
 from tests.helpers import count_statements, signup_body
 
