@@ -82,9 +82,10 @@ _BUMP = text(
 )
 INITIAL = "initial"
 # From users: no row is no user (erased, or never was), whose profile is never served from the cache.
-_VERSIONS = text(f"SELECT u.id AS user_id, coalesce(v.version::text, '{INITIAL}') AS version FROM users u "
+# (INITIAL spelled out: statements are constants, which bandit's SQL check can tell.)
+_VERSIONS = text("SELECT u.id AS user_id, coalesce(v.version::text, 'initial') AS version FROM users u "
                  "LEFT JOIN profile_versions v ON v.user_id = u.id WHERE u.id = ANY(CAST(:ids AS integer[]))")
-_VERSION_OF = (f"SELECT coalesce(v.version::text, '{INITIAL}') FROM users u "
+_VERSION_OF = ("SELECT coalesce(v.version::text, 'initial') FROM users u "
                "LEFT JOIN profile_versions v ON v.user_id = u.id WHERE u.id = %s")
 
 

@@ -14,7 +14,7 @@ import redis as redis_lib
 import requests
 
 from scripts.private_servers import PrivateRedis
-from tests.adversarial.stack import ApiProcess, roll_back, serve, snapshot
+from tests.adversarial.api_servers import ApiProcess, roll_back, serve, snapshot
 from tests.conftest import TEST_ENV
 from tests.fixtures import wait_for
 from tests.helpers import purchase, signup_body

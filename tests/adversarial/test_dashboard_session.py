@@ -17,7 +17,7 @@ import requests
 from shared import api_keys
 from shared.db import session_scope
 from shared.settings import get_settings
-from tests.adversarial.stack import pulse_keys, serve
+from tests.adversarial.api_servers import pulse_keys, serve
 from tests.conftest import TEST_ENV
 from tests.fixtures import wait_for
 from tests.helpers import purchase

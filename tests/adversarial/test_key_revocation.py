@@ -22,7 +22,7 @@ from limits import parse
 from shared import api_keys
 from shared.db import session_scope
 from shared.settings import get_settings
-from tests.adversarial.stack import ApiProcess, serve
+from tests.adversarial.api_servers import ApiProcess, serve
 from tests.fixtures import ROOT, wait_for
 from tests.helpers import count_statements, signup_body
 
@@ -173,3 +173,25 @@ def test_the_same_made_up_key_again_and_again_costs_one_lookup(server):
         # Not even the shape of a key: never looked up.
         statuses += [get_from("127.0.0.25", server, "/api/users?per_page=1", bearer("x" * n))[0] for n in range(1, 30)]
     assert set(statuses) == {401} and key_lookups(statements) == 1
+
+
+def test_behind_a_trusted_proxy_each_client_has_its_own_budget(server):
+    """Behind a reverse proxy every request comes from the proxy's address: the limit must key on
+    the client it names (its last X-Forwarded-For value), or one flood would lock everybody out."""
+    settings = get_settings()
+    trusted = settings.trusted_proxies
+    settings.trusted_proxies = "127.0.0.27/32"  # this test's proxy
+    limit = parse(settings.rate_limit_auth_failures).amount
+    try:
+        def through_proxy(client: str, forwarded_for: str | None = None) -> int:
+            headers = {**bearer(made_up_key()), "X-Forwarded-For": forwarded_for or client}
+            return get_from("127.0.0.27", server, "/api/users?per_page=1", headers)[0]
+
+        flooder = [through_proxy("198.51.100.7") for _ in range(limit + 5)]
+        assert flooder[:limit] == [401] * limit and set(flooder[limit:]) == {429}
+        # Another client behind the same proxy is unaffected; a value the flooder puts before the
+        # proxy's own (it cannot change what the proxy appends) does not make it someone else.
+        assert through_proxy("198.51.100.8") == 401
+        assert through_proxy("198.51.100.7", "203.0.113.50, 198.51.100.7") == 429
+    finally:
+        settings.trusted_proxies = trusted
