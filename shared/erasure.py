@@ -199,11 +199,9 @@ def sweep_page(db, page: int) -> dict[str, int]:
     are cleared for every such id (a delete of what is absent costs an index look-up)."""
     with session_scope() as session:
         highest = session.scalar(text("SELECT pg_sequence_last_value(pg_get_serial_sequence('users', 'id'))")) or 0
+        # Created once, by whichever run comes first; locked, so two runs never take the same page.
+        session.execute(insert(SweepCursor).values(name=SWEEP, next_id=1).on_conflict_do_nothing())
         cursor = session.get(SweepCursor, SWEEP, with_for_update=True)
-        if cursor is None:
-            cursor = SweepCursor(name=SWEEP, next_id=1)
-            session.add(cursor)
-            session.flush()
         start = cursor.next_id if cursor.next_id <= highest else 1
         end = min(start + page, highest + 1)
         present = set(session.scalars(select(User.id).where(User.id >= start, User.id < end)))

@@ -4,7 +4,7 @@ import time
 
 import redis
 from celery import Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerError
 from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout
 from sqlalchemy.exc import OperationalError as DatabaseError
@@ -47,6 +47,11 @@ def retry_policy(until_done: bool = False) -> dict:
     }
     if until_done:
         policy["base"] = UntilDone
+        # A store that hangs (a paused server, a half-open connection) is a store that is down:
+        # the soft time limit ends the try, and the task is retried like any transient failure
+        # instead of failing for good. A batch is at most EVENTS_BATCH_MAX events: minutes of work
+        # mean waiting, never progress.
+        policy["autoretry_for"] = (*TRANSIENT_ERRORS, SoftTimeLimitExceeded)
     return policy
 
 

@@ -78,6 +78,8 @@ class Topology:
 
 # A quorum queue counts deliveries: a message whose worker dies under it this many times (a task
 # that crashes its process) is dead-lettered as `delivery_limit` instead of looping for ever.
+# Celery's retries do not count: each retry is a new message, the one that ran is acknowledged
+# (shared.retry.UntilDone), so a task retrying through a long outage never reaches this limit.
 QUORUM_DELIVERY_LIMIT = 20
 
 
