@@ -249,6 +249,56 @@ def test_two_users_with_the_same_event_id_are_both_stored_and_counted(http, mong
     assert spend(bob) == (2, Decimal("254")) and category_sales(category) == (2, Decimal("254"))
 
 
+def test_the_backfill_keys_events_by_user_and_id_and_counts_copies_once(http, mongo, tmp_path):
+    """A history file where two shops' customers share order ids, one purchase is exported three
+    times, and an undated line appears twice: each person's events stored and counted once, and a
+    re-run (a resumed import) adds nothing."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.fixtures import ROOT
+
+    tag = uuid.uuid4().hex[:6]
+    category = f"adv-{tag}"
+    people = [{"username": f"{name}_{tag}", "email": f"{name}.{tag}@example.com", "full_name": "Backfill Person",
+               "address": {"street": "Nowy Swiat 1", "city": "Warsaw", "country_code": "PL"}} for name in ("ann", "ben")]
+    big = {"username": f"ann_{tag}", "event_id": "big", "event_type": "user_purchase",
+           "timestamp": "2025-02-02T10:00:00Z", "metadata": {"product_id": "X", "price": 500, "category": category}}
+    undated = {"username": f"ben_{tag}", "event_type": "page_view", "metadata": {"page": "/undated"}}
+    lines = people + [
+        {"username": f"ann_{tag}", "event_id": "order-1", "event_type": "user_purchase",
+         "timestamp": "2025-02-01T10:00:00Z", "metadata": {"product_id": "A", "price": 10, "category": category}},
+        {"username": f"ben_{tag}", "event_id": "order-1", "event_type": "page_view",
+         "timestamp": "2025-02-01T10:00:00Z", "metadata": {"page": "/"}},
+        big, big, big, undated, undated,
+    ]
+    path = tmp_path / "history.ndjson"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+
+    def backfill() -> str:
+        run = subprocess.run([sys.executable, "-m", "services.worker.backfill", str(path), "--quiet"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+
+    assert "4 stored, 3 already stored" in backfill()
+    with session_scope() as session:
+        ids = dict(session.execute(text("SELECT username, id FROM users WHERE username IN (:a, :b)"),
+                                   {"a": f"ann_{tag}", "b": f"ben_{tag}"}).all())
+    ann, ben = ids[f"ann_{tag}"], ids[f"ben_{tag}"]
+    assert [d["event_type"] for d in copies(mongo, ann, "order-1")] == ["user_purchase"]
+    assert [d["event_type"] for d in copies(mongo, ben, "order-1")] == ["page_view"]
+    assert len(copies(mongo, ann, "big")) == 1 and mongo.events.count_documents({"user_id": ben}) == 2
+    assert spend(ann) == (2, Decimal("510")) and spend(ben) is None
+    assert category_sales(category) == (2, Decimal("510"))
+
+    assert "0 stored, 7 already stored" in backfill()
+    assert spend(ann) == (2, Decimal("510")) and mongo.events.count_documents({"user_id": ben}) == 2
+    for user in (ann, ben):
+        assert not any(drift(mongo, user).values())
+
+
 # ----------------------------------------------------------------------------- redelivery
 
 
