@@ -204,6 +204,14 @@ class JobOut(BaseModel):
     error: JobError | None = Field(description="When failed: why")
 
 
+class JobsOut(BaseModel):
+    items: list[JobOut]
+
+
+class ValidationsQuery(BaseModel):
+    limit: int = Field(10, ge=1, le=100)
+
+
 class JobPath(BaseModel):
     job_id: str
 
@@ -407,16 +415,13 @@ def get_job(path: JobPath):
 
 
 @analytics_bp.get(
-    "/analytics/models/validations/latest",
-    summary="The newest finished validation job (what the dashboard draws)",
-    responses={200: JobOut, 404: Problem},
+    "/analytics/models/validations",
+    summary="The newest finished validation jobs, newest first (the dashboard draws the first)",
+    responses={200: JobsOut},
 )
-def latest_validation():
+def list_validations(query: ValidationsQuery):
     with session_scope() as session:
-        job = jobs.latest_done(session, jobs.VALIDATION)
-        if job is None:
-            raise ProblemError(404, "No validation has finished yet: POST /api/analytics/models/validate")
-        return jobs.describe(job)
+        return {"items": [jobs.describe(job) for job in jobs.latest_done(session, jobs.VALIDATION, query.limit)]}
 
 
 @analytics_bp.get(
