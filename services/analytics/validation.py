@@ -121,12 +121,18 @@ def _errors(actual: np.ndarray, predicted: np.ndarray) -> dict:
 def holdout_block(name: str, params, split: Split) -> dict:
     """What `params` of the model `name` predict for the split's holdout, beside what happened."""
     spec = PURCHASE_MODELS[name]
-    predicted = np.asarray(spec.conditional_expected_purchases(params, split.weeks, split.x, split.t_x, split.T),
-                           dtype=np.float64)
+    # Customers with the same (x, t_x, T) have the same expectations: computed once per distinct
+    # history (day-granular data has far fewer than customers), then counted or spread back.
+    distinct, inverse = np.unique(np.column_stack([split.x, split.t_x, split.T]), axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    x, t_x, T = distinct.T
+    weight = np.bincount(inverse, minlength=distinct.shape[0]).astype(np.float64)
+    predicted = np.asarray(spec.conditional_expected_purchases(params, split.weeks, x, t_x, T), dtype=np.float64)
     if not np.isfinite(predicted).all():
-        bad = int((~np.isfinite(predicted)).sum())
+        bad = int(weight[~np.isfinite(predicted)].sum())
         raise ValueError(f"{name} gives no finite expectation for {bad} customer(s)")
-    cumulative = [float(np.sum(spec.conditional_expected_purchases(params, t, split.x, split.t_x, split.T)))
+    predicted = predicted[inverse]
+    cumulative = [float(np.dot(weight, spec.conditional_expected_purchases(params, t, x, t_x, T)))
                   for t in split.week_ends()]
     group = np.minimum(split.x, FREQUENCY_GROUPS).astype(np.int64)
     by_frequency = []
