@@ -96,14 +96,19 @@ def load(url: str, n: int, users: np.ndarray, days: np.ndarray) -> None:
         copy_rows(session, "users", ["id", "username", "email", "full_name", "address_id"],
                   ((int(i), f"b{i}", f"b{i}@bench.example", "Bench", address) for i in ids))
         session.execute(text("SELECT setval(pg_get_serial_sequence('users', 'id'), :v)"), {"v": int(ids[-1])})
+        # Spend per purchase day from a gamma distribution (Gamma-Gamma is then identified, as on real data).
+        spent = np.round(np.random.default_rng(len(days)).gamma(6.0, 5.0, len(days)), 2)
         copy_rows(session, "purchase_days", ["user_id", "day", "purchases", "spent"],
-                  ((int(ids[u]), (epoch + timedelta(days=int(d))).isoformat(), 1, 25) for u, d in zip(users, days)))
+                  ((int(ids[u]), (epoch + timedelta(days=int(d))).isoformat(), 1, f"{v:.2f}")
+                   for u, d, v in zip(users, days, spent)))
         # The summaries as the worker keeps them, counted by Postgres from the purchase days.
         session.execute(text("""
             INSERT INTO customer_summaries (user_id, first_purchase_at, last_purchase_at, first_day, last_day,
                                             purchase_days, purchases, spent, first_day_spent)
-            SELECT user_id, min(day)::timestamptz, max(day)::timestamptz + interval '12 hours', min(day), max(day),
-                   count(*), sum(purchases), sum(spent), 25 FROM purchase_days GROUP BY user_id"""))
+            SELECT p.user_id, min(p.day)::timestamptz, max(p.day)::timestamptz + interval '12 hours', min(p.day),
+                   max(p.day), count(*), sum(p.purchases), sum(p.spent), sum(p.spent) FILTER (WHERE p.day = f.first_day)
+            FROM purchase_days p JOIN (SELECT user_id, min(day) AS first_day FROM purchase_days GROUP BY user_id) f
+            USING (user_id) GROUP BY p.user_id"""))
         session.execute(text("ANALYZE purchase_days"))
         session.execute(text("ANALYZE customer_summaries"))
 

@@ -221,7 +221,7 @@ def rolling_check(db, session: Session, end: date) -> list[dict]:
     """Score the stored model in use against its customers' purchases from its `as_of` to `end`,
     with every purchase model it stored, and keep the result (one `model_holdouts` row per model).
     Nothing to check (no model yet, or no complete day since it was fitted): []."""
-    doc = db["models"].find_one(sort=[("version", -1)], projection={"_id": 0, "population.co_purchases": 0})
+    doc = model_store.latest(db)
     if doc is None:
         return []
     calibration_end = date.fromisoformat(doc["as_of"])
