@@ -52,6 +52,7 @@ __all__ = [
     "probability_alive",
     "compress_rows",
     "standard_errors_at",
+    "fit_weights",
 ]
 
 PARAMETER_NAMES = ("r", "alpha", "a", "b")
@@ -71,7 +72,8 @@ class BGNBDParams:
     at_bounds: tuple[str, ...] = ()  # parameters the fit held at a bound (see LOG_PARAM_BOUND)
     iterations: int = 0
     # observed-information standard errors (NaN for a parameter held at a bound)
-    standard_errors: dict[str, float] = field(default_factory=dict)
+    # (derived from the rest, so left out of == and hash: the params stay hashable as before)
+    standard_errors: dict[str, float] = field(default_factory=dict, compare=False)
 
 
 def _validate(frequency, recency, T):
@@ -88,6 +90,18 @@ def _validate(frequency, recency, T):
     if np.any((x == 0) & (t_x != 0)):
         raise ValueError("recency must be 0 when frequency is 0")
     return x, t_x, T
+
+
+def fit_weights(weights, x: np.ndarray) -> np.ndarray:
+    """The rows' multiplicities for a fit: ones, or ``weights`` checked (aligned, finite, >= 0)."""
+    if weights is None:
+        return np.ones_like(x)
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    if w.shape != x.shape:
+        raise ValueError("weights must align with frequency")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError("weights must be finite and non-negative")
+    return w
 
 
 def compress_rows(*columns: np.ndarray, weights: np.ndarray | None = None
@@ -391,9 +405,7 @@ def fit_bgnbd(frequency, recency, T, *, weights=None, initial_params=None,
     """
     x, t_x, T = _validate(frequency, recency, T)
     x, t_x, T = x.ravel(), t_x.ravel(), T.ravel()
-    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
-    if w.shape != x.shape:
-        raise ValueError("weights must align with frequency")
+    w = fit_weights(weights, x)
     if x.size == 0 or w.sum() <= 0:
         raise ValueError("cannot fit BG/NBD on an empty population")
     # Without a repeat purchase a and b vanish from the likelihood (B(a, b+0)/B(a, b) = 1) and
@@ -595,7 +607,9 @@ def conditional_expected_purchases(params: BGNBDParams, t, frequency, recency, T
     E = (a+b+x-1)/(a-1) * [1 - ((alpha+T)/(alpha+T+t))^(r+x) 2F1(r+x, b+x; a+b+x-1; z)]
         / (1 + [x>0] a/(b+x-1) ((alpha+T)/(alpha+t_x))^(r+x)),   z = t/(alpha+T+t).
     The denominator is 1/P(alive) and is applied as ``probability_alive``; the hypergeometric
-    product is evaluated in Euler-transformed form, stable for any ``x``.
+    product is evaluated in Euler-transformed form, stable for any ``x`` (see ``rate_factor``).
+    ``t`` broadcasts against the customers; a column of k horizons (shape (k, 1)) against n
+    customers gives the (k, n) curve, evaluated per distinct (x, T) at each horizon.
     """
     t = np.asarray(t, dtype=np.float64)
     if np.any(t < 0):
@@ -603,6 +617,9 @@ def conditional_expected_purchases(params: BGNBDParams, t, frequency, recency, T
     if t.ndim == 0:
         # one horizon for everyone: evaluate the hypergeometric term per distinct (x, T)
         return _ConditionalCurve(params, frequency, recency, T)(float(t))
+    if t.ndim == 2 and t.shape[1] == 1 and np.ndim(frequency) == 1:
+        curve = _ConditionalCurve(params, frequency, recency, T)
+        return np.stack([curve(float(tj)) for tj in t[:, 0]])
     r, alpha, a, b = _unpack(params)
     x, t_x, T = _validate(frequency, recency, T)
     p_alive = probability_alive(params, x, t_x, T)

@@ -54,7 +54,8 @@ class GammaGammaParams:
     at_bounds: tuple[str, ...] = ()  # parameters the fit held at a bound (see bgnbd.LOG_PARAM_BOUND)
     iterations: int = 0
     # observed-information standard errors (NaN for a parameter held at a bound)
-    standard_errors: dict[str, float] = field(default_factory=dict)
+    # (derived from the rest, so left out of == and hash: the params stay hashable as before)
+    standard_errors: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def population_mean(self) -> float:

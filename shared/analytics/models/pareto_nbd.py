@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special
 
-from .bgnbd import _maximise, _unique_pairs, _validate, compress_rows, standard_errors_at
+from .bgnbd import (_maximise, _unique_pairs, _validate, compress_rows, fit_weights,
+                    standard_errors_at)
 from .errors import require_repeat_information
 
 __all__ = [
@@ -77,7 +78,8 @@ class ParetoNBDParams:
     at_bounds: tuple[str, ...] = ()  # parameters the fit held at a bound (see bgnbd.LOG_PARAM_BOUND)
     iterations: int = 0
     # observed-information standard errors (NaN for a parameter held at a bound)
-    standard_errors: dict[str, float] = field(default_factory=dict)
+    # (derived from the rest, so left out of == and hash: the params stay hashable as before)
+    standard_errors: dict[str, float] = field(default_factory=dict, compare=False)
 
 
 def _unpack(params):
@@ -303,9 +305,7 @@ def fit_pareto_nbd(frequency, recency, T, *, weights=None, initial_params=None) 
     """
     x, t_x, T = _validate(frequency, recency, T)
     x, t_x, T = x.ravel(), t_x.ravel(), T.ravel()
-    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
-    if w.shape != x.shape:
-        raise ValueError("weights must align with frequency")
+    w = fit_weights(weights, x)
     if x.size == 0 or w.sum() <= 0:
         raise ValueError("cannot fit Pareto/NBD on an empty population")
     require_repeat_information("Pareto/NBD", x, T, w)
@@ -371,7 +371,11 @@ def probability_alive(params, frequency, recency, T) -> np.ndarray:
 
 
 def conditional_expected_purchases(params, t, frequency, recency, T) -> np.ndarray:
-    """E[Y(t) | x, t_x, T]: expected repeat purchases in (T, T+t] (note 009, eq. 22)."""
+    """E[Y(t) | x, t_x, T]: expected repeat purchases in (T, T+t] (note 009, eq. 22).
+
+    ``t`` broadcasts against the customers (a column of k horizons against n customers gives the
+    (k, n) curve); P(alive), the costly part, is computed once.
+    """
     r, alpha, s, beta = _unpack(params)
     t = np.asarray(t, dtype=np.float64)
     if np.any(t < 0):

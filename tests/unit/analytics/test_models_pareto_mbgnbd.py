@@ -33,7 +33,6 @@ from shared.analytics.models import (
     simulate_pareto_nbd,
 )
 from shared.analytics.models import bgnbd, mbgnbd, pareto_nbd
-from shared.analytics.models.mbgnbd import MBGNBDParams
 from shared.analytics.models.pareto_nbd import ParetoNBDParams
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -372,3 +371,60 @@ def test_a_population_without_repeat_buyers_is_refused(name):
     with pytest.raises(UnidentifiedModel):
         fit(np.r_[np.zeros(10), 3.0], np.r_[np.zeros(10), 5.0], np.r_[T[:10], 6.0],
             weights=np.r_[np.ones(10), 0.0])
+
+
+def test_a_column_of_horizons_gives_the_tracking_curve(cdnow):
+    """What the holdout tracking plot needs: k horizons x n customers in one call, equal to k
+    single-horizon calls."""
+    x, t_x, T = cdnow
+    weeks = np.arange(0.0, 40.0, 1.0)[:, None]
+    for name, model in MODELS.items():
+        params = model.make_params(dict(zip(model.parameter_names,
+                                            {"bgnbd": (0.243, 4.414, 0.793, 2.426),
+                                             "pareto_nbd": (0.553, 10.578, 0.606, 11.669),
+                                             "mbgnbd": (0.525, 6.183, 0.891, 1.614)}[name])))
+        curve = model.conditional_expected_purchases(params, weeks, x, t_x, T)
+        assert curve.shape == (40, x.size), name
+        for k in (0, 1, 13, 39):
+            np.testing.assert_allclose(curve[k], model.conditional_expected_purchases(params, float(k), x, t_x, T),
+                                       rtol=1e-12, atol=0, err_msg=name)
+        assert np.all(np.diff(curve.sum(axis=1)) > 0)
+    bg_total = MODELS["bgnbd"].conditional_expected_purchases(
+        MODELS["bgnbd"].make_params(dict(r=0.243, alpha=4.414, a=0.793, b=2.426)), weeks, x, t_x, T).sum(axis=1)
+    assert round(bg_total[39], 1) == 1653.9
+
+
+def test_every_model_fits_the_extreme_population_bgnbd_survives():
+    """The population of test_analytics_extremes (5,000-purchase customers, one-day-old ones,
+    T = 0, a dormant old buyer) with 500 ordinary ones: finite fits, bounds reported."""
+    day = 1 / 7
+    X = np.array([5000, 5000, 5000, 0, 0, 1, 1, 0, 3000, 12])
+    TX = np.array([520.0, 1.0, day, 0.0, 0.0, day, day, 0.0, 10.0, 2.0])
+    TT = np.array([520.0, 520.0, day, day, 0.0, day, 520.0, 1040.0, 520.0, 520.0])
+    rng = np.random.default_rng(1)
+    x = np.r_[X, rng.integers(0, 5, 500)]
+    T = np.r_[TT, np.full(500, 52.0)]
+    t_x = np.r_[TX, np.where(x[X.size:] > 0, rng.uniform(0, 52, 500), 0.0)]
+    for name, model in MODELS.items():
+        fit = model.fit(x, t_x, T)
+        values = [getattr(fit, k) for k in model.parameter_names]
+        assert np.all(np.isfinite(values + [fit.log_likelihood])), name
+        assert fit.converged, name
+        assert model.log_likelihood(fit, x, t_x, T).sum() == pytest.approx(fit.log_likelihood, rel=1e-9)
+        assert np.all(np.isfinite(model.conditional_expected_purchases(fit, 52.0, x, t_x, T)))
+
+
+@pytest.mark.parametrize("name", ["pareto_nbd", "mbgnbd"])
+def test_weights_are_multiplicities(cdnow, name):
+    """Fitting the distinct rows with their counts as weights is the same fit as the raw rows."""
+    x, t_x, T = cdnow
+    model = MODELS[name]
+    (ux, utx, uT), counts = bgnbd.compress_rows(x, t_x, T)
+    assert ux.size < x.size
+    raw = model.fit(x, t_x, T)
+    weighted = model.fit(ux, utx, uT, weights=counts, initial_params=(1.0, 5.0, 1.0, 5.0))
+    assert weighted.n_customers == raw.n_customers == 2357
+    for k in model.parameter_names:
+        assert getattr(weighted, k) == pytest.approx(getattr(raw, k), rel=1e-5), k
+        assert weighted.standard_errors[k] == pytest.approx(raw.standard_errors[k], rel=1e-3), k
+    assert weighted.log_likelihood == pytest.approx(raw.log_likelihood, abs=1e-6)
