@@ -132,8 +132,11 @@ def holdout_block(name: str, params, split: Split) -> dict:
         bad = int(weight[~np.isfinite(predicted)].sum())
         raise ValueError(f"{name} gives no finite expectation for {bad} customer(s)")
     predicted = predicted[inverse]
-    cumulative = [float(np.dot(weight, spec.conditional_expected_purchases(params, t, x, t_x, T)))
-                  for t in split.week_ends()]
+    # Every week's horizon at once (a column against the customers): the models evaluate their
+    # per-(x, T) terms once for the whole curve.
+    curve = np.asarray(spec.conditional_expected_purchases(params, split.week_ends()[:, None], x, t_x, T),
+                       dtype=np.float64)
+    cumulative = [float(v) for v in curve @ weight]
     group = np.minimum(split.x, FREQUENCY_GROUPS).astype(np.int64)
     by_frequency = []
     for g in range(FREQUENCY_GROUPS + 1):
