@@ -1,16 +1,16 @@
 """Analytics endpoints: the guide's MongoDB aggregation, segments, model fitting, cache stats."""
 from datetime import UTC, date, datetime
 
-from flask import current_app, request
+from flask import request
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 
 from services.api.problems import ProblemError, validation_problem
-from shared import jobs, profile_cache, reference
+from shared import jobs, profile_cache, reference, request_ids, tracing
 from shared.analytics import model_store
 from shared.db import session_scope
-from shared.models import Address, CategorySales, City, Country, Job, User
+from shared.models import Address, CategorySales, City, Country, OutboxMessage, User
 from shared.mongo import CUSTOMER_STATS, get_database
 from shared.schemas import Problem, iso_text
 from shared.topology import FIT_MODELS, VALIDATE_MODELS
@@ -347,7 +347,7 @@ def cache_stats():
     "log) every purchase model (BG/NBD, Pareto/NBD, MBG/NBD) with standard errors, Gamma-Gamma and the "
     "population statistics profiles use; the new version is used by every profile from then on, scored by "
     "SCORING_MODEL (everyone is rescored in the background).",
-    responses={202: JobOut, 422: Problem, 503: Problem},
+    responses={202: JobOut, 422: Problem},
     # The body is optional, so the view reads it itself; the document still describes it.
     openapi_extensions={"requestBody": {"required": False, "content": {
         "application/json": {"schema": FitRequest.model_json_schema()}}}},
@@ -373,7 +373,7 @@ def fit_models():
     "those customers did: the total, by repeat purchases in calibration (0..7+), week by week, and the "
     "per-customer MAE and RMSE, beside a naive per-customer rate. Reads the summaries and purchase days, never "
     "the event log; nothing is stored but the job.",
-    responses={202: JobOut, 422: Problem, 503: Problem},
+    responses={202: JobOut, 422: Problem},
 )
 def validate_models(body: ValidateRequest):
     return _submit(jobs.VALIDATION, VALIDATE_MODELS, {"calibration_end": body.calibration_end.isoformat(),
@@ -381,18 +381,15 @@ def validate_models(body: ValidateRequest):
 
 
 def _submit(kind: str, task: str, params: dict):
-    """Write the job (queued), then send its task; the client polls the job. A broker that cannot
-    take the task leaves no job behind: 503, and the client may send the request again."""
+    """Write the job (queued) and the message that runs it in one transaction: the outbox relay
+    publishes it (shared.models.OutboxMessage, as a signup's), so a job is never lost nor left
+    without its task, even while the broker is down; the client polls the job."""
     with session_scope() as session:
         job_id = jobs.create(session, kind, params)
+        with tracing.outbox_write(task) as traceparent:  # the relay continues this trace
+            session.add(OutboxMessage(id=job_id, task_name=task, payload={"job_id": str(job_id)},
+                                      request_id=request_ids.current(), traceparent=traceparent))
         answer = jobs.describe(jobs.get(session, job_id))
-    celery = current_app.extensions["celery"]
-    try:
-        celery.send_task(task, kwargs={"job_id": str(job_id)}, task_id=str(job_id))
-    except Exception as exc:  # broker down
-        with session_scope() as session:
-            session.execute(delete(Job).where(Job.id == job_id))
-        raise ProblemError(503, f"Could not reach the analytics worker ({type(exc).__name__}); retry later") from exc
     return answer, 202, {"Location": jobs.location(job_id)}
 
 

@@ -3,7 +3,8 @@
 input is a 422 naming the field, never a job; `GET` of the Location answers the job (`queued`,
 `running`, `done` with its result, or `failed` with the reason and the field), and 404 for any id that
 names no job; a population the models cannot be fitted on is a failed job that says why, not a 500;
-a job is run once, whatever redelivers its task; the read scope can poll but not start a job.
+a job is written with the message that runs it (the outbox) and run once, whatever redelivers its
+task; the read scope can poll but not start a job.
 
 The attacks, over HTTP against the real stack (API in this process, worker processes, Postgres,
 RabbitMQ): impossible and malformed dates, a holdout before or on the calibration end, bodies that
@@ -16,12 +17,13 @@ import uuid
 
 import pytest
 import requests
-from sqlalchemy import text
+from sqlalchemy import select, text
 from werkzeug.serving import make_server
 
 from shared import api_keys
 from shared.db import session_scope
-from shared.topology import COMPUTE_PROFILES, VALIDATE_MODELS
+from shared.models import OutboxMessage
+from shared.topology import COMPUTE_PROFILES, FIT_MODELS, VALIDATE_MODELS
 from tests.conftest import free_port
 from tests.fixtures import ROOT, wait_for
 from tests.helpers import tasks_held
@@ -147,6 +149,14 @@ def test_each_job_says_its_kind_and_a_redelivered_task_runs_nothing_again(api, a
     assert fit.json()["id"] != validation.json()["id"]
     fit_job, fit_seen = poll(api, admin, fit.headers["Location"])
     validation_job, validation_seen = poll(api, admin, validation.headers["Location"])
+    # Each job's task went out through the outbox, written with the job (one transaction), and was
+    # published once: under the job's id, which is the task's id.
+    with session_scope() as session:
+        rows = {str(row.id): row for row in session.scalars(select(OutboxMessage).where(
+            OutboxMessage.id.in_([uuid.UUID(fit_job["id"]), uuid.UUID(validation_job["id"])])))}
+        assert {job_id: (row.task_name, row.payload, row.published_at is not None) for job_id, row in rows.items()} == {
+            fit_job["id"]: (FIT_MODELS, {"job_id": fit_job["id"]}, True),
+            validation_job["id"]: (VALIDATE_MODELS, {"job_id": validation_job["id"]}, True)}
     assert fit_job["kind"] == "fit" and validation_job["kind"] == "validation"
     assert fit_job["params"] != validation_job["params"]
     # Statuses only move forward: queued, running, then done or failed (polling may miss some).
