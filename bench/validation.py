@@ -17,7 +17,11 @@ customers (default 200,000) with about `--purchases` purchase days (default 1,00
   weeks: the split read, every model fitted on the calibration, predictions, by-frequency groups,
   the weekly tracking (26 horizons per model), errors and the baseline.
 
-Target: validation <= 3x one fit. Needs only Postgres (DATABASE_URL's server; no stack):
+Target: validation <= 3x one fit. Last result (200,000 customers, 1,035,428 purchase days, 2 shared
+cores): validation 55.6 s CPU (read 1.8 s, predictions 1.4 s wall); the fit as of the last day 8.3 s
+CPU (6.7x: missed), the fit of the same calibration data 50.9 s CPU (1.09x): Pareto/NBD's optimiser
+takes ~100 iterations to its bound (s, beta -> inf) on the calibration window against 28 on all the
+data. Needs only Postgres (DATABASE_URL's server; no stack):
 `python bench/validation.py [--customers 200000 --purchases 1000000]`.
 """
 from __future__ import annotations
