@@ -17,12 +17,12 @@ import uuid
 
 import pytest
 import requests
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from werkzeug.serving import make_server
 
 from shared import api_keys
 from shared.db import session_scope
-from shared.models import OutboxMessage
+from shared.models import CustomerSummary, OutboxMessage, User
 from shared.topology import COMPUTE_PROFILES, FIT_MODELS, VALIDATE_MODELS
 from tests.conftest import free_port
 from tests.fixtures import ROOT, wait_for
@@ -66,20 +66,36 @@ def poll(api: str, headers: dict, location: str, timeout: float = 180) -> tuple[
 
 
 @pytest.fixture(scope="module")
-def one_time_buyers(tmp_path_factory):
-    """Customers who each bought once, in March 1985 (no other test's purchases are that old)."""
+def one_time_buyers(tmp_path_factory, app):
+    """Customers who each bought once, in March 1985 (no other test's purchases are that old);
+    erased when the module ends, so that no later validation counts them."""
     import subprocess
     import sys
+
+    from tests.fixtures import keyed_client
 
     path = tmp_path_factory.mktemp("one-time") / "one_time.csv"
     tag = uuid.uuid4().hex[:6]
     path.write_text("customer_id,date,quantity,amount\n" + "".join(
         f"{n},1985-03-0{1 + n % 5},1,{10 + n}.50\n" for n in range(12)))
     done = subprocess.run([sys.executable, "-m", "services.worker.backfill", str(path), "--quiet", "--country", "EE",
-                           "--city", "Tartu", "--username-prefix", f"once{tag}_"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+                           "--city", "Tartu", "--username-prefix", f"once{tag}_", "--category", "music"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    return path
+    with session_scope() as session:
+        ids = list(session.scalars(select(User.id).where(User.username.like(f"once{tag}_%"))))
+    assert len(ids) == 12
+    yield ids
+    client = keyed_client(app)
+    for user_id in ids:
+        assert client.delete(f"/api/users/{user_id}").status_code == 202
+
+    def forgotten():
+        with session_scope() as session:
+            return not session.scalar(select(func.count()).select_from(CustomerSummary)
+                                      .where(CustomerSummary.user_id.in_(ids)))
+
+    wait_for(forgotten, timeout=120, what="the one-time buyers erased")
 
 
 def analytics_idle(celery) -> bool:

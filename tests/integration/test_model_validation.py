@@ -39,7 +39,7 @@ def cdnow_log():
 @pytest.fixture(scope="module")
 def cdnow(services):
     done = subprocess.run([sys.executable, "-m", "services.worker.backfill", str(CDNOW), "--quiet", "--country", "US",
-                           "--city", "Seattle", "--username-prefix", PREFIX], cwd=ROOT, capture_output=True, text=True,
+                           "--city", "Seattle", "--username-prefix", PREFIX, "--category", "music"], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr
     with session_scope() as session:
