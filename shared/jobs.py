@@ -74,10 +74,10 @@ def fail(session: Session, job_id: uuid.UUID, reason: str, field: str | None = N
     return _finish(session, job_id, status=FAILED, error=reason[:2000], error_field=field)
 
 
-def latest_done(session: Session, kind: str) -> Job | None:
-    return session.execute(
-        select(Job).where(Job.kind == kind, Job.status == DONE).order_by(Job.finished_at.desc()).limit(1)
-    ).scalar_one_or_none()
+def latest_done(session: Session, kind: str, limit: int = 1) -> list[Job]:
+    """The newest finished (done) jobs of a kind, newest first."""
+    return list(session.scalars(
+        select(Job).where(Job.kind == kind, Job.status == DONE).order_by(Job.finished_at.desc()).limit(limit)))
 
 
 def location(job_id: uuid.UUID) -> str:

@@ -9,6 +9,7 @@ customers, not of purchases.
 """
 import io
 import time
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -118,11 +119,21 @@ def last_complete_day(now: datetime | None = None) -> date:
     return now.astimezone(UTC).date() - timedelta(days=1)
 
 
-def fit_population(db, session: Session, as_of: date) -> dict:
-    """Fit every purchase model and Gamma-Gamma on every customer's purchases up to and including
-    `as_of`, with the population statistics, and store them as the next model version (SCORING_MODEL
-    names the purchase model profiles use; it must be fitted, the others may fail with a reason)."""
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class PurchaseFit:
+    """The models fitted on the customers' purchases up to a day, and what was read for them."""
+
+    models: dict  # name -> params, or why it could not be fitted
+    gamma_gamma: object
+    current: np.ndarray  # every customer's summary as it is now (the population statistics read it)
+    read_at: float
+    as_of_read_at: float
+    fitted_at: float
+
+
+def fit_purchases(session: Session, as_of: date, scoring: str) -> PurchaseFit:
+    """Every purchase model and Gamma-Gamma on every customer's purchases up to and including
+    `as_of` (ValueError when there are too few customers, or the scoring model cannot be fitted)."""
     current = _numbers(session, _SUMMARIES, 6)
     read = time.perf_counter()
     cutoff = (as_of - EPOCH).days
@@ -136,13 +147,23 @@ def fit_population(db, session: Session, as_of: date) -> dict:
     _, first, last, purchase_days, spent, first_day_spent = rows.T
     x, t_x, T, m = model_inputs(first, last, purchase_days, spent, first_day_spent, cutoff)
     as_of_read = time.perf_counter()
-    scoring = get_settings().scoring_model
     models = fit_purchase_models(x, t_x, T)
     if isinstance(models[scoring], str):
         raise ValueError(f"the scoring model {scoring} cannot be fitted on the purchases up to {as_of}: "
                          f"{models[scoring]}")
     gamma_gamma = fit_gamma_gamma(x, m) if int(((x > 0) & (m > 0)).sum()) >= 2 else None
-    fitted = time.perf_counter()
+    return PurchaseFit(models, gamma_gamma, current, read, as_of_read, time.perf_counter())
+
+
+def fit_population(db, session: Session, as_of: date) -> dict:
+    """Fit every purchase model and Gamma-Gamma on every customer's purchases up to and including
+    `as_of`, with the population statistics, and store them as the next model version (SCORING_MODEL
+    names the purchase model profiles use; it must be fitted, the others may fail with a reason)."""
+    started = time.perf_counter()
+    scoring = get_settings().scoring_model
+    fit = fit_purchases(session, as_of, scoring)
+    models, gamma_gamma, current = fit.models, fit.gamma_gamma, fit.current
+    read, as_of_read, fitted = fit.read_at, fit.as_of_read_at, fit.fitted_at
     population = population_statistics(session, current)
     done = time.perf_counter()
     timings = {

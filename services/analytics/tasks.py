@@ -19,7 +19,7 @@ from shared.db import session_scope
 from shared.logging import get_logger
 from shared.models import User
 from shared.mongo import PROFILES, get_database
-from shared.retry import RETRY_POLICY
+from shared.retry import RETRY_POLICY, TRANSIENT_ERRORS
 from shared.settings import get_settings
 from shared.analytics import model_store
 from shared.topology import COMPUTE_PROFILES, CUSTOMER_STATS, FIT_MODELS, SWEEP_RESCORING, VALIDATE_MODELS
@@ -202,8 +202,10 @@ def fit_models_task(as_of: str | None = None, job_id: str | None = None) -> dict
         try:
             with session_scope() as session:
                 validation.rolling_check(db, session, day)
-        except ValueError as exc:
-            log.warning("rolling_holdout_failed", reason=str(exc))
+        except TRANSIENT_ERRORS:
+            raise  # a store is down: the whole refit is retried
+        except Exception as exc:  # noqa: BLE001 - the check is a report on the old model: it never blocks the refit
+            log.exception("rolling_holdout_failed", reason=f"{type(exc).__name__}: {exc}")
     try:
         with session_scope() as session:
             model = fit_population(db, session, day)

@@ -121,13 +121,22 @@ def _errors(actual: np.ndarray, predicted: np.ndarray) -> dict:
 def holdout_block(name: str, params, split: Split) -> dict:
     """What `params` of the model `name` predict for the split's holdout, beside what happened."""
     spec = PURCHASE_MODELS[name]
-    predicted = np.asarray(spec.conditional_expected_purchases(params, split.weeks, split.x, split.t_x, split.T),
-                           dtype=np.float64)
+    # Customers with the same (x, t_x, T) have the same expectations: computed once per distinct
+    # history (day-granular data has far fewer than customers), then counted or spread back.
+    distinct, inverse = np.unique(np.column_stack([split.x, split.t_x, split.T]), axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    x, t_x, T = distinct.T
+    weight = np.bincount(inverse, minlength=distinct.shape[0]).astype(np.float64)
+    predicted = np.asarray(spec.conditional_expected_purchases(params, split.weeks, x, t_x, T), dtype=np.float64)
     if not np.isfinite(predicted).all():
-        bad = int((~np.isfinite(predicted)).sum())
+        bad = int(weight[~np.isfinite(predicted)].sum())
         raise ValueError(f"{name} gives no finite expectation for {bad} customer(s)")
-    cumulative = [float(np.sum(spec.conditional_expected_purchases(params, t, split.x, split.t_x, split.T)))
-                  for t in split.week_ends()]
+    predicted = predicted[inverse]
+    # Every week's horizon at once (a column against the customers): the models evaluate their
+    # per-(x, T) terms once for the whole curve.
+    curve = np.asarray(spec.conditional_expected_purchases(params, split.week_ends()[:, None], x, t_x, T),
+                       dtype=np.float64)
+    cumulative = [float(v) for v in curve @ weight]
     group = np.minimum(split.x, FREQUENCY_GROUPS).astype(np.int64)
     by_frequency = []
     for g in range(FREQUENCY_GROUPS + 1):
@@ -215,7 +224,7 @@ def rolling_check(db, session: Session, end: date) -> list[dict]:
     """Score the stored model in use against its customers' purchases from its `as_of` to `end`,
     with every purchase model it stored, and keep the result (one `model_holdouts` row per model).
     Nothing to check (no model yet, or no complete day since it was fitted): []."""
-    doc = db["models"].find_one(sort=[("version", -1)], projection={"_id": 0, "population.co_purchases": 0})
+    doc = model_store.latest(db)
     if doc is None:
         return []
     calibration_end = date.fromisoformat(doc["as_of"])

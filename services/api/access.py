@@ -63,7 +63,7 @@ REQUIRED_SCOPE: dict[str, str] = {
     "analytics.latest_model": READ,
     "analytics.customer_stats": READ,
     "analytics.get_job": READ,
-    "analytics.latest_validation": READ,
+    "analytics.list_validations": READ,
     "analytics.holdout_history": READ,
     "pipeline.pipeline": READ,
     # The dashboard's pages need what its charts read; its login form and its scripts are open.

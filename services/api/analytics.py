@@ -1,16 +1,16 @@
 """Analytics endpoints: the guide's MongoDB aggregation, segments, model fitting, cache stats."""
 from datetime import UTC, date, datetime
 
-from flask import current_app, request
+from flask import request
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 
 from services.api.problems import ProblemError, validation_problem
-from shared import jobs, profile_cache, reference
+from shared import jobs, profile_cache, reference, request_ids, tracing
 from shared.analytics import model_store
 from shared.db import session_scope
-from shared.models import Address, CategorySales, City, Country, Job, User
+from shared.models import Address, CategorySales, City, Country, OutboxMessage, User
 from shared.mongo import CUSTOMER_STATS, get_database
 from shared.schemas import Problem, iso_text
 from shared.topology import FIT_MODELS, VALIDATE_MODELS
@@ -204,6 +204,14 @@ class JobOut(BaseModel):
     error: JobError | None = Field(description="When failed: why")
 
 
+class JobsOut(BaseModel):
+    items: list[JobOut]
+
+
+class ValidationsQuery(BaseModel):
+    limit: int = Field(10, ge=1, le=100)
+
+
 class JobPath(BaseModel):
     job_id: str
 
@@ -339,7 +347,7 @@ def cache_stats():
     "log) every purchase model (BG/NBD, Pareto/NBD, MBG/NBD) with standard errors, Gamma-Gamma and the "
     "population statistics profiles use; the new version is used by every profile from then on, scored by "
     "SCORING_MODEL (everyone is rescored in the background).",
-    responses={202: JobOut, 422: Problem, 503: Problem},
+    responses={202: JobOut, 422: Problem},
     # The body is optional, so the view reads it itself; the document still describes it.
     openapi_extensions={"requestBody": {"required": False, "content": {
         "application/json": {"schema": FitRequest.model_json_schema()}}}},
@@ -365,7 +373,7 @@ def fit_models():
     "those customers did: the total, by repeat purchases in calibration (0..7+), week by week, and the "
     "per-customer MAE and RMSE, beside a naive per-customer rate. Reads the summaries and purchase days, never "
     "the event log; nothing is stored but the job.",
-    responses={202: JobOut, 422: Problem, 503: Problem},
+    responses={202: JobOut, 422: Problem},
 )
 def validate_models(body: ValidateRequest):
     return _submit(jobs.VALIDATION, VALIDATE_MODELS, {"calibration_end": body.calibration_end.isoformat(),
@@ -373,18 +381,15 @@ def validate_models(body: ValidateRequest):
 
 
 def _submit(kind: str, task: str, params: dict):
-    """Write the job (queued), then send its task; the client polls the job. A broker that cannot
-    take the task leaves no job behind: 503, and the client may send the request again."""
+    """Write the job (queued) and the message that runs it in one transaction: the outbox relay
+    publishes it (shared.models.OutboxMessage, as a signup's), so a job is never lost nor left
+    without its task, even while the broker is down; the client polls the job."""
     with session_scope() as session:
         job_id = jobs.create(session, kind, params)
+        with tracing.outbox_write(task) as traceparent:  # the relay continues this trace
+            session.add(OutboxMessage(id=job_id, task_name=task, payload={"job_id": str(job_id)},
+                                      request_id=request_ids.current(), traceparent=traceparent))
         answer = jobs.describe(jobs.get(session, job_id))
-    celery = current_app.extensions["celery"]
-    try:
-        celery.send_task(task, kwargs={"job_id": str(job_id)}, task_id=str(job_id))
-    except Exception as exc:  # broker down
-        with session_scope() as session:
-            session.execute(delete(Job).where(Job.id == job_id))
-        raise ProblemError(503, f"Could not reach the analytics worker ({type(exc).__name__}); retry later") from exc
     return answer, 202, {"Location": jobs.location(job_id)}
 
 
@@ -407,16 +412,13 @@ def get_job(path: JobPath):
 
 
 @analytics_bp.get(
-    "/analytics/models/validations/latest",
-    summary="The newest finished validation job (what the dashboard draws)",
-    responses={200: JobOut, 404: Problem},
+    "/analytics/models/validations",
+    summary="The newest finished validation jobs, newest first (the dashboard draws the first)",
+    responses={200: JobsOut},
 )
-def latest_validation():
+def list_validations(query: ValidationsQuery):
     with session_scope() as session:
-        job = jobs.latest_done(session, jobs.VALIDATION)
-        if job is None:
-            raise ProblemError(404, "No validation has finished yet: POST /api/analytics/models/validate")
-        return jobs.describe(job)
+        return {"items": [jobs.describe(job) for job in jobs.latest_done(session, jobs.VALIDATION, query.limit)]}
 
 
 @analytics_bp.get(

@@ -3,7 +3,8 @@
 input is a 422 naming the field, never a job; `GET` of the Location answers the job (`queued`,
 `running`, `done` with its result, or `failed` with the reason and the field), and 404 for any id that
 names no job; a population the models cannot be fitted on is a failed job that says why, not a 500;
-a job is run once, whatever redelivers its task; the read scope can poll but not start a job.
+a job is written with the message that runs it (the outbox) and run once, whatever redelivers its
+task; the read scope can poll but not start a job.
 
 The attacks, over HTTP against the real stack (API in this process, worker processes, Postgres,
 RabbitMQ): impossible and malformed dates, a holdout before or on the calibration end, bodies that
@@ -16,12 +17,13 @@ import uuid
 
 import pytest
 import requests
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from werkzeug.serving import make_server
 
 from shared import api_keys
 from shared.db import session_scope
-from shared.topology import COMPUTE_PROFILES, VALIDATE_MODELS
+from shared.models import CustomerSummary, OutboxMessage, User
+from shared.topology import COMPUTE_PROFILES, FIT_MODELS, VALIDATE_MODELS
 from tests.conftest import free_port
 from tests.fixtures import ROOT, wait_for
 from tests.helpers import tasks_held
@@ -64,20 +66,36 @@ def poll(api: str, headers: dict, location: str, timeout: float = 180) -> tuple[
 
 
 @pytest.fixture(scope="module")
-def one_time_buyers(tmp_path_factory):
-    """Customers who each bought once, in March 1985 (no other test's purchases are that old)."""
+def one_time_buyers(tmp_path_factory, app):
+    """Customers who each bought once, in March 1985 (no other test's purchases are that old);
+    erased when the module ends, so that no later validation counts them."""
     import subprocess
     import sys
+
+    from tests.fixtures import keyed_client
 
     path = tmp_path_factory.mktemp("one-time") / "one_time.csv"
     tag = uuid.uuid4().hex[:6]
     path.write_text("customer_id,date,quantity,amount\n" + "".join(
         f"{n},1985-03-0{1 + n % 5},1,{10 + n}.50\n" for n in range(12)))
     done = subprocess.run([sys.executable, "-m", "services.worker.backfill", str(path), "--quiet", "--country", "EE",
-                           "--city", "Tartu", "--username-prefix", f"once{tag}_"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+                           "--city", "Tartu", "--username-prefix", f"once{tag}_", "--category", "music"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    return path
+    with session_scope() as session:
+        ids = list(session.scalars(select(User.id).where(User.username.like(f"once{tag}_%"))))
+    assert len(ids) == 12
+    yield ids
+    client = keyed_client(app)
+    for user_id in ids:
+        assert client.delete(f"/api/users/{user_id}").status_code == 202
+
+    def forgotten():
+        with session_scope() as session:
+            return not session.scalar(select(func.count()).select_from(CustomerSummary)
+                                      .where(CustomerSummary.user_id.in_(ids)))
+
+    wait_for(forgotten, timeout=120, what="the one-time buyers erased")
 
 
 def analytics_idle(celery) -> bool:
@@ -147,6 +165,14 @@ def test_each_job_says_its_kind_and_a_redelivered_task_runs_nothing_again(api, a
     assert fit.json()["id"] != validation.json()["id"]
     fit_job, fit_seen = poll(api, admin, fit.headers["Location"])
     validation_job, validation_seen = poll(api, admin, validation.headers["Location"])
+    # Each job's task went out through the outbox, written with the job (one transaction), and was
+    # published once: under the job's id, which is the task's id.
+    with session_scope() as session:
+        rows = {str(row.id): row for row in session.scalars(select(OutboxMessage).where(
+            OutboxMessage.id.in_([uuid.UUID(fit_job["id"]), uuid.UUID(validation_job["id"])])))}
+        assert {job_id: (row.task_name, row.payload, row.published_at is not None) for job_id, row in rows.items()} == {
+            fit_job["id"]: (FIT_MODELS, {"job_id": fit_job["id"]}, True),
+            validation_job["id"]: (VALIDATE_MODELS, {"job_id": validation_job["id"]}, True)}
     assert fit_job["kind"] == "fit" and validation_job["kind"] == "validation"
     assert fit_job["params"] != validation_job["params"]
     # Statuses only move forward: queued, running, then done or failed (polling may miss some).

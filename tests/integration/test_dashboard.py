@@ -263,3 +263,71 @@ def test_user_page_shows_the_profile_and_purchase_timeline(browser, server, cust
     browser.get(f"{server}/dashboard/users/999999999")
     loaded(browser, "the page of nobody")
     assert browser.find_element("id", "user-missing").text == "No user with id 999999999."
+
+
+def test_dashboard_draws_the_validation_and_the_rolling_holdout(browser, server, customers, client):
+    today = datetime.now(UTC).date()
+    validation = finished_job(client, client.post("/api/analytics/models/validate", json={
+        "calibration_end": (today - timedelta(days=40)).isoformat(),
+        "holdout_end": (today - timedelta(days=1)).isoformat()}))
+    assert validation["status"] == "done", validation
+    # A model fitted 30 days ago, then the scheduled refit (what beat sends), which first scores it
+    # against the 29 complete days since.
+    old = finished_job(client, client.post("/api/analytics/models/fit",
+                                           json={"as_of": (today - timedelta(days=30)).isoformat()}))
+    assert old["status"] == "done", old
+    client.application.extensions["celery"].send_task("pulse.analytics.fit_models")
+    checks = wait_for(lambda: [c for c in client.get("/api/analytics/models/holdout").get_json()["items"]
+                               if c["model_version"] == old["result"]["version"]], timeout=120,
+                      what="the rolling holdout of the model fitted 30 days ago")
+    wait_for(lambda: client.get("/api/analytics/models/latest").get_json()["version"] > old["result"]["version"],
+             timeout=120, what="the scheduled refit's model")
+    wait_for(lambda: not pipeline_busy(client.get("/api/pipeline").get_json())
+             and not tasks_held(client.application.extensions["celery"].control),
+             timeout=90, what="the rescoring and distributions after the refit")
+    console_errors(browser)  # read and forget what earlier pages logged (the user page of nobody's 404s)
+    browser.get(f"{server}/dashboard")
+    if "/dashboard/login" in browser.current_url:  # run alone: this test logs in itself
+        log_in(browser, server, "/dashboard")
+    loaded(browser, "the dashboard with a validation and a rolling holdout")
+    browser.save_screenshot(str(SCREENSHOTS / "dashboard-model-check.png"))
+    assert console_errors(browser) == []
+
+    result = validation["result"]
+    blocks = {name: m["holdout"] for name, m in result["models"].items() if "holdout" in m}
+    assert blocks
+    first = next(iter(blocks.values()))
+    tracking = chart(browser, "tracking-chart")
+    assert tracking["labels"] == [w["week"] for w in first["weekly"]]
+    assert tracking["data"] == [[w["actual_cumulative"] for w in first["weekly"]]] + [
+        [w["predicted_cumulative"] for w in block["weekly"]] for block in blocks.values()]
+    frequency = chart(browser, "frequency-chart")
+    assert frequency["labels"] == [str(g["frequency"]) for g in first["by_calibration_frequency"]]
+    assert frequency["data"][1:] == [[g["predicted_mean"] for g in block["by_calibration_frequency"]]
+                                     for block in blocks.values()]
+    table = [row.text for row in browser.find_elements("css selector", "#validation-table tbody tr")]
+    assert len(table) == len(blocks) + 1 and table[-1].startswith("baseline: calibration_rate")
+
+    history = client.get("/api/analytics/models/holdout?limit=300").get_json()["items"]
+    scoring = [c for c in reversed(history) if c["scoring"]]
+    rolling = chart(browser, "holdout-chart")
+    assert rolling["data"] == [[c["actual_repeat_purchases"] for c in scoring],
+                               [c["predicted_repeat_purchases"] for c in scoring]]
+    newest = [c for c in history if c["checked_at"] == history[0]["checked_at"]]
+    assert {c["model"] for c in newest} == {c["model"] for c in checks}
+    assert chart(browser, "rolling-tracking-chart")["data"][0] == [w["actual_cumulative"] for w in newest[0]["weekly"]]
+    assert chart(browser, "rolling-frequency-chart")["data"][1:] == [
+        [g["predicted_mean"] for g in c["by_calibration_frequency"]] for c in newest]
+
+    stats = client.get("/api/analytics/customers").get_json()
+    split = chart(browser, "palive-split-chart")
+    assert split["data"] == [stats["p_alive_by_buyers"]["one_time"]["counts"], stats["p_alive_by_buyers"]["repeat"]["counts"]]
+    assert [a + b for a, b in zip(*split["data"])] == stats["p_alive"]["counts"]
+    # The model card: every purchase model with its standard errors.
+    model = client.get("/api/analytics/models/latest").get_json()
+    facts = {e.get_attribute("data-field"): e.text for e in browser.find_elements("css selector", "#model-facts dd")}
+    bg = model["models"]["bgnbd"]
+    assert facts["BG/NBD ± s.e."].startswith(
+        f"r {bg['parameters']['r']:.3f} ± {bg['standard_errors']['r']:.3f}") if bg.get("standard_errors", {}).get("r") \
+        is not None else facts["BG/NBD ± s.e."].startswith(f"r {bg['parameters']['r']:.3f}")
+    assert facts["scoring model"] == "BG/NBD"

@@ -152,11 +152,13 @@ const Pulse = (() => {
 
   // ---------------------------------------------------------------- the customers, every 30 s
   async function refreshCustomers(modelVersion) {
-    const [segments, categories, stats, top] = await Promise.all([
+    const [segments, categories, stats, top, validations, holdout] = await Promise.all([
       getJSON("/api/analytics/segments"),
       getJSON("/api/analytics/categories/top?limit=10"),
       getJSON("/api/analytics/customers"),
       getJSON("/api/users/top?min_score=0&limit=10"),
+      getJSON("/api/analytics/models/validations?limit=1"),
+      getJSON("/api/analytics/models/holdout?limit=300"),
     ]);
     // Before the first fit the latest model is a 404 (logged by the browser): ask only when one exists.
     const model = modelVersion !== null && modelVersion !== undefined ? await getJSON("/api/analytics/models/latest") : null;
@@ -169,6 +171,21 @@ const Pulse = (() => {
       text("churn-note", `${number(stats.customers)} customers, ${new Date(stats.computed_at).toLocaleTimeString()}`);
       document.getElementById("palive-empty").hidden = Boolean(stats.p_alive);
       if (stats.p_alive) histogram("palive-chart", stats.p_alive, "", palette[1]);
+      if (stats.scoring_model) text("palive-note", `from ${MODEL_LABELS[stats.scoring_model] || stats.scoring_model}`);
+      if (stats.p_alive_by_buyers) {
+        const split = stats.p_alive_by_buyers;
+        draw("palive-split-chart", {
+          type: "bar",
+          data: {
+            labels: binLabels(split.one_time, ""),
+            datasets: [
+              { label: "one-time buyers", data: split.one_time.counts, backgroundColor: palette[3] },
+              { label: "repeat buyers", data: split.repeat.counts, backgroundColor: palette[1] },
+            ],
+          },
+          options: { scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true } } },
+        });
+      }
       document.getElementById("ltv-empty").hidden = Boolean(stats.predicted_ltv);
       if (stats.predicted_ltv) {
         histogram("ltv-chart", stats.predicted_ltv, "", palette[4]);
@@ -178,6 +195,8 @@ const Pulse = (() => {
       if (stats.p_alive_matrix) drawMatrix(stats.p_alive_matrix);
     }
     if (model) showModel(model);
+    showValidation(validations && validations.items.length ? validations.items[0] : null);
+    showHoldout(holdout ? holdout.items : []);
     const body = document.querySelector("#top-users tbody");
     body.replaceChildren(...top.items.map((u) => {
       const row = document.createElement("tr");
@@ -221,9 +240,118 @@ const Pulse = (() => {
       ["BG/NBD log-likelihood", bg.log_likelihood.toFixed(2)],
       ["Gamma-Gamma p, q, γ", gg ? [gg.p, gg.q, gg.gamma].map((v) => v.toFixed(4)).join(", ") : "not fitted"],
     ];
+    rows.push(["scoring model", MODEL_LABELS[model.scoring_model] || model.scoring_model]);
+    for (const [name, fitted] of Object.entries(model.models || {})) {
+      // Each parameter with its standard error (observed information at the optimum).
+      rows.push([`${MODEL_LABELS[name] || name} ± s.e.`, fitted.error ? `not fitted: ${fitted.error}` : withErrors(fitted)]);
+    }
     const list = document.createElement("dl");
     list.id = "model-facts";
     document.getElementById("model").replaceChildren(definitions(list, rows));
+  }
+
+  const MODEL_LABELS = { bgnbd: "BG/NBD", pareto_nbd: "Pareto/NBD", mbgnbd: "MBG/NBD" };
+
+  function withErrors(fitted) {
+    return Object.entries(fitted.parameters).map(([name, value]) => {
+      const error = fitted.standard_errors[name];
+      return `${name} ${value.toFixed(3)}` + (error === null || error === undefined ? " (±?)" : ` ± ${error.toFixed(3)}`);
+    }).join(", ");
+  }
+
+  // The tracking plot (Fader, Hardie & Lee's): actual and each model's predicted cumulative repeat
+  // purchases, week by week; `blocks` maps a model to its holdout block (weekly, by frequency).
+  function tracking(id, blocks) {
+    const names = Object.keys(blocks);
+    const weekly = blocks[names[0]].weekly;
+    draw(id, {
+      type: "line",
+      data: {
+        labels: weekly.map((w) => w.week),
+        datasets: [
+          { label: "actual", data: weekly.map((w) => w.actual_cumulative), borderColor: "#111827", backgroundColor: "#111827", pointRadius: 0 },
+          ...names.map((name, i) => ({
+            label: MODEL_LABELS[name] || name, data: blocks[name].weekly.map((w) => w.predicted_cumulative),
+            borderColor: palette[i], backgroundColor: palette[i], borderDash: [6, 3], pointRadius: 0,
+          })),
+        ],
+      },
+      options: { scales: { x: { title: { display: true, text: "week of the holdout" } },
+                           y: { beginAtZero: true, title: { display: true, text: "repeat purchase days" } } } },
+    });
+  }
+
+  // Figure 4: the holdout's mean repeat purchases per customer by calibration frequency (0..7+).
+  function byFrequency(id, blocks) {
+    const names = Object.keys(blocks);
+    const groups = blocks[names[0]].by_calibration_frequency;
+    draw(id, {
+      type: "bar",
+      data: {
+        labels: groups.map((g) => String(g.frequency)),
+        datasets: [
+          { label: "actual", data: groups.map((g) => g.actual_mean), backgroundColor: "#111827" },
+          ...names.map((name, i) => ({ label: MODEL_LABELS[name] || name,
+            data: blocks[name].by_calibration_frequency.map((g) => g.predicted_mean), backgroundColor: palette[i] })),
+        ],
+      },
+      options: { scales: { x: { title: { display: true, text: "repeat purchases in calibration" } },
+                           y: { beginAtZero: true, title: { display: true, text: "mean in the holdout" } } } },
+    });
+  }
+
+  function showValidation(job) {
+    document.getElementById("validation-empty").hidden = Boolean(job);
+    document.getElementById("tracking-chart").hidden = !job;
+    if (!job) return;
+    const result = job.result;
+    const blocks = {};
+    for (const [name, fitted] of Object.entries(result.models)) if (fitted.holdout) blocks[name] = fitted.holdout;
+    text("validation-note", `calibration to ${result.calibration_end}, holdout to ${result.holdout_end} ` +
+         `(${number(result.holdout.weeks, 1)} weeks, ${number(result.holdout.customers)} customers, ` +
+         `${number(result.holdout.actual_repeat_purchases)} repeat purchase days)`);
+    if (!Object.keys(blocks).length) return;
+    tracking("tracking-chart", blocks);
+    byFrequency("frequency-chart", blocks);
+    const rows = Object.entries(blocks).map(([name, block]) => [MODEL_LABELS[name] || name,
+      number(block.predicted_repeat_purchases, 1), number(result.holdout.actual_repeat_purchases), number(block.mae, 3), number(block.rmse, 3)]);
+    rows.push([`baseline: ${result.baseline.name}`, number(result.baseline.predicted_repeat_purchases, 1),
+               number(result.holdout.actual_repeat_purchases), number(result.baseline.mae, 3), number(result.baseline.rmse, 3)]);
+    document.querySelector("#validation-table tbody").replaceChildren(...rows.map((cells) => {
+      const row = document.createElement("tr");
+      for (const value of cells) {
+        const cell = document.createElement("td");
+        cell.textContent = value;
+        row.append(cell);
+      }
+      return row;
+    }));
+  }
+
+  // The rolling holdout: every check of the scoring model, oldest first (predicted against actual),
+  // and the newest check of every model drawn like a validation.
+  function showHoldout(items) {
+    document.getElementById("holdout-empty").hidden = items.length > 0;
+    document.getElementById("holdout-chart").hidden = items.length === 0;
+    if (!items.length) return;
+    const scoring = items.filter((item) => item.scoring).reverse();
+    draw("holdout-chart", {
+      type: "line",
+      data: {
+        labels: scoring.map((item) => `v${item.model_version} (${item.calibration_end} → ${item.holdout_end})`),
+        datasets: [
+          { label: "actual", data: scoring.map((item) => item.actual_repeat_purchases), borderColor: "#111827", backgroundColor: "#111827" },
+          { label: "predicted by the scoring model", data: scoring.map((item) => item.predicted_repeat_purchases), borderColor: palette[0], backgroundColor: palette[0] },
+        ],
+      },
+      options: { scales: { y: { beginAtZero: true, title: { display: true, text: "repeat purchase days" } } } },
+    });
+    const newest = items.filter((item) => item.checked_at === items[0].checked_at);
+    const blocks = Object.fromEntries(newest.map((item) => [item.model, item]));
+    text("holdout-note", `newest: model v${items[0].model_version}, ${items[0].calibration_end} to ${items[0].holdout_end}, ` +
+         `MAE ${newest.map((item) => `${MODEL_LABELS[item.model] || item.model} ${number(item.mae, 3)}`).join(", ")}`);
+    tracking("rolling-tracking-chart", blocks);
+    byFrequency("rolling-frequency-chart", blocks);
   }
 
   function drawMatrix(matrix) {
