@@ -219,8 +219,11 @@ def test_only_the_admin_scope_starts_a_job_and_the_read_scope_polls_it(api, admi
     assert requests.get(api + location, headers=reader, timeout=10).status_code == 200
     assert requests.get(api + location, headers=ingester, timeout=10).status_code == 403
     assert requests.get(api + location, timeout=10).status_code == 401
-    # The dashboard's cookie reads (it may poll) but never starts a job, whatever key it holds.
-    cookie = {"Cookie": f"pulse_key={admin['Authorization'].split()[1]}"}
+    # The dashboard's session reads (it may poll) but never starts a job, whatever key logged in.
+    login = requests.post(f"{api}/dashboard/login", data={"key": admin["Authorization"].split()[1]},
+                          allow_redirects=False, timeout=10)
+    assert login.status_code == 303, login.text
+    cookie = {"Cookie": f"pulse_session={login.cookies['pulse_session']}"}
     assert requests.get(api + location, headers=cookie, timeout=10).status_code == 200
     posted = requests.post(f"{api}/api/analytics/models/validate", json=body, headers=cookie, timeout=10)
     assert posted.status_code == 401
