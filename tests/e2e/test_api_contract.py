@@ -58,4 +58,15 @@ def test_schemathesis_with_every_check_finds_nothing(api, tmp_path):
     )
     assert run.returncode == 0, run.stdout[-12000:] + run.stderr[-3000:]
     assert Path(report).exists()
+    # The fits and validations it asked for are jobs the analytics worker runs after the answers:
+    # let them finish here, so that no later test waits behind them.
+    from sqlalchemy import text
+
+    from shared.db import session_scope
+
+    def jobs_finished():
+        with session_scope() as session:
+            return not session.scalar(text("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"))
+
+    wait_for(jobs_finished, timeout=600, interval=1.0, what="the fuzzer's fit and validation jobs to finish")
     print(run.stdout[run.stdout.rfind("SUMMARY"):])  # shown with -s or on -rP: cases, phases, checks
