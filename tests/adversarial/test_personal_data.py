@@ -12,6 +12,7 @@ import requests
 from sqlalchemy import update
 
 from tests.adversarial.live_api import api_server
+from tests.fixtures import wait_for
 from tests.helpers import signup_body
 
 PERSONAL_FIELDS = ("username", "email", "full_name")
@@ -39,19 +40,29 @@ def keys(services) -> dict[str, dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def person(api, keys) -> dict:
+def person(api, keys, pipeline) -> dict:
     """A person with a distinctive name, e-mail and street, at the top of the score table."""
     from shared.db import session_scope
-    from shared.models import User
+    from shared.models import ProfileVersion, User
 
     tag = uuid.uuid4().hex[:8]
     body = signup_body(username=f"secret_{tag}", email=f"secret.{tag}@example.com", full_name=f"Secret Person {tag}",
                        address={"street": f"Hidden Street {tag}", "city": "Kyiv", "country_code": "UA"})
     response = requests.post(f"{api}/api/users/signup", json=body, headers=keys["admin"], timeout=30)
     assert response.status_code == 201, response.text
+    user_id = response.json()["id"]
     with session_scope() as session:  # top of /api/users/top
-        session.execute(update(User).where(User.id == response.json()["id"]).values(profile_score=99.99))
-    return {**body, "id": response.json()["id"], "tag": tag}
+        session.execute(update(User).where(User.id == user_id).values(profile_score=99.99))
+
+    def signup_stored() -> bool:
+        # The worker stores the signup's user_created event and replaces the person's cache
+        # version in that transaction: the cache tests below must start after it, or that change
+        # turns an expected hit into a (correct) miss.
+        with session_scope() as session:
+            return session.get(ProfileVersion, user_id) is not None
+
+    wait_for(signup_stored, timeout=60, what="the signup stored by the worker")
+    return {**body, "id": user_id, "tag": tag}
 
 
 def secrets_in(text: str, person: dict) -> list[str]:
