@@ -151,17 +151,20 @@ def _key(event: dict) -> tuple[int, str]:
     return int(event["user_id"]), event["event_id"]
 
 
-def _selector(keys) -> dict:
-    """A query on both fields of the unique index; it may match a few pairs beyond `keys` (an id
-    of one user with another's), which the callers pick out."""
-    keys = list(keys)
-    return {"user_id": {"$in": sorted({u for u, _ in keys})}, "event_id": {"$in": [i for _, i in keys]}}
+def _by_user(keys) -> dict[int, list[str]]:
+    """Keys grouped by user: one query per user is an exact range of the unique index, where one
+    query with `$in` on both fields or an `$or` of users takes the dev server seconds to tens of
+    seconds (as in services.worker.storage.insert_events)."""
+    grouped: dict[int, list[str]] = {}
+    for user_id, event_id in keys:
+        grouped.setdefault(user_id, []).append(event_id)
+    return grouped
 
 
 def _found(collection, keys) -> set[tuple[int, str]]:
-    keys = set(keys)
-    return {k for d in collection.find(_selector(keys), {"_id": 0, "user_id": 1, "event_id": 1})
-            if (k := (int(d["user_id"]), d["event_id"])) in keys}
+    return {(user_id, d["event_id"])
+            for user_id, ids in _by_user(keys).items()
+            for d in collection.find({"user_id": user_id, "event_id": {"$in": ids}}, {"_id": 0, "event_id": 1})}
 
 
 def _stored(collection, keys: list[tuple[int, str]]) -> int:
@@ -185,9 +188,8 @@ def measure_ceiling(db, events: list[dict], inserted: list[str]) -> float:
 
 
 def delete_ceiling_documents(db, keys: list[tuple[int, str]]) -> None:
-    # Only "-ceiling" ids are in `keys`, so the selector's extra pairs are ceiling documents too.
-    for i in range(0, len(keys), 1000):
-        db[EVENTS].delete_many(_selector(keys[i:i + 1000]))
+    for user_id, ids in _by_user(keys).items():
+        db[EVENTS].delete_many({"user_id": user_id, "event_id": {"$in": ids}})
 
 
 def measure_naive(db, events: list[dict]) -> float:

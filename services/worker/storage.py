@@ -56,12 +56,17 @@ def insert_events(collection: Collection, docs: list[dict], batch_id: str) -> tu
         duplicates = {e["index"] for e in details.get("writeErrors", [])}
     inserted = [doc for i, doc in enumerate(unique) if i not in duplicates]
     candidates = [unique[i] for i in sorted(duplicates)]
-    # One query on the unique index's bounds (both fields), exact pairs picked out below.
+    ids_by_user: dict[int, list[str]] = {}
+    for doc in candidates:
+        ids_by_user.setdefault(int(doc["user_id"]), []).append(str(doc["event_id"]))
+    # One query per user, each an exact range of the unique index. Not one query with `$in` on
+    # both fields (a cross product of users and ids) nor an `$or` of users: on the dev server a
+    # redelivered chunk of 1,000 events of 200 users took 45 s and 16 s that way, 0.2 s this way.
     stored = {
         event_identity.key(found): found
+        for user_id, ids in ids_by_user.items()
         for found in collection.find(
-            {"user_id": {"$in": sorted({int(d["user_id"]) for d in candidates})},
-             "event_id": {"$in": sorted({str(d["event_id"]) for d in candidates})}},
+            {"user_id": user_id, "event_id": {"$in": ids}},
             {"_id": 0, "user_id": 1, "event_id": 1, "event_type": 1, "timestamp": 1, "metadata": 1, "geo": 1,
              "batch_id": 1},
         )
