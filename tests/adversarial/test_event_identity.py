@@ -24,24 +24,18 @@ from sqlalchemy.engine import make_url
 
 from shared import counters, summaries
 from shared.db import session_scope
-from tests.conftest import RUN_ID, TEST_ENV, free_port
-from tests.fixtures import BIN, spawn, stop, wait_for
+from tests.conftest import RUN_ID, TEST_ENV
+from tests.fixtures import wait_for
 from tests.helpers import purchase, signup_body
+from tests.live_api import api_server
 
 MILLION = 1_000_000
 
 
 @pytest.fixture(scope="module")
 def api(pipeline):
-    port = free_port()
-    server = spawn([str(BIN / "granian"), "--interface", "wsgi", "--no-ws", "--host", "127.0.0.1", "--port", str(port),
-                    "--workers", "1", "--blocking-threads", "4", "services.api.wsgi:app"], "identity-api", TEST_ENV)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: requests.get(f"{url}/health", timeout=2).ok, timeout=60, what="the API server")
+    with api_server("identity-api") as url:
         yield url
-    finally:
-        stop(server)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from services.api.json_body import MAX_DEPTH, nesting_exceeds
-from tests.adversarial.live_api import api_server
+from tests.live_api import api_server
 
 
 

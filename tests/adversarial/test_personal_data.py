@@ -11,7 +11,7 @@ import pytest
 import requests
 from sqlalchemy import update
 
-from tests.adversarial.live_api import api_server
+from tests.live_api import api_server
 from tests.fixtures import wait_for
 from tests.helpers import signup_body
 

@@ -17,7 +17,7 @@ import requests
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from tests.adversarial.live_api import api_server
+from tests.live_api import api_server
 from tests.conftest import TEST_ENV
 from tests.helpers import signup_body
 

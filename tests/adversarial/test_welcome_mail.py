@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 import requests
 
-from tests.adversarial.live_api import api_server
+from tests.live_api import api_server
 from tests.fixtures import wait_for
 from tests.helpers import signup_body
 

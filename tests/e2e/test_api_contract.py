@@ -13,23 +13,17 @@ import pytest
 import requests
 from openapi_spec_validator import validate
 
-from tests.conftest import TEST_ENV, free_port
-from tests.fixtures import BIN, ROOT, spawn, stop, wait_for
+from tests.conftest import TEST_ENV
+from tests.fixtures import BIN, ROOT, wait_for
+from tests.live_api import api_server
 
 EXAMPLES = int(os.environ.get("PULSE_FUZZ_EXAMPLES", 25))
 
 
 @pytest.fixture(scope="module")
 def api(pipeline):
-    port = free_port()
-    server = spawn([str(BIN / "granian"), "--interface", "wsgi", "--no-ws", "--host", "127.0.0.1", "--port", str(port),
-                    "--workers", "1", "--blocking-threads", "4", "services.api.wsgi:app"], "contract-api", TEST_ENV)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: requests.get(f"{url}/health", timeout=2).ok, timeout=60, what="the API server")
+    with api_server("contract-api") as url:
         yield url
-    finally:
-        stop(server)
 
 
 def test_the_openapi_document_is_valid(api):

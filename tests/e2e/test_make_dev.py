@@ -99,7 +99,7 @@ def test_keys_and_limits_as_a_new_user_meets_them(dev_stack):
     """The issue's walk-through: make dev says where the development key is; a profile needs a
     key that may read; an ingest-only key posts events; fast anonymous signups hit 429."""
     key_file = dev_stack["key_file"]
-    assert f"development key (id " in dev_stack["log"].read_text() and str(key_file) in dev_stack["log"].read_text()
+    assert "development key (id " in dev_stack["log"].read_text() and str(key_file) in dev_stack["log"].read_text()
     assert key_file.stat().st_mode & 0o777 == 0o600
     url, admin = dev_stack["url"], dev_key(dev_stack)
     user_id = requests.post(f"{url}/api/users/signup", json=signup_body(), headers=admin, timeout=10).json()["id"]

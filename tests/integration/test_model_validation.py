@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text
 
-from shared.analytics.models import conditional_expected_purchases, fit_bgnbd, summarise_purchases
+from shared.analytics.models import summarise_purchases
 from shared.analytics.models.registry import MODELS
 from shared.db import session_scope
 from shared.models import CustomerSummary, ModelHoldout
