@@ -7,6 +7,7 @@ Each server's `url` stays the same across restarts (same port, same data directo
 restarted production server would.
 """
 import os
+import random
 import shutil
 import signal
 import socket
@@ -23,7 +24,30 @@ BIN = Path(sys.executable).parent
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
+    """A port free now, below the kernel's ephemeral range when there is room. A server's port is
+    chosen long before it is bound (Postgres and RabbitMQ start first), and kept across its
+    restarts; a port from the ephemeral range (what binding port 0 gives) is also where every
+    outgoing connection on the machine takes its source port, so on a busy machine one of them
+    could hold it by then and the server would fail to start ("Address already in use")."""
+    low, _ = _ephemeral_range()
+    rng = random.SystemRandom()
+    for _ in range(100):
+        port = rng.randrange(10000, low) if low > 11000 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use: another one
+            return sock.getsockname()[1]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

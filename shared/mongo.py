@@ -18,12 +18,17 @@ MODELS = "models"
 CUSTOMER_STATS = "customer_stats"
 
 
+# How long an operation waits for the server: while MongoDB is down, each try of a task that
+# needs it holds its worker slot this long before it fails (and is retried).
+SERVER_SELECTION_TIMEOUT_SECONDS = 5.0
+
+
 @lru_cache(maxsize=4)
 def get_client(uri: str | None = None) -> MongoClient:
     return MongoClient(
         uri or get_settings().mongo_uri,
         tz_aware=True,
-        serverSelectionTimeoutMS=5000,
+        serverSelectionTimeoutMS=int(SERVER_SELECTION_TIMEOUT_SECONDS * 1000),
         retryWrites=False,  # the dev server runs standalone; our writes are idempotent anyway
     )
 
