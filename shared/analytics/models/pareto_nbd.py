@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special
 
-from .bgnbd import (_maximise, _unique_pairs, _validate, compress_rows, fit_weights,
+from .bgnbd import (LOG_PARAM_BOUND, _maximise, _unique_pairs, _validate, compress_rows, fit_weights,
                     standard_errors_at)
 from .errors import require_repeat_information
 
@@ -193,6 +193,17 @@ def _log_K(p, q, A, B):
     """
     p, q, A, B = (np.ascontiguousarray(v, dtype=np.float64).ravel()
                   for v in np.broadcast_arrays(p, q, A, B))
+    # An optimiser's trial step can overflow a parameter (exp(theta) = inf or 0): such rows have
+    # no finite K, so they answer NaN (the objective rejects the step) instead of sizing a
+    # quadrature grid from an infinite log-ratio (OverflowError) or a huge one (memory).
+    ok = (np.isfinite(p) & np.isfinite(q) & np.isfinite(A) & np.isfinite(B) & (A > 0) & (B > 0)
+          & (p > 0) & (q > 0))
+    if not ok.all():
+        out = [np.full(p.shape, np.nan) for _ in range(5)]
+        if ok.any():
+            for o, v in zip(out, _log_K(p[ok], q[ok], A[ok], B[ok])):
+                o[ok] = v
+        return tuple(out)
     swap = A < B                       # make the first shift the larger one (z >= 0)
     P = np.where(swap, q, p)
     Q = np.where(swap, p, q)
@@ -255,6 +266,9 @@ def pareto_nbd_log_likelihood(params, frequency, recency, T) -> np.ndarray:
     return _log_likelihood_rows(_unpack(params), x.ravel(), t_x.ravel(), T.ravel()).reshape(shape)
 
 
+_THETA_REJECT = 4.0 * LOG_PARAM_BOUND   # parameters beyond 1e16 / below 1e-16
+
+
 class _Objective:
     """Mean negative log-likelihood over compressed rows and its analytic gradient.
 
@@ -271,6 +285,11 @@ class _Objective:
         self.w_total = float(w.sum())
 
     def __call__(self, theta):
+        # Trial points far outside the box _maximise keeps (|theta| <= ln 1e4) are rejected
+        # before evaluation: there exp(theta) over/underflows and the quadrature grid, sized by
+        # log(alpha/beta), would grow without limit. The line search then backtracks.
+        if not np.all(np.isfinite(theta)) or np.max(np.abs(theta)) > _THETA_REJECT:
+            return 1e10, np.zeros_like(theta)
         r, alpha, s, beta = np.exp(theta)
         W = self.w_total
         with np.errstate(all="ignore"):

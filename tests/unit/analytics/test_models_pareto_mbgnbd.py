@@ -428,3 +428,36 @@ def test_weights_are_multiplicities(cdnow, name):
         assert getattr(weighted, k) == pytest.approx(getattr(raw, k), rel=1e-5), k
         assert weighted.standard_errors[k] == pytest.approx(raw.standard_errors[k], rel=1e-3), k
     assert weighted.log_likelihood == pytest.approx(raw.log_likelihood, abs=1e-6)
+
+
+# A 21-customer population on which Pareto/NBD's optimiser once tried a step with alpha/beta
+# overflowing, and sizing the quadrature grid from an infinite log-ratio raised OverflowError
+# (the service then recorded the model as "not fitted"). Nobody here looks dropped out, so the
+# fit runs toward the no-dropout limit and must say so, finitely.
+_OVERFLOW_X = [1, 3, 1, 4, 4, 3, 4, 1, 4, 3, 4, 4, 0, 0, 1, 2, 1, 3, 1, 1, 0]
+_OVERFLOW_TX = [8.29, 13.14, 0.29, 17.71, 15.14, 16.43, 13.43, 5.86, 18.14, 19.86, 11.43, 12.29,
+                0, 0, 8.71, 4.14, 15.57, 9.86, 3.29, 9.71, 0]
+_OVERFLOW_T = [16.71, 15.29, 13.57, 20.29, 19.57, 21.14, 18.29, 10., 19.71, 20.14, 17.14, 13.71,
+               16.86, 4.14, 15.57, 14.57, 20.14, 13.71, 3.86, 14., 1.43]
+
+
+def test_pareto_nbd_small_population_that_overflowed_fits_finitely():
+    x, t_x, T = (np.array(v, dtype=float) for v in (_OVERFLOW_X, _OVERFLOW_TX, _OVERFLOW_T))
+    fit = MODELS["pareto_nbd"].fit(x, t_x, T)
+    values = np.array([fit.r, fit.alpha, fit.s, fit.beta])
+    assert np.all(np.isfinite(values)) and np.all(values > 0)
+    assert math.isfinite(fit.log_likelihood)
+    assert fit.at_bounds, "the no-dropout direction must be reported, not hidden"
+    # the maximum is at least as good as the textbook start and as the CDNOW parameters
+    for other in ((0.5, 1.0, 0.5, 1.0), (0.553, 10.578, 0.606, 11.669)):
+        assert fit.log_likelihood >= pareto_nbd.pareto_nbd_log_likelihood(other, x, t_x, T).sum() - 1e-6
+    p_alive = pareto_nbd.probability_alive(fit, x, t_x, T)
+    expected = pareto_nbd.conditional_expected_purchases(fit, 39.0, x, t_x, T)
+    assert np.all(np.isfinite(p_alive)) and np.all((p_alive > 0) & (p_alive <= 1))
+    assert np.all(np.isfinite(expected)) and np.all(expected >= 0)
+
+
+def test_log_k_of_overflowed_parameters_is_nan_not_an_exception():
+    val = pareto_nbd._log_K(np.array([1.5, 1.5]), np.array([1.0, 1.0]),
+                            np.array([np.inf, 3.0]), np.array([1e-300, 2.0]))
+    assert np.isnan(val[0][0]) and np.isfinite(val[0][1])
