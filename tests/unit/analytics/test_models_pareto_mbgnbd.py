@@ -461,3 +461,33 @@ def test_log_k_of_overflowed_parameters_is_nan_not_an_exception():
     val = pareto_nbd._log_K(np.array([1.5, 1.5]), np.array([1.0, 1.0]),
                             np.array([np.inf, 3.0]), np.array([1e-300, 2.0]))
     assert np.isnan(val[0][0]) and np.isfinite(val[0][1])
+
+
+def test_pareto_nbd_common_dropout_rate_limit_is_detected_and_as_good_as_walking_there():
+    """Customers who all share one dropout rate (s, beta huge, s/beta = 0.02 per week): the
+    likelihood rises along s, beta -> inf with s/beta fixed. The fit must jump to beta's bound,
+    say so (limit, at_bounds) and end at least as high as the unwatched optimiser that walks
+    there step by step, with s/beta the common rate."""
+    rng = np.random.default_rng(11)
+    T = rng.uniform(5.0, 78.0, 2000)
+    x, t_x, T = simulate_pareto_nbd(2.0, 8.0, 2.0e4, 1.0e6, T, rng)
+    fit = pareto_nbd.fit_pareto_nbd(x, t_x, T)
+    assert fit.limit == "common_dropout_rate"
+    assert "beta" in fit.at_bounds and fit.converged
+    assert fit.s / fit.beta == pytest.approx(0.02, rel=0.25)
+    # the walk the fit used to take: BFGS from the default starts and the active set
+    scale = 10.0 / T.max()
+    (xc, tc, Tc), w = bgnbd.compress_rows(x, t_x, T, weights=np.ones(x.size))
+    objective = pareto_nbd._Objective(xc, tc * scale, Tc * scale, w)
+    walked = bgnbd._maximise(objective, [np.log([0.5, 1.0, 0.5, 1.0]), np.zeros(4)])
+    r, a, s, b = np.exp(walked.theta)
+    walked_ll = pareto_nbd.pareto_nbd_log_likelihood((r, a / scale, s, b / scale), x, t_x, T).sum()
+    # the same optimum to within the optimisers' tolerance (gradient 1e-5 per customer)
+    assert fit.log_likelihood >= walked_ll - 1e-5 * x.size
+    assert (fit.r, fit.alpha) == pytest.approx((r, a / scale), rel=0.01)
+    assert fit.s / fit.beta == pytest.approx(s / b * scale, rel=0.01)
+    assert fit.iterations < walked.iterations
+
+
+def test_pareto_nbd_interior_fit_is_not_flagged_as_a_limit(pnbd):
+    assert pnbd.limit == "" and pnbd.at_bounds == () and pnbd.converged
