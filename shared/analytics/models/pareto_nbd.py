@@ -49,8 +49,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special
 
-from .bgnbd import (LOG_PARAM_BOUND, _bfgs, _maximise, _unique_pairs, _validate, compress_rows, fit_weights,
-                    standard_errors_at)
+from .bgnbd import (_GRADIENT_TOLERANCE, LOG_PARAM_BOUND, _bfgs, _maximise, _unique_pairs,
+                    _validate, compress_rows, fit_weights, standard_errors_at)
 from .errors import require_repeat_information
 
 __all__ = [
@@ -361,6 +361,12 @@ def fit_pareto_nbd(frequency, recency, T, *, weights=None, initial_params=None) 
             if not optimum.converged:
                 optimum = _maximise(objective, [optimum.theta], hold=(3,))
             limit = "common_dropout_rate"
+            if objective(optimum.theta)[1][3] > _GRADIENT_TOLERANCE:
+                # the likelihood clearly wants beta back inside (beyond the convergence
+                # tolerance: along the ridge the slope is ~1e-7 either way): not the limit after
+                # all, a false alarm of the watch; the ordinary fit from where it stopped decides
+                optimum = _maximise(objective, [watch.ridge] + starts)
+                limit = ""
         else:   # s would pass its bound first: no jump, the ordinary active set handles it
             optimum = _maximise(objective, [watch.ridge] + starts)
         optimum = dataclasses.replace(optimum, iterations=optimum.iterations + first.nit)
