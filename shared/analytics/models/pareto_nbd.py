@@ -39,6 +39,12 @@ logarithm) is exact, not 0/0.
 The fit maximises the likelihood over log-parameters with ``bgnbd._maximise`` (BFGS + Newton
 polish) with the analytic gradient (the series and the quadrature are differentiated term by
 term); the hypergeometric terms are evaluated once per distinct (x, T) and (x, t_x) pair.
+Trial steps that overflow a parameter are rejected (the objective answers a large value), never
+evaluated. When the customers look as if they shared one dropout rate, the likelihood rises
+forever along s, beta -> inf with s/beta fixed (Gamma(s, beta) shrinking to a point mass), each
+step slower (alpha/beta far from 1 needs the quadrature): a watch on the first BFGS run
+(``_RunOff``) sees that, the fit jumps along the ridge to beta's bound and polishes r, alpha, s
+there, and the result says ``limit="common_dropout_rate"`` with beta in ``at_bounds``.
 """
 
 from __future__ import annotations
