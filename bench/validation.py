@@ -18,9 +18,9 @@ customers (default 200,000) with about `--purchases` purchase days (default 1,00
   the weekly tracking (26 horizons per model), errors and the baseline.
 
 Target: validation <= 3x one fit. Last result (200,000 customers, 1,035,428 purchase days, 2 shared
-cores): validation 18.3 s CPU (12.8 s wall; read 0.8 s, predictions 1.1 s wall); the fit as of the
-last day 7.1 s CPU (2.57x: met; wall 3.20x), the fit of the same calibration data 18.0 s CPU
-(1.02x). Before (same machine): validation 55.6 s CPU, 6.7x: on the calibration window Pareto/NBD
+cores): validation 18.5 s CPU (12.9 s wall; read 0.8 s, predictions 1.2 s wall); the fit as of the
+last day 7.6 s CPU (2.44x: met; wall 2.96x), the fit of the same calibration data 17.7 s CPU
+(1.05x). Before (same machine): validation 55.6 s CPU, 6.7x: on the calibration window Pareto/NBD
 walked ~100 iterations toward its bound (s, beta -> inf with s/beta fixed); it now detects that
 run-off, jumps to the bound and reports the common-dropout-rate limit (pareto_nbd._RunOff).
 Needs only Postgres (DATABASE_URL's server; no stack):
