@@ -18,10 +18,12 @@ customers (default 200,000) with about `--purchases` purchase days (default 1,00
   the weekly tracking (26 horizons per model), errors and the baseline.
 
 Target: validation <= 3x one fit. Last result (200,000 customers, 1,035,428 purchase days, 2 shared
-cores): validation 55.6 s CPU (read 1.8 s, predictions 1.4 s wall); the fit as of the last day 8.3 s
-CPU (6.7x: missed), the fit of the same calibration data 50.9 s CPU (1.09x): Pareto/NBD's optimiser
-takes ~100 iterations to its bound (s, beta -> inf) on the calibration window against 28 on all the
-data. Needs only Postgres (DATABASE_URL's server; no stack):
+cores): validation 18.5 s CPU (12.9 s wall; read 0.8 s, predictions 1.2 s wall); the fit as of the
+last day 7.6 s CPU (2.44x: met; wall 2.96x), the fit of the same calibration data 17.7 s CPU
+(1.05x). Before (same machine): validation 55.6 s CPU, 6.7x: on the calibration window Pareto/NBD
+walked ~100 iterations toward its bound (s, beta -> inf with s/beta fixed); it now detects that
+run-off, jumps to the bound and reports the common-dropout-rate limit (pareto_nbd._RunOff).
+Needs only Postgres (DATABASE_URL's server; no stack):
 `python bench/validation.py [--customers 200000 --purchases 1000000]`.
 """
 from __future__ import annotations

@@ -263,11 +263,13 @@ def _pinned(objective, theta, free):
     return sub
 
 
-def _bfgs(fun, u0):
-    return optimize.minimize(fun, u0, jac=True, method="BFGS", options={"maxiter": 1000, "gtol": 1e-7})
+def _bfgs(fun, u0, callback=None):
+    return optimize.minimize(fun, u0, jac=True, method="BFGS", callback=callback,
+                             options={"maxiter": 1000, "gtol": 1e-7})
 
 
-def _maximise(objective, starts, bound: float = LOG_PARAM_BOUND) -> Optimum:
+def _maximise(objective, starts, bound: float = LOG_PARAM_BOUND, hold: tuple[int, ...] = (),
+              newton_only: bool = False) -> Optimum:
     """Minimise ``objective`` (mean negative log-likelihood over log-parameters) within the box
     ``[-bound, bound]``.
 
@@ -282,23 +284,42 @@ def _maximise(objective, starts, bound: float = LOG_PARAM_BOUND) -> Optimum:
     near machine precision in 1-3 steps instead of many more quasi-Newton iterations.
     ``converged`` means the gradient of the free coordinates vanished (to 1e-5 per customer) at
     the point returned.
+
+    ``hold``: coordinates that start held at their (bound) values in the starts, e.g. where a
+    caller already knows the fit runs off to a bound (Pareto/NBD's s, beta -> inf); they are
+    released like the others if the gradient there points back inside. ``newton_only``: the
+    first start is already close to the optimum of the free coordinates (the caller knows), so
+    only the Newton polish runs (no BFGS, no active-set passes); check ``converged``.
     """
     best = None
     iterations = 0
-    for theta0 in starts:
-        res = _bfgs(objective, theta0)
+    k = len(starts[0])
+    held = np.zeros(k, dtype=bool)
+    held[list(hold)] = True
+    for theta0 in ([] if newton_only else starts):
+        theta0 = np.asarray(theta0, dtype=np.float64)
+        if held.any():
+            free0 = np.flatnonzero(~held)
+            res = _bfgs(_pinned(objective, theta0, free0), theta0[free0])
+            full = theta0.copy()
+            full[free0] = res.x
+            res.x = full
+        else:
+            res = _bfgs(objective, theta0)
         iterations += res.nit
         if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
             best = res
         if best is not None and best.success:
             break
-    if best is None:
+    if newton_only:
+        theta = np.asarray(starts[0], dtype=np.float64).copy()
+        message = "Newton polish only"
+    elif best is None:
         raise RuntimeError("maximum likelihood fit did not converge")
-    theta = best.x.copy()
-    k = theta.size
-    held = np.zeros(k, dtype=bool)
-    message = str(best.message)
-    for _ in range(2 * k):
+    else:
+        theta = best.x.copy()
+        message = str(best.message)
+    for _ in range(0 if newton_only else 2 * k):
         outside = ~held & (np.abs(theta) > bound)
         _, g = objective(np.clip(theta, -bound, bound))
         # Held at the upper bound, the objective still wants to grow the parameter when g < 0.

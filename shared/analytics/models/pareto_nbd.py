@@ -39,17 +39,24 @@ logarithm) is exact, not 0/0.
 The fit maximises the likelihood over log-parameters with ``bgnbd._maximise`` (BFGS + Newton
 polish) with the analytic gradient (the series and the quadrature are differentiated term by
 term); the hypergeometric terms are evaluated once per distinct (x, T) and (x, t_x) pair.
+Trial steps that overflow a parameter are rejected (the objective answers a large value), never
+evaluated. When the customers look as if they shared one dropout rate, the likelihood rises
+forever along s, beta -> inf with s/beta fixed (Gamma(s, beta) shrinking to a point mass), each
+step slower (alpha/beta far from 1 needs the quadrature): a watch on the first BFGS run
+(``_RunOff``) sees that, the fit jumps along the ridge to beta's bound and polishes r, alpha, s
+there, and the result says ``limit="common_dropout_rate"`` with beta in ``at_bounds``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import special
 
-from .bgnbd import (_maximise, _unique_pairs, _validate, compress_rows, fit_weights,
-                    standard_errors_at)
+from .bgnbd import (_GRADIENT_TOLERANCE, LOG_PARAM_BOUND, _bfgs, _maximise, _unique_pairs,
+                    _validate, compress_rows, fit_weights, standard_errors_at)
 from .errors import require_repeat_information
 
 __all__ = [
@@ -80,6 +87,9 @@ class ParetoNBDParams:
     # observed-information standard errors (NaN for a parameter held at a bound)
     # (derived from the rest, so left out of == and hash: the params stay hashable as before)
     standard_errors: dict[str, float] = field(default_factory=dict, compare=False)
+    # "common_dropout_rate" when the fit ran off along s, beta -> inf with s/beta fixed (every
+    # customer has the same dropout rate s/beta; beta is then held at its bound and in at_bounds)
+    limit: str = field(default="", compare=False)
 
 
 def _unpack(params):
@@ -193,6 +203,17 @@ def _log_K(p, q, A, B):
     """
     p, q, A, B = (np.ascontiguousarray(v, dtype=np.float64).ravel()
                   for v in np.broadcast_arrays(p, q, A, B))
+    # An optimiser's trial step can overflow a parameter (exp(theta) = inf or 0): such rows have
+    # no finite K, so they answer NaN (the objective rejects the step) instead of sizing a
+    # quadrature grid from an infinite log-ratio (OverflowError) or a huge one (memory).
+    ok = (np.isfinite(p) & np.isfinite(q) & np.isfinite(A) & np.isfinite(B) & (A > 0) & (B > 0)
+          & (p > 0) & (q > 0))
+    if not ok.all():
+        out = [np.full(p.shape, np.nan) for _ in range(5)]
+        if ok.any():
+            for o, v in zip(out, _log_K(p[ok], q[ok], A[ok], B[ok])):
+                o[ok] = v
+        return tuple(out)
     swap = A < B                       # make the first shift the larger one (z >= 0)
     P = np.where(swap, q, p)
     Q = np.where(swap, p, q)
@@ -255,6 +276,9 @@ def pareto_nbd_log_likelihood(params, frequency, recency, T) -> np.ndarray:
     return _log_likelihood_rows(_unpack(params), x.ravel(), t_x.ravel(), T.ravel()).reshape(shape)
 
 
+_THETA_REJECT = 4.0 * LOG_PARAM_BOUND   # parameters beyond 1e16 / below 1e-16
+
+
 class _Objective:
     """Mean negative log-likelihood over compressed rows and its analytic gradient.
 
@@ -271,6 +295,11 @@ class _Objective:
         self.w_total = float(w.sum())
 
     def __call__(self, theta):
+        # Trial points far outside the box _maximise keeps (|theta| <= ln 1e4) are rejected
+        # before evaluation: there exp(theta) over/underflows and the quadrature grid, sized by
+        # log(alpha/beta), would grow without limit. The line search then backtracks.
+        if not np.all(np.isfinite(theta)) or np.max(np.abs(theta)) > _THETA_REJECT:
+            return 1e10, np.zeros_like(theta)
         r, alpha, s, beta = np.exp(theta)
         W = self.w_total
         with np.errstate(all="ignore"):
@@ -319,7 +348,40 @@ def fit_pareto_nbd(frequency, recency, T, *, weights=None, initial_params=None) 
     else:
         r0, a0, s0, b0 = initial_params
         starts = [np.log([r0, a0 * scale, s0, b0 * scale]), np.log([0.5, 1.0, 0.5, 1.0])]
-    optimum = _maximise(objective, starts)
+    limit = ""
+    # A first BFGS run watched for the run-off along s, beta -> inf (see _RunOff); when it is
+    # seen, the fit jumps along that ridge to beta's bound and optimises r, alpha, s there
+    # (what the unwatched run would reach after ~100 slow iterations). Otherwise its end point
+    # is the first start of the ordinary fit (which then converges in a few iterations).
+    watch = _RunOff()
+    first = _bfgs(objective, starts[0], callback=watch)
+    if watch.ridge is not None:
+        theta = watch.ridge.copy()
+        shift = LOG_PARAM_BOUND - theta[3]
+        theta[2] += shift
+        theta[3] = LOG_PARAM_BOUND
+        if theta[2] <= LOG_PARAM_BOUND:
+            # r, alpha and s/beta had settled on the ridge: Newton converges in a few steps
+            # (BFGS there needs ~60 evaluations of a likelihood that now needs the quadrature)
+            optimum = _maximise(objective, [theta], hold=(3,), newton_only=True)
+            if not optimum.converged:
+                optimum = _maximise(objective, [optimum.theta], hold=(3,))
+            limit = "common_dropout_rate"
+            if objective(optimum.theta)[1][3] > _GRADIENT_TOLERANCE:
+                # the likelihood clearly wants beta back inside (beyond the convergence
+                # tolerance: along the ridge the slope is ~1e-7 either way): not the limit after
+                # all, a false alarm of the watch; the ordinary fit from where it stopped decides
+                optimum = _maximise(objective, [watch.ridge] + starts)
+                limit = ""
+        else:   # s would pass its bound first: no jump, the ordinary active set handles it
+            optimum = _maximise(objective, [watch.ridge] + starts)
+        optimum = dataclasses.replace(optimum, iterations=optimum.iterations + first.nit)
+    else:
+        x0 = first.x if np.isfinite(first.fun) else starts[0]
+        optimum = _maximise(objective, [x0] + starts[1:])
+        optimum = dataclasses.replace(optimum, iterations=optimum.iterations + first.nit)
+    if limit and 3 not in optimum.at_bounds:
+        limit = ""      # beta was released: the optimum is interior after all
     r, alpha_s, s, beta_s = np.exp(optimum.theta)
     alpha, beta = alpha_s / scale, beta_s / scale
     ll_total = float(np.dot(w, _log_likelihood_rows((r, alpha, s, beta), x, t_x, T)))
@@ -329,7 +391,39 @@ def fit_pareto_nbd(frequency, recency, T, *, weights=None, initial_params=None) 
         at_bounds=tuple(PARAMETER_NAMES[i] for i in optimum.at_bounds),
         iterations=optimum.iterations,
         standard_errors=standard_errors_at(objective, optimum, objective.w_total, PARAMETER_NAMES,
-                                           values))
+                                           values),
+        limit=limit)
+
+
+class _RunOff:
+    """BFGS callback: stops the run when s and beta grow together with s/beta, r and alpha
+    settled, i.e. the fit is walking toward the common-dropout-rate limit (Gamma(s, beta) with a
+    fixed mean s/beta and a vanishing variance s/beta^2), on which the likelihood keeps rising
+    ever more slowly and each step costs more (alpha/beta far from 1 needs the quadrature).
+
+    The test is over the last ``_WINDOW`` iterates: log beta beyond ln 100 (scaled time: no
+    well-identified fit comes near, CDNOW's is 2.2), log s and log beta both increasing at every
+    step by a total of at least 0.5, while log(s/beta), log r and log alpha moved less than 0.01.
+    """
+
+    _WINDOW = 4
+
+    def __init__(self):
+        self.history = []
+        self.ridge = None
+
+    def __call__(self, xk):
+        self.history.append(np.array(xk, dtype=np.float64))
+        h = self.history[-self._WINDOW:]
+        if len(h) < self._WINDOW:
+            return
+        th = np.array(h)
+        ls, lb = th[:, 2], th[:, 3]
+        if (lb[-1] > np.log(100.0) and np.all(np.diff(ls) > 0) and np.all(np.diff(lb) > 0)
+                and lb[-1] - lb[0] >= 0.5
+                and np.ptp(ls - lb) < 0.01 and np.ptp(th[:, 0]) < 0.01 and np.ptp(th[:, 1]) < 0.01):
+            self.ridge = th[-1]
+            raise StopIteration
 
 
 # ----------------------------------------------------------------------------- scoring

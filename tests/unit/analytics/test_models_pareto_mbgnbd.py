@@ -428,3 +428,66 @@ def test_weights_are_multiplicities(cdnow, name):
         assert getattr(weighted, k) == pytest.approx(getattr(raw, k), rel=1e-5), k
         assert weighted.standard_errors[k] == pytest.approx(raw.standard_errors[k], rel=1e-3), k
     assert weighted.log_likelihood == pytest.approx(raw.log_likelihood, abs=1e-6)
+
+
+# A 21-customer population on which Pareto/NBD's optimiser once tried a step with alpha/beta
+# overflowing, and sizing the quadrature grid from an infinite log-ratio raised OverflowError
+# (the service then recorded the model as "not fitted"). Nobody here looks dropped out, so the
+# fit runs toward the no-dropout limit and must say so, finitely.
+_OVERFLOW_X = [1, 3, 1, 4, 4, 3, 4, 1, 4, 3, 4, 4, 0, 0, 1, 2, 1, 3, 1, 1, 0]
+_OVERFLOW_TX = [8.29, 13.14, 0.29, 17.71, 15.14, 16.43, 13.43, 5.86, 18.14, 19.86, 11.43, 12.29,
+                0, 0, 8.71, 4.14, 15.57, 9.86, 3.29, 9.71, 0]
+_OVERFLOW_T = [16.71, 15.29, 13.57, 20.29, 19.57, 21.14, 18.29, 10., 19.71, 20.14, 17.14, 13.71,
+               16.86, 4.14, 15.57, 14.57, 20.14, 13.71, 3.86, 14., 1.43]
+
+
+def test_pareto_nbd_small_population_that_overflowed_fits_finitely():
+    x, t_x, T = (np.array(v, dtype=float) for v in (_OVERFLOW_X, _OVERFLOW_TX, _OVERFLOW_T))
+    fit = MODELS["pareto_nbd"].fit(x, t_x, T)
+    values = np.array([fit.r, fit.alpha, fit.s, fit.beta])
+    assert np.all(np.isfinite(values)) and np.all(values > 0)
+    assert math.isfinite(fit.log_likelihood)
+    assert fit.at_bounds, "the no-dropout direction must be reported, not hidden"
+    # the maximum is at least as good as the textbook start and as the CDNOW parameters
+    for other in ((0.5, 1.0, 0.5, 1.0), (0.553, 10.578, 0.606, 11.669)):
+        assert fit.log_likelihood >= pareto_nbd.pareto_nbd_log_likelihood(other, x, t_x, T).sum() - 1e-6
+    p_alive = pareto_nbd.probability_alive(fit, x, t_x, T)
+    expected = pareto_nbd.conditional_expected_purchases(fit, 39.0, x, t_x, T)
+    assert np.all(np.isfinite(p_alive)) and np.all((p_alive > 0) & (p_alive <= 1))
+    assert np.all(np.isfinite(expected)) and np.all(expected >= 0)
+
+
+def test_log_k_of_overflowed_parameters_is_nan_not_an_exception():
+    val = pareto_nbd._log_K(np.array([1.5, 1.5]), np.array([1.0, 1.0]),
+                            np.array([np.inf, 3.0]), np.array([1e-300, 2.0]))
+    assert np.isnan(val[0][0]) and np.isfinite(val[0][1])
+
+
+def test_pareto_nbd_common_dropout_rate_limit_is_detected_and_as_good_as_walking_there():
+    """Customers who all share one dropout rate (s, beta huge, s/beta = 0.02 per week): the
+    likelihood rises along s, beta -> inf with s/beta fixed. The fit must jump to beta's bound,
+    say so (limit, at_bounds) and end at least as high as the unwatched optimiser that walks
+    there step by step, with s/beta the common rate."""
+    rng = np.random.default_rng(11)
+    T = rng.uniform(5.0, 78.0, 2000)
+    x, t_x, T = simulate_pareto_nbd(2.0, 8.0, 2.0e4, 1.0e6, T, rng)
+    fit = pareto_nbd.fit_pareto_nbd(x, t_x, T)
+    assert fit.limit == "common_dropout_rate"
+    assert "beta" in fit.at_bounds and fit.converged
+    assert fit.s / fit.beta == pytest.approx(0.02, rel=0.25)
+    # the walk the fit used to take: BFGS from the default starts and the active set
+    scale = 10.0 / T.max()
+    (xc, tc, Tc), w = bgnbd.compress_rows(x, t_x, T, weights=np.ones(x.size))
+    objective = pareto_nbd._Objective(xc, tc * scale, Tc * scale, w)
+    walked = bgnbd._maximise(objective, [np.log([0.5, 1.0, 0.5, 1.0]), np.zeros(4)])
+    r, a, s, b = np.exp(walked.theta)
+    walked_ll = pareto_nbd.pareto_nbd_log_likelihood((r, a / scale, s, b / scale), x, t_x, T).sum()
+    # the same optimum to within the optimisers' tolerance (gradient 1e-5 per customer)
+    assert fit.log_likelihood >= walked_ll - 1e-5 * x.size
+    assert (fit.r, fit.alpha) == pytest.approx((r, a / scale), rel=0.01)
+    assert fit.s / fit.beta == pytest.approx(s / b * scale, rel=0.01)
+    assert fit.iterations < walked.iterations
+
+
+def test_pareto_nbd_interior_fit_is_not_flagged_as_a_limit(pnbd):
+    assert pnbd.limit == "" and pnbd.at_bounds == () and pnbd.converged
