@@ -116,8 +116,9 @@ class Settings(BaseSettings):
     )
     trusted_proxies: str = Field(
         "",
-        description="Reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (comma-separated "
-        "IP addresses or CIDR networks; empty: none, clients connect directly).",
+        description="Reverse proxies whose X-Forwarded-For (the client, for the signup and failed-key limits) and "
+        "X-Forwarded-Proto (the dashboard's Secure cookie) are believed: comma-separated IP addresses or CIDR "
+        "networks; empty: none, the connection's peer is the client.",
     )
     dashboard_session_seconds: int = Field(
         12 * 3600, description="Seconds a dashboard login lasts (a session in Redis; logging out ends it at once)."
@@ -125,12 +126,6 @@ class Settings(BaseSettings):
     rate_limits_enabled: bool = Field(True, description="Apply the rate limits below (kept in Redis).")
     rate_limit_signup: str = Field(
         "10/minute", description="Signups per client IP address (requests with an admin key are not limited)."
-    )
-    trusted_proxies: str = Field(
-        "",
-        description="Reverse proxies in front of the API, comma-separated IP addresses or CIDR ranges: only a "
-        "request from one of them has its X-Forwarded-For read for the client's address (the signup limit). "
-        "Empty: the connection's peer is the client.",
     )
     rate_limit_ingest: str = Field(
         "6000/minute", description="Event requests (single or batch) per API key with the ingest scope."

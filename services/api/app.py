@@ -14,6 +14,7 @@ from services.api.keys import keys_bp
 from services.api.metrics import RequestMetrics, init_metrics
 from services.api.pipeline import pipeline_bp
 from services.api.privacy import privacy_bp
+from services.api.proxies import trusted_networks
 from services.api.problems import register_problem_handlers, validation_problem
 from services.api.profile_hits import ProfileHits
 from services.api.request_context import ENVIRON_KEY as REQUEST_ID_ENVIRON_KEY, RequestIds
@@ -72,6 +73,8 @@ def create_app() -> PulseOpenAPI:
     # A full batch of the largest events is a few MiB; anything far above is refused with a 413
     # before it is read into memory.
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # A malformed TRUSTED_PROXIES entry stops the start, naming itself, instead of failing every request.
+    trusted_networks(get_settings().trusted_proxies)
     metrics = get_settings().metrics_enabled
     if metrics:
         init_metrics(app)  # first: the route label is set before anything may answer early

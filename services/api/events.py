@@ -78,6 +78,14 @@ class BatchAccepted(BaseModel):
 
 @events_bp.before_request
 def _limit_batch_size():
+    if request.endpoint and request.is_json:
+        payload = request.get_json(silent=True)
+        if payload is not None and not isinstance(payload, dict):
+            # flask-openapi3 validates a JSON *string* body by its contents: a batch sent as
+            # "{\"events\": [...]}" would pass validation while skipping the size check below,
+            # and be published in more chunks than one request may make. The contract says object.
+            return problem_response(422, "The body must be a JSON object",
+                                    [FieldProblem(field="body", message="must be a JSON object")])
     if request.endpoint and request.endpoint.endswith("batch") and request.is_json:
         payload = request.get_json(silent=True)
         limit = get_settings().events_batch_max

@@ -4,6 +4,7 @@ never a 500, on every route that reads JSON (README, API).
 Attacked over HTTP against the API server as `make dev` runs it. The routes are taken from the
 API's own OpenAPI document (every operation with a request body), so a route added later is
 attacked too."""
+import json
 import os
 
 import pytest
@@ -134,3 +135,20 @@ def test_a_huge_body_sent_chunked_is_a_413_problem(api):
     response = requests.post(f"{api}/api/events/batch", data=chunks(), timeout=60,
                              headers={**key(), "Content-Type": "application/json"})
     assert_body_problem(response, status=413)
+
+
+def test_a_batch_sent_as_a_json_string_cannot_skip_the_batch_limit(api):
+    """A careless (or clever) client double-encodes its batch: the body is a JSON string holding
+    the object. flask-openapi3 would validate the string's contents, skipping the 413 check that
+    reads an object; Pulse refuses any events body that is not an object, whatever its size."""
+    from shared.settings import get_settings
+
+    events = [{"user_id": 1, "event_type": "page_view", "timestamp": "2026-01-01T00:00:00Z",
+               "event_id": f"double-{i}", "metadata": {"page": "/"}} for i in range(get_settings().events_batch_max + 1)]
+    for path, inner in (("/api/events/batch", {"events": events}), ("/api/events/batch", {"events": events[:1]}),
+                        ("/api/events", events[0])):
+        response = requests.post(f"{api}{path}", data=json.dumps(json.dumps(inner)),
+                                 headers={**key(), "Content-Type": "application/json"}, timeout=60)
+        assert response.status_code == 422, (path, response.status_code, response.text[:200])
+        assert response.headers["Content-Type"].startswith("application/problem+json")
+        assert response.json()["errors"] == [{"field": "body", "message": "must be a JSON object"}]
