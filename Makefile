@@ -14,7 +14,7 @@ setup: ## venv + dependencies, database + migrations, RabbitMQ management plugin
 	@scripts/setup
 
 dev: setup ## run every process in the foreground (Ctrl-C stops them all); prints where the development API key and the Flower login are
-	@$(PY) -m shared.api_keys dev $(VAR)/dev-api-key
+	@$(PY) -m shared.infra.api_keys dev $(VAR)/dev-api-key
 	@$(PY) -m scripts.flower login $(VAR)/flower-login
 	exec $(VENV)/bin/honcho start -f Procfile
 
@@ -47,8 +47,8 @@ fuzz: ## schemathesis, every check, against the running stack's OpenAPI document
 		--max-examples $${FUZZ_EXAMPLES:-200} --workers 2 --exclude-method DELETE --exclude-path-regex '^/api/keys' \
 		--header "Authorization: Bearer $${PULSE_API_KEY:-$$(cat $(VAR)/dev-api-key)}"
 
-dead-letters: ## what failed for good: task, queue, reason, age, first error (python -m shared.dead_letters --help)
-	$(PY) -m shared.dead_letters list
+dead-letters: ## what failed for good: task, queue, reason, age, first error (python -m shared.infra.dead_letters --help)
+	$(PY) -m shared.infra.dead_letters list
 
 bench: ## every benchmark in bench/
 	for b in bench/[!_]*.py; do $(PY) $$b || exit 1; done

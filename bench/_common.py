@@ -65,7 +65,7 @@ def queue_depths(names: list[str]) -> dict[str, int]:
     """Ready messages per RabbitMQ queue (passive declare; the stack's BROKER_URL)."""
     from kombu import Connection
 
-    from shared.settings import get_settings
+    from shared.contracts.settings import get_settings
 
     with Connection(get_settings().broker_url) as conn:
         channel = conn.default_channel
@@ -78,8 +78,8 @@ def _busy(nodes: list[str]) -> dict[str, int]:
     and users waiting for a rescoring drain."""
     from celery import Celery
 
-    from shared import rescore
-    from shared.settings import get_settings
+    from shared.contracts.settings import get_settings
+    from shared.pipeline import rescore
 
     settings = get_settings()
     prefix = settings.queue_prefix
@@ -96,7 +96,7 @@ def wait_quiet(timeout: float = 600) -> float:
     would otherwise compete for MongoDB with what we measure). Returns the seconds waited."""
     from celery import Celery
 
-    from shared.settings import get_settings
+    from shared.contracts.settings import get_settings
 
     start = time.monotonic()
     nodes = [name for reply in Celery(broker=get_settings().broker_url).control.ping(timeout=2.0) for name in reply]

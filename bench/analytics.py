@@ -7,7 +7,7 @@ What it does, in one run:
    q=3.74, gamma=15.44), ages uniform over 1..364 days, purchase times on a daily grid
    (``simulate_bgnbd(..., day_resolution=True)``), and writes them to a temporary ``.npz``.
 2. Runs two worker subprocesses on that same file, one after the other, so that neither's memory
-   contaminates the other's:  ``ours`` (this interpreter, ``shared.analytics.models``) and
+   contaminates the other's:  ``ours`` (this interpreter, ``shared.analytics.stats``) and
    ``lifetimes`` (``BetaGeoFitter`` and ``GammaGammaFitter`` in a separate virtualenv).
    Each times: fitting BG/NBD on everyone, fitting Gamma-Gamma on the repeat buyers, and scoring
    everyone (P(alive), conditional expected purchases over the next 90 days = 90/7 weeks,
@@ -81,7 +81,7 @@ def worker_ours(data_path: str) -> dict:
     sys.path.insert(0, str(REPO_ROOT))
     import numpy as np
 
-    from shared.analytics.models import (
+    from shared.analytics.stats import (
         conditional_expected_average_spend,
         conditional_expected_purchases,
         customer_lifetime_value,
@@ -181,7 +181,7 @@ def simulate(n: int, seed: int, path: Path) -> dict:
     sys.path.insert(0, str(REPO_ROOT))
     import numpy as np
 
-    from shared.analytics.models import simulate_bgnbd, simulate_gamma_gamma_spend
+    from shared.analytics.stats import simulate_bgnbd, simulate_gamma_gamma_spend
 
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()

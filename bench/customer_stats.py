@@ -27,10 +27,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.analytics import customer_stats  # noqa: E402
-from shared.analytics.model_store import Model  # noqa: E402
-from shared.analytics.models import (  # noqa: E402
-    BGNBDParams, GammaGammaParams, fit_bgnbd, fit_gamma_gamma, simulate_bgnbd, simulate_gamma_gamma_spend)
-from shared.settings import get_settings  # noqa: E402
+from shared.analytics.fitted_models import FittedModel  # noqa: E402
+from shared.analytics.stats import (  # noqa: E402
+    BGNBDParams,
+    GammaGammaParams,
+    fit_bgnbd,
+    fit_gamma_gamma,
+    simulate_bgnbd,
+    simulate_gamma_gamma_spend,
+)
+from shared.contracts.settings import get_settings  # noqa: E402
 
 TRUE_BG = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
 TRUE_GG = {"p": 6.25, "q": 3.74, "gamma": 15.44}
@@ -59,7 +65,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     now = datetime.now(UTC)
     rng = np.random.default_rng(args.seed)
-    model = Model(1, BGNBDParams(**TRUE_BG, log_likelihood=0.0, n_customers=0),
+    model = FittedModel(1, BGNBDParams(**TRUE_BG, log_likelihood=0.0, n_customers=0),
                   GammaGammaParams(**TRUE_GG, log_likelihood=0.0, n_customers=0), None, None)
     print(f"{'customers':>10}{'stats s':>10}{'µs/customer':>13}{'fit s':>9}{'stats/fit':>11}  histogram sums")
     per_customer, seconds = {}, {}

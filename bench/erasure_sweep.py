@@ -1,4 +1,4 @@
-"""Benchmark: the erasure sweep (shared.erasure.sweep_page) does not scan `events`.
+"""Benchmark: the erasure sweep (shared.pipeline.erasure.sweep_page) does not scan `events`.
 
 On a Postgres and a SecantusDB of its own (scripts.private_servers; the machine's Redis under a
 prefix of its own), for each size: USERS users in Postgres with that many events each in MongoDB,
@@ -59,8 +59,8 @@ def populate(n: int, per_user: int, db, engine) -> None:
 def sweep_cycle(db, page: int) -> tuple[float, int]:
     from sqlalchemy import text
 
-    from shared import erasure
-    from shared.db import session_scope
+    from shared.infra.db import session_scope
+    from shared.pipeline import erasure
 
     started, forgotten = time.perf_counter(), 0
     while True:
@@ -95,9 +95,9 @@ def main() -> None:
         mongo.start()
         os.environ.update({"DATABASE_URL": f"{postgres.url}/pulse", "MONGO_URI": mongo.mongo_uri("pulse"),
                            "CACHE_PREFIX": f"pulse-bench-{uuid.uuid4().hex[:8]}:", "LOG_LEVEL": "WARNING"})
-        from shared.db import get_engine
-        from shared.migrate import upgrade
-        from shared.mongo import ensure_indexes, get_database
+        from shared.infra.db import get_engine
+        from shared.infra.migrate import upgrade
+        from shared.infra.mongo import ensure_indexes, get_database
 
         upgrade(os.environ["DATABASE_URL"])
         engine, db = get_engine(), get_database()

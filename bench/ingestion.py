@@ -44,16 +44,24 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from _common import (
-    LINE, BenchError, bench_users, call, queue_depths, require_stack, run, session, verdict, wait_quiet,
+    LINE,
+    BenchError,
+    bench_users,
+    call,
+    queue_depths,
+    require_stack,
+    run,
+    session,
+    verdict,
+    wait_quiet,
     wait_until,
 )
-
 from celery import Celery  # noqa: E402
 
-from shared.celery_app import create_celery_app  # noqa: E402
-from shared.mongo import EVENTS, get_database  # noqa: E402
-from shared.settings import get_settings  # noqa: E402
-from shared.topology import STORE_EVENTS  # noqa: E402
+from shared.contracts.settings import get_settings  # noqa: E402
+from shared.contracts.topology import STORE_EVENTS  # noqa: E402
+from shared.infra.celery_app import create_celery_app  # noqa: E402
+from shared.infra.mongo import EVENTS, get_database  # noqa: E402
 
 BATCH = 1000
 NAIVE_PUBLISHERS = 4  # publisher threads: publishing with confirms must not be what limits the naive run
@@ -147,7 +155,7 @@ def measure_pipeline(db, events: list[dict], clients: int) -> tuple[float, float
 
 
 def _key(event: dict) -> tuple[int, str]:
-    """An event's identity: `(user_id, event_id)` (shared.event_identity)."""
+    """An event's identity: `(user_id, event_id)` (shared.contracts.event_identity)."""
     return int(event["user_id"]), event["event_id"]
 
 

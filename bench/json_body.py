@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from flask import Flask  # noqa: E402
-
 from ingestion import make_events  # noqa: E402
+
 from services.api.json_body import LimitedJSONProvider  # noqa: E402
 
 LINE = "=" * 78

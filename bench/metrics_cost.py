@@ -34,8 +34,20 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from _common import (LINE, ROOT, BenchError, auth_headers, bench_users, call, percentile, require_stack, run,
-                     session, verdict, wait_quiet)
+from _common import (
+    LINE,
+    ROOT,
+    BenchError,
+    auth_headers,
+    bench_users,
+    call,
+    percentile,
+    require_stack,
+    run,
+    session,
+    verdict,
+    wait_quiet,
+)
 
 from scripts.lifetime import end, start  # noqa: E402 - after _common puts the repository root on sys.path
 
@@ -109,7 +121,7 @@ def ingest(url: str, users: list[int], n: int, db, tag: str) -> tuple[float, flo
     events = [{"event_id": f"cost-{tag}-{i}", "user_id": users[i % len(users)], "event_type": "page_view",
                "timestamp": now, "metadata": {"page": "/cost"}} for i in range(n)]
     batches = [events[i:i + BATCH] for i in range(0, n, BATCH)]
-    from shared import counters
+    from shared.infra import counters
 
     http = session(pool=4)
     stored_before = counters.read()[counters.EVENTS_STORED]
@@ -137,7 +149,7 @@ def ingest(url: str, users: list[int], n: int, db, tag: str) -> tuple[float, flo
 
 
 def main() -> None:
-    from shared.mongo import get_database
+    from shared.infra.mongo import get_database
 
     require_stack()
     n_hits = int(os.environ.get("BENCH_HITS", 2000))

@@ -7,7 +7,7 @@ What it does, in one run:
    uniform over 1..364 days, purchase times on a daily grid (``simulate_pareto_nbd(...,
    day_resolution=True)``), into a temporary ``.npz``.
 2. Runs worker subprocesses on that file, one after the other (so neither's memory contaminates
-   the other's): ``ours`` (``shared.analytics.models.pareto_nbd``) on all ``--n`` customers, and
+   the other's): ``ours`` (``shared.analytics.stats.pareto_nbd``) on all ``--n`` customers, and
    ``ours`` and ``lifetimes`` (in its own virtualenv, see bench/analytics.py) on the first
    ``--lifetimes-n`` of them (default 100,000). Each times the fit and the scoring of every customer
    (P(alive) and the conditional expected purchases over the next 90 days = 90/7 weeks) and
@@ -61,7 +61,7 @@ def worker_ours(data_path: str, rows: int) -> dict:
     sys.path.insert(0, str(REPO_ROOT))
     import numpy as np
 
-    from shared.analytics.models.pareto_nbd import (
+    from shared.analytics.stats.pareto_nbd import (
         conditional_expected_purchases,
         fit_pareto_nbd,
         probability_alive,
@@ -123,7 +123,7 @@ def simulate(n: int, seed: int, path: Path) -> dict:
     sys.path.insert(0, str(REPO_ROOT))
     import numpy as np
 
-    from shared.analytics.models import simulate_pareto_nbd
+    from shared.analytics.stats import simulate_pareto_nbd
 
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()

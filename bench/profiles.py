@@ -6,7 +6,7 @@ there are users with a purchase history), then `.venv/bin/python bench/profiles.
 How a miss is forced: the analytics worker writes every profile it computes into Redis, so
 "a user never read before" is already cached, and an event only opens a short, racy window before
 analytics rewrites the entry. The bench therefore does exactly what the event worker does when a
-user's events change (shared.profile_cache.invalidate: a new cache version for the user in Postgres,
+user's events change (shared.pipeline.profile_cache.invalidate: a new cache version for the user in Postgres,
 DATABASE_URL as the stack uses it) and then reads the profile: that read misses,
 computes from Postgres + MongoDB (the same compute_profiles the worker uses) and caches it; the
 reads after it hit. Samples whose X-Cache header is not the expected one are counted and dropped.
@@ -21,7 +21,7 @@ about the floor.
 
 The hits are also timed with a key that has only the `read` scope (created through the API for the
 run): its answers leave the person's name, e-mail and street out, cut from the same cached text
-(shared.personal.profile_view). Such a key is rate-limited (RATE_LIMIT_READ), so its hits also pay
+(shared.contracts.personal.profile_view). Such a key is rate-limited (RATE_LIMIT_READ), so its hits also pay
 the limit's Redis round trips; the development key's do not.
 
 Target: a hit at least 20x faster than a miss at p50.
@@ -36,14 +36,26 @@ import statistics
 import time
 from urllib.parse import urlsplit
 
-from _common import API, LINE, auth_headers, BenchError, call, ensure_users, percentile, require_stack, run, verdict, wait_quiet
+from _common import (
+    API,
+    LINE,
+    BenchError,
+    auth_headers,
+    call,
+    ensure_users,
+    percentile,
+    require_stack,
+    run,
+    verdict,
+    wait_quiet,
+)
 
 TARGET = 20.0
 
 
 def main() -> None:
     require_stack()
-    from shared import profile_cache  # after _common put the repo root on sys.path
+    from shared.pipeline import profile_cache  # after _common put the repo root on sys.path
 
     n_users = int(os.environ.get("BENCH_USERS", 100))
     rounds = int(os.environ.get("BENCH_ROUNDS", 3))

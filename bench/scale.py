@@ -132,9 +132,9 @@ class Stack:
         subprocess.run(["rabbitmqctl", "-q", "add_vhost", VHOST], check=True, capture_output=True)
         subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", VHOST, RABBIT.split(":")[0], ".*", ".*", ".*"],
                        check=True, capture_output=True)
-        subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "shared.migrate"], env=env, check=True, cwd=ROOT,
+        subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "shared.infra.migrate"], env=env, check=True, cwd=ROOT,
                        preexec_fn=die_with_parent())
-        subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "shared.api_keys", "dev", str(VAR / "dev-api-key")],
+        subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "shared.infra.api_keys", "dev", str(VAR / "dev-api-key")],
                        env=env, check=True, cwd=ROOT, capture_output=True, preexec_fn=die_with_parent())
         # A group of its own, and SIGTERM from the kernel if this process dies without stopping it:
         # honcho then stops every process of the stack (each in a session of its own).
@@ -154,7 +154,7 @@ class Stack:
     def workers(self) -> int:
         from celery import Celery
 
-        from shared.settings import get_settings
+        from shared.contracts.settings import get_settings
 
         return len(Celery(broker=get_settings().broker_url).control.ping(timeout=1.0))
 
@@ -182,14 +182,14 @@ class Stack:
             # left of its tree after 30 s gets SIGKILL.
             end(self.honcho, grace=30, first=signal.SIGINT)
         try:
-            from shared.db import drop_database
+            from shared.infra.db import drop_database
 
             drop_database(STACK_ENV["DATABASE_URL"])
         except Exception as exc:  # noqa: BLE001 - the vhost, the keys and the folder go anyway
             errors.append(f"database: {exc!r}")
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", VHOST], check=False, capture_output=True, timeout=120)
         try:
-            from shared.cache import get_redis
+            from shared.infra.cache import get_redis
 
             redis = get_redis()
             for name in redis.scan_iter(match=STACK_ENV["CACHE_PREFIX"] + "*", count=10_000):
@@ -237,7 +237,7 @@ def write_more_purchases(path: Path, rng: np.random.Generator, purchases: int) -
     the same while the log grows. Returns how many were written."""
     from sqlalchemy import text
 
-    from shared.db import session_scope
+    from shared.infra.db import session_scope
 
     with session_scope() as session:
         rows = session.execute(text(
@@ -276,8 +276,8 @@ def wait_quiet(timeout: float = 3600) -> float:
     """Until nothing is queued, pending rescoring, or running, for 2 s in a row."""
     from kombu import Connection
 
-    from shared import rescore
-    from shared.settings import get_settings
+    from shared.contracts.settings import get_settings
+    from shared.pipeline import rescore
 
     prefix = STACK_ENV["QUEUE_PREFIX"]
     started = time.monotonic()
@@ -333,7 +333,7 @@ def maintenance() -> str:
     """What Postgres is doing in the background right now (autovacuum workers)."""
     from sqlalchemy import text
 
-    from shared.db import session_scope
+    from shared.infra.db import session_scope
 
     with session_scope() as session:
         rows = session.execute(text("SELECT query FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")).all()
@@ -343,7 +343,7 @@ def maintenance() -> str:
 def customer_ids() -> list[int]:
     from sqlalchemy import text
 
-    from shared.db import session_scope
+    from shared.infra.db import session_scope
 
     with session_scope() as session:
         return list(session.scalars(text("SELECT user_id FROM customer_summaries ORDER BY user_id")))
@@ -352,7 +352,7 @@ def customer_ids() -> list[int]:
 def user_count() -> int:
     from sqlalchemy import text
 
-    from shared.db import session_scope
+    from shared.infra.db import session_scope
 
     with session_scope() as session:
         return int(session.scalar(text("SELECT count(*) FROM users")))
@@ -360,7 +360,7 @@ def user_count() -> int:
 
 def fit_and_rescore() -> dict:
     """POST the fit and poll its job until done; time it, then the rescoring of everyone it queues."""
-    from shared import rescore
+    from shared.pipeline import rescore
 
     users = user_count()
     before = rescore.rescored_total()
@@ -379,7 +379,7 @@ def fit_and_rescore() -> dict:
 
 def misses(sample: list[int]) -> dict:
     """Profile reads with each user's cache entry invalidated first (one keep-alive connection)."""
-    from shared import profile_cache
+    from shared.pipeline import profile_cache
 
     connection = http.client.HTTPConnection("127.0.0.1", PORTS["API_PORT"], timeout=120)
     headers = auth_headers()
@@ -410,18 +410,18 @@ def misses(sample: list[int]) -> dict:
 def raw_log_baseline() -> float:
     """The fit's input read the way it was before summaries: the whole purchase log from MongoDB,
     summarised per customer."""
-    from shared.analytics.models import summarise_purchases
     from shared.analytics.purchases import load_purchases
-    from shared.mongo import get_database
+    from shared.analytics.stats import frequency_recency
+    from shared.infra.mongo import get_database
 
     started = time.perf_counter()
     log = load_purchases(get_database())
-    summarise_purchases(log.user_id, log.timestamp, log.amount, TODAY)
+    frequency_recency(log.user_id, log.timestamp, log.amount, TODAY)
     return time.perf_counter() - started
 
 
 def signup_burst(n: int) -> dict:
-    from shared.mongo import get_database
+    from shared.infra.mongo import get_database
 
     def signup(i: int) -> tuple[int, float]:
         name = f"burst_{RUN}_{i}"

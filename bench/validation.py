@@ -45,10 +45,10 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from services.analytics.fitting import fit_purchases  # noqa: E402
 from services.analytics.validation import validate  # noqa: E402
-from shared.analytics.models import simulate_bgnbd  # noqa: E402
-from shared.db import drop_database, get_engine, session_scope  # noqa: E402
-from shared.migrate import upgrade  # noqa: E402
-from shared.settings import get_settings  # noqa: E402
+from shared.analytics.stats import simulate_bgnbd  # noqa: E402
+from shared.contracts.settings import get_settings  # noqa: E402
+from shared.infra.db import drop_database, get_engine, session_scope  # noqa: E402
+from shared.infra.migrate import upgrade  # noqa: E402
 
 LINE = "=" * 78
 END = date(2026, 6, 30)

@@ -120,11 +120,11 @@ class ChaosStack:
     def start(self) -> None:
         for server in self.servers.values():
             server.start()
-        subprocess.run([str(VENV_BIN / "python"), "-m", "shared.migrate"], env=self.env, cwd=ROOT, check=True,
+        subprocess.run([str(VENV_BIN / "python"), "-m", "shared.infra.migrate"], env=self.env, cwd=ROOT, check=True,
                        capture_output=True)
         # Its own development key, as `make dev` makes one: every caller of this stack sends it.
         key_file = self.root / "dev-api-key"
-        subprocess.run([str(VENV_BIN / "python"), "-m", "shared.api_keys", "dev", str(key_file)], env=self.env,
+        subprocess.run([str(VENV_BIN / "python"), "-m", "shared.infra.api_keys", "dev", str(key_file)], env=self.env,
                        cwd=ROOT, check=True, capture_output=True)
         self.headers = {"Authorization": f"Bearer {key_file.read_text().strip()}"}
         for name in self.commands:
@@ -425,7 +425,6 @@ def reconcile(stack: ChaosStack, ledger: Ledger, faults: list[Fault], injected_m
     mongo.close()
 
     import mailbox
-
     from email.utils import parseaddr
 
     mails = [(parseaddr(str(m["To"]))[1].lower(), m["Message-ID"]) for m in mailbox.Maildir(stack.mail.maildir, create=False)]
@@ -433,10 +432,10 @@ def reconcile(stack: ChaosStack, ledger: Ledger, faults: list[Fault], injected_m
     same_message_twice = sum(n - 1 for n in Counter(mails).values() if n > 1)
     other_duplicates = sum(n - 1 for n in mails_to.values() if n > 1) - same_message_twice
 
-    check = subprocess.run([str(VENV_BIN / "python"), "-m", "shared.summaries", "rebuild", "--check"], env=stack.env,
+    check = subprocess.run([str(VENV_BIN / "python"), "-m", "shared.pipeline.summaries", "rebuild", "--check"], env=stack.env,
                            cwd=ROOT, capture_output=True, text=True)
 
-    from shared.dead_letters import DeadLetterQueue
+    from shared.infra.dead_letters import DeadLetterQueue
 
     with DeadLetterQueue(broker_url=stack.rabbit.url, prefix="pulse") as dlq:
         dead = dlq.letters()

@@ -339,11 +339,11 @@ def force_miss(user_id: int) -> str:
     processed. Sending an event works, but only during the short window between the worker's
     invalidation and the analytics rescoring, which makes the demo racy. So the demo does exactly
     what the worker does when events arrive, and nothing more: it bumps the user's cache version
-    (shared.profile_cache.invalidate: a new version in Postgres, the stack's DATABASE_URL).
+    (shared.pipeline.profile_cache.invalidate: a new version in Postgres, the stack's DATABASE_URL).
     The next read then misses, computes from Postgres + MongoDB and caches; the read after it hits.
     """
     try:
-        from shared import profile_cache
+        from shared.pipeline import profile_cache
 
         profile_cache.invalidate([user_id])
         return "cache version bumped in Postgres"

@@ -7,7 +7,7 @@ an error may quote what a task held (an address an SMTP server refused).
 The login is FLOWER_BASIC_AUTH (user:password) when set, as compose sets it from .env; otherwise
 `user:password` from FILE, created with a random password (owner-only file) when missing, as the
 development API key is. Flower never starts without one: no path leaves it open. Task arguments
-are not shown either way (shared.celery_app.arguments_shown: ids only).
+are not shown either way (shared.infra.celery_app.arguments_shown: ids only).
 """
 import argparse
 import os
@@ -15,7 +15,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from shared.api_keys import write_secret_file
+from shared.infra.api_keys import write_secret_file
 
 USER = "pulse"
 

@@ -133,14 +133,14 @@ class MailCatcher:
 @pytest.fixture(scope="session")
 def services() -> Iterator[dict]:
     """Postgres database, RabbitMQ vhost, MongoDB-wire server and SMTP catcher of this run."""
-    from shared.db import drop_database
-    from shared.migrate import upgrade
+    from shared.infra.db import drop_database
+    from shared.infra.migrate import upgrade
 
     upgrade(TEST_ENV["DATABASE_URL"])
     # The run's development key (every scope), as `make dev` writes one: the test client, the
     # HTTP helpers and every subprocess (which inherit the environment) call with it.
-    from shared import api_keys
-    from shared.db import session_scope
+    from shared.infra import api_keys
+    from shared.infra.db import session_scope
 
     with session_scope() as session:
         _, os.environ["PULSE_API_KEY"] = api_keys.create(session, list(api_keys.SCOPES), name="tests")
@@ -187,7 +187,7 @@ def pipeline(services) -> Iterator[dict]:
         "mailer": spawn(celery_worker_args("services.worker.main", "pulse.email", f"mailer-{RUN_ID}"), "mailer"),
         "analytics": spawn(celery_worker_args("services.analytics.main", "pulse.analytics", f"analytics-{RUN_ID}"), "analytics"),
     }
-    from shared.celery_app import create_celery_app
+    from shared.infra.celery_app import create_celery_app
 
     control = create_celery_app("pulse-test-control")
     try:
@@ -227,6 +227,6 @@ def anonymous_client(app):
 
 @pytest.fixture(scope="session")
 def mongo(services):
-    from shared.mongo import get_database
+    from shared.infra.mongo import get_database
 
     return get_database()

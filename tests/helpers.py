@@ -4,7 +4,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import event
 
-from shared.db import get_engine
+from shared.infra.db import get_engine
 
 
 def signup_body(city: str = "Kyiv", country: str = "UA", **overrides) -> dict:

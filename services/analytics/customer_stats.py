@@ -15,11 +15,11 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from services.analytics.fitting import EPOCH, _numbers
-from shared.analytics.model_store import Model
-from shared.analytics.models import churn_risks
-from shared.analytics.models.registry import MODELS as PURCHASE_MODELS
+from shared.analytics.fitted_models import FittedModel
 from shared.analytics.profiles import count_ahead_as_now, model_inputs, predict
-from shared.mongo import CUSTOMER_STATS
+from shared.analytics.stats import churn_risks
+from shared.analytics.stats.registry import MODELS as PURCHASE_MODELS
+from shared.infra.mongo import CUSTOMER_STATS
 
 # A customer's churn risk and P(alive) in tenths; predicted LTV on a roughly logarithmic scale
 # (most customers are worth little, a few a lot), the last bin open-ended.
@@ -52,7 +52,7 @@ def _summary(values: np.ndarray) -> dict:
             "p90": round(float(np.quantile(values, 0.9)), 2), "total": round(float(values.sum()), 2)}
 
 
-def p_alive_matrix(model: Model, max_frequency: int, max_age_weeks: float) -> dict:
+def p_alive_matrix(model: FittedModel, max_frequency: int, max_age_weeks: float) -> dict:
     frequency = np.arange(max_frequency + 1, dtype=np.float64)
     recency = np.linspace(0.0, max_age_weeks, MATRIX_RECENCY_STEPS + 1)
     x, t_x = np.meshgrid(frequency, recency, indexing="ij")
@@ -74,12 +74,12 @@ def read_summaries(session: Session) -> np.ndarray:
     return _numbers(session, _SUMMARIES, 6)
 
 
-def compute(rows: np.ndarray, model: Model | None, now: datetime | None = None) -> dict:
+def compute(rows: np.ndarray, model: FittedModel | None, now: datetime | None = None) -> dict:
     started = time.perf_counter()
     now = now or datetime.now(UTC)
     first, last, purchase_days, spent, first_day_spent, last_purchase_at = (
         rows.T if rows.size else np.zeros((6, 0)))
-    # Events may be stamped up to a day ahead (shared.schemas): such a purchase counts as made now,
+    # Events may be stamped up to a day ahead (shared.contracts.schemas): such a purchase counts as made now,
     # here as in a profile (shared.analytics.profiles.count_ahead_as_now, the one rule for both).
     today = (now.date() - EPOCH).days
     first, last, last_purchase_at = count_ahead_as_now(first, last, last_purchase_at, now)

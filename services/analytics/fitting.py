@@ -17,17 +17,17 @@ from psycopg import sql
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared.analytics import model_store
+from shared.analytics import fitted_models
 from shared.analytics.profiles import model_inputs
-from shared.analytics.models import (
+from shared.analytics.stats import (
     CoPurchases,
     fit_co_purchases,
     fit_gamma_gamma,
     quintile_breakpoints,
 )
-from shared.analytics.models.registry import MODELS as PURCHASE_MODELS
-from shared.logging import get_logger
-from shared.settings import get_settings
+from shared.analytics.stats.registry import MODELS as PURCHASE_MODELS
+from shared.contracts.settings import get_settings
+from shared.infra.logging import get_logger
 
 log = get_logger("pulse.analytics.fit")
 EPOCH = date(1970, 1, 1)
@@ -172,7 +172,7 @@ def fit_population(db, session: Session, as_of: date) -> dict:
         "population_statistics": round((done - fitted) * 1000, 1),
         "total": round((done - started) * 1000, 1),
     }
-    model = model_store.save(db, as_of, models, scoring, gamma_gamma, population, timings)
+    model = fitted_models.save(db, as_of, models, scoring, gamma_gamma, population, timings)
     bgnbd = models[scoring]
     log.info(
         "models_fitted", version=model["version"], as_of=model["as_of"], customers=bgnbd.n_customers,

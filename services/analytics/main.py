@@ -3,11 +3,11 @@
 from celery import signals
 from celery.schedules import crontab
 
-from shared.celery_app import create_celery_app, declare_topology
-from shared.mongo import prepare_database
-from shared.settings import get_settings
-from shared.topology import CUSTOMER_STATS, FIT_MODELS, PRUNE_LEDGER, RECONCILE_ERASURES, SWEEP_RESCORING
-from shared.tracing import trace_worker_processes
+from shared.contracts.settings import get_settings
+from shared.contracts.topology import CUSTOMER_STATS, FIT_MODELS, PRUNE_LEDGER, RECONCILE_ERASURES, SWEEP_RESCORING
+from shared.infra.celery_app import create_celery_app, declare_topology
+from shared.infra.mongo import prepare_database
+from shared.infra.tracing import trace_worker_processes
 
 app = create_celery_app("pulse-analytics", include=["services.analytics.tasks"])
 trace_worker_processes("pulse-analytics")  # beat, also started from this module, stays untraced
@@ -16,12 +16,12 @@ app.conf.beat_schedule = {
         "task": FIT_MODELS,
         "schedule": crontab(hour=get_settings().model_refit_cron_hour, minute=0),
     },
-    # The worker's ledger of counted batches (shared.summaries): routed to the worker by name.
+    # The worker's ledger of counted batches (shared.pipeline.summaries): routed to the worker by name.
     "prune-applied-batches": {
         "task": PRUNE_LEDGER,
         "schedule": crontab(hour=get_settings().model_refit_cron_hour, minute=30),
     },
-    # Rescoring that Redis or a killed worker lost (shared.rescore). No `expires`: an expired task
+    # Rescoring that Redis or a killed worker lost (shared.pipeline.rescore). No `expires`: an expired task
     # is revoked, and a revoked late-ack task is rejected, i.e. dead-lettered. Sweeps queued while
     # no analytics worker ran are each one indexed query when it returns.
     "sweep-rescoring": {"task": SWEEP_RESCORING, "schedule": get_settings().rescore_sweep_seconds},
@@ -29,7 +29,7 @@ app.conf.beat_schedule = {
     # summaries, so a dashboard refresh costs a document read at any population size.
     "customer-stats": {"task": CUSTOMER_STATS, "schedule": get_settings().customer_stats_seconds},
     # Erasures whose message never did its work, and people deleted from Postgres some other way
-    # (shared.erasure): bounded work per run, routed to the worker by name.
+    # (shared.pipeline.erasure): bounded work per run, routed to the worker by name.
     "reconcile-erasures": {"task": RECONCILE_ERASURES, "schedule": get_settings().erasure_reconcile_seconds},
 }
 

@@ -13,16 +13,16 @@ from sqlalchemy import func, select, text
 from services.analytics import customer_stats, validation
 from services.analytics.fitting import fit_population, last_complete_day
 from services.analytics.main import app
-from shared import erasure, jobs, profile_cache, rescore
+from shared.analytics import fitted_models
 from shared.analytics.profiles import compute_profiles
-from shared.db import session_scope
-from shared.logging import get_logger
-from shared.models import User
-from shared.mongo import PROFILES, get_database
-from shared.retry import RETRY_POLICY, TRANSIENT_ERRORS
-from shared.settings import get_settings
-from shared.analytics import model_store
-from shared.topology import COMPUTE_PROFILES, CUSTOMER_STATS, FIT_MODELS, SWEEP_RESCORING, VALIDATE_MODELS
+from shared.contracts.settings import get_settings
+from shared.contracts.tables import User
+from shared.contracts.topology import COMPUTE_PROFILES, CUSTOMER_STATS, FIT_MODELS, SWEEP_RESCORING, VALIDATE_MODELS
+from shared.infra.db import session_scope
+from shared.infra.logging import get_logger
+from shared.infra.mongo import PROFILES, get_database
+from shared.infra.retry import RETRY_POLICY, TRANSIENT_ERRORS
+from shared.pipeline import erasure, jobs, profile_cache, rescore
 
 log = get_logger("pulse.analytics")
 RESCORE_CHUNK = 500
@@ -47,7 +47,7 @@ def profile_document(profile: dict) -> dict:
 
 def store_profiles(db, session, profiles: dict[int, dict]) -> None:
     """Profiles to MongoDB, engagement and segment back to users (one statement each).
-    Whole documents are replaced by key (shared.mongo: profiles are keyed by user id): on the dev
+    Whole documents are replaced by key (shared.infra.mongo: profiles are keyed by user id): on the dev
     server that costs two thirds of a $set on a looked-up field."""
     if not profiles:
         return
@@ -88,7 +88,7 @@ def rescore_users(user_ids: list[int]) -> int:
         rescore.clear_seen(session, seen)
     profile_cache.write_many({user_id: (versions.get(user_id), profile) for user_id, profile in profiles.items()})
     with session_scope() as session:
-        # After every write: whoever was erased meanwhile is forgotten again (shared.erasure). All
+        # After every write: whoever was erased meanwhile is forgotten again (shared.pipeline.erasure). All
         # the requested users, not only those computed: a retry after a failed write computes
         # nothing for an erased user, yet the failed attempt may have stored their profile.
         erasure.forget_missing(db, session, user_ids)
@@ -116,7 +116,7 @@ def compute_profiles_task(user_ids: list[int] | None = None, id_range: list[int]
                           drain: str | None = None) -> dict:
     """Rescore the given users, the users with ids in `id_range` ([first, last]), a chunk of a
     running drain (`drain`), or (with none of them) start a drain of the users whose events
-    changed (shared.rescore): one chunk here, one task per further chunk, which any analytics
+    changed (shared.pipeline.rescore): one chunk here, one task per further chunk, which any analytics
     worker process may run."""
     if user_ids is not None:
         count = rescore_users(user_ids)
@@ -142,7 +142,7 @@ def compute_profiles_task(user_ids: list[int] | None = None, id_range: list[int]
 
 @app.task(name=SWEEP_RESCORING, **RETRY_POLICY)
 def sweep_rescoring_task() -> dict:
-    """Every minute (beat): users whose rescoring Redis or a killed worker lost (shared.rescore)."""
+    """Every minute (beat): users whose rescoring Redis or a killed worker lost (shared.pipeline.rescore)."""
     with session_scope() as session:
         swept = rescore.sweep(session, _schedule_drain, older_than_seconds=2 * get_settings().rescore_sweep_seconds)
     if swept:
@@ -164,7 +164,7 @@ def rescore_everyone() -> int:
 
 
 class JobTask(app.Task):
-    """A task that runs a job (shared.jobs): when it fails for good (its retries spent, or an error
+    """A task that runs a job (shared.pipeline.jobs): when it fails for good (its retries spent, or an error
     no retry helps), the job is marked failed with the reason, so its client is told instead of
     polling a job that stays running."""
 
@@ -221,7 +221,7 @@ def fit_models_task(as_of: str | None = None, job_id: str | None = None) -> dict
     model["rescoring_tasks"] = rescore_everyone()
     app.send_task(CUSTOMER_STATS)  # the dashboard's distributions follow the new model at once
     model["fitted_at"] = model["fitted_at"].isoformat()
-    answer = model_store.describe(model)
+    answer = fitted_models.describe(model)
     if job_id is not None:
         with session_scope() as session:
             jobs.finish(session, jobs.parse_id(job_id), answer)
@@ -256,7 +256,7 @@ def customer_stats_task() -> dict:
     """Every CUSTOMER_STATS_SECONDS (beat) and after each fit: the dashboard's customer distributions."""
     db = get_database()
     with session_scope() as session:
-        doc = customer_stats.compute(customer_stats.read_summaries(session), model_store.current.get(db))
+        doc = customer_stats.compute(customer_stats.read_summaries(session), fitted_models.current.get(db))
     customer_stats.store(db, doc)
     log.info("customer_stats_computed", customers=doc["customers"], model_version=doc["model_version"],
              compute_ms=doc["compute_ms"])

@@ -27,10 +27,10 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from services.analytics.fitting import EPOCH, _numbers, fit_purchase_models
-from shared.analytics import holdouts, model_store
-from shared.analytics.models.registry import MODELS as PURCHASE_MODELS
-from shared.logging import get_logger
-from shared.models import ModelHoldout
+from shared.analytics import fitted_models, holdouts
+from shared.analytics.stats.registry import MODELS as PURCHASE_MODELS
+from shared.contracts.tables import ModelHoldout
+from shared.infra.logging import get_logger
 
 log = get_logger("pulse.analytics.validation")
 FREQUENCY_GROUPS = 7  # by_calibration_frequency: 0, 1, ..., 6 and "7+" (Fader, Hardie & Lee's Figure 4)
@@ -224,13 +224,13 @@ def rolling_check(db, session: Session, end: date) -> list[dict]:
     """Score the stored model in use against its customers' purchases from its `as_of` to `end`,
     with every purchase model it stored, and keep the result (one `model_holdouts` row per model).
     Nothing to check (no model yet, or no complete day since it was fitted): []."""
-    doc = model_store.latest(db)
+    doc = fitted_models.latest(db)
     if doc is None:
         return []
     calibration_end = date.fromisoformat(doc["as_of"])
     if end <= calibration_end:
         return []
-    model = model_store.decode(doc)
+    model = fitted_models.decode(doc)
     split = read_split(session, calibration_end, end)
     if split.x.size == 0:
         return []

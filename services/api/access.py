@@ -6,7 +6,7 @@ from the same table (services.api.contract), so the spec and the checks cannot d
 
 Checked keys are remembered per process for API_KEY_CACHE_SECONDS (a key check is then a dict
 lookup, not a Postgres query per request); expiry is compared on every request. A revocation is
-announced in Redis (shared.api_keys.announce_revocation: a new random token), and every request
+announced in Redis (shared.infra.api_keys.announce_revocation: a new random token), and every request
 compares that token with the one its process saw last: when it changed, the process forgets every
 key it had checked, so a revoked key is refused everywhere from the next request on. Only while
 Redis is unreachable does the time limit alone decide.
@@ -33,13 +33,14 @@ from werkzeug.http import parse_cookie
 
 from services.api import proxies, rate_limits
 from services.api.problems import problem_response
-from shared import api_keys
-from shared.api_keys import ADMIN, INGEST, PERSONAL, READ, Principal
-from shared.cache import get_redis, key as redis_key
-from shared.db import session_scope
-from shared.logging import get_logger
-from shared.retry import TRANSIENT_ERRORS
-from shared.settings import get_settings
+from shared.contracts.settings import get_settings
+from shared.infra import api_keys
+from shared.infra.api_keys import ADMIN, INGEST, PERSONAL, READ, Principal
+from shared.infra.cache import get_redis
+from shared.infra.cache import key as redis_key
+from shared.infra.db import session_scope
+from shared.infra.logging import get_logger
+from shared.infra.retry import TRANSIENT_ERRORS
 
 log = get_logger(__name__)
 
@@ -82,7 +83,7 @@ REQUIRED_SCOPE: dict[str, str] = {
     "keys.revoke_key": ADMIN,
 }
 # Endpoints whose answer is a person's data as a whole need the personal scope as well as their own
-# (shared.personal); the reads of people above leave the personal fields out without it.
+# (shared.contracts.personal); the reads of people above leave the personal fields out without it.
 ALSO_REQUIRED: dict[str, str] = {"privacy.export_user": PERSONAL}
 # Endpoints answering people, whose personal fields need the personal scope (the OpenAPI document says so).
 PERSONAL_FIELDS = frozenset({"users.get_user", "users.list_users", "users.top_users", "users.get_profile"})

@@ -7,14 +7,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import func, select
 
 from services.api.problems import ProblemError, validation_problem
-from shared import jobs, profile_cache, reference, request_ids, tracing
-from shared.analytics import model_store
-from shared.db import session_scope
-from shared.models import Address, CategorySales, City, Country, OutboxMessage, User
-from shared.mongo import CUSTOMER_STATS, get_database
-from shared.schemas import Problem, iso_text
-from shared.topology import FIT_MODELS, VALIDATE_MODELS
+from shared.analytics import fitted_models
 from shared.analytics.holdouts import history as validation_history
+from shared.contracts.schemas import Problem, iso_text
+from shared.contracts.tables import Address, CategorySales, City, Country, OutboxMessage, User
+from shared.contracts.topology import FIT_MODELS, VALIDATE_MODELS
+from shared.infra import request_ids, tracing
+from shared.infra.db import session_scope
+from shared.infra.mongo import CUSTOMER_STATS, get_database
+from shared.pipeline import jobs, profile_cache, reference
 
 analytics_bp = APIBlueprint("analytics", __name__, url_prefix="/api", abp_tags=[Tag(name="analytics")])
 
@@ -382,7 +383,7 @@ def validate_models(body: ValidateRequest):
 
 def _submit(kind: str, task: str, params: dict):
     """Write the job (queued) and the message that runs it in one transaction: the outbox relay
-    publishes it (shared.models.OutboxMessage, as a signup's), so a job is never lost nor left
+    publishes it (shared.contracts.tables.OutboxMessage, as a signup's), so a job is never lost nor left
     without its task, even while the broker is down; the client polls the job."""
     with session_scope() as session:
         job_id = jobs.create(session, kind, params)
@@ -437,7 +438,7 @@ def holdout_history(query: HoldoutQuery):
 @analytics_bp.get("/analytics/models/latest", summary="The fitted models profiles use now",
                   responses={200: ModelOut, 404: Problem})
 def latest_model():
-    model = model_store.latest(get_database())
+    model = fitted_models.latest(get_database())
     if model is None:
         raise ProblemError(404, "No model has been fitted yet: POST /api/analytics/models/fit")
-    return model_store.describe(model)
+    return fitted_models.describe(model)

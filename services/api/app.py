@@ -14,16 +14,16 @@ from services.api.keys import keys_bp
 from services.api.metrics import RequestMetrics, init_metrics
 from services.api.pipeline import pipeline_bp
 from services.api.privacy import privacy_bp
-from services.api.proxies import trusted_networks
 from services.api.problems import register_problem_handlers, validation_problem
 from services.api.profile_hits import ProfileHits
-from services.api.request_context import ENVIRON_KEY as REQUEST_ID_ENVIRON_KEY, RequestIds
+from services.api.proxies import trusted_networks
+from services.api.request_context import ENVIRON_KEY as REQUEST_ID_ENVIRON_KEY
+from services.api.request_context import RequestIds
 from services.api.users import users_bp
-from shared import tracing
-from shared.celery_app import create_celery_app
-from shared.logging import configure_logging
-from shared.settings import get_settings
-
+from shared.contracts.settings import get_settings
+from shared.infra import tracing
+from shared.infra.celery_app import create_celery_app
+from shared.infra.logging import configure_logging
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -43,7 +43,7 @@ def init_tracing(app: Flask) -> None:
     """A server span per request that reaches Flask, named by its route. Cache hits answered by
     ProfileHits before Flask stay untraced: they are one Redis read in ~0.4 ms, the request the
     benchmarks hold to the HTTP floor, and RequestMetrics already counts and times them (their
-    lone Redis span is dropped by the sampler, see shared.tracing). Health checks and metric
+    lone Redis span is dropped by the sampler, see shared.infra.tracing). Health checks and metric
     scrapes are left out: every few seconds each, they would bury the traces worth reading."""
     from opentelemetry.instrumentation.flask import FlaskInstrumentor
 

@@ -10,7 +10,7 @@ import re
 from flask_openapi3 import OpenAPI
 
 from services.api import access
-from shared import personal
+from shared.contracts import personal
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}

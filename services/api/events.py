@@ -2,7 +2,7 @@
 
 202 means every event is in RabbitMQ (publisher confirms). When the broker is down the answer
 is 503 and the client retries: with its own `event_id`s a retry can never duplicate an event
-(an event is `(user_id, event_id)`, shared.event_identity).
+(an event is `(user_id, event_id)`, shared.contracts.event_identity).
 """
 import threading
 import time
@@ -16,13 +16,14 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from services.api.problems import ProblemError, problem_response
-from shared import counters, event_identity
-from shared.cache import get_redis, key
-from shared.db import session_scope
-from shared.models import User
-from shared.schemas import EventBatch, FieldProblem, Problem, SingleEvent, event_document
-from shared.settings import get_settings
-from shared.topology import STORE_EVENTS
+from shared.contracts import event_identity
+from shared.contracts.schemas import EventBatch, FieldProblem, Problem, SingleEvent, event_document
+from shared.contracts.settings import get_settings
+from shared.contracts.tables import User
+from shared.contracts.topology import STORE_EVENTS
+from shared.infra import counters
+from shared.infra.cache import get_redis, key
+from shared.infra.db import session_scope
 
 events_bp = APIBlueprint("events", __name__, url_prefix="/api/events", abp_tags=[Tag(name="events")])
 
@@ -132,7 +133,7 @@ def _accept(events) -> tuple[list[dict], int]:
     """Publish the request's events; returns every event's document, in request order, and how
     many copies were collapsed.
 
-    An event is `(user_id, event_id)` (shared.event_identity). Copies of one event inside one
+    An event is `(user_id, event_id)` (shared.contracts.event_identity). Copies of one event inside one
     request are decided here, before anything is stored: identical copies (a client re-sending
     from its own buffer) are the same event, published once and counted as duplicates; copies
     that differ in content are refused with a 422 naming both positions, since whichever one we

@@ -14,10 +14,10 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from services.api.shared_reads import SharedRead
-from shared.db import get_engine
-from shared.mongo import get_database
-from shared.cache import get_redis
-from shared.settings import get_settings
+from shared.contracts.settings import get_settings
+from shared.infra.cache import get_redis
+from shared.infra.db import get_engine
+from shared.infra.mongo import get_database
 
 health_bp = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")])
 

@@ -5,9 +5,9 @@
   path (services.api.profile_hits) is counted like the routes Flask serves. The API runs as
   several granian processes: with PROMETHEUS_MULTIPROC_DIR set (the Procfile and docker/start set
   it, emptied at each start) every process writes its figures there and a scrape adds them up.
-* The profile cache: hits, misses, bypasses (shared.profile_cache counts them).
+* The profile cache: hits, misses, bypasses (shared.pipeline.profile_cache counts them).
 * The pipeline and the domain, read from the stores at scrape time: outbox pending and the age
-  of its oldest row, events stored and duplicates skipped (shared.counters), users awaiting
+  of its oldest row, events stored and duplicates skipped (shared.infra.counters), users awaiting
   rescoring, profiles rescored, tasks waiting to retry (the retry backlog: event batches, erasures,
   signups retrying while a store is down), dead letters, the current model (version, age, convergence,
   customers), and each purchase model's newest rolling-holdout check (`pulse_model_holdout_*`). A store that does not answer leaves its figures out and sets
@@ -25,20 +25,28 @@ import time
 from datetime import UTC, datetime
 
 from flask import Flask, Response, current_app, request
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import text
 
 from services.api.contract import openapi_path
 from services.api.shared_reads import SharedRead
-from shared import counters, rescore
-from shared.analytics import holdouts, model_store
-from shared.db import session_scope
-from shared.logging import get_logger
-from shared.mongo import get_database
-from shared.settings import get_settings
-from shared.topology import ERASE_USER, STORE_EVENTS, USER_CREATED
+from shared.analytics import fitted_models, holdouts
+from shared.contracts.settings import get_settings
+from shared.contracts.topology import ERASE_USER, STORE_EVENTS, USER_CREATED
+from shared.infra import counters
+from shared.infra.db import session_scope
+from shared.infra.logging import get_logger
+from shared.infra.mongo import get_database
+from shared.pipeline import rescore
 
 log = get_logger(__name__)
 ROUTE = "pulse.route"  # the WSGI environ key where the route template is left for the middleware
@@ -211,7 +219,7 @@ class PipelineCollector:
 
     @staticmethod
     def _mongodb():
-        model = model_store.latest(get_database())
+        model = fitted_models.latest(get_database())
         if model is None:
             return
         fitted_at = model["fitted_at"] if model["fitted_at"].tzinfo else model["fitted_at"].replace(tzinfo=UTC)
@@ -220,7 +228,7 @@ class PipelineCollector:
         yield GaugeMetricFamily("pulse_model_age_seconds", "Seconds since the current models were fitted",
                                 value=(datetime.now(UTC) - fitted_at).total_seconds())
         yield GaugeMetricFamily("pulse_model_converged", "Whether both fits of the current models converged (1) or not",
-                                value=int(model_store.converged(model)))
+                                value=int(fitted_models.converged(model)))
         yield GaugeMetricFamily("pulse_model_customers", "Customers the current models were fitted on",
                                 value=model["n_customers"])
 

@@ -20,12 +20,12 @@ from celery import Celery
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy import delete, select
 
-from shared.celery_app import create_celery_app
-from shared import request_ids, tracing
-from shared.db import session_scope
-from shared.logging import configure_logging, get_logger
-from shared.models import OutboxMessage
-from shared.settings import get_settings
+from shared.contracts.settings import get_settings
+from shared.contracts.tables import OutboxMessage
+from shared.infra import request_ids, tracing
+from shared.infra.celery_app import create_celery_app
+from shared.infra.db import session_scope
+from shared.infra.logging import configure_logging, get_logger
 
 log = get_logger("pulse.outbox_relay")
 tracer = tracing.tracer("pulse.outbox_relay")

@@ -9,8 +9,8 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
 from services.api import metrics
-from shared.settings import get_settings
-from shared.topology import ERASE_USER, STORE_EVENTS, USER_CREATED, build_topology
+from shared.contracts.settings import get_settings
+from shared.contracts.topology import ERASE_USER, STORE_EVENTS, USER_CREATED, build_topology
 
 pipeline_bp = APIBlueprint("pipeline", __name__, url_prefix="/api", abp_tags=[Tag(name="pipeline")])
 SIGNUP_ROUTE = "/api/users/signup"

@@ -10,12 +10,12 @@ from sqlalchemy.exc import OperationalError
 from services.api.events import forget_known_user
 from services.api.problems import ProblemError
 from services.api.users import UserPath
-from shared import erasure
-from shared.db import session_scope
-from shared.logging import get_logger
-from shared.mongo import get_database
-from shared.schemas import Problem
-from shared.user_views import UserOut
+from shared.contracts.schemas import Problem
+from shared.contracts.users import UserOut
+from shared.infra.db import session_scope
+from shared.infra.logging import get_logger
+from shared.infra.mongo import get_database
+from shared.pipeline import erasure
 
 log = get_logger(__name__)
 # The erasure locks the user's row, then (cascading) rows a worker storing that user's events may

@@ -5,10 +5,10 @@ from flask import Flask, Response, request
 from pydantic import ValidationError
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from shared import request_ids
-from shared.logging import get_logger
-from shared.retry import TRANSIENT_ERRORS
-from shared.schemas import EVENT_TYPES, FieldProblem, Problem
+from shared.contracts.schemas import EVENT_TYPES, FieldProblem, Problem
+from shared.infra import request_ids
+from shared.infra.logging import get_logger
+from shared.infra.retry import TRANSIENT_ERRORS
 
 log = get_logger(__name__)
 PROBLEM_JSON = "application/problem+json"

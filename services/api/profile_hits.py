@@ -2,7 +2,7 @@
 
 A cache hit is the product's most frequent request and its cheapest: one Redis MGET (the body and
 the key revocation token, services.api.access) and one Postgres read of the user's current cache
-version (shared.profile_cache). Routing it
+version (shared.pipeline.profile_cache). Routing it
 through Flask and flask-openapi3 (request context, view-args model, response object) cost more
 than the Redis read itself (~0.12 ms of a ~0.5 ms hit on the dev machine), so this WSGI
 middleware answers hits directly with the same body and headers the Flask view sends. Everything
@@ -12,7 +12,7 @@ re-reads the cache on a miss: one more round trip on a path that takes ~10 ms, i
 the view staying the whole story on its own.
 
 A key without the personal scope gets the profile without the person's name, e-mail and street,
-cut from the same cached text (shared.personal.profile_view), as the view answers it.
+cut from the same cached text (shared.contracts.personal.profile_view), as the view answers it.
 
 The key and the rate limit are checked here as Flask would (services.api.access: same decision,
 same problem answers); a request that goes on to Flask carries the decision along, so a limit
@@ -26,8 +26,9 @@ from sqlalchemy.exc import DatabaseError
 from services.api import access, proxies
 from services.api.metrics import ROUTE
 from services.api.problems import problem_response
-from shared import personal, profile_cache
-from shared.cache import get_redis
+from shared.contracts import personal
+from shared.infra.cache import get_redis
+from shared.pipeline import profile_cache
 
 PROFILE_PATH = re.compile(r"/api/users/([0-9]{1,18})/profile")
 PROFILE_ENDPOINT = "users.get_profile"
@@ -64,7 +65,7 @@ class ProfileHits:
                 except (redis.RedisError, DatabaseError):
                     body = None  # the view reports it as the API does everywhere else
                 if body is not None:
-                    # The view the key may see, cut from the one cached text (shared.personal).
+                    # The view the key may see, cut from the one cached text (shared.contracts.personal).
                     shown = decision.principal is not None and personal.may_see(decision.principal.scopes)
                     data = personal.profile_view(body, shown).encode()
                     start_response("200 OK", [("Content-Type", "application/json"),

@@ -20,7 +20,7 @@ import ipaddress
 from dataclasses import dataclass
 from functools import lru_cache
 
-from shared.settings import get_settings
+from shared.contracts.settings import get_settings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

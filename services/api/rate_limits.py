@@ -18,8 +18,8 @@ from functools import lru_cache
 import redis
 from limits import RateLimitItem, parse, storage, strategies
 
-from shared.logging import get_logger
-from shared.settings import get_settings
+from shared.contracts.settings import get_settings
+from shared.infra.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -1,7 +1,7 @@
-"""The request id of every API request (shared.request_ids): taken from `X-Request-ID` or made,
+"""The request id of every API request (shared.infra.request_ids): taken from `X-Request-ID` or made,
 bound to the log context while the request runs, and sent back on every answer, the cached-profile
 fast path and early refusals included (this middleware is outside all of them)."""
-from shared import request_ids
+from shared.infra import request_ids
 
 ENVIRON_KEY = "pulse.request_id"
 

@@ -1,6 +1,7 @@
 """Users: signup (with its outbox message) and reads with eager-loaded addresses."""
 import time
 import uuid
+
 from flask import Response, g
 from flask_openapi3 import APIBlueprint, Tag
 from psycopg.errors import UniqueViolation
@@ -10,16 +11,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager
 
 from services.api.problems import ProblemError
-from shared import personal, profile_cache, request_ids, tracing
+from services.api.profile_docs import PROFILE_DOC, ProfileOut
 from shared.analytics.profiles import LAST_PHASES, compute_profiles
-from shared.db import session_scope
-from shared.models import Address, City, Country, OutboxMessage, PurchaseDay, User
-from shared.mongo import get_database
-from shared.profile_docs import PROFILE_DOC, ProfileOut
-from shared.reference import country_by_code, resolve_city
-from shared.schemas import FieldProblem, Problem, SignupRequest, UserCreatedMessage
-from shared.topology import USER_CREATED
-from shared.user_views import UserOut, with_address
+from shared.contracts import personal
+from shared.contracts.schemas import FieldProblem, Problem, SignupRequest, UserCreatedMessage
+from shared.contracts.tables import Address, City, Country, OutboxMessage, PurchaseDay, User
+from shared.contracts.topology import USER_CREATED
+from shared.contracts.users import UserOut, with_address
+from shared.infra import request_ids, tracing
+from shared.infra.db import session_scope
+from shared.infra.mongo import get_database
+from shared.pipeline import profile_cache
+from shared.pipeline.reference import country_by_code, resolve_city
 
 users_bp = APIBlueprint("users", __name__, url_prefix="/api/users", abp_tags=[Tag(name="users")])
 
@@ -35,7 +38,7 @@ class UserPath(BaseModel):
 
 
 def sees_personal() -> bool:
-    """Whether this request's key may see who people are (the personal scope, shared.personal)."""
+    """Whether this request's key may see who people are (the personal scope, shared.contracts.personal)."""
     principal = g.get("principal")
     return principal is not None and personal.may_see(principal.scopes)
 

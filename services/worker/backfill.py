@@ -11,14 +11,14 @@ Two formats:
   purchase of `amount` by the user `<--username-prefix><customer_id>`, created when missing with
   the address given by `--city`/`--country` and an e-mail at `--email-domain`.
 
-The whole file is validated first, with the API's own models (shared.schemas), and nothing is
+The whole file is validated first, with the API's own models (shared.contracts.schemas), and nothing is
 imported when a line is invalid (each bad line is reported with its field), unless
 `--skip-invalid`. Then users are written to Postgres in bulk and events go through the worker's
 storage path (services.worker.storage: MongoDB `events`, then the Postgres counters and
 summaries, exactly once), so everything derived from them is right afterwards; the users whose
 history changed are queued for rescoring like any other.
 
-Idempotent: an event is `(user_id, event_id)` (shared.event_identity); an event without an
+Idempotent: an event is `(user_id, event_id)` (shared.contracts.event_identity); an event without an
 `event_id` gets one derived from its content (and, in a CSV, from how many identical rows precede
 it), an NDJSON event without a `timestamp` is dated by the file's modification time, batches get
 ids derived from their events' identities, and users are matched by username, so a re-run (or a
@@ -45,12 +45,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
-from shared.celery_app import create_celery_app
-from shared.db import session_scope
-from shared.mongo import get_database, prepare_database
-from shared.reference import country_by_code, resolve_city
-from shared.schemas import SignupRequest, SingleEvent, event_document
-from shared.topology import COMPUTE_PROFILES
+from shared.contracts.schemas import SignupRequest, SingleEvent, event_document
+from shared.contracts.topology import COMPUTE_PROFILES
+from shared.infra.celery_app import create_celery_app
+from shared.infra.db import session_scope
+from shared.infra.mongo import get_database, prepare_database
+from shared.pipeline.reference import country_by_code, resolve_city
 
 CHUNK = 1000
 

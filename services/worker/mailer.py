@@ -10,13 +10,13 @@ import smtplib
 from email.headerregistry import Address
 from email.message import EmailMessage
 
-from shared import request_ids
-from shared.schemas import UserCreatedMessage
-from shared.settings import get_settings
+from shared.contracts.schemas import UserCreatedMessage
+from shared.contracts.settings import get_settings
+from shared.infra import request_ids
 
 
 def _one_line(text: str) -> str:
-    # The API refuses control characters in a name (shared.schemas.NonBlank); a message that reached
+    # The API refuses control characters in a name (shared.contracts.schemas.NonBlank); a message that reached
     # the queue another way (a backfill, a replayed dead letter) still cannot start a header line.
     return " ".join("".join(" " if ord(ch) < 32 or ord(ch) == 127 else ch for ch in text).split())
 

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
-from shared import counters, erasure, event_identity, profile_cache, rescore, summaries
-from shared.db import session_scope
-from shared.mongo import EVENTS
+from shared.contracts import event_identity
+from shared.infra import counters
+from shared.infra.db import session_scope
+from shared.infra.mongo import EVENTS
+from shared.pipeline import erasure, profile_cache, rescore, summaries
 
 DUPLICATE_KEY = 11000
 
@@ -30,7 +32,7 @@ class Stored:
 
 def insert_events(collection: Collection, docs: list[dict], batch_id: str) -> tuple[list[dict], list[dict]]:
     """Unordered bulk insert of documents stamped with `batch_id`; a duplicate key
-    `(user_id, event_id)` (shared.event_identity) means that event is stored already.
+    `(user_id, event_id)` (shared.contracts.event_identity) means that event is stored already.
 
     Returns (the documents this call inserted, the documents the batch owns): what it inserted,
     plus the duplicates that an earlier delivery of this same batch stored. Such a duplicate is
@@ -92,11 +94,11 @@ def store_batch(db, batch_id: str, docs: list[dict], schedule_rescore: Callable[
     with session_scope() as session:
         applied = summaries.record_batch(session, batch_id, owned)
         # Profiles are computed from the summaries: new cache versions in the same transaction,
-        # so no profile cached before it commits is served after (shared.profile_cache). Every
+        # so no profile cached before it commits is served after (shared.pipeline.profile_cache). Every
         # user of the batch, also on a redelivery (harmless: one more miss).
         profile_cache.bump(session, user_ids)
         # After the insert: an erasure that committed before this read is undone below, one
-        # that commits after it deletes these events itself (shared.erasure).
+        # that commits after it deletes these events itself (shared.pipeline.erasure).
         gone = erasure.missing_users(session, user_ids)
     counted = time.perf_counter()
     if gone:

@@ -13,15 +13,10 @@ from sqlalchemy import delete
 from services.worker import mailer
 from services.worker.main import app
 from services.worker.storage import store_batch
-from shared import erasure, summaries, task_failures
-from shared.db import session_scope
-from shared.models import OutboxMessage
-from shared.logging import get_logger
-from shared.mongo import PROFILES, WELCOME_EMAILS, get_database
-from shared.retry import RETRY_POLICY, RETRY_UNTIL_DONE, TRANSIENT_ERRORS
-from shared.schemas import UserCreatedMessage
-from shared.settings import get_settings
-from shared.topology import (
+from shared.contracts.schemas import UserCreatedMessage
+from shared.contracts.settings import get_settings
+from shared.contracts.tables import OutboxMessage
+from shared.contracts.topology import (
     COMPUTE_PROFILES,
     ERASE_USER,
     PRUNE_LEDGER,
@@ -30,6 +25,12 @@ from shared.topology import (
     STORE_EVENTS,
     USER_CREATED,
 )
+from shared.infra import task_failures
+from shared.infra.db import session_scope
+from shared.infra.logging import get_logger
+from shared.infra.mongo import PROFILES, WELCOME_EMAILS, get_database
+from shared.infra.retry import RETRY_POLICY, RETRY_UNTIL_DONE, TRANSIENT_ERRORS
+from shared.pipeline import erasure, summaries
 
 log = get_logger("pulse.worker")
 
@@ -121,7 +122,7 @@ def send_welcome_once(db, user: UserCreatedMessage) -> bool:
 
 @app.task(name=ERASE_USER, bind=True, **RETRY_UNTIL_DONE)
 def erase_user(self, user_id: int, second_pass: bool = False) -> dict:
-    """Forget an erased user in MongoDB and Redis (shared.erasure), and the outbox message that
+    """Forget an erased user in MongoDB and Redis (shared.pipeline.erasure), and the outbox message that
     named them; the first pass queues the second."""
     db = get_database()
     with session_scope() as session:
@@ -190,7 +191,7 @@ def prune_applied_batches() -> dict:
 def reconcile_erasures() -> dict:
     """Beat, every ERASURE_RECONCILE_SECONDS: erasures not yet confirmed are done again, and one
     page of the sweep over all ids forgets people deleted from Postgres some other way
-    (shared.erasure). No retries: a store that is down now is tried at the next run, and a failing
+    (shared.pipeline.erasure). No retries: a store that is down now is tried at the next run, and a failing
     periodic task must not be dead-lettered (acks are late; a failure rejects)."""
     db = get_database()
     try:

@@ -3,7 +3,7 @@ every scheduled refit), as the API, the metrics and the dashboard read it."""
 from sqlalchemy import desc, func, select
 from sqlalchemy.orm import Session
 
-from shared.models import ModelHoldout
+from shared.contracts.tables import ModelHoldout
 
 
 def describe(row: ModelHoldout) -> dict:

@@ -15,11 +15,9 @@ from datetime import UTC, date, datetime
 import numpy as np
 from sqlalchemy.orm import Session
 
-from shared import activity as activity_counters
-from shared import summaries
-from shared.analytics import model_store
-from shared.analytics.model_store import Model
-from shared.analytics.models import (
+from shared.analytics import fitted_models
+from shared.analytics.fitted_models import FittedModel
+from shared.analytics.stats import (
     WEEKS_PER_MONTH,
     churn_risk,
     conditional_expected_average_spend,
@@ -30,10 +28,12 @@ from shared.analytics.models import (
     score_with_breakpoints,
     segment,
 )
-from shared.analytics.models.registry import MODELS as PURCHASE_MODELS
-from shared.logging import get_logger
-from shared.settings import get_settings
-from shared.user_views import user_summaries
+from shared.analytics.stats.registry import MODELS as PURCHASE_MODELS
+from shared.contracts.settings import get_settings
+from shared.contracts.users import user_records
+from shared.infra.logging import get_logger
+from shared.pipeline import activity as activity_counters
+from shared.pipeline import summaries
 
 PREDICTION_DAYS = 90
 RECOMMENDATIONS = 5
@@ -61,7 +61,7 @@ class Purchases:
 
 def count_ahead_as_now(first_day, last_day, last_purchase_at, now: datetime):
     """The one rule for purchases stamped ahead of now (timestamps may run up to a day ahead,
-    shared.schemas): they count, as made now. Their day becomes today and their instant now; they
+    shared.contracts.schemas): they count, as made now. Their day becomes today and their instant now; they
     stay in the purchase days, the purchases and the spend. A profile and the dashboard's batch
     over everyone (services.analytics.customer_stats) both apply it, to the summary, so the two
     always agree and neither reads the event log. Works on numpy arrays (days since 1970, seconds
@@ -91,13 +91,13 @@ def compute_profiles(db, session: Session, user_ids: list[int], now: datetime | 
     now = now or datetime.now(UTC)
     now = now.replace(microsecond=now.microsecond // 1000 * 1000)
     clock = _PhaseClock()
-    users = clock("users", user_summaries, session, user_ids)
+    users = clock("users", user_records, session, user_ids)
     ids = sorted(users)
     if not ids:
         return {}
     facts = clock("purchases", load_purchase_facts, db, session, ids, now)
     activity = clock("activity", activity_counters.load, session, ids, now)
-    model = clock("model", model_store.current.get, db)
+    model = clock("model", fitted_models.current.get, db)
     customers = [u for u in ids if u in facts]
     scored = clock("scoring", _score_customers, model, [facts[u] for u in customers], now.date())
     position = {user_id: i for i, user_id in enumerate(customers)}
@@ -192,7 +192,7 @@ def _rfm(scores: dict[str, np.ndarray], i: int) -> dict:
     return {"recency": r, "frequency": f, "monetary": m, "code": f"{r}{f}{m}"}
 
 
-def _score_customers(model: Model | None, facts: list[Purchases], today: date) -> dict:
+def _score_customers(model: FittedModel | None, facts: list[Purchases], today: date) -> dict:
     """Model outputs and RFM scores of customers, vectorised; BG/NBD's conventions: frequency
     counts repeat purchase days, recency and age are weeks from the first purchase day."""
     result: dict = {"models": None, "rfm": None}
@@ -227,7 +227,7 @@ def model_inputs(first, last, purchase_days, spent, first_day_spent, end) -> tup
     return x, t_x, T, m
 
 
-def predict(model: Model, x, t_x, T, m) -> dict[str, np.ndarray]:
+def predict(model: FittedModel, x, t_x, T, m) -> dict[str, np.ndarray]:
     """P(alive), expected purchases over PREDICTION_DAYS, expected spend and CLV from the stored
     model's scoring purchase model (model.scoring_model) and Gamma-Gamma."""
     settings = get_settings()
@@ -260,7 +260,7 @@ def predict(model: Model, x, t_x, T, m) -> dict[str, np.ndarray]:
 
 
 def _lifetime_value(spec, params, spend, x, t_x, T, settings) -> np.ndarray:
-    """CLV by the method of shared.analytics.models.clv (lifetimes' discounted monthly cash flows)
+    """CLV by the method of shared.analytics.stats.clv (lifetimes' discounted monthly cash flows)
     for a purchase model other than BG/NBD: expected spend times the expected purchases of each
     month, discounted monthly."""
     clv = np.zeros(np.shape(x), dtype=np.float64)

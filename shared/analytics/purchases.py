@@ -1,6 +1,6 @@
 """Reading purchases out of MongoDB `events` as numpy arrays: the raw log.
 
-Profiles, fits and validations read the per-customer summaries (shared.summaries), never this.
+Profiles, fits and validations read the per-customer summaries (shared.pipeline.summaries), never this.
 It serves tests and benchmarks that recompute everything from the log to compare.
 """
 from dataclasses import dataclass
@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import numpy as np
 from pymongo.database import Database
 
-from shared.mongo import EVENTS
+from shared.infra.mongo import EVENTS
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ class ApiProcess(Server):
         except requests.RequestException:
             return False
 
-    def start(self, timeout: float = 120) -> "ApiProcess":
+    def start(self, timeout: float = 120) -> ApiProcess:
         # granian runs from the repository root, where `services` is importable.
         previous = os.getcwd()
         os.chdir(Path(__file__).resolve().parents[2])

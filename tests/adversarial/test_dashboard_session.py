@@ -14,9 +14,9 @@ import pytest
 import redis as redis_lib
 import requests
 
-from shared import api_keys
-from shared.db import session_scope
-from shared.settings import get_settings
+from shared.contracts.settings import get_settings
+from shared.infra import api_keys
+from shared.infra.db import session_scope
 from tests.adversarial.api_servers import pulse_keys, serve
 from tests.conftest import TEST_ENV
 from tests.fixtures import wait_for

@@ -17,12 +17,12 @@ import pytest
 import requests
 from sqlalchemy import select, text
 
-from shared import erasure
-from shared.celery_app import create_celery_app
-from shared.dead_letters import DeadLetterQueue
-from shared.db import session_scope
-from shared.models import OutboxMessage, TaskFailure
-from shared.topology import ERASE_USER, RECONCILE_ERASURES
+from shared.contracts.tables import OutboxMessage, TaskFailure
+from shared.contracts.topology import ERASE_USER, RECONCILE_ERASURES
+from shared.infra.celery_app import create_celery_app
+from shared.infra.db import session_scope
+from shared.infra.dead_letters import DeadLetterQueue
+from shared.pipeline import erasure
 from tests.fixtures import ROOT, spawn, stop, wait_for
 from tests.helpers import purchase, signup_body
 from tests.integration.test_erasure import traces_in_mongodb, traces_in_postgres, traces_in_redis

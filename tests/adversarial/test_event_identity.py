@@ -22,8 +22,9 @@ from pymongo.errors import DuplicateKeyError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from shared import counters, summaries
-from shared.db import session_scope
+from shared.infra import counters
+from shared.infra.db import session_scope
+from shared.pipeline import summaries
 from tests.conftest import RUN_ID, TEST_ENV
 from tests.fixtures import wait_for
 from tests.helpers import purchase, signup_body
@@ -101,10 +102,10 @@ def marker_stored(http, mongo, user_id: int) -> None:
 
 
 def publish_batch(events: list[dict], batch_id: str) -> None:
-    """A store_events message as the API publishes one (shared.schemas.event_document), with
+    """A store_events message as the API publishes one (shared.contracts.schemas.event_document), with
     our own task id: the batch id every delivery of it carries."""
-    from shared.celery_app import create_celery_app
-    from shared.topology import STORE_EVENTS
+    from shared.contracts.topology import STORE_EVENTS
+    from shared.infra.celery_app import create_celery_app
 
     app = create_celery_app("pulse-test-identity")
     documents = [{"timestamp": "2026-05-01T10:00:00+00:00", "geo": None, **e} for e in events]
@@ -317,9 +318,9 @@ def test_a_batch_with_copies_inside_redelivered_after_sigkill_is_counted_once(ht
     """The original finding at its sharpest: the worker is killed after storing a batch that holds
     copies of one purchase, before counting it; the redelivered message finds every copy's key
     stored with its own batch id. It must count the purchase once, not once per copy."""
-    from shared.celery_app import create_celery_app
-    from shared.settings import Settings
-    from shared.topology import STORE_EVENTS
+    from shared.contracts.settings import Settings
+    from shared.contracts.topology import STORE_EVENTS
+    from shared.infra.celery_app import create_celery_app
     from tests.integration.test_summaries import KillableWorker
 
     user = signed_up(http, mongo)
@@ -371,7 +372,7 @@ def test_the_identity_migration_moves_a_populated_database(services):
     """A database of the previous version (unique `event_id`, events of many users; a thousand or
     so, as building an index on the dev server costs milliseconds per document) moves to `(user_id, event_id)` at start: every event kept, the old index gone, and from
     then on two users may share an id while one user may not repeat it. Run twice: idempotent."""
-    from shared.mongo import prepare_database
+    from shared.infra.mongo import prepare_database
 
     name = f"pulse_migration_{RUN_ID}_{uuid.uuid4().hex[:6]}"
     uri = f"{TEST_ENV['MONGO_URI'].rsplit('/', 1)[0]}/{name}"

@@ -19,9 +19,9 @@ import pytest
 import requests
 from limits import parse
 
-from shared import api_keys
-from shared.db import session_scope
-from shared.settings import get_settings
+from shared.contracts.settings import get_settings
+from shared.infra import api_keys
+from shared.infra.db import session_scope
 from tests.adversarial.api_servers import ApiProcess, serve
 from tests.fixtures import ROOT, wait_for
 from tests.helpers import count_statements, signup_body
@@ -95,7 +95,7 @@ def test_a_revoked_key_is_refused_by_every_api_process_from_the_next_request(two
     key_id, key = make_key(["read"])
     for api in two_apis:
         assert [r.status_code for r in reads(api, key, cached_user)] == [200, 200]
-    subprocess.run([sys.executable, "-m", "shared.api_keys", "revoke", key_id], cwd=ROOT, check=True,
+    subprocess.run([sys.executable, "-m", "shared.infra.api_keys", "revoke", key_id], cwd=ROOT, check=True,
                    capture_output=True, timeout=60)
     for api in two_apis:
         assert [r.status_code for r in reads(api, key, cached_user)] == [401, 401]

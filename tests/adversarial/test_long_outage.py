@@ -21,8 +21,8 @@ from sqlalchemy import create_engine, text
 
 from scripts.chaos import ChaosStack
 from services.api.shared_reads import READ_INTERVAL_SECONDS
-from shared.dead_letters import DeadLetterQueue
-from shared.mongo import SERVER_SELECTION_TIMEOUT_SECONDS
+from shared.infra.dead_letters import DeadLetterQueue
+from shared.infra.mongo import SERVER_SELECTION_TIMEOUT_SECONDS
 from tests.fixtures import wait_for
 from tests.helpers import signup_body
 

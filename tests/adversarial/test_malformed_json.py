@@ -14,7 +14,6 @@ from services.api.json_body import MAX_DEPTH, nesting_exceeds
 from tests.live_api import api_server
 
 
-
 def key() -> dict[str, str]:
     # The run's development key (every scope; set by the services fixture): no rate limit, no
     # 401/403 in front of the body checks.
@@ -141,7 +140,7 @@ def test_a_batch_sent_as_a_json_string_cannot_skip_the_batch_limit(api):
     """A careless (or clever) client double-encodes its batch: the body is a JSON string holding
     the object. flask-openapi3 would validate the string's contents, skipping the 413 check that
     reads an object; Pulse refuses any events body that is not an object, whatever its size."""
-    from shared.settings import get_settings
+    from shared.contracts.settings import get_settings
 
     events = [{"user_id": 1, "event_type": "page_view", "timestamp": "2026-01-01T00:00:00Z",
                "event_id": f"double-{i}", "metadata": {"page": "/"}} for i in range(get_settings().events_batch_max + 1)]

@@ -20,10 +20,10 @@ import requests
 from sqlalchemy import func, select, text
 from werkzeug.serving import make_server
 
-from shared import api_keys
-from shared.db import session_scope
-from shared.models import CustomerSummary, OutboxMessage, User
-from shared.topology import COMPUTE_PROFILES, FIT_MODELS, VALIDATE_MODELS
+from shared.contracts.tables import CustomerSummary, OutboxMessage, User
+from shared.contracts.topology import COMPUTE_PROFILES, FIT_MODELS, VALIDATE_MODELS
+from shared.infra import api_keys
+from shared.infra.db import session_scope
 from tests.conftest import free_port
 from tests.fixtures import ROOT, wait_for
 from tests.helpers import tasks_held

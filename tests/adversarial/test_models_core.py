@@ -1,4 +1,4 @@
-"""Careless and hostile inputs to the three repeat-purchase models (shared.analytics.models.registry).
+"""Careless and hostile inputs to the three repeat-purchase models (shared.analytics.stats.registry).
 
 The README promises that every model's fit refuses what it cannot identify with a reason (no
 repeat buyer, every age 0), reports convergence and bounds, and that predictions stay finite and
@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from shared.analytics.models import MODELS, UnidentifiedModel
+from shared.analytics.stats import MODELS, UnidentifiedModel
 
 NAMES = sorted(MODELS)
 

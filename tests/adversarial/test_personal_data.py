@@ -11,16 +11,16 @@ import pytest
 import requests
 from sqlalchemy import update
 
-from tests.live_api import api_server
 from tests.fixtures import wait_for
 from tests.helpers import signup_body
+from tests.live_api import api_server
 
 PERSONAL_FIELDS = ("username", "email", "full_name")
 
 
 def make_key(*scopes: str) -> dict[str, str]:
-    from shared import api_keys
-    from shared.db import session_scope
+    from shared.infra import api_keys
+    from shared.infra.db import session_scope
 
     with session_scope() as session:
         _, key = api_keys.create(session, list(scopes), name=f"adversarial-{'-'.join(scopes)}")
@@ -42,8 +42,8 @@ def keys(services) -> dict[str, dict[str, str]]:
 @pytest.fixture(scope="module")
 def person(api, keys, pipeline) -> dict:
     """A person with a distinctive name, e-mail and street, at the top of the score table."""
-    from shared.db import session_scope
-    from shared.models import ProfileVersion, User
+    from shared.contracts.tables import ProfileVersion, User
+    from shared.infra.db import session_scope
 
     tag = uuid.uuid4().hex[:8]
     body = signup_body(username=f"secret_{tag}", email=f"secret.{tag}@example.com", full_name=f"Secret Person {tag}",
@@ -116,7 +116,7 @@ def test_every_read_of_people_is_pseudonymous_without_the_personal_scope(api, ke
 
 @pytest.mark.parametrize("first,then", [("read", "personal"), ("personal", "read")])
 def test_the_cached_profile_gives_each_key_only_what_it_may_see(api, keys, person, first, then):
-    from shared import profile_cache
+    from shared.pipeline import profile_cache
 
     profile_cache.invalidate([person["id"]])
     path = f"/api/users/{person['id']}/profile"

@@ -17,9 +17,9 @@ import requests
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from tests.live_api import api_server
 from tests.conftest import TEST_ENV
 from tests.helpers import signup_body
+from tests.live_api import api_server
 
 PROXY = "127.0.0.2"
 LIMIT = 10  # as RATE_LIMIT_SIGNUP's default (10/minute), per hour here: the sliding window's edge, where
@@ -99,7 +99,7 @@ def test_behind_the_trusted_proxy_each_real_client_has_its_own_bucket(api):
 
 def client_of(remote: str, forwarded: str | None, trusted: str) -> str:
     from services.api import proxies
-    from shared.settings import get_settings
+    from shared.contracts.settings import get_settings
 
     headers = {"X-Forwarded-For": forwarded} if forwarded is not None else {}
     environ = EnvironBuilder(headers=headers, environ_base={"REMOTE_ADDR": remote}).get_environ()

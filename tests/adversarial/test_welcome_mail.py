@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 import pytest
 import requests
 
-from tests.live_api import api_server
 from tests.fixtures import wait_for
 from tests.helpers import signup_body
+from tests.live_api import api_server
 
 pytestmark = pytest.mark.usefixtures("pipeline")
 
@@ -89,7 +89,7 @@ def test_a_message_that_reached_the_queue_with_a_crlf_name_still_mails_one_addre
     """The API refuses such a name; a message that reached the worker another way (a backfill, a
     replayed dead letter) is sent by the same mailer to the same real SMTP server."""
     from services.worker import mailer
-    from shared.schemas import UserCreatedMessage
+    from shared.contracts.schemas import UserCreatedMessage
 
     mail = services["mail"]
     tag = uuid.uuid4().hex[:8]

@@ -56,7 +56,7 @@ def test_schemathesis_with_every_check_finds_nothing(api, tmp_path):
     # let them finish here, so that no later test waits behind them.
     from sqlalchemy import text
 
-    from shared.db import session_scope
+    from shared.infra.db import session_scope
 
     def jobs_finished():
         with session_scope() as session:

@@ -22,7 +22,6 @@ from scripts.chaos import ChaosStack
 from tests.fixtures import wait_for
 from tests.helpers import signup_body
 
-
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -138,7 +137,7 @@ def test_postgres_down_signup_answers_503_and_works_again_when_it_returns(stack,
         pipeline = http.get(f"{stack.api}/api/pipeline", timeout=30)
         assert pipeline.status_code == 200 and pipeline.json()["sources"]["postgres"] is False, pipeline.text
         # Not served unverified: a profile cached before a change or an erasure must not come back
-        # while Postgres cannot say which version is current (shared.profile_cache).
+        # while Postgres cannot say which version is current (shared.pipeline.profile_cache).
         cached = http.get(url, timeout=30)
         assert is_problem_503(cached), cached.text
         refused = signup(stack)

@@ -19,7 +19,7 @@ from tests.helpers import pipeline_busy, signup_body, tasks_held
 
 @pytest.fixture(scope="module")
 def dev_stack(services):
-    from shared.db import drop_database
+    from shared.infra.db import drop_database
 
     var_dir = Path(tempfile.mkdtemp(prefix="pulse-e2e-"))
     ports = {name: free_port() for name in ("API_PORT", "SMTP_PORT", "FLOWER_PORT", "MONGO")}
@@ -164,7 +164,7 @@ def settle(dev_stack) -> None:
 
     import redis
 
-    from shared.celery_app import create_celery_app
+    from shared.infra.celery_app import create_celery_app
 
     scheduled = f"pulse-e2e-{RUN_ID}:rescore:scheduled"
     r = redis.Redis.from_url(TEST_ENV["REDIS_URL"])

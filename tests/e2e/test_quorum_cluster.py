@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 import pytest
 
 from scripts.private_servers import RabbitCluster
-from shared import summaries
-from shared.activity import load as load_activity
-from shared.celery_app import create_celery_app
-from shared.db import session_scope
-from shared.settings import Settings
-from shared.topology import STORE_EVENTS
+from shared.contracts.settings import Settings
+from shared.contracts.topology import STORE_EVENTS
+from shared.infra.celery_app import create_celery_app
+from shared.infra.db import session_scope
+from shared.pipeline import summaries
+from shared.pipeline.activity import load as load_activity
 from tests.conftest import RUN_ID, TEST_ENV
 from tests.fixtures import celery_worker_args, spawn, stop, wait_for
 from tests.helpers import signup_body

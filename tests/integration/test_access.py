@@ -5,9 +5,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared import api_keys
-from shared.db import session_scope
-from shared.settings import get_settings
+from shared.contracts.settings import get_settings
+from shared.infra import api_keys
+from shared.infra.db import session_scope
 from tests.fixtures import wait_for
 from tests.helpers import purchase, signup_body
 

@@ -8,9 +8,9 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from shared import summaries
-from shared.db import session_scope
-from shared.models import CustomerSummary, User
+from shared.contracts.tables import CustomerSummary, User
+from shared.infra.db import session_scope
+from shared.pipeline import summaries
 from tests.fixtures import ROOT, wait_for
 
 pytestmark = pytest.mark.usefixtures("pipeline")

@@ -15,10 +15,10 @@ import requests
 from werkzeug.serving import make_server
 
 from scripts import browser as browsers
-from shared import api_keys
-from shared.db import session_scope
-from shared.mongo import CUSTOMER_STATS
-from shared.topology import CUSTOMER_STATS as CUSTOMER_STATS_TASK
+from shared.contracts.topology import CUSTOMER_STATS as CUSTOMER_STATS_TASK
+from shared.infra import api_keys
+from shared.infra.db import session_scope
+from shared.infra.mongo import CUSTOMER_STATS
 from tests.conftest import free_port
 from tests.fixtures import wait_for
 from tests.helpers import finished_job, pipeline_busy, purchase, signup_body, tasks_held
@@ -132,8 +132,9 @@ def test_customer_distributions_count_what_the_profiles_show(client, customers, 
     assert stats.status_code == 200
     body = stats.get_json()
     assert body["model_version"] == customers["version"]
-    from shared.models import CustomerSummary
     from sqlalchemy import select
+
+    from shared.contracts.tables import CustomerSummary
     with session_scope() as session:
         everyone = list(session.scalars(select(CustomerSummary.user_id)))
     assert body["customers"] == len(everyone) >= 5

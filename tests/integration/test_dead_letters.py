@@ -2,7 +2,7 @@
 into the queue they died in once the cause is fixed; purged. Bad input never gets that far.
 
 Through the real pipeline: the session's worker consumes, fails, and RabbitMQ dead-letters; the
-command runs as a user would run it (`python -m shared.dead_letters`, a subprocess).
+command runs as a user would run it (`python -m shared.infra.dead_letters`, a subprocess).
 """
 import json
 import subprocess
@@ -12,11 +12,11 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from shared import task_failures
-from shared.celery_app import create_celery_app
-from shared.db import session_scope
-from shared.models import OutboxMessage, TaskFailure
-from shared.topology import SEND_WELCOME, USER_CREATED
+from shared.contracts.tables import OutboxMessage, TaskFailure
+from shared.contracts.topology import SEND_WELCOME, USER_CREATED
+from shared.infra import task_failures
+from shared.infra.celery_app import create_celery_app
+from shared.infra.db import session_scope
 from tests.fixtures import ROOT, wait_for
 from tests.helpers import finished_job, signup_body
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("pipeline")
 
 
 def dead_letters(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shared.dead_letters", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "shared.infra.dead_letters", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
 
 
@@ -54,7 +54,7 @@ def test_a_dead_letter_is_listed_with_its_error_and_replayed_once_the_cause_is_f
         assert letter["task"] == SEND_WELCOME
         assert letter["queue"] == "pulse.email" and letter["reason"] == "rejected"
         assert letter["attempts"] == 1 and letter["first_error"].startswith("SMTPRecipientsRefused")
-        # The refusal quotes the address; the recorded error does not (shared.task_failures).
+        # The refusal quotes the address; the recorded error does not (shared.infra.task_failures).
         assert body["email"] not in letter["first_error"] and "<address>" in letter["first_error"]
         assert 0 <= letter["age_seconds"] < 60 and letter["deaths"] == 1
         table = dead_letters("list")

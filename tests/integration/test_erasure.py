@@ -6,9 +6,9 @@ import pytest
 import redis as redis_lib
 from sqlalchemy import select, text
 
-from shared.db import session_scope
-from shared.models import AppliedBatch, Base, CategorySales
-from shared.settings import get_settings
+from shared.contracts.settings import get_settings
+from shared.contracts.tables import AppliedBatch, Base, CategorySales
+from shared.infra.db import session_scope
 from tests.fixtures import wait_for
 from tests.helpers import purchase, signup_body
 
@@ -115,8 +115,8 @@ def test_an_erased_person_is_found_in_no_store(client, mongo, services):
 
 def test_events_in_flight_for_an_erased_person_are_not_stored(client, mongo, app):
     """A batch already queued when the person was erased: the worker stores it, sees the person
-    gone, and deletes what it wrote (shared.erasure)."""
-    from shared.topology import STORE_EVENTS
+    gone, and deletes what it wrote (shared.pipeline.erasure)."""
+    from shared.contracts.topology import STORE_EVENTS
 
     body = signup_body()
     user_id = client.post("/api/users/signup", json=body).get_json()["id"]

@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from shared import profile_cache
+from shared.pipeline import profile_cache
 from tests.fixtures import keyed_client, wait_for
 from tests.helpers import purchase, signup_body
 
@@ -155,7 +155,7 @@ def test_engagement_is_written_back_as_profile_score(client, mongo, user_id):
 def activity_rows(user_id: int) -> dict:
     from sqlalchemy import text
 
-    from shared.db import session_scope
+    from shared.infra.db import session_scope
 
     with session_scope() as session:
         rows = session.execute(
@@ -166,8 +166,8 @@ def activity_rows(user_id: int) -> dict:
 
 
 def test_daily_activity_counters_match_a_recount_from_the_events(client, mongo, user_id):
-    from shared import summaries
-    from shared.db import session_scope
+    from shared.infra.db import session_scope
+    from shared.pipeline import summaries
 
     events = [
         # 01:30 in Kyiv is still the previous day in UTC: days are UTC days.

@@ -4,8 +4,8 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from shared.db import session_scope
-from shared.models import Address, City, Country, User
+from shared.contracts.tables import Address, City, Country, User
+from shared.infra.db import session_scope
 from tests.fixtures import keyed_client, wait_for
 from tests.helpers import count_statements, purchase, signup_body
 

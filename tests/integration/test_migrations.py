@@ -2,8 +2,8 @@
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from shared.db import get_engine
-from shared.models import Base
+from shared.contracts.tables import Base
+from shared.infra.db import get_engine
 
 
 def test_migrated_database_matches_the_models(services):

@@ -7,19 +7,19 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from shared.analytics.models import (
+from shared.analytics.purchases import load_purchases
+from shared.analytics.stats import (
     conditional_expected_purchases,
     fit_bgnbd,
     fit_gamma_gamma,
+    frequency_recency,
     gamma_gamma_log_likelihood,
     probability_alive,
     recommend,
     rfm_scores,
-    summarise_purchases,
 )
-from shared.analytics.purchases import load_purchases
-from shared.db import session_scope
-from shared.models import CustomerSummary
+from shared.contracts.tables import CustomerSummary
+from shared.infra.db import session_scope
 from tests.fixtures import keyed_client, wait_for
 from tests.helpers import finished_job, purchase, signup_body
 
@@ -59,7 +59,7 @@ def summarised() -> int:
 
 def direct_fit(mongo, as_of):
     log = load_purchases(mongo)
-    summary = summarise_purchases(log.user_id, log.timestamp, log.amount, as_of)
+    summary = frequency_recency(log.user_id, log.timestamp, log.amount, as_of)
     return summary, fit_bgnbd(summary.frequency, summary.recency, summary.T), fit_gamma_gamma(summary.frequency, summary.monetary_value)
 
 
@@ -109,7 +109,7 @@ def test_fit_matches_a_direct_fit_and_profiles_match_a_full_recomputation(client
     # RFM quintiles over everyone now, user-based recommendations, the models on each history.
     now = datetime.now(UTC)
     log = load_purchases(mongo).until(now)
-    today = summarise_purchases(log.user_id, log.timestamp, log.amount, now.date())
+    today = frequency_recency(log.user_id, log.timestamp, log.amount, now.date())
     rfm = rfm_scores(today.days_since_last_purchase, today.frequency + 1, today.total_spent)
     recommendations = recommend(buyers, log.user_id, log.category, k=5)
     row = {int(u): i for i, u in enumerate(today.user_id)}

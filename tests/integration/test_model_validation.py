@@ -10,11 +10,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text
 
-from shared.analytics.models import summarise_purchases
-from shared.analytics.models.registry import MODELS
-from shared.db import session_scope
-from shared.models import CustomerSummary, ModelHoldout
-from shared.topology import FIT_MODELS
+from shared.analytics.stats import frequency_recency
+from shared.analytics.stats.registry import MODELS
+from shared.contracts.tables import CustomerSummary, ModelHoldout
+from shared.contracts.topology import FIT_MODELS
+from shared.infra.db import session_scope
 from tests.fixtures import ROOT, wait_for
 from tests.helpers import finished_job
 
@@ -60,7 +60,7 @@ def direct_prediction(name: str) -> float:
     """The same comparison computed here from the file: the model fitted on the calibration summary,
     each customer's conditional expectation over the 39 weeks, summed."""
     user_ids, stamps, amounts = cdnow_log()
-    calibration = summarise_purchases(user_ids, stamps, amounts, CALIBRATION_END)
+    calibration = frequency_recency(user_ids, stamps, amounts, CALIBRATION_END)
     model = MODELS[name]
     params = model.fit(calibration.frequency, calibration.recency, calibration.T)
     return float(np.sum(model.conditional_expected_purchases(params, 39.0, calibration.frequency,

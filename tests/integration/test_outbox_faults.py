@@ -12,9 +12,9 @@ from pymongo import MongoClient
 from sqlalchemy import select, update
 
 from scripts.private_servers import PrivateRabbit
-from shared import api_keys
-from shared.db import session_scope
-from shared.models import OutboxMessage
+from shared.contracts.tables import OutboxMessage
+from shared.infra import api_keys
+from shared.infra.db import session_scope
 from tests.conftest import TEST_ENV, free_port
 from tests.fixtures import BIN, celery_worker_args, spawn, stop, wait_for
 from tests.helpers import signup_body
@@ -39,8 +39,8 @@ def rabbit():
 def isolated_api(rabbit, services):
     """An API process with its own database, publishing to the extra broker: the session's relay
     (which serves the main test database) cannot touch these outbox rows."""
-    from shared.db import drop_database
-    from shared.migrate import upgrade
+    from shared.infra.db import drop_database
+    from shared.infra.migrate import upgrade
 
     db_url = f"{TEST_ENV['DATABASE_URL']}_f{rabbit.port}"
     upgrade(db_url)
@@ -101,7 +101,7 @@ def test_signup_while_broker_is_down_is_delivered_when_it_returns(isolated_api, 
 
 def test_two_relays_never_publish_the_same_row(isolated_api, rabbit):
     # No consumer on this broker: the queue depth counts exactly what the relays published.
-    from shared.celery_app import create_celery_app
+    from shared.infra.celery_app import create_celery_app
 
     with Connection(rabbit.url) as conn:
         for queue in create_celery_app("declare").amqp.queues.values():

@@ -1,4 +1,4 @@
-"""Coalesced rescoring (shared.rescore) against the real Redis.
+"""Coalesced rescoring (shared.pipeline.rescore) against the real Redis.
 
 The keys live under a prefix of this test's own, so the session's analytics worker (which drains
 the run's real pending set) cannot take these users while a test looks at them.
@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
-from shared import rescore
-from shared.cache import get_redis, key
-from shared.settings import get_settings
+from shared.contracts.settings import get_settings
+from shared.infra.cache import get_redis, key
+from shared.pipeline import rescore
 
 
 @pytest.fixture()

@@ -8,13 +8,13 @@ from sqlalchemy import select
 
 from services.analytics import customer_stats
 from services.analytics.fitting import _numbers, fit_population
-from shared.analytics import model_store
-from shared.analytics.models import simulate_bgnbd
-from shared.analytics.models.registry import MODELS
+from shared.analytics import fitted_models
 from shared.analytics.profiles import compute_profiles
-from shared.db import session_scope
-from shared.models import CustomerSummary
-from shared.settings import get_settings
+from shared.analytics.stats import simulate_bgnbd
+from shared.analytics.stats.registry import MODELS
+from shared.contracts.settings import get_settings
+from shared.contracts.tables import CustomerSummary
+from shared.infra.db import session_scope
 from tests.fixtures import keyed_client, wait_for
 from tests.helpers import finished_job, purchase, signup_body
 
@@ -69,7 +69,7 @@ def batch_doc(user_id: int, model, now: datetime) -> dict:
 def test_a_purchase_stamped_ahead_counts_the_same_in_a_profile_and_the_distributions(client, mongo, customers):
     fitted = finished_job(client, client.post("/api/analytics/models/fit", json={}))
     assert fitted["status"] == "done", fitted["error"]
-    model = model_store.current.get(mongo)
+    model = fitted_models.current.get(mongo)
     assert model.version >= fitted["result"]["version"]
     ahead = customers["ahead"]
     profile = wait_for(lambda: (p := client.get(f"/api/users/{ahead}/profile").get_json())["model_version"]
@@ -106,12 +106,12 @@ def test_scoring_model_picks_the_model_that_scores_profiles(monkeypatch, mongo, 
         monkeypatch.delenv("SCORING_MODEL")
         get_settings.cache_clear()
     assert stored["scoring_model"] == "pareto_nbd"
-    described = model_store.describe(model_store.latest(db))
+    described = fitted_models.describe(fitted_models.latest(db))
     assert described["version"] == stored["version"] and described["scoring_model"] == "pareto_nbd"
     assert set(described["models"]) == set(MODELS)
     for name, fitted in described["models"].items():
         assert set(fitted["standard_errors"]) == set(MODELS[name].parameter_names), name
-    model = model_store.current.get(db)
+    model = fitted_models.current.get(db)
     assert model.version == stored["version"] and model.scoring_model == "pareto_nbd"
     pareto = model.models["pareto_nbd"]
     ids = customers["ids"]

@@ -4,8 +4,8 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from shared.db import session_scope
-from shared.models import OutboxMessage
+from shared.contracts.tables import OutboxMessage
+from shared.infra.db import session_scope
 from tests.fixtures import wait_for
 from tests.helpers import signup_body
 
@@ -47,8 +47,8 @@ def test_a_slow_mail_server_holds_up_no_profile(client, mongo, services):
 def test_a_message_that_can_never_succeed_is_dead_lettered(mongo):
     from kombu import Connection
 
-    from shared.celery_app import create_celery_app
-    from shared.topology import USER_CREATED
+    from shared.contracts.topology import USER_CREATED
+    from shared.infra.celery_app import create_celery_app
 
     app = create_celery_app("pulse-test-dlq")
 

@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from shared import summaries
-from shared.db import session_scope
-from shared.models import CustomerCategory, CustomerSummary
+from shared.contracts.tables import CustomerCategory, CustomerSummary
+from shared.infra.db import session_scope
+from shared.pipeline import summaries
 from tests.conftest import RUN_ID, TEST_ENV
 from tests.fixtures import ROOT, spawn, stop, wait_for
 from tests.helpers import purchase, signup_body
@@ -118,7 +118,7 @@ def test_check_reports_drift_and_rebuild_repairs_it(client, mongo, user_id):
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shared.summaries", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "shared.pipeline.summaries", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -162,9 +162,9 @@ def killable():
 
 
 def test_a_worker_killed_between_storing_and_counting_leaves_correct_summaries(client, mongo, user_id, killable):
-    from shared.celery_app import create_celery_app
-    from shared.settings import Settings
-    from shared.topology import STORE_EVENTS
+    from shared.contracts.settings import Settings
+    from shared.contracts.topology import STORE_EVENTS
+    from shared.infra.celery_app import create_celery_app
 
     publisher = create_celery_app("pulse-test-kill", settings=Settings(queue_prefix=KillableWorker.prefix))
     events = [purchase(user_id, 30.0 + i, "sports", timestamp=f"2026-04-0{i + 1}T10:00:00+00:00") for i in range(3)]

@@ -1,4 +1,4 @@
-"""shared.tracing in one process against the run's real Postgres, Redis and MongoDB-wire server:
+"""shared.infra.tracing in one process against the run's real Postgres, Redis and MongoDB-wire server:
 the instrumentations it loads produce their spans (SQLAlchemy 2.1 included, which the
 SQLAlchemy instrumentation does not declare support for), a Celery message sent by name to a task
 this process does not know ends its publish span and leaves the current span as it was, lone client calls start no trace, and with nothing
@@ -21,10 +21,10 @@ PROBE = textwrap.dedent("""
     from opentelemetry import trace
     from sqlalchemy import text
 
-    from shared import tracing
-    from shared.cache import get_redis
-    from shared.db import session_scope
-    from shared.mongo import get_database
+    from shared.infra import tracing
+    from shared.infra.cache import get_redis
+    from shared.infra.db import session_scope
+    from shared.infra.mongo import get_database
 
     on = tracing.configure_tracing("pulse-probe")
     from celery import signals

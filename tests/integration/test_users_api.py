@@ -4,8 +4,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import func, select
 
-from shared.db import session_scope
-from shared.models import Address, City, OutboxMessage, User
+from shared.contracts.tables import Address, City, OutboxMessage, User
+from shared.infra.db import session_scope
 from tests.fixtures import keyed_client
 from tests.helpers import count_statements, signup_body
 

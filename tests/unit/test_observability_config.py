@@ -83,7 +83,7 @@ def test_jaeger_receives_the_traces_of_every_pulse_process():
         # Started, not healthy: tracing is optional, and the stack must come up without it.
         assert service["depends_on"]["jaeger"] == {"condition": "service_started"}, name
     # The setting compose passes is the one the code reads.
-    from shared.settings import Settings
+    from shared.contracts.settings import Settings
 
     assert "otel_exporter_otlp_endpoint" in Settings.model_fields
 

@@ -1,4 +1,4 @@
-"""shared.personal: the packed profile gives back exactly the whole profile, or exactly the profile
+"""shared.contracts.personal: the packed profile gives back exactly the whole profile, or exactly the profile
 without its personal members, whatever the key order and whatever the values hold (commas, braces,
 semicolons, quotes, non-ASCII text: the cut ranges must never land inside a value)."""
 import json
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from shared.personal import pack_profile, profile_view, pseudonymous
+from shared.contracts.personal import pack_profile, profile_view, pseudonymous
 
 TRICKY = ['a;b,1-2', 'x"}{,', "Іван Іванов", "\\\"", "", "0-0;", "}}}"]
 

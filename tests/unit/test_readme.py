@@ -1,7 +1,7 @@
 """The README's settings table is kept true: every setting is documented with its default."""
 from pathlib import Path
 
-from shared.settings import Settings
+from shared.contracts.settings import Settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

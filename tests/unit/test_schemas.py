@@ -5,7 +5,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from services.api.problems import error_field, field_path
-from shared.schemas import Event, EventBatch, SignupRequest, event_document
+from shared.contracts.schemas import Event, EventBatch, SignupRequest, event_document
 
 EVENT = TypeAdapter(Event)
 

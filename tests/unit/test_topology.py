@@ -1,8 +1,8 @@
 """The queue topology every process agrees on."""
-from shared.celery_app import create_celery_app
-from shared.settings import Settings
-from shared.topology import (
+from shared.contracts.settings import Settings
+from shared.contracts.topology import (
     COMPUTE_PROFILES,
+    CUSTOMER_STATS,
     ERASE_USER,
     FIT_MODELS,
     PRUNE_LEDGER,
@@ -10,11 +10,11 @@ from shared.topology import (
     SEND_WELCOME,
     STORE_EVENTS,
     SWEEP_RESCORING,
-    CUSTOMER_STATS,
     USER_CREATED,
     VALIDATE_MODELS,
     build_topology,
 )
+from shared.infra.celery_app import create_celery_app
 
 
 def test_every_task_routes_to_a_durable_dead_lettered_queue():

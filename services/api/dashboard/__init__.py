@@ -25,9 +25,9 @@ import redis
 from flask import Blueprint, make_response, redirect, render_template, request, url_for
 
 from services.api import access, proxies
-from shared.cache import get_redis
-from shared.logging import get_logger
-from shared.settings import get_settings
+from shared.contracts.settings import get_settings
+from shared.infra.cache import get_redis
+from shared.infra.logging import get_logger
 
 log = get_logger(__name__)
 dashboard_bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates",

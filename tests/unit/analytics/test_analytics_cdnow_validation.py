@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.analytics.models import (
+from shared.analytics.stats import (
+    bgnbd_log_likelihood,
     conditional_expected_average_spend,
     conditional_expected_purchases,
     customer_lifetime_value,
@@ -22,7 +23,6 @@ from shared.analytics.models import (
     fit_gamma_gamma,
     gamma_gamma_log_likelihood,
     probability_alive,
-    bgnbd_log_likelihood,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

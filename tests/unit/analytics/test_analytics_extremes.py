@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import integrate, special
 
-from shared.analytics.models import (
+from shared.analytics.stats import (
     BGNBDParams,
     GammaGammaParams,
     bgnbd_log_likelihood,
@@ -176,7 +176,7 @@ def test_series_fallback_where_scipy_hyp2f1_returns_inf():
 def test_low_heterogeneity_models_score_without_the_long_series(monkeypatch):
     """Where the transformed form fails, the untransformed one (still scipy) answers: the slow
     series is not needed, and one customer's CLV costs what it costs under any other model."""
-    from shared.analytics.models import bgnbd
+    from shared.analytics.stats import bgnbd
 
     a, b, r = LOW_HETEROGENEITY.a, LOW_HETEROGENEITY.b, LOW_HETEROGENEITY.r
     assert not np.isfinite(special.hyp2f1(a + b - 1 - r, a - 1, a + b + 2 - 1, 0.8))

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from shared.analytics.models import (
+from shared.analytics.stats import (
     ACTIVE,
     AT_RISK,
     DORMANT,
@@ -66,7 +66,7 @@ def test_days_since_last_purchase_follows_the_guide():
 
 # --- churn: the guide's formula 100 / (1 + exp(-(days - 30) / 20)) ------------------------
 # The table printed in the guide (13.5, 29.2, 50.0, 70.8, 86.5) does not follow from its own
-# code; these are the code's values (see shared/analytics/models/rules.py).
+# code; these are the code's values (see shared/analytics/stats/rules.py).
 CHURN = {5: 22.3, 15: 32.1, 30: 50.0, 45: 67.9, 60: 81.8}
 
 

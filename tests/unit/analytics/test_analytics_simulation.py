@@ -1,6 +1,6 @@
 """Parameter recovery: simulate from known BG/NBD and Gamma-Gamma parameters, fit back.
 
-The simulation is exact (see ``shared.analytics.models.simulate``) and seeded, so the test is
+The simulation is exact (see ``shared.analytics.stats.simulate``) and seeded, so the test is
 deterministic.  Tolerances are 3-5 standard deviations of the MLE at this sample size (30,000
 customers), measured over 20 seeds while writing the test: relative SDs were r 1.1 %, alpha 2.1 %,
 a 6.4 %, b 7.5 % (the dropout parameters are the least identified), p 3.3 %, q 1.7 %,
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.analytics.models import (
+from shared.analytics.stats import (
     bgnbd_log_likelihood,
     conditional_expected_average_spend,
     conditional_expected_purchases,

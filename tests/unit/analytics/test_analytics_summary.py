@@ -1,4 +1,4 @@
-"""summarise_purchases: day collapsing, as_of cutoff, RFM facts, on hand-built logs."""
+"""frequency_recency: day collapsing, as_of cutoff, RFM facts, on hand-built logs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from shared.analytics.models import summarise_purchases
+from shared.analytics.stats import frequency_recency
 
 
 def ts(*stamps, unit="ms"):
@@ -26,7 +26,7 @@ def test_same_day_purchases_collapse_and_cutoff(unit):
         unit=unit,
     )
     amounts = np.array([10.0, 5.0, 20.0, 30.0, 12.0, 40.0, 1000.0, 99.0])
-    s = summarise_purchases(users, times, amounts, dt.date(2024, 1, 15))
+    s = frequency_recency(users, times, amounts, dt.date(2024, 1, 15))
 
     np.testing.assert_array_equal(s.user_id, [3, 7])      # user 9 is not a customer yet
     np.testing.assert_array_equal(s.frequency, [0, 2])    # 3 distinct days for user 7
@@ -50,7 +50,7 @@ def test_as_of_earlier_drops_later_purchases_and_order_does_not_matter():
                "2024-03-05T01:00", "2024-03-05T02:00")
     amounts = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
     perm = rng.permutation(5)
-    s = summarise_purchases(users[perm], times[perm], amounts[perm], dt.date(2024, 3, 5))
+    s = frequency_recency(users[perm], times[perm], amounts[perm], dt.date(2024, 3, 5))
     np.testing.assert_array_equal(s.user_id, [1, 2])
     np.testing.assert_array_equal(s.frequency, [1, 0])
     np.testing.assert_allclose(s.recency, [4 / 7, 0.0])
@@ -62,10 +62,10 @@ def test_as_of_earlier_drops_later_purchases_and_order_does_not_matter():
 
 
 def test_empty_and_all_future_logs():
-    empty = summarise_purchases(np.array([], np.int64), np.array([], "datetime64[ms]"),
+    empty = frequency_recency(np.array([], np.int64), np.array([], "datetime64[ms]"),
                                 np.array([]), dt.date(2024, 1, 1))
     assert len(empty) == 0 and empty.frequency.dtype == np.int64
-    future = summarise_purchases(np.array([1]), ts("2024-01-02T00:00"), np.array([5.0]),
+    future = frequency_recency(np.array([1]), ts("2024-01-02T00:00"), np.array([5.0]),
                                  dt.date(2024, 1, 1))
     assert len(future) == 0
 
@@ -78,7 +78,7 @@ def test_many_customers_matches_naive_definition():
              + rng.integers(0, 120 * 86_400_000, n).astype("timedelta64[ms]"))
     amounts = rng.gamma(2.0, 10.0, n).round(2)
     as_of = dt.date(2024, 3, 31)
-    s = summarise_purchases(users, times, amounts, as_of)
+    s = frequency_recency(users, times, amounts, as_of)
     cut = np.datetime64(as_of, "D")
     for i, u in enumerate(s.user_id[:50]):          # reference: slow, per-user definition
         sel = (users == u) & (times.astype("datetime64[D]") <= cut)
@@ -95,10 +95,10 @@ def test_many_customers_matches_naive_definition():
 
 def test_bad_input_is_rejected():
     with pytest.raises(ValueError):
-        summarise_purchases(np.array([1, 2]), ts("2024-01-01T00:00"), np.array([1.0]),
+        frequency_recency(np.array([1, 2]), ts("2024-01-01T00:00"), np.array([1.0]),
                             dt.date(2024, 1, 1))
     with pytest.raises(TypeError):
-        summarise_purchases(np.array([1]), np.array([1.0]), np.array([1.0]), dt.date(2024, 1, 1))
+        frequency_recency(np.array([1]), np.array([1.0]), np.array([1.0]), dt.date(2024, 1, 1))
     with pytest.raises(ValueError):
-        summarise_purchases(np.array([1]), ts("2024-01-01T00:00"), np.array([np.nan]),
+        frequency_recency(np.array([1]), ts("2024-01-01T00:00"), np.array([np.nan]),
                             dt.date(2024, 1, 1))

@@ -5,12 +5,12 @@ from datetime import UTC, datetime
 import numpy as np
 
 from services.analytics import customer_stats
-from shared.analytics.model_store import Model
-from shared.analytics.models import BGNBDParams, GammaGammaParams, churn_risk, probability_alive
+from shared.analytics.fitted_models import FittedModel
+from shared.analytics.stats import BGNBDParams, GammaGammaParams, churn_risk, probability_alive
 
 NOW = datetime(2026, 11, 30, 0, 0, 5, tzinfo=UTC)  # five seconds into a UTC day
 TODAY = (NOW.date() - customer_stats.EPOCH).days
-MODEL = Model(3, BGNBDParams(0.243, 4.414, 0.793, 2.426, -1.0, 5), GammaGammaParams(6.25, 3.74, 15.44, -1.0, 5),
+MODEL = FittedModel(3, BGNBDParams(0.243, 4.414, 0.793, 2.426, -1.0, 5), GammaGammaParams(6.25, 3.74, 15.44, -1.0, 5),
               None, None)
 
 

@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 from scipy import integrate, special
 
-from shared.analytics.models import (
+from shared.analytics.stats import (
     BGNBDParams,
     GammaGammaParams,
+    bgnbd,
     conditional_expected_average_spend,
     conditional_expected_purchases,
     customer_lifetime_value,
     expected_purchases,
 )
-from shared.analytics.models import bgnbd
 
 
 def _best_of(n, fn):

@@ -25,15 +25,17 @@ import numpy as np
 import pytest
 from scipy import integrate, special
 
-from shared.analytics.models import (
+from shared.analytics.stats import (
     MODELS,
     UnidentifiedModel,
+    bgnbd,
     fit_gamma_gamma,
+    mbgnbd,
+    pareto_nbd,
     simulate_mbgnbd,
     simulate_pareto_nbd,
 )
-from shared.analytics.models import bgnbd, mbgnbd, pareto_nbd
-from shared.analytics.models.pareto_nbd import ParetoNBDParams
+from shared.analytics.stats.pareto_nbd import ParetoNBDParams
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CDNOW_CSV = Path(os.environ.get(
@@ -320,7 +322,7 @@ def test_standard_errors_are_the_observed_information(cdnow):
         got = [fit.standard_errors[k] for k in model.parameter_names]
         np.testing.assert_allclose(got, ref, rtol=2e-3, err_msg=name)
     gg = fit_gamma_gamma(d["x"], d["zbar"])
-    from shared.analytics.models import gamma_gamma_log_likelihood
+    from shared.analytics.stats import gamma_gamma_log_likelihood
     ref = _numeric_se(lambda p: gamma_gamma_log_likelihood(p, d["x"], d["zbar"]), [gg.p, gg.q, gg.gamma])
     np.testing.assert_allclose([gg.standard_errors[k] for k in ("p", "q", "gamma")], ref, rtol=2e-3)
 

@@ -4,7 +4,7 @@ parameters they held at a bound."""
 import numpy as np
 import pytest
 
-from shared.analytics.models import (
+from shared.analytics.stats import (
     CoPurchases,
     fit_bgnbd,
     fit_co_purchases,
@@ -15,7 +15,7 @@ from shared.analytics.models import (
     rfm_scores,
     score_with_breakpoints,
 )
-from shared.analytics.models.bgnbd import LOG_PARAM_BOUND
+from shared.analytics.stats.bgnbd import LOG_PARAM_BOUND
 
 RNG_SEEDS = range(25)
 
@@ -86,7 +86,7 @@ def test_co_purchases_keep_the_strongest_neighbours_only_beyond_the_limit():
 
 def test_a_well_identified_fit_converges_inside_the_bounds():
     rng = np.random.default_rng(11)
-    from shared.analytics.models import simulate_bgnbd, simulate_gamma_gamma_spend
+    from shared.analytics.stats import simulate_bgnbd, simulate_gamma_gamma_spend
 
     x, t_x, T = simulate_bgnbd(0.25, 4.0, 0.8, 2.5, np.full(5000, 39.0), rng)
     fit = fit_bgnbd(x, t_x, T)

@@ -1,0 +1,76 @@
+"""What makes two events the same event: the pair `(user_id, event_id)`.
+
+An `event_id` is the client's idempotency key, and a client only speaks for its own users: two
+people's events never collide, whatever ids their trackers chose (a shop's `order-42` and another
+user's `order-42` are two events), while the same person's id sent again is a retry of the same
+event. MongoDB's unique index (`uq_user_event`, shared.infra.mongo), the API's check of a request, the
+worker's insert and the backfill all key on this pair, and nothing else does.
+
+An event's *content* is what the client said happened (type, instant, metadata, geo): two copies
+of one key with the same content are the same event sent twice; with different content they are
+a client error (the API answers 422) or, arriving in different requests, a late copy that loses
+to the first (first copy wins).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+EventKey = tuple[int, str]
+
+
+def key(event: dict) -> EventKey:
+    return int(event["user_id"]), str(event["event_id"])
+
+
+def _instant(value: Any) -> str:
+    """The instant as MongoDB stores it (UTC, milliseconds), whether given as the message's ISO
+    text or as a datetime read back from MongoDB: a copy compares equal to what it stored."""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000).isoformat()
+
+
+def content(event: dict) -> str:
+    """A digest of the event's identity and content, comparable between a message's form (ISO
+    text, tuples from JSON lists) and a stored document's (datetimes, BSON values)."""
+    canonical = json.dumps(
+        {
+            "user_id": int(event["user_id"]),
+            "event_id": str(event["event_id"]),
+            "event_type": event.get("event_type"),
+            "timestamp": _instant(event["timestamp"]),
+            "metadata": event.get("metadata") or {},
+            "geo": event.get("geo") or None,
+        },
+        sort_keys=True, separators=(",", ":"), default=str,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def collapse(events: Sequence[dict]) -> tuple[list[dict], list[int], list[tuple[int, int]]]:
+    """The first copy of each key, in order; the positions of later copies with the same content
+    (collapsed into the first); and (first, later) positions of copies whose content differs."""
+    first: dict[EventKey, int] = {}
+    unique: list[dict] = []
+    repeated: list[int] = []
+    conflicts: list[tuple[int, int]] = []
+    digests: dict[int, str] = {}
+    for index, event in enumerate(events):
+        event_key = key(event)
+        earlier = first.get(event_key)
+        if earlier is None:
+            first[event_key] = index
+            unique.append(event)
+            continue
+        # Digests only for keys that repeat: the common batch of distinct keys pays nothing.
+        if earlier not in digests:
+            digests[earlier] = content(events[earlier])
+        if content(event) == digests[earlier]:
+            repeated.append(index)
+        else:
+            conflicts.append((earlier, index))
+    return unique, repeated, conflicts

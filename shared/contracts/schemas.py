@@ -1,0 +1,246 @@
+"""Request and message schemas: one pydantic model per contract.
+
+The API validates with these models, the OpenAPI spec is generated from them, and the worker
+re-validates the messages it consumes with them, so there is no second description to drift.
+"""
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import email_validator
+import pycountry
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    RootModel,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+)
+
+
+def _printable(value: str) -> str:
+    # Postgres text cannot hold NUL, and no name or label has a use for control characters.
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+# The pattern says in the OpenAPI document what _printable and the stripping enforce: no control
+# characters, something other than white space.
+NonBlank = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"),
+    AfterValidator(_printable),
+]
+MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+
+
+def _collapse_spaces(value: str) -> str:
+    return " ".join(value.split())
+
+
+def iso_text(value, field: str):
+    """The document says an ISO 8601 string: a number is not read as seconds since 1970."""
+    if value is not None and not isinstance(value, str | date | datetime):
+        raise ValueError(f"{field} must be an ISO 8601 string")
+    return value
+
+
+class StrictModel(BaseModel):
+    # Unknown fields are an error named in the 422, not silently dropped.
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+# --------------------------------------------------------------------------- signup
+
+
+# Every code the countries table holds (migration 0001 fills it from pycountry), as an enum in the
+# OpenAPI document too: a code the document calls valid is one the API accepts.
+COUNTRY_CODES = tuple(sorted(country.alpha_2 for country in pycountry.countries))
+_KNOWN_COUNTRY_CODES = frozenset(COUNTRY_CODES)
+
+
+def _known_country(code: str) -> str:
+    if code not in _KNOWN_COUNTRY_CODES:
+        raise ValueError("not an ISO 3166-1 alpha-2 country code (upper case)")
+    return code
+
+
+CountryCode = Annotated[str, AfterValidator(_known_country), WithJsonSchema({"type": "string", "enum": list(COUNTRY_CODES)})]
+
+
+class AddressIn(StrictModel):
+    street: Annotated[NonBlank, StringConstraints(max_length=200), AfterValidator(_collapse_spaces)]
+    city: Annotated[NonBlank, StringConstraints(max_length=100), AfterValidator(_collapse_spaces)]
+    country_code: CountryCode = Field(description="ISO 3166-1 alpha-2 code, upper case, e.g. UA", examples=["UA"])
+
+
+# An address the e-mail grammar accepts is accepted, special-use domains (`.test`, `.local`, ...)
+# included, as the OpenAPI document's `format: email` says: whether it can receive mail is the
+# mail server's call, and a refused welcome is dead-lettered where it can be seen and replayed
+# (shared.infra.dead_letters).
+email_validator.SPECIAL_USE_DOMAIN_NAMES.clear()
+
+
+class SignupRequest(StrictModel):
+    username: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{3,32}$")] = Field(
+        description="3–32 letters, digits, '_', '.', '-'; unique regardless of case",
+        examples=["ivan_data"],
+    )
+    email: EmailStr = Field(examples=["ivan.data@example.com"])
+    full_name: Annotated[NonBlank, StringConstraints(max_length=200), AfterValidator(_collapse_spaces)] = Field(
+        examples=["Ivan Ivanov"]
+    )
+    address: AddressIn
+
+    @field_validator("email")
+    @classmethod
+    def _normalise_email(cls, value: str) -> str:
+        # One mailbox, one account: the whole address is compared in lower case.
+        return value.lower()
+
+
+class UserCreatedMessage(BaseModel):
+    """Body of the `user.created` message the outbox relay publishes."""
+
+    event_id: str
+    user_id: int
+    username: str
+    email: str
+    full_name: str
+    city: str
+    country_code: str
+    created_at: datetime
+
+
+# --------------------------------------------------------------------------- events
+
+EventId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+# Bounds a real shop never reaches but a float can: a price of 1e192 would be stored, summed into
+# 200-digit category totals and overflow the models' arithmetic.
+MAX_PRICE = 1_000_000
+# Numbers are strict: `false` or "12" is not a price (the document says number), so it is refused.
+Price = Annotated[float, Field(ge=0, le=MAX_PRICE, allow_inf_nan=False, strict=True)]
+Label = Annotated[NonBlank, StringConstraints(max_length=100)]
+MAX_CLOCK_SKEW = timedelta(days=1)
+EARLIEST_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_METADATA_KEYS = 50
+# MongoDB stores integers in 64 bits; a larger one would fail in the worker, not here.
+Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63, strict=True)]
+# Bounded too: an integer too large for Int64 would otherwise become an imprecise float.
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, ge=-1e15, le=1e15, strict=True)]
+
+
+class Geo(StrictModel):
+    country: Label | None = None
+    city: Label | None = None
+    coordinates: tuple[
+        Annotated[float, Field(ge=-90, le=90, strict=True)], Annotated[float, Field(ge=-180, le=180, strict=True)]
+    ] | None = Field(None, description="[latitude, longitude]")
+
+
+class PurchaseMetadata(StrictModel):
+    product_id: Label
+    price: Price = Field(description="What the purchase cost in total (all items)")
+    category: Label
+    quantity: int | None = Field(None, ge=1, le=1_000_000, strict=True, description="Items bought, when known")
+
+
+class ProductMetadata(StrictModel):
+    product_id: Label | None = None
+    category: Label | None = None
+    price: Price | None = None
+
+
+class _EventBase(StrictModel):
+    event_id: EventId | None = Field(
+        None, description="Idempotency key within the user: an event is `(user_id, event_id)`. Generated when "
+        "absent. The same user re-sending an id never duplicates (the first copy wins); another user's "
+        "event with the same id is a different event."
+    )
+    user_id: int = Field(gt=0, lt=2**31, strict=True)
+    timestamp: datetime | None = Field(
+        None, description="ISO 8601; without an offset it is read as UTC; default: time of receipt. "
+        "From 1970-01-01 to a day after receipt (clock skew)."
+    )
+    geo: Geo | None = None
+
+    _timestamp_is_text = field_validator("timestamp", mode="before")(lambda value: iso_text(value, "timestamp"))
+
+    @field_validator("timestamp")
+    @classmethod
+    def _as_utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if value > datetime.now(UTC) + MAX_CLOCK_SKEW:
+            raise ValueError("timestamp is more than a day in the future")
+        if value < EARLIEST_TIMESTAMP:
+            raise ValueError("timestamp is before 1970-01-01")
+        return value
+
+
+class PurchaseEvent(_EventBase):
+    event_type: Literal["user_purchase"]
+    metadata: PurchaseMetadata
+
+
+class CartEvent(_EventBase):
+    event_type: Literal["add_to_cart"]
+    metadata: ProductMetadata = Field(default_factory=ProductMetadata)
+
+
+class ActivityEvent(_EventBase):
+    event_type: Literal["page_view", "login", "logout", "search"]
+    metadata: dict[MetadataKey, Annotated[str, StringConstraints(max_length=1000)] | Int64 | FiniteFloat | bool | None] = Field(
+        default_factory=dict, max_length=MAX_METADATA_KEYS
+    )
+
+
+EVENT_TYPES = ("user_purchase", "add_to_cart", "page_view", "login", "logout", "search")
+
+Event = Annotated[PurchaseEvent | CartEvent | ActivityEvent, Field(discriminator="event_type")]
+
+
+class EventBatch(StrictModel):
+    events: list[Event] = Field(min_length=1)
+
+
+class SingleEvent(RootModel[Event]):
+    """One event as the body of POST /api/events (the same union as in a batch)."""
+
+
+def event_document(event: PurchaseEvent | CartEvent | ActivityEvent, event_id: str, received_at: datetime) -> dict[str, Any]:
+    """The JSON-safe message form of a validated event (the worker turns it into a document)."""
+    return {
+        "event_id": event_id,
+        "user_id": event.user_id,
+        "event_type": event.event_type,
+        "timestamp": (event.timestamp or received_at).isoformat(),
+        "metadata": event.metadata.model_dump(exclude_none=True)
+        if isinstance(event.metadata, BaseModel)
+        else dict(event.metadata),
+        "geo": event.geo.model_dump(exclude_none=True) if event.geo else None,
+    }
+
+
+# --------------------------------------------------------------------------- problems
+
+
+class FieldProblem(BaseModel):
+    field: str = Field(description="Dotted path of the offending field, e.g. address.country_code")
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details (`application/problem+json`)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[FieldProblem] | None = None
+    request_id: str | None = Field(None, description="The request's X-Request-ID: the one id in every log line about it")

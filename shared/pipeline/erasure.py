@@ -1,0 +1,298 @@
+"""Forgetting a person, and handing them what Pulse holds about them.
+
+Erasure runs in two steps, durable like a signup:
+
+1. `erase_in_postgres` (the API's DELETE, one transaction): the person's share of the category
+   sales is subtracted, their outbox messages (the signup's carries name and e-mail) deleted,
+   the user and address rows deleted (counters, purchase summaries, categories and pending
+   rescoring go with them, ON DELETE CASCADE), and a `user.erase` outbox message written.
+2. The worker, given that message, `forget`s them in MongoDB (events, profile, welcome-e-mail
+   record) and Redis (cached profile, pending rescoring), then deletes the
+   outbox message that named them.
+
+User ids come from a sequence and are never reused, so "no user row" is the only tombstone
+needed: the API refuses events for an id it does not know (422), and every writer that could be
+mid-write for the person when the row went (a stored event batch, a signup's welcome, a
+rescoring) checks afterwards with `forget_missing` and forgets whoever is gone. Checking *after*
+its own write is what makes that exact: if the user still existed then, the erasure committed
+later, so its `user.erase` (published after that commit) deletes what the writer wrote.
+The one writer that does not check is an API profile miss, which caches under a version read
+before it computed; the worker's second pass, ERASURE_SECOND_PASS_SECONDS later, removes what
+such a late cache write (or anything else racing the first pass) put back. Nothing cached for the
+person is ever served meanwhile, nor after Redis is restored from an older snapshot: a cached
+profile is served only under the user's current version in Postgres (shared.pipeline.profile_cache), and
+the erasure deletes that version with the user row.
+
+Population statistics lose the person at once (category sales) or at the next refit (the models
+and RFM breakpoints are fitted from the customer summaries, where the person no longer is).
+
+Nothing may make an erasure undone or forgotten:
+
+- `user.erase` retries until it succeeds (shared.infra.retry.UntilDone: never dead-lettered by an outage).
+- Step 1 also writes the id into `erasures`; the worker deletes that row once its first pass is
+  done and the second queued (`confirm`: MongoDB answers that nothing of the person is left). The
+  reconciliation (`reconcile`, beat every ERASURE_RECONCILE_SECONDS) does step 2 again for every
+  row still there after the second pass's window, and confirms the same way. Its cost is the
+  unconfirmed erasures, a batch at a time, never a scan of `events`; in the end not even the id
+  stays.
+- The sweep (`sweep_page`, one page of ERASURE_SWEEP_PAGE ids per run, wrapping around) catches a
+  person deleted from Postgres some other way (by hand, a restored backup): ids come from a
+  sequence, so the ids below its value that have no user row are exactly those that may have left
+  something; each page asks MongoDB about those ids only, through its indexes.
+- Erasure also deletes the person's recorded task failures (shared.infra.task_failures keeps the user
+  ids of each), and published outbox messages of everyone are pruned after OUTBOX_RETENTION_HOURS
+  (services.api.outbox_relay).
+"""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import Integer, delete, select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from shared.contracts.tables import (
+    ActivityDay,
+    Address,
+    CustomerCategory,
+    CustomerSummary,
+    Erasure,
+    OutboxMessage,
+    PurchaseDay,
+    SweepCursor,
+    User,
+)
+from shared.contracts.topology import ERASE_USER
+from shared.contracts.users import UserOut, with_address
+from shared.infra import request_ids, task_failures, tracing
+from shared.infra.cache import get_redis, key
+from shared.infra.db import session_scope
+from shared.infra.mongo import EVENTS, PROFILES, WELCOME_EMAILS
+from shared.pipeline import rescore
+
+# Long enough for any request or task that was computing the person's profile when the first pass
+# ran to have written it (a miss takes milliseconds; its cache lock lasts 10 s), short enough that
+# nothing of theirs lingers for long.
+ERASURE_SECOND_PASS_SECONDS = 30.0
+
+_SUBTRACT_CATEGORY_SALES = text(
+    # Locked in category order, as the worker's upserts lock them. A worker storing this user's
+    # events holds the user's row (FOR KEY SHARE, shared.pipeline.summaries.record_batch) until it commits,
+    # and this erasure took it FOR UPDATE first: the two run one after the other, each seeing what
+    # the other committed, in one lock order (the user's row, then categories).
+    "WITH locked AS (SELECT c.category FROM category_sales c JOIN customer_categories cc "
+    "  ON cc.category = c.category AND cc.user_id = :user_id ORDER BY c.category FOR UPDATE OF c) "
+    "UPDATE category_sales c SET purchases = c.purchases - cc.purchases, spent = c.spent - cc.spent "
+    "FROM customer_categories cc, locked WHERE cc.user_id = :user_id AND cc.category = c.category "
+    "AND locked.category = c.category"
+)
+
+
+def erase_in_postgres(session: Session, user_id: int) -> bool:
+    """Step 1, in the caller's transaction. False when there is no such user (nothing changed)."""
+    user = session.scalar(select(User).where(User.id == user_id).with_for_update())
+    if user is None:
+        return False
+    session.execute(_SUBTRACT_CATEGORY_SALES, {"user_id": user_id})
+    session.execute(delete(OutboxMessage).where(OutboxMessage.payload["user_id"].astext == str(user_id)))
+    address_id = user.address_id
+    session.delete(user)
+    session.flush()
+    # Cities stay: they are shared reference data that every API process keeps in an LRU cache
+    # (shared.pipeline.reference), so deleting one under a concurrent signup would break that signup.
+    session.execute(delete(Address).where(Address.id == address_id, ~Address.users.any()))
+    task_failures.forget_people(session, [user_id])
+    # The ledger the reconciliation completes from, should the message below never do its work.
+    session.execute(insert(Erasure).values(user_id=user_id).on_conflict_do_nothing())
+    with tracing.outbox_write(ERASE_USER) as traceparent:  # the relay continues this trace
+        session.add(OutboxMessage(id=uuid.uuid4(), task_name=ERASE_USER, payload={"user_id": user_id},
+                                  request_id=request_ids.current(), traceparent=traceparent))
+    return True
+
+
+def _redis_keys(user_id: int) -> list[str]:
+    # The cached profile; "ver" and "writing" are the version counters Redis held before the
+    # versions moved to Postgres (migration 0008), deleted too so an upgraded Redis forgets them.
+    return [key("profile", user_id), key("profile", "ver", user_id), key("profile", "writing", user_id)]
+
+
+def forget_in_redis(user_ids: Iterable[int]) -> int:
+    """The cached profiles and pending rescoring. Returns keys deleted. (What is cached could not
+    be served anyway: the user's cache version went with their row, shared.pipeline.profile_cache.)"""
+    ids = sorted(set(int(u) for u in user_ids))
+    if not ids:
+        return 0
+    deleted = get_redis().delete(*[k for user_id in ids for k in _redis_keys(user_id)])
+    rescore.forget(ids)
+    return deleted
+
+
+def forget(db, user_ids: Iterable[int]) -> dict[str, int]:
+    """Step 2: delete everything MongoDB and Redis hold about these (erased) users, and the task
+    failures recorded about them since step 1. Idempotent."""
+    ids = sorted(set(int(u) for u in user_ids))
+    if not ids:
+        return {}
+    removed = {
+        "events": db[EVENTS].delete_many({"user_id": {"$in": ids}}).deleted_count,
+        "profiles": db[PROFILES].delete_many({"_id": {"$in": ids}}).deleted_count,
+        "welcome_emails": db[WELCOME_EMAILS].delete_many({"_id": {"$in": ids}}).deleted_count,
+        "cache_keys": forget_in_redis(ids),
+    }
+    with session_scope() as session:
+        removed["task_failures"] = task_failures.forget_people(session, ids)
+    return removed
+
+
+def left_in_mongodb(db, user_ids: list[int]) -> set[int]:
+    """Which of these users MongoDB still holds anything of, asked through indexes only
+    (`ix_user_time` of events, `_id` of the others)."""
+    if not user_ids:
+        return set()
+    found = set(db[EVENTS].distinct("user_id", {"user_id": {"$in": user_ids}}))
+    for collection in (PROFILES, WELCOME_EMAILS):
+        found.update(doc["_id"] for doc in db[collection].find({"_id": {"$in": user_ids}}, {"_id": 1}))
+    return {int(u) for u in found}
+
+
+# How many unconfirmed erasures one reconciliation run takes on: bounded work per run whatever
+# an outage left behind; the rest wait for the next run.
+RECONCILE_BATCH = 500
+
+
+def reconcile(db, batch: int = RECONCILE_BATCH) -> dict[str, int]:
+    """Do step 2 again for erasures not yet confirmed and older than the second pass (whose window
+    is the worker's to close), then confirm each that MongoDB no longer holds anything of."""
+    with session_scope() as session:
+        ids = list(session.scalars(
+            select(Erasure.user_id).where(
+                Erasure.erased_at < datetime.now(UTC) - timedelta(seconds=ERASURE_SECOND_PASS_SECONDS))
+            .order_by(Erasure.erased_at).limit(batch)))
+    if not ids:
+        return {"erasures": 0, "confirmed": 0}
+    # Only people still without a user row: an id in `erasures` is never reused, but be exact.
+    with session_scope() as session:
+        ids = missing_users(session, ids)
+    forget(db, ids)
+    return {"erasures": len(ids), "confirmed": len(confirm(db, ids))}
+
+
+def confirm(db, user_ids: list[int]) -> list[int]:
+    """Close the erasures of those of these users MongoDB holds nothing of any more (the worker,
+    and the reconciliation): their `erasures` rows go. Returns them."""
+    confirmed = sorted(set(user_ids) - left_in_mongodb(db, list(user_ids)))
+    if confirmed:
+        with session_scope() as session:
+            session.execute(delete(Erasure).where(Erasure.user_id.in_(confirmed)))
+    return confirmed
+
+
+SWEEP = "erasure"
+
+
+def sweep_page(db, page: int) -> dict[str, int]:
+    """One page of the sweep: ids [cursor, cursor + page) below the users sequence's value that
+    have no user row. Whoever among them MongoDB still holds something of (a person deleted from
+    Postgres behind Pulse's back) is forgotten everywhere. Redis, task failures and outbox messages
+    are cleared for every such id (a delete of what is absent costs an index look-up)."""
+    with session_scope() as session:
+        highest = session.scalar(text("SELECT pg_sequence_last_value(pg_get_serial_sequence('users', 'id'))")) or 0
+        # Created once, by whichever run comes first; locked, so two runs never take the same page.
+        session.execute(insert(SweepCursor).values(name=SWEEP, next_id=1).on_conflict_do_nothing())
+        cursor = session.get(SweepCursor, SWEEP, with_for_update=True)
+        start = cursor.next_id if cursor.next_id <= highest else 1
+        end = min(start + page, highest + 1)
+        present = set(session.scalars(select(User.id).where(User.id >= start, User.id < end)))
+        missing = [u for u in range(start, end) if u not in present]
+        if end > highest:  # the cycle is complete: the next run starts at 1 again
+            cursor.next_id = 1
+            cursor.last_cycle_completed_at = datetime.now(UTC)
+            cursor.cycle_started_at = datetime.now(UTC)
+        else:
+            cursor.next_id = end
+    # The cursor moves on first: a page that fails below is checked again in the next cycle.
+    if not missing:
+        return {"checked": max(0, end - start), "forgotten": 0}
+    leftover = left_in_mongodb(db, missing)
+    # Asked again after MongoDB answered: a signup that committed after the read above had its
+    # first document written only after that commit, so this read sees its user row.
+    with session_scope() as session:
+        missing = missing_users(session, missing)
+        leftover = sorted(leftover & set(missing))
+        task_failures.forget_people(session, missing)
+        # A signup's published message (name, e-mail, street) of a person deleted by hand; the
+        # NOT EXISTS guards a signup committing meanwhile (its row and message commit together).
+        session.execute(delete(OutboxMessage).where(
+            OutboxMessage.payload["user_id"].astext.in_([str(u) for u in missing]),
+            OutboxMessage.task_name != ERASE_USER,
+            ~select(User.id).where(User.id == OutboxMessage.payload["user_id"].astext.cast(Integer)).exists()))
+    forget_in_redis(missing)
+    if leftover:
+        forget(db, leftover)
+    return {"checked": end - start, "forgotten": len(leftover)}
+
+
+def missing_users(session: Session, user_ids: Iterable[int]) -> list[int]:
+    ids = sorted(set(int(u) for u in user_ids))
+    if not ids:
+        return []
+    found = set(session.scalars(select(User.id).where(User.id.in_(ids))))
+    return [u for u in ids if u not in found]
+
+
+def forget_missing(db, session: Session, user_ids: Iterable[int]) -> list[int]:
+    """After writing for `user_ids`: forget those erased meanwhile. Returns them."""
+    gone = missing_users(session, user_ids)
+    if gone:
+        forget(db, gone)
+    return gone
+
+
+# ----------------------------------------------------------------------------- export
+
+def _plain(value):
+    """BSON and SQL values as JSON: datetimes in ISO 8601, decimals as numbers."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if k not in ("_id", "batch_id")}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def _rows(session: Session, model, user_id: int, order) -> list[dict]:
+    columns = [c for c in model.__table__.columns if c.name != "user_id"]
+    rows = session.execute(select(*columns).where(model.user_id == user_id).order_by(order)).mappings()
+    return [_plain(dict(row)) for row in rows]
+
+
+def export(db, session: Session, user_id: int) -> dict | None:
+    """Everything Pulse holds about one person, as one JSON-ready document (None: no such user)."""
+    user = session.scalar(select(User).options(with_address()).where(User.id == user_id))
+    if user is None:
+        return None
+    summary = _rows(session, CustomerSummary, user_id, CustomerSummary.user_id)
+    profile = db[PROFILES].find_one({"_id": user_id})
+    welcome = db[WELCOME_EMAILS].find_one({"_id": user_id})
+    events = db[EVENTS].find({"user_id": user_id}).sort([("timestamp", 1), ("event_id", 1)])
+    return {
+        "exported_at": datetime.now(UTC).isoformat(),
+        "user": UserOut.of(user).model_dump(mode="json") | {"segment": user.segment},
+        "profile": _plain(profile) if profile else None,
+        "events": [_plain(event) for event in events],
+        "activity_days": _rows(session, ActivityDay, user_id, ActivityDay.day),
+        "purchase_days": _rows(session, PurchaseDay, user_id, PurchaseDay.day),
+        "purchase_summary": summary[0] if summary else None,
+        "categories": _rows(session, CustomerCategory, user_id, CustomerCategory.category),
+        "welcome_email": _plain(welcome) if welcome else None,
+    }
