@@ -1,0 +1,77 @@
+"""The house rules of the layout, read from the code's own imports.
+
+`shared/` is in layers, each importing only the ones below it: contracts (settings, queues, schemas,
+tables) < infra (connections, Celery app, keys) < pipeline (summaries, rescoring, erasure, cache
+versions) < analytics (the statistics, fitted models, profiles). Nothing in `shared/` imports a
+service, and a service never imports another service: what two of them use lives in `shared/`.
+`services/cli` is the operator's entry point and the one exception: it dispatches to each part's
+own command, imported lazily inside the subcommand that needs it.
+"""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LAYERS = ["shared.contracts", "shared.infra", "shared.pipeline", "shared.analytics"]
+ENTRY_POINTS = {"services.cli"}
+
+
+def _part(module: str) -> str | None:
+    for layer in LAYERS:
+        if module == layer or module.startswith(layer + "."):
+            return layer
+    if module.startswith("services."):
+        return ".".join(module.split(".")[:2])
+    if module == "scripts" or module.startswith("scripts."):
+        return "scripts"
+    return None
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+            found.extend((node.lineno, f"{node.module}.{alias.name}") for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+    return found
+
+
+def broken_rules(root: Path) -> list[str]:
+    broken = []
+    for path in sorted([*root.glob("shared/**/*.py"), *root.glob("services/**/*.py")]):
+        me = _part(".".join(path.relative_to(root).with_suffix("").parts))
+        if me is None or me in ENTRY_POINTS:
+            continue
+        for line, module in _imports(path):
+            other = _part(module)
+            if other is None or other == me:
+                continue
+            where = f"{path.relative_to(root)}:{line} imports {module}"
+            if me in LAYERS and other in LAYERS and LAYERS.index(other) > LAYERS.index(me):
+                broken.append(f"{where} (a layer above {me})")
+            elif me in LAYERS and other not in LAYERS:
+                broken.append(f"{where} (shared/ never imports a service or scripts/)")
+            elif me.startswith("services.") and other not in LAYERS:
+                broken.append(f"{where} (a service imports only its own modules and shared/)")
+    return broken
+
+
+def test_no_import_runs_back_up_a_layer_or_across_services():
+    assert broken_rules(ROOT) == []
+
+
+@pytest.mark.parametrize(("path", "source", "rule"), [
+    ("shared/contracts/x.py", "from shared.infra.db import session_scope\n", "a layer above"),
+    ("shared/infra/x.py", "from shared.pipeline import rescore\n", "a layer above"),
+    ("shared/pipeline/x.py", "import shared.analytics.profiles\n", "a layer above"),
+    ("shared/analytics/x.py", "from services.api import app\n", "never imports a service"),
+    ("services/worker/x.py", "from services.api.access import decide\n", "its own modules"),
+])
+def test_the_check_sees_each_kind_of_broken_rule(tmp_path, path, source, rule):
+    target = tmp_path / path
+    target.parent.mkdir(parents=True)
+    target.write_text(source)
+    assert [line for line in broken_rules(tmp_path) if rule in line]
