@@ -99,6 +99,15 @@ def marker_stored(http, mongo, user_id: int) -> None:
               "metadata": {"page": "/marker"}}
     assert post(http, "/api/events", marker).status_code == 202
     wait_for(lambda: copies(mongo, user_id, marker["event_id"]), timeout=60, what="the marker stored")
+    # MongoDB first, then the summaries' transaction (services.worker.storage): the marker is only
+    # counted once its batch is in the ledger, and a drift read before that is the marker's own.
+    batch_id = copies(mongo, user_id, marker["event_id"])[0]["batch_id"]
+
+    def counted() -> bool:
+        with session_scope() as session:
+            return session.execute(text("SELECT 1 FROM applied_batches WHERE batch_id = :b"),
+                                   {"b": batch_id}).first() is not None
+    wait_for(counted, timeout=60, what="the marker counted")
 
 
 def publish_batch(events: list[dict], batch_id: str) -> None:
