@@ -4,7 +4,6 @@ Every rescoring is a batch of at most RESCORE_CHUNK users computed together (a f
 for the whole batch, vectorised scoring, one bulk write per store), and the batches of a large
 rescoring are separate tasks, so every analytics worker process that runs takes a share.
 """
-import math
 from datetime import date, datetime
 
 from pymongo import ReplaceOne
@@ -133,7 +132,7 @@ def compute_profiles_task(user_ids: list[int] | None = None, id_range: list[int]
         drain, pending = rescore.start_drain()
         if drain is None:
             return {"profiles": 0}
-        for _ in range(math.ceil(pending / RESCORE_CHUNK) - 1):
+        for _ in range(rescore.chunk_tasks(pending, RESCORE_CHUNK)):
             app.send_task(COMPUTE_PROFILES, kwargs={"drain": drain})
     count = _drain_chunk(drain)
     log.info("profiles_rescored", users=count)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import redis
 from cachetools import LRUCache, TTLCache
@@ -226,9 +227,17 @@ def session_principal(session_id: str, announced=UNREAD) -> Principal | None:
     if key_id is None:
         return None
     found = _remembered(f"id:{key_id.decode()}", lambda session: api_keys.lookup_id(session, key_id.decode()))
-    if found is None:
-        return None
-    return Principal(found.key_id, found.scopes & {READ, PERSONAL}, found.expires_at, found.revoked)
+    return None if found is None else as_session(found)
+
+
+# What a dashboard session may do of what the key that logged in may (`session_principal`).
+SESSION_SCOPES = frozenset({READ, PERSONAL})
+
+
+def as_session(found: Principal) -> Principal:
+    """The key that logged in, as its dashboard session stands for it: its read and personal
+    scopes only, with its expiry and revocation."""
+    return Principal(found.key_id, found.scopes & SESSION_SCOPES, found.expires_at, found.revoked)
 
 
 def session_key(session_id: str) -> str:
@@ -285,6 +294,34 @@ def _session_id(authorization: str | None) -> str | None:
     return session_id.strip() if scheme == SESSION_SCHEME and session_id.strip() else None
 
 
+KEY = "key"
+
+
+def standing(endpoint: str, credentials: str | None, known: Principal | None,
+             now: datetime | None = None) -> Decision | None:
+    """The table's answer for a request to an endpoint that is not public, once its credentials
+    (None, KEY or SESSION_SCHEME) were looked up as `known` (None: no such key, or the session
+    ended): 401 (none, unknown, revoked, expired), 403 (a scope the endpoint needs is missing),
+    or None, when it may go on to its rate limit."""
+    scope = required_scope(endpoint)
+    if credentials is None:
+        return _unauthorized(f"This endpoint needs an API key with the {scope} scope: "
+                             "send `Authorization: Bearer <key>`")
+    if known is None and credentials == SESSION_SCHEME:
+        return _unauthorized("The dashboard session has ended: log in again", "invalid_token")
+    if known is None:
+        return _unauthorized("Unknown API key", "invalid_token")
+    if known.revoked:
+        return _unauthorized(f"API key {known.key_id} has been revoked", "invalid_token")
+    if not known.usable(now):
+        return _unauthorized(f"API key {known.key_id} has expired", "invalid_token")
+    for needed in (scope, ALSO_REQUIRED.get(endpoint)):
+        if needed is not None and needed not in known.scopes:
+            return Decision(403, f"API key {known.key_id} lacks the {needed} scope this endpoint needs "
+                            f"(it has {', '.join(sorted(known.scopes))})", principal=known)
+    return None
+
+
 def decide(endpoint: str, authorization: str | None, client_ip: str | None, announced=UNREAD) -> Decision:
     """May this request go on? 401 (no usable key), 403 (a key without the scope), 429 (over its
     limit, or its client over the failed-lookup limit), or 200 with the rate-limit headers to send."""
@@ -307,22 +344,13 @@ def _decide(endpoint: str, authorization: str | None, client_ip: str | None, ann
         return Decision(200 if verdict.allowed else 429, "Too many signups from this address; retry later",
                         verdict.headers)
     session_id = _session_id(authorization)
-    if key is None and session_id is None:
-        return _unauthorized(f"This endpoint needs an API key with the {scope} scope: "
-                             "send `Authorization: Bearer <key>`")
-    known = principal(key, client_ip, announced) if key is not None else session_principal(session_id, announced)
-    if known is None and session_id is not None:
-        return _unauthorized("The dashboard session has ended: log in again", "invalid_token")
-    if known is None:
-        return _unauthorized("Unknown API key", "invalid_token")
-    if known.revoked:
-        return _unauthorized(f"API key {known.key_id} has been revoked", "invalid_token")
-    if not known.usable():
-        return _unauthorized(f"API key {known.key_id} has expired", "invalid_token")
-    for needed in (scope, ALSO_REQUIRED.get(endpoint)):
-        if needed is not None and needed not in known.scopes:
-            return Decision(403, f"API key {known.key_id} lacks the {needed} scope this endpoint needs "
-                            f"(it has {', '.join(sorted(known.scopes))})", principal=known)
+    credentials = None if key is None and session_id is None else SESSION_SCHEME if key is None else KEY
+    known = None
+    if credentials is not None:
+        known = principal(key, client_ip, announced) if key is not None else session_principal(session_id, announced)
+    refused = standing(endpoint, credentials, known)
+    if refused is not None:
+        return refused
     limit = limit_for(scope)
     if known.unlimited or limit is None:
         return Decision(200, principal=known)

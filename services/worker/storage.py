@@ -56,7 +56,6 @@ def insert_events(collection: Collection, docs: list[dict], batch_id: str) -> tu
         if fatal or details.get("writeConcernErrors"):
             raise
         duplicates = {e["index"] for e in details.get("writeErrors", [])}
-    inserted = [doc for i, doc in enumerate(unique) if i not in duplicates]
     candidates = [unique[i] for i in sorted(duplicates)]
     ids_by_user: dict[int, list[str]] = {}
     for doc in candidates:
@@ -73,13 +72,35 @@ def insert_events(collection: Collection, docs: list[dict], batch_id: str) -> tu
              "batch_id": 1},
         )
     }
-    ours = []
-    for doc in candidates:
+    ownership = owned(unique, duplicates, stored, batch_id)
+    return ownership.new, ownership.new + ownership.ours
+
+
+@dataclass(frozen=True)
+class Ownership:
+    new: list[dict]  # inserted by this call
+    ours: list[dict]  # stored already, by an earlier delivery of this same batch
+    theirs: list[dict]  # stored already by another batch, or with other content: not counted here
+
+
+def owned(unique: list[dict], duplicates: set[int], stored: dict[event_identity.EventKey, dict],
+          batch_id: str) -> Ownership:
+    """Which of a batch's events (`unique`: collapsed, one copy per key, in order) count for it,
+    given the positions the unique index refused (`duplicates`) and the stored documents of those
+    keys (`stored`). A duplicate is the batch's own only when the stored document carries this
+    batch's id AND the same identity and content (see `insert_events`)."""
+    new, ours, theirs = [], [], []
+    for index, doc in enumerate(unique):
+        if index not in duplicates:
+            new.append(doc)
+            continue
         found = stored.get(event_identity.key(doc))
         if found is not None and found.get("batch_id") == batch_id \
                 and event_identity.content(found) == event_identity.content(doc):
             ours.append(doc)
-    return inserted, inserted + ours
+        else:
+            theirs.append(doc)
+    return Ownership(new, ours, theirs)
 
 
 def store_batch(db, batch_id: str, docs: list[dict], schedule_rescore: Callable[[float], None]) -> Stored:

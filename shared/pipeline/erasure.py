@@ -91,25 +91,68 @@ _SUBTRACT_CATEGORY_SALES = text(
 )
 
 
+def _subtract_category_sales(session: Session, user: User, address_id: int | None) -> None:
+    session.execute(_SUBTRACT_CATEGORY_SALES, {"user_id": user.id})
+
+
+def _delete_outbox_messages(session: Session, user: User, address_id: int | None) -> None:
+    session.execute(delete(OutboxMessage).where(OutboxMessage.payload["user_id"].astext == str(user.id)))
+
+
+def _delete_user(session: Session, user: User, address_id: int | None) -> None:
+    session.delete(user)
+    session.flush()
+
+
+def _delete_address(session: Session, user: User, address_id: int | None) -> None:
+    # Cities stay: they are shared reference data that every API process keeps in an LRU cache
+    # (shared.pipeline.reference), so deleting one under a concurrent signup would break that signup.
+    session.execute(delete(Address).where(Address.id == address_id, ~Address.users.any()))
+
+
+def _forget_task_failures(session: Session, user: User, address_id: int | None) -> None:
+    task_failures.forget_people(session, [user.id])
+
+
+def _write_ledger(session: Session, user: User, address_id: int | None) -> None:
+    # The ledger the reconciliation completes from, should the message below never do its work.
+    session.execute(insert(Erasure).values(user_id=user.id).on_conflict_do_nothing())
+
+
+def _write_erase_message(session: Session, user: User, address_id: int | None) -> None:
+    with tracing.outbox_write(ERASE_USER) as traceparent:  # the relay continues this trace
+        session.add(OutboxMessage(id=uuid.uuid4(), task_name=ERASE_USER, payload={"user_id": user.id},
+                                  request_id=request_ids.current(), traceparent=traceparent))
+
+
+# Step 1's parts, in the order they run in its one transaction. Where a part reads what another
+# deletes, the order is what makes it right (tests/unit/test_erasure_order.py holds these):
+# - the category sales are reduced by the person's `customer_categories`, which go with the user
+#   row (ON DELETE CASCADE): subtracted first;
+# - the outbox messages naming the person are deleted before the `user.erase` message, which names
+#   them too, is written;
+# - an address is deleted only when no user lives there any more: after the user row.
+# The ledger row and the message commit with the user row's deletion, or none of them does.
+IN_POSTGRES = ("category_sales", "outbox_messages", "user", "address", "task_failures", "ledger", "erase_message")
+_IN_POSTGRES_STEPS = {
+    "category_sales": _subtract_category_sales,
+    "outbox_messages": _delete_outbox_messages,
+    "user": _delete_user,
+    "address": _delete_address,
+    "task_failures": _forget_task_failures,
+    "ledger": _write_ledger,
+    "erase_message": _write_erase_message,
+}
+
+
 def erase_in_postgres(session: Session, user_id: int) -> bool:
     """Step 1, in the caller's transaction. False when there is no such user (nothing changed)."""
     user = session.scalar(select(User).where(User.id == user_id).with_for_update())
     if user is None:
         return False
-    session.execute(_SUBTRACT_CATEGORY_SALES, {"user_id": user_id})
-    session.execute(delete(OutboxMessage).where(OutboxMessage.payload["user_id"].astext == str(user_id)))
     address_id = user.address_id
-    session.delete(user)
-    session.flush()
-    # Cities stay: they are shared reference data that every API process keeps in an LRU cache
-    # (shared.pipeline.reference), so deleting one under a concurrent signup would break that signup.
-    session.execute(delete(Address).where(Address.id == address_id, ~Address.users.any()))
-    task_failures.forget_people(session, [user_id])
-    # The ledger the reconciliation completes from, should the message below never do its work.
-    session.execute(insert(Erasure).values(user_id=user_id).on_conflict_do_nothing())
-    with tracing.outbox_write(ERASE_USER) as traceparent:  # the relay continues this trace
-        session.add(OutboxMessage(id=uuid.uuid4(), task_name=ERASE_USER, payload={"user_id": user_id},
-                                  request_id=request_ids.current(), traceparent=traceparent))
+    for step in IN_POSTGRES:
+        _IN_POSTGRES_STEPS[step](session, user, address_id)
     return True
 
 
@@ -130,18 +173,21 @@ def forget_in_redis(user_ids: Iterable[int]) -> int:
     return deleted
 
 
+# What MongoDB holds of a person: each collection, with the indexed field that names them. Step 2
+# deletes from each, and an erasure is confirmed (its ledger row deleted) only once none of them
+# answers for the person: the one list for both, so nothing is confirmed that was not erased.
+IN_MONGODB = ((EVENTS, "user_id"), (PROFILES, "_id"), (WELCOME_EMAILS, "_id"))
+
+
 def forget(db, user_ids: Iterable[int]) -> dict[str, int]:
     """Step 2: delete everything MongoDB and Redis hold about these (erased) users, and the task
     failures recorded about them since step 1. Idempotent."""
     ids = sorted(set(int(u) for u in user_ids))
     if not ids:
         return {}
-    removed = {
-        "events": db[EVENTS].delete_many({"user_id": {"$in": ids}}).deleted_count,
-        "profiles": db[PROFILES].delete_many({"_id": {"$in": ids}}).deleted_count,
-        "welcome_emails": db[WELCOME_EMAILS].delete_many({"_id": {"$in": ids}}).deleted_count,
-        "cache_keys": forget_in_redis(ids),
-    }
+    removed = {collection: db[collection].delete_many({field: {"$in": ids}}).deleted_count
+               for collection, field in IN_MONGODB}
+    removed["cache_keys"] = forget_in_redis(ids)
     with session_scope() as session:
         removed["task_failures"] = task_failures.forget_people(session, ids)
     return removed
@@ -152,10 +198,15 @@ def left_in_mongodb(db, user_ids: list[int]) -> set[int]:
     (`ix_user_time` of events, `_id` of the others)."""
     if not user_ids:
         return set()
-    found = set(db[EVENTS].distinct("user_id", {"user_id": {"$in": user_ids}}))
-    for collection in (PROFILES, WELCOME_EMAILS):
-        found.update(doc["_id"] for doc in db[collection].find({"_id": {"$in": user_ids}}, {"_id": 1}))
+    found: set = set()
+    for collection, field in IN_MONGODB:
+        found.update(db[collection].distinct(field, {field: {"$in": user_ids}}))
     return {int(u) for u in found}
+
+
+def closable(user_ids: Iterable[int], left: set[int]) -> list[int]:
+    """The erasures that may be closed: those of the users MongoDB holds nothing of any more."""
+    return sorted(set(user_ids) - left)
 
 
 # How many unconfirmed erasures one reconciliation run takes on: bounded work per run whatever
@@ -183,7 +234,7 @@ def reconcile(db, batch: int = RECONCILE_BATCH) -> dict[str, int]:
 def confirm(db, user_ids: list[int]) -> list[int]:
     """Close the erasures of those of these users MongoDB holds nothing of any more (the worker,
     and the reconciliation): their `erasures` rows go. Returns them."""
-    confirmed = sorted(set(user_ids) - left_in_mongodb(db, list(user_ids)))
+    confirmed = closable(user_ids, left_in_mongodb(db, list(user_ids)))
     if confirmed:
         with session_scope() as session:
             session.execute(delete(Erasure).where(Erasure.user_id.in_(confirmed)))

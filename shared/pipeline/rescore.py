@@ -19,6 +19,7 @@ it read before computing (`changes_seen`, `clear_seen`), so a change it did not 
 pending. `sweep` (Celery beat, every minute) puts users pending for longer than a drain should
 take back into the Redis set: whatever Redis or a killed worker lost is rescored within minutes.
 """
+import math
 import uuid
 from collections.abc import Callable, Iterable
 
@@ -47,9 +48,23 @@ def _drains() -> str:
     return key("rescore", "drains")
 
 
+def coalesce(user_ids: Iterable[int]) -> list[int]:
+    """The users of a change, each once, in ascending order: a user named by many events of a
+    batch is one member of the pending set, and one row of `rescore_pending`, locked in the order
+    every writer locks them (two workers upserting overlapping users cannot deadlock)."""
+    return sorted(set(int(u) for u in user_ids))
+
+
+def chunk_tasks(pending: int, chunk: int) -> int:
+    """How many tasks a drain of `pending` users sends besides the one that started it (which
+    rescores the first chunk itself): one per further chunk of `chunk` users, none for an empty or
+    a one-chunk drain."""
+    return max(0, math.ceil(pending / chunk) - 1)
+
+
 def mark_changed(user_ids: Iterable[int], schedule: Callable[[float], None]) -> bool:
     """Record changed users; call `schedule(delay)` when no drain is scheduled yet."""
-    ids = list(user_ids)
+    ids = coalesce(user_ids)
     if not ids:
         return False
     get_redis().sadd(_pending(), *ids)
@@ -161,7 +176,7 @@ _STALE = text(
 
 def record_pending(session: Session, user_ids: Iterable[int]) -> None:
     """In the transaction that changed these users' data."""
-    ids = sorted(set(user_ids))
+    ids = coalesce(user_ids)
     if ids:
         session.execute(_RECORD_PENDING, {"ids": ids})
 
