@@ -2,7 +2,7 @@
 
 Logs in with the development key (PULSE_API_KEY or var/dev-api-key), waits until the dashboard
 has drawn the customers and `--readings` pipeline readings (rates need two), and writes `dashboard.png`
-and `dashboard-user.png` (the top user by score, or --user). The README's picture is made this
+and `dashboard-user.png` (the top user by score, or --user). docs/dashboard.md's pictures are made this
 way after `make dev` and `make demo`.
 """
 import argparse

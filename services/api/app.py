@@ -65,7 +65,7 @@ def create_app() -> PulseOpenAPI:
         validation_error_callback=validation_problem,
         doc_prefix="/openapi",
         security_schemes={SECURITY_SCHEME: {"type": "http", "scheme": "bearer", "description":
-                          "An API key: `Authorization: Bearer pulse_<id>_<secret>` (see README, API keys)"}},
+                          "An API key: `Authorization: Bearer pulse_<id>_<secret>` (see docs/keys.md)"}},
     )
     # Every body any route reads as JSON goes through this parser and its depth limit.
     app.json = LimitedJSONProvider(app)

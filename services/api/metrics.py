@@ -16,7 +16,7 @@
   read at most once a second per API process and every scrape meanwhile shares that reading
   (services.api.shared_reads): scraping in a loop loads no store.
 
-The README lists every family. Counts and timings only: no id, name or address is a label.
+docs/metrics.md lists every family. Counts and timings only: no id, name or address is a label.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Every setting Pulse reads, from the environment (or a `.env` file), in one place.
 
-The README's settings table is generated from nothing else: keep names and defaults here.
+The settings table of docs/settings.md is generated from nothing else: keep names and defaults here.
 """
 from functools import lru_cache
 from typing import Literal

@@ -17,7 +17,7 @@ row inside a span that continues it (`continued_from`), Celery's instrumentation
 message headers to the worker, and from a worker task to every task it sends (the welcome e-mail,
 the analytics rescoring drain). A coalesced rescoring drain belongs to the trace of the change that
 scheduled it, as its request id does; users changed while it was already scheduled are rescored in
-that drain, so their traces end at the worker's `rescore` mark (see README, Traces).
+that drain, so their traces end at the worker's `rescore` mark (see docs/traces.md).
 """
 from __future__ import annotations
 

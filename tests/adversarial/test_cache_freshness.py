@@ -1,4 +1,4 @@
-"""Promise (README, "Profiles are never stale"): a cached profile is served only while it is
+"""Promise (docs/faults.md, "Profiles are never stale"): a cached profile is served only while it is
 current, and an erased person is never served from the cache, whatever Redis does.
 
 Each test attacks over HTTP with what an operator's Redis does by itself: a restore from an older

@@ -1,4 +1,4 @@
-"""Promise (README, "Dashboard"): the browser never holds the API key; it holds a session that
+"""Promise (docs/dashboard.md): the browser never holds the API key; it holds a session that
 only reads, ends at logout, when the key is revoked and when it expires, travels only over HTTPS
 when the request came over HTTPS, and the pages cannot be framed, sniffed or fed inline script.
 

@@ -1,4 +1,4 @@
-"""Attacks on the README's promise "an event is `(user_id, event_id)`: re-sending an id never
+"""Attacks on the promise (docs/api.md) "an event is `(user_id, event_id)`: re-sending an id never
 duplicates, two people's ids never collide, every batch is counted exactly once".
 
 Over HTTP against a real API server (granian, as `make dev` runs it) and the run's real workers,

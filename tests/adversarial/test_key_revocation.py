@@ -1,4 +1,4 @@
-"""Promises (README, "API keys, scopes and rate limits"): a revoked or expired key is refused by
+"""Promises (docs/keys.md): a revoked or expired key is refused by
 every API process from the next request on; a made-up key costs Postgres a bounded number of
 queries, and a client that sends many is answered 429 with Retry-After.
 

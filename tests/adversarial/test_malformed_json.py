@@ -1,5 +1,5 @@
 """Promise: a body too deep, too big or not quite JSON gets a 400 (or 413) problem naming the body,
-never a 500, on every route that reads JSON (README, API).
+never a 500, on every route that reads JSON (docs/api.md).
 
 Attacked over HTTP against the API server as `make dev` runs it. The routes are taken from the
 API's own OpenAPI document (every operation with a request body), so a route added later is

@@ -1,4 +1,4 @@
-"""Promises (README, "Models: fits and validations are jobs"): `POST /api/analytics/models/fit` and
+"""Promises (docs/api.md, the fit and validation jobs): `POST /api/analytics/models/fit` and
 `POST /api/analytics/models/validate` answer 202 with `Location: /api/analytics/jobs/<id>` at once; bad
 input is a 422 naming the field, never a job; `GET` of the Location answers the job (`queued`,
 `running`, `done` with its result, or `failed` with the reason and the field), and 404 for any id that

@@ -1,6 +1,6 @@
 """Careless and hostile inputs to the three repeat-purchase models (shared.analytics.stats.registry).
 
-The README promises that every model's fit refuses what it cannot identify with a reason (no
+docs/models.md promises that every model's fit refuses what it cannot identify with a reason (no
 repeat buyer, every age 0), reports convergence and bounds, and that predictions stay finite and
 fast whatever the parameters. These tests feed each model what a careless caller would: NaN,
 negative or fractional counts, impossible recencies, bad weights, degenerate populations,

@@ -1,4 +1,4 @@
-"""Promise (README, API keys: personal data has its own scope): a key with `read` sees people
+"""Promise (docs/keys.md: personal data has its own scope): a key with `read` sees people
 pseudonymously; username, e-mail, full name and street only with `personal`, and such answers
 carry `Cache-Control: no-store`; the cached profile never hands a read-only key what a personal
 key's read put in the cache (nor the other way round); an export needs admin and personal.

@@ -1,4 +1,4 @@
-"""The README's promise that every process tree a test, a bench or the chaos run starts dies with it,
+"""The promise (docs/testing.md) that every process tree a test, a bench or the chaos run starts dies with it,
 attacked the way careless children and rude parents would: a child that ignores SIGTERM and hides a
 grandchild in a session of its own, a parent killed with SIGKILL, a second SIGTERM in the middle of
 the clean-up, a child that outlives its timeout. Each process here carries a marker in its

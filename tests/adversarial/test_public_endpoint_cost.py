@@ -1,4 +1,4 @@
-"""Promise (README, Metrics): `/metrics` and `/health/ready` need no key, and however many callers
+"""Promise (docs/metrics.md): `/metrics` and `/health/ready` need no key, and however many callers
 hit them, an API process reads each store at most once a second for them.
 
 Attacked over HTTP: 8 threads call both endpoints as fast as they can for a few seconds against

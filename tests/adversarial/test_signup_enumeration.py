@@ -1,4 +1,4 @@
-"""Promises (README, Enumeration and API keys): signup's 409 names the taken field and nothing else;
+"""Promises (docs/api.md, Enumeration; docs/keys.md): signup's 409 names the taken field and nothing else;
 what one client can learn from it is bounded by the per-client signup limit, counted before the
 body is read; the client is the real one behind TRUSTED_PROXIES, and a client that is not behind
 one cannot choose its bucket by sending X-Forwarded-For.

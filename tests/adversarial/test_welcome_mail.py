@@ -1,5 +1,5 @@
 """Promise: the welcome e-mail goes to the one address that signed up, and nothing a stranger
-types into the public signup form becomes a recipient or a header (README, Enumeration).
+types into the public signup form becomes a recipient or a header (docs/api.md, Enumeration).
 
 Attacked over HTTP against the real pipeline (API server, outbox relay, worker, mailer, a real
 SMTP server that records the envelope's RCPT TO, which is who receives a message whatever its

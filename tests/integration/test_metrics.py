@@ -9,7 +9,7 @@ from tests.fixtures import wait_for
 from tests.helpers import finished_job, purchase, signup_body
 
 pytestmark = pytest.mark.usefixtures("pipeline")
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+METRICS_PAGE = (Path(__file__).resolve().parents[2] / "docs/metrics.md").read_text()
 FAMILIES = [
     "pulse_http_requests", "pulse_http_request_duration_seconds", "pulse_profile_cache_requests",
     "pulse_outbox_pending", "pulse_outbox_oldest_pending_age_seconds", "pulse_rescore_pending_users",
@@ -79,6 +79,6 @@ def test_a_signup_and_events_move_the_counters(client, anonymous_client, mongo):
     assert routes and not any(re.search(r"\d", route) for route in routes), routes
 
 
-def test_the_readme_lists_every_family():
+def test_the_metrics_page_lists_every_family():
     for family in FAMILIES:
-        assert f"`{family}" in README, family
+        assert f"`{family}" in METRICS_PAGE, family

@@ -1,6 +1,6 @@
 """The compose stack's Prometheus and Grafana configuration, checked without a Docker engine:
 every metrics endpoint is scraped where compose serves it, Grafana finds its data source and
-dashboard where compose mounts them, and every query names a metric the README documents."""
+dashboard where compose mounts them, and every query names a metric docs/metrics.md documents."""
 import json
 import re
 from pathlib import Path
@@ -13,7 +13,8 @@ PROMETHEUS = yaml.safe_load((ROOT / "docker/prometheus/prometheus.yml").read_tex
 DATASOURCES = yaml.safe_load((ROOT / "docker/grafana/provisioning/datasources/prometheus.yml").read_text())
 PROVIDERS = yaml.safe_load((ROOT / "docker/grafana/provisioning/dashboards/pulse.yml").read_text())
 DASHBOARD = json.loads((ROOT / "docker/grafana/dashboards/pulse-pipeline.json").read_text())
-README = (ROOT / "README.md").read_text()
+METRICS_PAGE = (ROOT / "docs/metrics.md").read_text()
+TRACES_PAGE = (ROOT / "docs/traces.md").read_text()
 
 
 def mounts(service: str) -> dict[str, str]:
@@ -54,7 +55,7 @@ def test_every_dashboard_query_names_a_documented_metric():
     assert names
     for name in names:
         base = re.sub(r"_(total|bucket|count|sum)$", "", name)
-        assert f"`{base}" in README or f"`{name}" in README or name.startswith("rabbitmq_"), name
+        assert f"`{base}" in METRICS_PAGE or f"`{name}" in METRICS_PAGE or name.startswith("rabbitmq_"), name
     titles = {panel["title"] for panel in DASHBOARD["panels"]}
     assert {"Signups and events per second", "Queue depths (ready messages)", "Outbox lag",
             "Rescoring backlog and dead letters", "Profile cache hit ratio"} <= titles
@@ -89,7 +90,7 @@ def test_jaeger_receives_the_traces_of_every_pulse_process():
 
 
 def test_every_traced_process_configures_tracing_under_its_service_name():
-    """The names compose and the README promise are the ones the processes give themselves."""
+    """The names compose and docs/traces.md promise are the ones the processes give themselves."""
     sources = {
         "pulse-api": ROOT / "services/api/app.py",
         "pulse-relay": ROOT / "services/api/outbox_relay.py",
@@ -101,7 +102,7 @@ def test_every_traced_process_configures_tracing_under_its_service_name():
         # The name inside the call that sets tracing up (the Celery app names are the same words).
         calls = re.findall(r"(?:configure_tracing|trace_worker_processes)\((.*)\)", path.read_text())
         assert any(f'"{service}"' in call for call in calls), (service, path, calls)
-        assert f"`{service}`" in README, service
+        assert f"`{service}`" in TRACES_PAGE, service
     start = (ROOT / "docker/start").read_text()
     assert '-n "mailer-${prefix}@%h"' in start  # the node name that makes the mailer pulse-mailer
 
