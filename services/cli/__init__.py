@@ -130,8 +130,9 @@ def run(command: Command, argv: list[str]) -> int:
         print(f"{where}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # The reader went away (`pulse keys list | head`): nothing left to say, and nobody to say it to.
-        sys.stderr.close()
+        # The reader went away (`pulse dead-letters list | head`): what is left for stdout goes nowhere,
+        # so the flush at exit does not fail again (the recipe of Python's signal documentation).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception as exc:
         if os.environ.get("PULSE_DEBUG"):
