@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
+PULSE := $(VENV)/bin/pulse
 COMPOSE ?= docker compose
 VAR   := $${PULSE_VAR_DIR:-var}
 
@@ -14,8 +15,8 @@ setup: ## venv + dependencies, database + migrations, RabbitMQ management plugin
 	@scripts/setup
 
 dev: setup ## run every process in the foreground (Ctrl-C stops them all); prints where the development API key and the Flower login are
-	@$(PY) -m shared.infra.api_keys dev $(VAR)/dev-api-key
-	@$(PY) -m scripts.flower login $(VAR)/flower-login
+	@$(PULSE) keys dev $(VAR)/dev-api-key
+	@$(PULSE) flower-login $(VAR)/flower-login
 	exec $(VENV)/bin/honcho start -f Procfile
 
 test: ## bandit, then the whole suite against real Postgres, RabbitMQ, Redis, MongoDB-wire server and workers
@@ -36,19 +37,19 @@ test-e2e:
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 demo: ## replay the guide's scenarios against the running stack
-	$(PY) -m scripts.demo
+	$(PULSE) demo
 
 chaos: ## mixed load under SIGKILLs and restarts on a private stack, then a reconciliation (CHAOS_ARGS="--duration 600")
 	@scripts/setup --no-migrate
-	$(PY) -m scripts.chaos $(CHAOS_ARGS)
+	$(PULSE) chaos $(CHAOS_ARGS)
 
 fuzz: ## schemathesis, every check, against the running stack's OpenAPI document (FUZZ_EXAMPLES=200; no DELETE and no key management: your data and keys stay as they are)
 	SCHEMATHESIS_HOOKS=scripts.schemathesis_hooks $(VENV)/bin/schemathesis run $${PULSE_API:-http://127.0.0.1:8000}/openapi/openapi.json --checks all \
 		--max-examples $${FUZZ_EXAMPLES:-200} --workers 2 --exclude-method DELETE --exclude-path-regex '^/api/keys' \
 		--header "Authorization: Bearer $${PULSE_API_KEY:-$$(cat $(VAR)/dev-api-key)}"
 
-dead-letters: ## what failed for good: task, queue, reason, age, first error (python -m shared.infra.dead_letters --help)
-	$(PY) -m shared.infra.dead_letters list
+dead-letters: ## what failed for good: task, queue, reason, age, first error (pulse dead-letters --help)
+	$(PULSE) dead-letters list
 
 bench: ## every benchmark in bench/
 	for b in bench/[!_]*.py; do $(PY) $$b || exit 1; done

@@ -4,7 +4,7 @@ Starts a private stack of its own from the Procfile (honcho: SecantusDB on a fre
 own storage, the SMTP catcher, the API, the relay, the worker, the mailer, the analytics worker),
 with its own Postgres database, queue prefix and Redis prefix, so the populations are exactly the
 sizes printed and nothing of `make dev` is touched. It grows one population through the
-historical backfill (`python -m services.worker.backfill`, NDJSON of users and purchases
+historical backfill (`pulse backfill`, NDJSON of users and purchases
 simulated BG/NBD-style, categories from per-customer tastes) to each size in BENCH_SCALE_SIZES
 (purchases; default 1,000, 100,000 and 1,000,000, about five per customer), and at each size
 prints, in one run:
@@ -132,9 +132,9 @@ class Stack:
         subprocess.run(["rabbitmqctl", "-q", "add_vhost", VHOST], check=True, capture_output=True)
         subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", VHOST, RABBIT.split(":")[0], ".*", ".*", ".*"],
                        check=True, capture_output=True)
-        subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "shared.infra.migrate"], env=env, check=True, cwd=ROOT,
+        subprocess.run([str(ROOT / ".venv/bin/pulse"), "migrate"], env=env, check=True, cwd=ROOT,
                        preexec_fn=die_with_parent())
-        subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "shared.infra.api_keys", "dev", str(VAR / "dev-api-key")],
+        subprocess.run([str(ROOT / ".venv/bin/pulse"), "keys", "dev", str(VAR / "dev-api-key")],
                        env=env, check=True, cwd=ROOT, capture_output=True, preexec_fn=die_with_parent())
         # A group of its own, and SIGTERM from the kernel if this process dies without stopping it:
         # honcho then stops every process of the stack (each in a session of its own).
@@ -261,7 +261,7 @@ def write_more_purchases(path: Path, rng: np.random.Generator, purchases: int) -
 
 def backfill(path: Path) -> float:
     started = time.perf_counter()
-    result = subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "services.worker.backfill", str(path), "--quiet"],
+    result = subprocess.run([str(ROOT / ".venv/bin/pulse"), "backfill", str(path), "--quiet"],
                             cwd=ROOT, env={**os.environ, **STACK_ENV}, capture_output=True, text=True,
                             preexec_fn=die_with_parent())
     if result.returncode != 0:

@@ -1,6 +1,6 @@
 """`make chaos`: mixed load on a stack of our own while faults hit it, then a reconciliation.
 
-    python -m scripts.chaos [--duration 180] [--seed N] [--keep]
+    pulse chaos [--duration 180] [--seed N] [--keep]
 
 Starts its own Postgres, RabbitMQ, Redis, SecantusDB and SMTP catcher (scripts.private_servers)
 and its own API, outbox relay, worker, mailer, analytics worker and beat, so every fault lands on
@@ -120,11 +120,11 @@ class ChaosStack:
     def start(self) -> None:
         for server in self.servers.values():
             server.start()
-        subprocess.run([str(VENV_BIN / "python"), "-m", "shared.infra.migrate"], env=self.env, cwd=ROOT, check=True,
+        subprocess.run([str(VENV_BIN / "pulse"), "migrate"], env=self.env, cwd=ROOT, check=True,
                        capture_output=True)
         # Its own development key, as `make dev` makes one: every caller of this stack sends it.
         key_file = self.root / "dev-api-key"
-        subprocess.run([str(VENV_BIN / "python"), "-m", "shared.infra.api_keys", "dev", str(key_file)], env=self.env,
+        subprocess.run([str(VENV_BIN / "pulse"), "keys", "dev", str(key_file)], env=self.env,
                        cwd=ROOT, check=True, capture_output=True)
         self.headers = {"Authorization": f"Bearer {key_file.read_text().strip()}"}
         for name in self.commands:
@@ -432,7 +432,7 @@ def reconcile(stack: ChaosStack, ledger: Ledger, faults: list[Fault], injected_m
     same_message_twice = sum(n - 1 for n in Counter(mails).values() if n > 1)
     other_duplicates = sum(n - 1 for n in mails_to.values() if n > 1) - same_message_twice
 
-    check = subprocess.run([str(VENV_BIN / "python"), "-m", "shared.pipeline.summaries", "rebuild", "--check"], env=stack.env,
+    check = subprocess.run([str(VENV_BIN / "pulse"), "summaries", "rebuild", "--check"], env=stack.env,
                            cwd=ROOT, capture_output=True, text=True)
 
     from shared.infra.dead_letters import DeadLetterQueue
@@ -585,13 +585,14 @@ def run(duration: float, seed: int, keep: bool = False, faults: list[str] | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.chaos", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="pulse chaos", description=__doc__.split("\n\n")[0].partition(": ")[2])
     parser.add_argument("--duration", type=float, default=float(os.environ.get("CHAOS_DURATION", 180)),
                         help="seconds of load and faults (default 180)")
-    parser.add_argument("--seed", type=int, default=int(os.environ.get("CHAOS_SEED", random.randrange(1_000_000))))
+    parser.add_argument("--seed", type=int, default=int(os.environ.get("CHAOS_SEED", random.randrange(1_000_000))),
+                        help="seed of the schedule and the load (default CHAOS_SEED, else random; printed)")
     parser.add_argument("--faults", help="comma-separated subset of: " + ", ".join(FAULTS))
     parser.add_argument("--keep", action="store_true", help="keep the logs and data for a post-mortem")
-    parser.add_argument("--json", help="also write the reconciliation to this file")
+    parser.add_argument("--json", metavar="FILE", help="also write the reconciliation to this file")
     args = parser.parse_args(argv)
     # `kill` or a hang-up ends the run through its clean-up (the stack's processes, servers and
     # folders), as Ctrl-C does.

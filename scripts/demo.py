@@ -1,6 +1,6 @@
 """`make demo`: replay the companion guide's scenarios against the running stack.
 
-Start the stack first (`make dev`), then run `make demo` (or `.venv/bin/python -m scripts.demo`).
+Start the stack first (`make dev`), then run `make demo` (or `.venv/bin/pulse demo`).
 Everything goes through the public HTTP API at PULSE_API (default http://127.0.0.1:8000), with one
 exception explained at scenario [6]. The script is safe to re-run: users that exist already are
 looked up instead of created, and every event carries a deterministic `event_id`, so a second run
@@ -17,6 +17,7 @@ Steps:
 """
 from __future__ import annotations
 
+import argparse
 import random
 import statistics
 import sys
@@ -451,7 +452,12 @@ def num(value) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        prog="pulse demo", description="Replay the companion guide's scenarios against the running stack.",
+        epilog="PULSE_API: the stack's API (default http://127.0.0.1:8000); PULSE_API_KEY: a key with every "
+        "scope (default the one `make dev` wrote in $PULSE_VAR_DIR/dev-api-key, var/ by default). "
+        "Safe to re-run: nothing is stored twice.").parse_args(argv)
     try:
         require_stack()
         persons = people()

@@ -1,7 +1,7 @@
 """A simulated history of customers and purchases, as NDJSON the backfill imports.
 
-`python -m scripts.population OUT.ndjson --purchases 300000` writes users and their purchases;
-`python -m services.worker.backfill OUT.ndjson` loads them into the running stack. The benchmark
+`pulse population OUT.ndjson --purchases 300000` writes users and their purchases;
+`pulse backfill OUT.ndjson` loads them into the running stack. The benchmark
 `bench/scale.py` grows its populations with it.
 
 Customers behave the way BG/NBD assumes (Fader, Hardie & Lee 2005): each buys at a rate of her
@@ -73,7 +73,7 @@ def write_population(path: Path, rng: np.random.Generator, first_customer: int, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.population", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="pulse population", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="NDJSON file to write")
     parser.add_argument("--purchases", type=int, default=100_000, help="how many purchases (default 100,000)")
     parser.add_argument("--first-customer", type=int, default=0, help="number of the first customer (default 0)")

@@ -23,6 +23,8 @@ from tests.conftest import MONGO_PORT, SMTP_PORT, TEST_ENV, VHOST
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# The operator's command (services/cli), as the venv's console script: what a user runs.
+PULSE = str(BIN / "pulse")
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):

@@ -76,12 +76,12 @@ def list_keys():
 
 @keys_bp.delete("/<key_id>", summary="Revoke an API key (admin); revoking it again changes nothing",
                 description="Not the key the request is made with (409): a caller cannot lock itself out by "
-                "accident; revoke it with another admin key or `python -m shared.infra.api_keys revoke <id>`.",
+                "accident; revoke it with another admin key or `pulse keys revoke <id>`.",
                 responses={204: None, 404: Problem, 409: Problem})
 def revoke_key(path: KeyPath):
     if g.principal is not None and g.principal.key_id == path.key_id:
         raise ProblemError(409, "This request is made with that key: revoke it with another admin key, or with "
-                           "`python -m shared.infra.api_keys revoke`")
+                           "`pulse keys revoke`")
     with session_scope() as session:
         if not api_keys.revoke(session, path.key_id):
             raise ProblemError(404, f"No API key with id {path.key_id}")

@@ -1,4 +1,4 @@
-"""`python -m services.worker.backfill FILE`: import a history of users and their events.
+"""`pulse backfill FILE`: import a history of users and their events.
 
 Two formats:
 
@@ -366,11 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     except (PyMongoError, SQLAlchemyError, KombuError) as exc:
         print(f"backfill stopped: {type(exc).__name__}: {str(exc).splitlines()[0][:300]} (is the stack up? "
               "A re-run continues where this one stopped and stores nothing twice)", file=sys.stderr)
-        return 2
+        return 1
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.worker.backfill", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="pulse backfill", description=__doc__.split("\n\n")[0].partition(": ")[2])
     parser.add_argument("file", type=Path, help="NDJSON of users and events, or CSV of transactions")
     parser.add_argument("--format", choices=["ndjson", "csv"], help="default: from the file's extension")
     parser.add_argument("--skip-invalid", action="store_true", help="import the valid lines even if some are not")

@@ -15,7 +15,7 @@ Scopes (independent: admin does not imply read):
   city, country, dates and analytics); with it the username, e-mail, full name and street are
   there too (shared.contracts.personal). An export, being all of a person's data, needs admin and personal.
 
-`python -m shared.infra.api_keys create --scope read --scope ingest [--name N] [--expires-at ISO]`,
+`pulse keys create --scope read --scope ingest [--name N] [--expires-at ISO]`,
 `list`, `revoke <id>`, and `dev <file>`: the development key of `make dev` (every scope, written
 to a file only its owner can read, created when the file does not hold a working key).
 """
@@ -164,17 +164,19 @@ def ensure_dev_key(session: Session, path: Path) -> tuple[str, bool]:
 def main(argv: list[str] | None = None) -> int:
     from shared.infra.db import session_scope
 
-    parser = argparse.ArgumentParser(prog="python -m shared.infra.api_keys", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="pulse keys", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     create_cmd = commands.add_parser("create", help="create a key and print it (the only time it is shown)")
-    create_cmd.add_argument("--scope", action="append", choices=SCOPES, required=True, dest="scopes")
-    create_cmd.add_argument("--name", default="")
-    create_cmd.add_argument("--expires-at", type=datetime.fromisoformat, help="ISO 8601 with an offset")
+    create_cmd.add_argument("--scope", action="append", choices=SCOPES, required=True, dest="scopes",
+                            help="a scope of the key (repeatable; admin does not imply read)")
+    create_cmd.add_argument("--name", default="", help="who or what the key is for, shown in listings")
+    create_cmd.add_argument("--expires-at", type=datetime.fromisoformat,
+                            help="when the key stops working: ISO 8601 with an offset (default never)")
     commands.add_parser("list", help="every key with its scopes and status (never the key itself)")
     revoke_cmd = commands.add_parser("revoke", help="revoke a key by its id")
-    revoke_cmd.add_argument("key_id")
+    revoke_cmd.add_argument("key_id", help="the key's id (12 hex digits, as `list` shows it)")
     dev_cmd = commands.add_parser("dev", help="make sure FILE holds a working development key (every scope)")
-    dev_cmd.add_argument("file", type=Path)
+    dev_cmd.add_argument("file", type=Path, help="where the key is kept (owner-only file)")
     args = parser.parse_args(argv)
 
     with session_scope() as session:

@@ -1,8 +1,8 @@
 """Dead letters you can work with: list them, replay one or all into the queue they died in, purge.
 
-    python -m shared.infra.dead_letters list [--json]
-    python -m shared.infra.dead_letters replay <task-id>... | --all
-    python -m shared.infra.dead_letters purge <task-id>... | --all
+    pulse dead-letters list [--json] [--limit N]
+    pulse dead-letters replay <task-id>... | --all
+    pulse dead-letters purge <task-id>... | --all
 
 A message lands in the dead-letter queue when its task failed for good: a transient error that
 outlasted every retry (shared.infra.retry) or an error that is not transient at all. RabbitMQ's `x-death`
@@ -206,15 +206,15 @@ def print_table(letters: list[DeadLetter]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.infra.dead_letters", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="pulse dead-letters", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="each dead letter: task, queue, reason, age, first error")
     listing.add_argument("--json", action="store_true", help="one JSON document instead of the table")
-    listing.add_argument("--limit", type=int, default=None)
+    listing.add_argument("--limit", type=int, default=None, help="at most this many (default every one)")
     for name, what in (("replay", "publish again into the queue it died in"), ("purge", "delete for good")):
         command = commands.add_parser(name, help=what)
-        command.add_argument("task_ids", nargs="*", metavar="task-id")
-        command.add_argument("--all", action="store_true")
+        command.add_argument("task_ids", nargs="*", metavar="task-id", help="task ids, as `list` shows them")
+        command.add_argument("--all", action="store_true", help="every dead letter (instead of task ids)")
     args = parser.parse_args(argv)
 
     if args.command in ("replay", "purge") and bool(args.task_ids) == args.all:
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as exc:
         print(f"error: cannot reach the broker: {exc}", file=sys.stderr)
-        return 2
+        return 1
     return 0
 
 

@@ -1,4 +1,6 @@
-"""`python -m shared.infra.migrate`: create the database when missing, then upgrade to the newest revision."""
+"""`pulse migrate`: create the database when missing, then upgrade to the newest revision."""
+import argparse
+import sys
 from pathlib import Path
 
 from alembic import command
@@ -23,5 +25,13 @@ def upgrade(url: str | None = None) -> None:
     command.upgrade(alembic_config(url), "head")
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="pulse migrate",
+                            description="Create the database when missing, then upgrade it to the newest revision.",
+                            epilog="The database is DATABASE_URL's (environment or .env).").parse_args(argv)
     upgrade()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """Why a task failed, kept per task id: RabbitMQ's `x-death` header tells where and when a
 message was dead-lettered, not what the task raised. Each retry and the final failure of any Pulse
-task is written here, so `python -m shared.infra.dead_letters list` can show the first error beside
+task is written here, so `pulse dead-letters list` can show the first error beside
 the message (and the last one, which is what finally sent it to the dead-letter queue).
 
 Errors are personal data as soon as they quote what a task held (an SMTP refusal quotes the

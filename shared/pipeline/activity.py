@@ -1,7 +1,7 @@
 """Per-user daily activity counters (Postgres `activity_days`), derived from MongoDB `events`.
 
 The worker adds every batch it stores, exactly once, in the transaction of shared.pipeline.summaries
-(`record`); profiles read a few rows per user (`load`); `python -m shared.pipeline.summaries rebuild`
+(`record`); profiles read a few rows per user (`load`); `pulse summaries rebuild`
 recounts them from the events, which are the source of truth.
 
 Why Postgres and not a MongoDB collection: the counters are one upsert per (user, day) touched,

@@ -24,8 +24,8 @@ them. An event re-sent in another message belongs to the batch that stored it fi
 Money is `numeric`, summed by Postgres from the individual prices, so the totals do not depend on
 the order in which batches arrive and a recount gives exactly the same values.
 
-`python -m shared.pipeline.summaries rebuild` recounts every table from MongoDB `events` (after an upgrade,
-or to repair); `python -m shared.pipeline.summaries rebuild --check` recounts into temporary tables and
+`pulse summaries rebuild` recounts every table from MongoDB `events` (after an upgrade,
+or to repair); `pulse summaries rebuild --check` recounts into temporary tables and
 reports every row that differs (exit status 1 on drift). Both stream the events once and let Postgres group
 them with the same SQL as the incremental path. Run them on a quiet stack: a batch stored while
 the recount reads may be counted twice or not at all.
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     except (PyMongoError, SQLAlchemyError) as exc:
         print(f"cannot recount: {type(exc).__name__}: {str(exc).splitlines()[0][:300]} "
               "(is the stack's MongoDB and Postgres up?)", file=sys.stderr)
-        return 2
+        return 1
 
 
 def _main(argv: list[str] | None) -> int:
@@ -427,7 +427,7 @@ def _main(argv: list[str] | None) -> int:
     from shared.infra.mongo import get_database
 
     parser = argparse.ArgumentParser(
-        prog="python -m shared.pipeline.summaries",
+        prog="pulse summaries",
         description="Recount activity counters and customer summaries from MongoDB events "
         "(run on a quiet stack).",
     )

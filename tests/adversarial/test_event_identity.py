@@ -259,9 +259,8 @@ def test_the_backfill_keys_events_by_user_and_id_and_counts_copies_once(http, mo
     re-run (a resumed import) adds nothing."""
     import json
     import subprocess
-    import sys
 
-    from tests.fixtures import ROOT
+    from tests.fixtures import PULSE, ROOT
 
     tag = uuid.uuid4().hex[:6]
     category = f"adv-{tag}"
@@ -281,7 +280,7 @@ def test_the_backfill_keys_events_by_user_and_id_and_counts_copies_once(http, mo
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
 
     def backfill() -> str:
-        run = subprocess.run([sys.executable, "-m", "services.worker.backfill", str(path), "--quiet"], cwd=ROOT,
+        run = subprocess.run([PULSE, "backfill", str(path), "--quiet"], cwd=ROOT,
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr
         return run.stdout

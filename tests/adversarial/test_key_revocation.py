@@ -11,7 +11,6 @@ import http.client
 import os
 import secrets
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -23,7 +22,7 @@ from shared.contracts.settings import get_settings
 from shared.infra import api_keys
 from shared.infra.db import session_scope
 from tests.adversarial.api_servers import ApiProcess, serve
-from tests.fixtures import ROOT, wait_for
+from tests.fixtures import PULSE, ROOT, wait_for
 from tests.helpers import count_statements, signup_body
 
 pytestmark = pytest.mark.usefixtures("pipeline")
@@ -95,7 +94,7 @@ def test_a_revoked_key_is_refused_by_every_api_process_from_the_next_request(two
     key_id, key = make_key(["read"])
     for api in two_apis:
         assert [r.status_code for r in reads(api, key, cached_user)] == [200, 200]
-    subprocess.run([sys.executable, "-m", "shared.infra.api_keys", "revoke", key_id], cwd=ROOT, check=True,
+    subprocess.run([PULSE, "keys", "revoke", key_id], cwd=ROOT, check=True,
                    capture_output=True, timeout=60)
     for api in two_apis:
         assert [r.status_code for r in reads(api, key, cached_user)] == [401, 401]

@@ -25,7 +25,7 @@ from shared.contracts.topology import COMPUTE_PROFILES, FIT_MODELS, VALIDATE_MOD
 from shared.infra import api_keys
 from shared.infra.db import session_scope
 from tests.conftest import free_port
-from tests.fixtures import ROOT, wait_for
+from tests.fixtures import PULSE, ROOT, wait_for
 from tests.helpers import tasks_held
 
 pytestmark = pytest.mark.usefixtures("pipeline")
@@ -70,7 +70,6 @@ def one_time_buyers(tmp_path_factory, app):
     """Customers who each bought once, in March 1985 (no other test's purchases are that old);
     erased when the module ends, so that no later validation counts them."""
     import subprocess
-    import sys
 
     from tests.fixtures import keyed_client
 
@@ -78,7 +77,7 @@ def one_time_buyers(tmp_path_factory, app):
     tag = uuid.uuid4().hex[:6]
     path.write_text("customer_id,date,quantity,amount\n" + "".join(
         f"{n},1985-03-0{1 + n % 5},1,{10 + n}.50\n" for n in range(12)))
-    done = subprocess.run([sys.executable, "-m", "services.worker.backfill", str(path), "--quiet", "--country", "EE",
+    done = subprocess.run([PULSE, "backfill", str(path), "--quiet", "--country", "EE",
                            "--city", "Tartu", "--username-prefix", f"once{tag}_", "--category", "music"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

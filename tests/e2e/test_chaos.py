@@ -1,15 +1,14 @@
-"""The chaos run, shortened: `python -m scripts.chaos` as `make chaos` runs it, every fault once in
+"""The chaos run, shortened: `pulse chaos` as `make chaos` runs it, every fault once in
 about a minute of load, on a stack of its own. Its reconciliation must find nothing lost, nothing
 duplicated (beyond the documented welcome-e-mail window), no 5xx but 503s with Retry-After, no
 dead letter, and counters equal to a recount."""
 import json
-import sys
 
 import pytest
 
 from scripts import lifetime
 from scripts.chaos import FAULTS
-from tests.fixtures import ROOT
+from tests.fixtures import PULSE, ROOT
 
 
 @pytest.mark.timeout(960)
@@ -17,7 +16,7 @@ def test_a_short_chaos_run_loses_and_duplicates_nothing(tmp_path):
     report = tmp_path / "chaos.json"
     # lifetime.run: on the timeout (or pytest-timeout's) the chaos run gets SIGTERM and removes its
     # stack, servers and folders, then its whole tree gets SIGKILL; subprocess.run would kill it alone.
-    run = lifetime.run([sys.executable, "-m", "scripts.chaos", "--duration", "75", "--seed", "20261128",
+    run = lifetime.run([PULSE, "chaos", "--duration", "75", "--seed", "20261128",
                         "--json", str(report)], cwd=ROOT, timeout=840, grace=60)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     result = json.loads(report.read_text())

@@ -1,7 +1,6 @@
-"""The historical backfill, run as a user runs it (`python -m services.worker.backfill FILE`)."""
+"""The historical backfill, run as a user runs it (`pulse backfill FILE`)."""
 import json
 import subprocess
-import sys
 import uuid
 from decimal import Decimal
 
@@ -11,13 +10,13 @@ from sqlalchemy import func, select
 from shared.contracts.tables import CustomerSummary, User
 from shared.infra.db import session_scope
 from shared.pipeline import summaries
-from tests.fixtures import ROOT, wait_for
+from tests.fixtures import PULSE, ROOT, wait_for
 
 pytestmark = pytest.mark.usefixtures("pipeline")
 
 
 def backfill(path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.worker.backfill", str(path), "--quiet", *args],
+    return subprocess.run([PULSE, "backfill", str(path), "--quiet", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 

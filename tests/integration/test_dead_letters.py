@@ -2,11 +2,10 @@
 into the queue they died in once the cause is fixed; purged. Bad input never gets that far.
 
 Through the real pipeline: the session's worker consumes, fails, and RabbitMQ dead-letters; the
-command runs as a user would run it (`python -m shared.infra.dead_letters`, a subprocess).
+command runs as a user would run it (`pulse dead-letters`, a subprocess).
 """
 import json
 import subprocess
-import sys
 import uuid
 
 import pytest
@@ -17,14 +16,14 @@ from shared.contracts.topology import SEND_WELCOME, USER_CREATED
 from shared.infra import task_failures
 from shared.infra.celery_app import create_celery_app
 from shared.infra.db import session_scope
-from tests.fixtures import ROOT, wait_for
+from tests.fixtures import PULSE, ROOT, wait_for
 from tests.helpers import finished_job, signup_body
 
 pytestmark = pytest.mark.usefixtures("pipeline")
 
 
 def dead_letters(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shared.infra.dead_letters", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([PULSE, "dead-letters", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
 
 

@@ -2,7 +2,6 @@
 new user does it: the published holdout figures (Fader, Hardie & Lee), the rolling holdout the scheduled
 refit keeps, and its metrics."""
 import subprocess
-import sys
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -15,7 +14,7 @@ from shared.analytics.stats.registry import MODELS
 from shared.contracts.tables import CustomerSummary, ModelHoldout
 from shared.contracts.topology import FIT_MODELS
 from shared.infra.db import session_scope
-from tests.fixtures import ROOT, wait_for
+from tests.fixtures import PULSE, ROOT, wait_for
 from tests.helpers import finished_job
 
 pytestmark = pytest.mark.usefixtures("pipeline")
@@ -38,7 +37,7 @@ def cdnow_log():
 
 @pytest.fixture(scope="module")
 def cdnow(services):
-    done = subprocess.run([sys.executable, "-m", "services.worker.backfill", str(CDNOW), "--quiet", "--country", "US",
+    done = subprocess.run([PULSE, "backfill", str(CDNOW), "--quiet", "--country", "US",
                            "--city", "Seattle", "--username-prefix", PREFIX, "--category", "music"], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr

@@ -22,7 +22,7 @@ from shared.contracts.tables import CustomerCategory, CustomerSummary
 from shared.infra.db import session_scope
 from shared.pipeline import summaries
 from tests.conftest import RUN_ID, TEST_ENV
-from tests.fixtures import ROOT, spawn, stop, wait_for
+from tests.fixtures import PULSE, ROOT, spawn, stop, wait_for
 from tests.helpers import purchase, signup_body
 
 pytestmark = pytest.mark.usefixtures("pipeline")
@@ -118,7 +118,7 @@ def test_check_reports_drift_and_rebuild_repairs_it(client, mongo, user_id):
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shared.pipeline.summaries", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([PULSE, "summaries", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
 
 

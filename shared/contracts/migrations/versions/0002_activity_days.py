@@ -5,7 +5,7 @@ Revises: 0001
 Create Date: 2026-11-26
 
 An installation that counted activity in MongoDB `activity_daily` recounts it from the events
-with `python -m shared.pipeline.summaries rebuild` (the old collection is then unused and can be dropped).
+with `pulse summaries rebuild` (the old collection is then unused and can be dropped).
 """
 import sqlalchemy as sa
 from alembic import op

@@ -7,7 +7,7 @@ Create Date: 2026-11-28
 
 The worker maintains these in the same transaction as the daily activity counters, exactly once
 per event batch (`applied_batches`). An installation upgraded from 0002 fills them, and recounts
-the activity counters, from MongoDB `events` with `python -m shared.pipeline.summaries rebuild`.
+the activity counters, from MongoDB `events` with `pulse summaries rebuild`.
 """
 import sqlalchemy as sa
 from alembic import op
