@@ -1,7 +1,8 @@
 """Fitting the population model from the customer summaries (never the raw event log).
 
 One fit computes, together, everything scoring a customer needs about the others: every purchase
-model (BG/NBD, Pareto/NBD, MBG/NBD) and Gamma-Gamma on the summaries as of `as_of` (the end of the observation period), the RFM quintile
+model (BG/NBD, Pareto/NBD, MBG/NBD) and Gamma-Gamma on the summaries as of `as_of` (the end of the observation period),
+the RFM quintile
 breakpoints and the co-purchase weights of the recommendations over the customers as they are
 now. It reads one row per customer (plus, for a past `as_of`, the purchase days of the customers
 who bought since) and one row per customer and category, so its cost grows with the number of

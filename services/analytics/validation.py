@@ -177,7 +177,8 @@ def baseline(split: Split) -> dict:
     (none for a customer first seen on the calibration end)."""
     rate = np.divide(split.x, split.T, out=np.zeros_like(split.x, dtype=np.float64), where=split.T > 0)
     predicted = rate * split.weeks
-    return {"name": BASELINE, "predicted_repeat_purchases": _round(predicted.sum(), 2), **_errors(split.actual, predicted)}
+    return {"name": BASELINE, "predicted_repeat_purchases": _round(predicted.sum(), 2),
+            **_errors(split.actual, predicted)}
 
 
 def validate(session: Session, calibration_end: date, holdout_end: date) -> dict:

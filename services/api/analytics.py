@@ -134,7 +134,8 @@ class PAliveByBuyersOut(BaseModel):
 class CustomerStatsOut(BaseModel):
     computed_at: str
     customers: int = Field(description="Users with at least one purchase")
-    model_version: int | None = Field(description="Model the P(alive) and LTV figures come from; null before the first fit")
+    model_version: int | None = Field(
+        description="Model the P(alive) and LTV figures come from; null before the first fit")
     churn_risk: HistogramOut = Field(description="Customers by churn risk (percent, the profile's churn_risk)")
     scoring_model: str | None = Field(None, description="Purchase model the P(alive) and LTV figures come from")
     p_alive: HistogramOut | None = Field(description="Customers by P(alive) (the scoring model's)")

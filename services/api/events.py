@@ -60,7 +60,8 @@ def _erasure_token() -> bytes | None:
     except redis.RedisError:
         token = b"unreadable"
     with _known_lock:
-        if token != _known["token"] or token == b"unreadable" or time.monotonic() - _known["since"] > KNOWN_USERS_SECONDS:
+        if (token != _known["token"] or token == b"unreadable"
+                or time.monotonic() - _known["since"] > KNOWN_USERS_SECONDS):
             _known_users.clear()
             _known["token"], _known["since"] = token, time.monotonic()
     return token
@@ -110,7 +111,8 @@ def _check_users_exist(events) -> None:
         if missing:
             single = len(events) == 1 and request.endpoint.endswith("publish_event")
             errors = [
-                FieldProblem(field="user_id" if single else f"events[{i}].user_id", message=f"no user with id {e.user_id}")
+                FieldProblem(field="user_id" if single else f"events[{i}].user_id",
+                             message=f"no user with id {e.user_id}")
                 for i, e in enumerate(events)
                 if e.user_id in missing
             ]

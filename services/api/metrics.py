@@ -10,7 +10,8 @@
   of its oldest row, events stored and duplicates skipped (shared.infra.counters), users awaiting
   rescoring, profiles rescored, tasks waiting to retry (the retry backlog: event batches, erasures,
   signups retrying while a store is down), dead letters, the current model (version, age, convergence,
-  customers), and each purchase model's newest rolling-holdout check (`pulse_model_holdout_*`). A store that does not answer leaves its figures out and sets
+  customers), and each purchase model's newest rolling-holdout check (`pulse_model_holdout_*`). A store that does not
+  answer leaves its figures out and sets
   `pulse_metrics_source_up{source=...}` to 0, so a scrape never fails with it. `/metrics` is open
   (a Prometheus scraper has no key; the figures are counts, no person's data), so each store is
   read at most once a second per API process and every scrape meanwhile shares that reading
@@ -208,7 +209,8 @@ class PipelineCollector:
                                   "(a re-sent event_id, a redelivered batch)", value=totals[counters.EVENTS_DUPLICATE])
         yield CounterMetricFamily("pulse_profiles_rescored", "Profiles the analytics workers computed",
                                   value=rescore.rescored_total())
-        yield GaugeMetricFamily("pulse_rescore_queued_users", "Users in the Redis set awaiting the next rescoring drain",
+        yield GaugeMetricFamily("pulse_rescore_queued_users",
+                                "Users in the Redis set awaiting the next rescoring drain",
                                 value=rescore.pending_count())
 
     @staticmethod

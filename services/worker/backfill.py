@@ -278,7 +278,8 @@ def import_users(plan: Plan, quiet: bool) -> tuple[dict[str, int], int, list[str
                     signups = [plan.users[n][0] for n in new]
                     cities = [resolve_city(session, s.address.city, country_by_code(s.address.country_code)[0])
                               for s in signups]
-                    session.execute(_INSERT_ADDRESSES, {"ids": address_ids, "streets": [s.address.street for s in signups],
+                    session.execute(_INSERT_ADDRESSES,
+                                    {"ids": address_ids, "streets": [s.address.street for s in signups],
                                                         "cities": cities})
                     result = session.execute(_INSERT_USERS, {
                         "usernames": [s.username for s in signups], "emails": [s.email for s in signups],

@@ -74,7 +74,8 @@ def _params(cls, doc: dict | None):
     names = {f.name for f in fields(cls)}
     values = {k: v for k, v in doc.items() if k in names}
     if "standard_errors" in values:
-        values["standard_errors"] = {k: (math.nan if v is None else v) for k, v in (values["standard_errors"] or {}).items()}
+        errors = values["standard_errors"] or {}
+        values["standard_errors"] = {k: (math.nan if v is None else v) for k, v in errors.items()}
     return cls(**{**values, "at_bounds": tuple(doc.get("at_bounds", ()))})
 
 

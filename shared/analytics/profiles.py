@@ -124,7 +124,8 @@ def compute_profiles(db, session: Session, user_ids: list[int], now: datetime | 
             bought.purchases if bought else 0,
             spent,
         )
-        predictions = {name: _number(values[i]) for name, values in scored["models"].items()} if bought and scored["models"] else None
+        predictions = ({name: _number(values[i]) for name, values in scored["models"].items()}
+                       if bought and scored["models"] else None)
         profiles[user_id] = {
             "user_id": user_id,
             # The engagement score is the user's profile score (written back to Postgres by the
@@ -176,7 +177,8 @@ class _PhaseClock:
         total = (time.perf_counter() - self.started) * 1000
         LAST_PHASES.set({**self.phases, "compute": round(total, 2)})
         if total / max(users, 1) > SLOW_PROFILE_MS:
-            log.warning("profile_slow", users=users, total_ms=round(total, 1), **{f"{k}_ms": v for k, v in self.phases.items()})
+            log.warning("profile_slow", users=users, total_ms=round(total, 1),
+                        **{f"{k}_ms": v for k, v in self.phases.items()})
 
 
 def _number(value) -> float | None:

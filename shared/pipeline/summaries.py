@@ -17,7 +17,8 @@ carries the id of the batch that first stored it (`batch_id`), and a batch adds 
 it stored: those its insert stored, plus those an earlier delivery of the same message stored
 before the worker died (the insert now reports them as duplicates; their `batch_id`, identity
 `(user_id, event_id)` and content tell they are ours, and copies inside one batch were collapsed
-before the insert: services.worker.storage.insert_events). So a worker killed between storing the events and this transaction leaves
+before the insert: services.worker.storage.insert_events). So a worker killed between storing the events and this
+transaction leaves
 nothing uncounted: the redelivery finds the events stored, sees they are its own, and applies
 them. An event re-sent in another message belongs to the batch that stored it first.
 

@@ -210,7 +210,7 @@ def fit_co_purchases(user_ids, items, *, max_items: int = MAX_ITEMS,
                 rows.append((np.full(top.size, i), C.indices[start:end][top], C.data[start:end][top]))
             else:
                 rows.append((np.full(end - start, i), C.indices[start:end], C.data[start:end]))
-        r, c, d = (np.concatenate(parts) for parts in zip(*rows))
+        r, c, d = (np.concatenate(parts) for parts in zip(*rows, strict=True))
         C = sparse.csr_matrix((d, (r, c)), shape=C.shape)
     C.sort_indices()
     return CoPurchases(uniq_items.astype(object), popularity, C)
