@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 from flask import current_app, request
@@ -119,7 +120,7 @@ def _check_users_exist(events) -> None:
             raise ProblemError(422, "Unknown user_id", errors)
 
 
-def _publish(documents: list[dict]) -> None:
+def _publish(documents: list[dict[str, Any]]) -> None:
     celery = current_app.extensions["celery"]
     chunk = get_settings().events_chunk_size
     try:
@@ -131,7 +132,7 @@ def _publish(documents: list[dict]) -> None:
         ) from exc
 
 
-def _accept(events) -> tuple[list[dict], int]:
+def _accept(events) -> tuple[list[dict[str, Any]], int]:
     """Publish the request's events; returns every event's document, in request order, and how
     many copies were collapsed.
 

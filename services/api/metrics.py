@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from flask import Flask, Response, current_app, request
 from prometheus_client import (
@@ -73,7 +74,7 @@ class RequestMetrics:
         # and locks on every call, a measurable share of a ~0.5 ms cached-profile hit
         # (bench/metrics_cost.py). Routes are templates, methods are folded into a known few and
         # statuses are the API's own, so this stays small; the cap only guards against a surprise.
-        self._children: dict[tuple[str, str, str], tuple] = {}
+        self._children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
 
     def _children_for(self, method: str, route: str, status: str):
         if method not in _METHODS:
@@ -236,7 +237,7 @@ class PipelineCollector:
 
 
 # Each store's families, read at most once a second per process and shared by every scrape meanwhile.
-_SOURCES: dict[str, SharedRead[list]] = {
+_SOURCES: dict[str, SharedRead[list[Any]]] = {
     source: SharedRead(lambda read=read: list(read()))
     for source, read in (("postgres", PipelineCollector._postgres), ("redis", PipelineCollector._redis),
                          ("rabbitmq", PipelineCollector._rabbitmq), ("mongodb", PipelineCollector._mongodb))
@@ -273,7 +274,7 @@ def samples(skip: tuple[str, ...] = ()) -> dict[str, list[tuple[dict[str, str], 
 
 def init_metrics(app: Flask) -> None:
     @app.before_request
-    def _route_label():
+    def _route_label() -> None:
         # The route template, not the path: one series per route, whatever the ids.
         rule = request.url_rule
         request.environ[ROUTE] = openapi_path(rule.rule) if rule is not None else UNMATCHED

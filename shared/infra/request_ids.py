@@ -11,6 +11,7 @@ carries the id of the change that scheduled it.
 """
 import re
 import uuid
+from typing import Any
 
 import structlog
 from celery import signals
@@ -40,7 +41,7 @@ def clear() -> None:
 
 
 @signals.before_task_publish.connect
-def _carry(headers: dict | None = None, **_kwargs) -> None:
+def _carry(headers: dict[str, Any] | None = None, **_kwargs) -> None:
     request_id = current()
     if request_id and headers is not None:
         headers.setdefault(CELERY_HEADER, request_id)

@@ -418,7 +418,7 @@ class _RunOff:
 
     _WINDOW = 4
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.history = []
         self.ridge = None
 
