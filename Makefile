@@ -22,11 +22,11 @@ check: lint types ## the quick loop (under a minute): ruff, mypy, then tests/uni
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
 lint: ## ruff over the whole repository (rules in pyproject.toml)
-	@scripts/setup --no-migrate
+	@scripts/setup --venv-only
 	$(VENV)/bin/ruff check .
 
 types: ## mypy: strict on shared/, checked on services/ (settings in pyproject.toml)
-	@scripts/setup --no-migrate
+	@scripts/setup --venv-only
 	$(VENV)/bin/mypy
 
 # `uv pip compile` rather than `uv lock`: it writes plain requirements files that pip installs (scripts/setup,
@@ -34,14 +34,15 @@ types: ## mypy: strict on shared/, checked on services/ (settings in pyproject.t
 # for every platform and Python version pyproject.toml allows. The runtime lock is constrained by the dev lock,
 # so the image runs the versions the tests ran. Without LOCK_ARGS=--upgrade the pins already there are kept.
 lock: ## re-resolve requirements/*.lock after a pyproject.toml change (LOCK_ARGS=--upgrade: newest versions of everything)
-	@scripts/setup --no-migrate
+	@scripts/setup --venv-only
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --custom-compile-command "make lock" \
 		--quiet $(LOCK_ARGS) -o requirements/dev.lock
 	$(VENV)/bin/uv pip compile pyproject.toml --extra monitoring --universal --custom-compile-command "make lock" \
 		--quiet --constraint requirements/dev.lock -o requirements/runtime.lock
-	@scripts/setup --no-migrate
+	@scripts/setup --venv-only
 
 test: lint types ## ruff, mypy, bandit, then the whole suite against real Postgres, RabbitMQ, Redis, MongoDB-wire server and workers
+	@scripts/setup --no-migrate
 	$(VENV)/bin/bandit --quiet --recursive --severity-level medium services shared scripts
 	$(PY) -m pytest $(PYTEST_ARGS)
 
