@@ -28,7 +28,7 @@ class PurchaseLog:
         return PurchaseLog(self.user_id[keep], self.timestamp[keep], self.amount[keep], self.category[keep])
 
 
-def load_purchases(db: Database, user_ids: list[int] | None = None) -> PurchaseLog:
+def load_purchases(db: Database[dict[str, Any]], user_ids: list[int] | None = None) -> PurchaseLog:
     """Every purchase event (of the given users, or of everyone): one query."""
     query: dict[str, Any] = {"event_type": "user_purchase"}
     if user_ids is not None:

@@ -14,6 +14,7 @@ serves either view by slicing a string, without parsing JSON or a second cache e
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 PERSONAL = "personal"
@@ -24,11 +25,11 @@ NO_STORE = {"Cache-Control": "no-store"}
 FIELD_NOTE = "Personal data: present only for a key with the `personal` scope (absent otherwise)."
 
 
-def may_see(scopes) -> bool:
+def may_see(scopes: Iterable[str] | None) -> bool:
     return PERSONAL in (scopes or ())
 
 
-def pseudonymous(user: dict) -> dict[str, Any]:
+def pseudonymous(user: dict[str, Any]) -> dict[str, Any]:
     """A user summary (shared.contracts.users) without the fields that identify the person."""
     out = {k: v for k, v in user.items() if k not in USER_FIELDS}
     address = user.get("address")
@@ -112,7 +113,7 @@ def profile_view(packed: str, personal: bool) -> str:
     return "".join(kept)
 
 
-def _strip(profile: dict) -> dict[str, Any]:
+def _strip(profile: dict[str, Any]) -> dict[str, Any]:
     if isinstance(profile.get("user"), dict):
         profile = {**profile, "user": pseudonymous(profile["user"])}
     return profile
