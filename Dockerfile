@@ -1,7 +1,8 @@
 # The one Pulse application image: api, outbox relay, worker, analytics, beat, flower and the
 # migration job all run it with a different `pulse-start ROLE` (see docker/start, docker-compose.yml).
 #
-# Runtime dependencies only (pyproject's [project.dependencies]) plus the `monitoring` extra (Flower).
+# Runtime dependencies only (pyproject's [project.dependencies]) plus the `monitoring` extra (Flower),
+# at the versions of requirements/runtime.lock.
 # The [dev] extra is NOT installed: it holds the test tools and SecantusDB (GPL, dev/test only).
 # No credentials or settings are baked in: every setting comes from the environment at run time.
 
@@ -16,21 +17,14 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
-# Third-party dependencies first, from pyproject.toml alone, so this (slow) layer is rebuilt only
-# when pyproject.toml changes: install the project's runtime deps + the `monitoring` extra (Flower)
-# from a metadata-only stub, then the real sources with --no-deps. The stub is built in a folder of
-# its own, removed with what the build left there (build/, *.egg-info): setuptools reuses a build/
-# it finds, and the sources copied below keep their older mtimes, so the wheel of the real project
-# could carry the stub's empty packages.
-COPY pyproject.toml README.md /tmp/stub/
-RUN mkdir -p /tmp/stub/shared /tmp/stub/services \
- && touch /tmp/stub/shared/__init__.py /tmp/stub/services/__init__.py \
- && pip install '/tmp/stub[monitoring]' \
- && pip uninstall --yes pulse \
- && rm -rf /tmp/stub
+# Third-party dependencies first, from requirements/runtime.lock alone (the exact versions of the
+# runtime dependencies and the `monitoring` extra, resolved by `make lock` together with the dev lock,
+# so the image runs what the tests ran), so this (slow) layer is rebuilt only when the lock changes.
+COPY requirements/runtime.lock /tmp/runtime.lock
+RUN pip install -r /tmp/runtime.lock && rm /tmp/runtime.lock
 
-# Then the project itself (.dockerignore lets only pyproject.toml, README.md, shared/, services/
-# and docker/ into the context), built as a wheel from a clean tree. --no-deps: everything it
+# Then the project itself (.dockerignore lets only pyproject.toml, README.md, requirements/, shared/,
+# services/ and docker/ into the context), built as a wheel from a clean tree. --no-deps: everything it
 # needs is installed above.
 COPY . .
 RUN pip wheel --no-deps --wheel-dir /tmp/wheels . \

@@ -6,7 +6,7 @@ PULSE := $(VENV)/bin/pulse
 COMPOSE ?= docker compose
 VAR   := $${PULSE_VAR_DIR:-var}
 
-.PHONY: help setup dev test test-unit test-integration test-e2e demo bench chaos fuzz dead-letters env up compose-key down logs clean
+.PHONY: help setup dev check lint types lock test test-unit test-integration test-e2e demo bench chaos fuzz dead-letters env up compose-key down logs clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -19,7 +19,30 @@ dev: setup ## run every process in the foreground (Ctrl-C stops them all); print
 	@$(PULSE) flower-login $(VAR)/flower-login
 	exec $(VENV)/bin/honcho start -f Procfile
 
-test: ## bandit, then the whole suite against real Postgres, RabbitMQ, Redis, MongoDB-wire server and workers
+check: lint types ## the quick loop (under a minute): ruff, mypy, then tests/unit
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+lint: ## ruff over the whole repository (rules in pyproject.toml)
+	@scripts/setup --venv-only
+	$(VENV)/bin/ruff check .
+
+types: ## mypy: strict on shared/, checked on services/ (settings in pyproject.toml)
+	@scripts/setup --venv-only
+	$(VENV)/bin/mypy
+
+# `uv pip compile` rather than `uv lock`: it writes plain requirements files that pip installs (scripts/setup,
+# the Dockerfile, with this machine's pip settings), so nothing but this target needs uv. --universal: one lock
+# for every platform and Python version pyproject.toml allows. The runtime lock is constrained by the dev lock,
+# so the image runs the versions the tests ran. Without LOCK_ARGS=--upgrade the pins already there are kept.
+lock: ## re-resolve requirements/*.lock after a pyproject.toml change (LOCK_ARGS=--upgrade: newest versions of everything)
+	@scripts/setup --venv-only
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --custom-compile-command "make lock" \
+		--quiet $(LOCK_ARGS) -o requirements/dev.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra monitoring --universal --custom-compile-command "make lock" \
+		--quiet --constraint requirements/dev.lock -o requirements/runtime.lock
+	@scripts/setup --venv-only
+
+test: lint types ## ruff, mypy, bandit, then the whole suite against real Postgres, RabbitMQ, Redis, MongoDB-wire server and workers
 	@scripts/setup --no-migrate
 	$(VENV)/bin/bandit --quiet --recursive --severity-level medium services shared scripts
 	$(PY) -m pytest $(PYTEST_ARGS)

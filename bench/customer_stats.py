@@ -12,7 +12,8 @@ BG/NBD + Gamma-Gamma fit (services/analytics/fitting.py's core), the batch job i
 
 Targets: cost per customer at 1,000,000 within 1.5x of that at 10,000 (linear), and at the
 largest size at most 5% of one analytics process (the computation every CUSTOMER_STATS_SECONDS,
-default 60, the fit daily; the ratio to the fit is printed for scale). Needs no stack: `python bench/customer_stats.py [--sizes 10000,100000,1000000]`.
+default 60, the fit daily; the ratio to the fit is printed for scale). Needs no stack: `python bench/customer_stats.py
+[--sizes 10000,100000,1000000]`.
 """
 from __future__ import annotations
 

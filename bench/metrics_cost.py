@@ -127,7 +127,8 @@ def ingest(url: str, users: list[int], n: int, db, tag: str) -> tuple[float, flo
     stored_before = counters.read()[counters.EVENTS_STORED]
     started = time.perf_counter()
     with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda b: http.post(f"{url}/api/events/batch", json={"events": b}, timeout=60), batches))
+        answers = list(pool.map(lambda b: http.post(f"{url}/api/events/batch", json={"events": b}, timeout=60),
+                                batches))
     accepted = time.perf_counter() - started
     if any(a.status_code != 202 for a in answers):
         raise BenchError(f"a batch to {url} was refused: {[a.status_code for a in answers]}")
@@ -195,7 +196,8 @@ def main() -> None:
     rate = {k: n_events / v for k, v in accepted_s.items()}
     print(f"{'events accepted (events/s)':28}{rate['on']:14,.0f}{rate['off']:14,.0f}{rate['on'] / rate['off']:10.3f}")
     stored = {k: n_events / v for k, v in stored_s.items()}
-    print(f"{'events stored (events/s)':28}{stored['on']:14,.0f}{stored['off']:14,.0f}{stored['on'] / stored['off']:10.3f}")
+    print(f"{'events stored (events/s)':28}{stored['on']:14,.0f}{stored['off']:14,.0f}"
+          f"{stored['on'] / stored['off']:10.3f}")
     print(f"profile-hit p50 with metrics within 10% of without: {verdict(p50['on'] <= 1.10 * p50['off'])}")
     print(f"ingestion (stored) with metrics within 5% of without: {verdict(stored['on'] >= 0.95 * stored['off'])}")
 

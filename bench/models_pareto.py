@@ -140,7 +140,8 @@ def run_worker(python: str, name: str, data: Path, rows: int, timeout: float | N
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     try:
         out = subprocess.run([python, str(Path(__file__).resolve()), "--worker", name, "--data", str(data),
-                              "--rows", str(rows), "--tol", str(tol)], capture_output=True, text=True, env=env, timeout=timeout)
+                              "--rows", str(rows), "--tol", str(tol)],
+                             capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return None
     if out.returncode != 0:

@@ -144,7 +144,8 @@ class Stack:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             try:
-                if call("GET", "/health/ready", expect=(200, 503), timeout=2).json()["status"] == "ok" and self.workers() >= 3:
+                if call("GET", "/health/ready", expect=(200, 503),
+                        timeout=2).json()["status"] == "ok" and self.workers() >= 3:
                     return
             except Exception:
                 pass
@@ -336,7 +337,8 @@ def maintenance() -> str:
     from shared.infra.db import session_scope
 
     with session_scope() as session:
-        rows = session.execute(text("SELECT query FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")).all()
+        rows = session.execute(
+            text("SELECT query FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")).all()
     return "; ".join(row.query for row in rows) or "none"
 
 
@@ -557,8 +559,9 @@ def main() -> None:
     print(f"rescoring at {large['size']:,} vs {small['size']:,}: {rescore_ratio:.2f}x (target >= 0.67x) -> "
           f"{verdict(rescore_ratio >= 0.67)}; {one_rate:,.0f} users/s in one process (target >= 1,000) -> "
           f"{verdict(one_rate >= 1000)}")
-    print(f"two analytics processes: {two['rate']:,.0f} users/s vs {one_rate:,.0f} with one ({two['rate'] / one_rate:.2f}x)")
-    for before, after in zip(rows, rows[1:]):
+    print(f"two analytics processes: {two['rate']:,.0f} users/s vs {one_rate:,.0f} with one "
+          f"({two['rate'] / one_rate:.2f}x)")
+    for before, after in zip(rows, rows[1:], strict=False):
         if after["kind"] == "repeat":
             print(f"fit with the same {after['customers']:,} customers and {after['size'] / before['size']:.1f}x the "
                   f"purchases: {after['fit']['fit_s']:.2f}s vs {before['fit']['fit_s']:.2f}s "
@@ -566,11 +569,13 @@ def main() -> None:
                   f"{after['baseline_s'] / before['baseline_s']:.2f}x)")
     print(f"fit: {fit_growth:.1f}x longer for {large['customers'] / small['customers']:.0f}x the customers and "
           f"{large['size'] / small['size']:.0f}x the purchases; the raw-log read it replaces took "
-          f"{large['baseline_s']:.1f}s at {large['size']:,} ({large['baseline_s'] / large['fit']['fit_s']:.1f}x the whole fit)")
+          f"{large['baseline_s']:.1f}s at {large['size']:,} "
+          f"({large['baseline_s'] / large['fit']['fit_s']:.1f}x the whole fit)")
     print(f"profiles that took over 50 ms to compute (the stack's profile_slow log lines): {len(slow)}")
     for line in slow[:10]:
         print("  " + line.split("profile_slow", 1)[-1].strip()[:200])
-    print(f"{BURST} signups in a burst: answered in {burst['signups_s']:.1f}s, all profiled {burst['profiled_after_s']:.1f}s "
+    print(f"{BURST} signups in a burst: answered in {burst['signups_s']:.1f}s, "
+          f"all profiled {burst['profiled_after_s']:.1f}s "
           f"after the last answer (target <= 60 s) -> {verdict(burst['profiled_after_s'] <= 60)}")
 
 

@@ -106,7 +106,7 @@ def load(url: str, n: int, users: np.ndarray, days: np.ndarray) -> None:
         spent = np.round(np.random.default_rng(len(days)).gamma(6.0, 5.0, len(days)), 2)
         copy_rows(session, "purchase_days", ["user_id", "day", "purchases", "spent"],
                   ((int(ids[u]), (epoch + timedelta(days=int(d))).isoformat(), 1, f"{v:.2f}")
-                   for u, d, v in zip(users, days, spent)))
+                   for u, d, v in zip(users, days, spent, strict=True)))
         # The summaries as the worker keeps them, counted by Postgres from the purchase days.
         session.execute(text("""
             INSERT INTO customer_summaries (user_id, first_purchase_at, last_purchase_at, first_day, last_day,
@@ -170,7 +170,8 @@ def main() -> int:
                 print(f"    {name:<11} not fitted: {model['error']}")
             else:
                 block = model["holdout"]
-                print(f"    {name:<11} predicted {block['predicted_repeat_purchases']:>12,.1f}  MAE {block['mae']:.3f}  "
+                print(f"    {name:<11} predicted {block['predicted_repeat_purchases']:>12,.1f}  "
+                      f"MAE {block['mae']:.3f}  "
                       f"RMSE {block['rmse']:.3f}")
         print(f"    {'baseline':<11} predicted {result['baseline']['predicted_repeat_purchases']:>12,.1f}  "
               f"MAE {result['baseline']['mae']:.3f}  RMSE {result['baseline']['rmse']:.3f}")

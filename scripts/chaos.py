@@ -161,7 +161,7 @@ class ChaosStack:
         process.wait()
 
     def stop(self) -> None:
-        for name, process in self.processes.items():
+        for process in self.processes.values():
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
         for process in self.processes.values():
@@ -236,7 +236,8 @@ class Ledger:
             status = "no answer"
         else:
             status = str(response.status_code)
-            if response.status_code >= 500 and not (response.status_code == 503 and response.headers.get("Retry-After")):
+            retry_later = response.status_code == 503 and response.headers.get("Retry-After")
+            if response.status_code >= 500 and not retry_later:
                 with self.lock:
                     self.bad_5xx.append(f"{operation} {response.status_code} {response.text[:200]}")
         with self.lock:
@@ -427,12 +428,14 @@ def reconcile(stack: ChaosStack, ledger: Ledger, faults: list[Fault], injected_m
     import mailbox
     from email.utils import parseaddr
 
-    mails = [(parseaddr(str(m["To"]))[1].lower(), m["Message-ID"]) for m in mailbox.Maildir(stack.mail.maildir, create=False)]
+    mails = [(parseaddr(str(m["To"]))[1].lower(), m["Message-ID"]) for m in mailbox.Maildir(stack.mail.maildir,
+                                                                                            create=False)]
     mails_to = Counter(to for to, _ in mails)
     same_message_twice = sum(n - 1 for n in Counter(mails).values() if n > 1)
     other_duplicates = sum(n - 1 for n in mails_to.values() if n > 1) - same_message_twice
 
-    check = subprocess.run([str(VENV_BIN / "pulse"), "summaries", "rebuild", "--check"], env=stack.env,
+    check = subprocess.run([str(VENV_BIN / "pulse"), "summaries", "rebuild", "--check"],
+                           env=stack.env,
                            cwd=ROOT, capture_output=True, text=True)
 
     from shared.infra.dead_letters import DeadLetterQueue
@@ -495,13 +498,15 @@ def print_report(result: dict, seed: int, duration: float) -> None:
         ("signups answered 201", result["signups_accepted"]),
         ("  users in Postgres (of those)", result["signups_accepted"] - len(result["signups_lost"])),
         ("  lost", len(result["signups_lost"])),
-        ("  unanswered (connection cut) / stored anyway", f"{result['signups_unanswered']} / {result['signups_unanswered_stored']}"),
+        ("  unanswered (connection cut) / stored anyway",
+         f"{result['signups_unanswered']} / {result['signups_unanswered_stored']}"),
         ("users in Postgres, all", result["users"]),
         ("  without a profile document", len(result["profiles_missing"])),
         ("  without a welcome e-mail", len(result["welcome_missing"])),
         ("  user_created stored twice", result["user_created_events_duplicated"]),
         ("welcome e-mails sent twice (same Message-ID)", f"{result['welcome_same_message_twice']} "
-         f"(allowed: {result['mailer_windows']}, one per mailer kill or MongoDB restart: SMTP accepted, not yet recorded)"),
+         f"(allowed: {result['mailer_windows']}, one per mailer kill or MongoDB restart: "
+         "SMTP accepted, not yet recorded)"),
         ("welcome e-mails duplicated otherwise", result["welcome_other_duplicates"]),
         ("events answered 202", result["events_accepted"]),
         ("  batches sent twice by the client", result["batches_sent_twice"]),

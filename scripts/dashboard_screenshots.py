@@ -36,7 +36,8 @@ def main() -> None:
         wait(lambda: browser.loaded(driver), 60, "the dashboard")
         for _ in range(args.readings - 1):
             before = driver.find_element("id", "status").text
-            wait(lambda: driver.find_element("id", "status").text != before, 30, "the next pipeline reading")
+            wait(lambda before=before: driver.find_element("id", "status").text != before, 30,
+                 "the next pipeline reading")
         driver.save_screenshot(str(args.out / "dashboard.png"))
         driver.set_window_size(1440, 1000)
         driver.get(f"{API}/dashboard/users/{user}")

@@ -12,7 +12,8 @@ Steps:
   2. POST a few thousand events (purchases over the last ~120 days so that every segment shows up,
      page views, logins) through POST /api/events/batch;
   3. wait until the worker has stored them and analytics has rescored the users, fit the population
-     models (POST /api/analytics/models/fit: a job, polled at its Location) and wait until the profiles carry the model version;
+     models (POST /api/analytics/models/fit: a job, polled at its Location) and wait until the profiles carry the model
+     version;
   4. print the guide's scenarios [1]..[7] from the live API.
 """
 from __future__ import annotations
@@ -284,7 +285,7 @@ def wait_until_processed(persons: list[Person], events: list[dict]) -> None:
         def probe():
             with ThreadPoolExecutor(8) as pool:
                 totals = list(pool.map(lambda p: profile(p.id).json()["totals"]["purchases"], group))
-            behind = [p.username for p, t in zip(group, totals) if t < p.purchases]
+            behind = [p.username for p, t in zip(group, totals, strict=True) if t < p.purchases]
             return not behind, f"{len(behind)} users behind, e.g. {behind[:3]}"
         return probe
 
@@ -396,7 +397,8 @@ def scenarios(persons: list[Person], fitted: dict) -> None:
             hits.append(h)
     if misses:
         print(f"  Median of {len(misses)} more pairs: miss {statistics.median(misses):.2f}ms, "
-              f"hit {statistics.median(hits):.2f}ms, speedup {statistics.median(misses) / statistics.median(hits):.1f}x")
+              f"hit {statistics.median(hits):.2f}ms, "
+              f"speedup {statistics.median(misses) / statistics.median(hits):.1f}x")
 
     print("\n[7] Processing User Data & Generating Profiles")
     for person in (ivan, next(p for p in persons if p.username == "maria_ml")):

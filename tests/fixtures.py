@@ -39,7 +39,8 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
         except Exception as exc:  # the thing polled may not be up yet
             last_error = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error!r})" if last_error else ""))
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                         + (f" (last error: {last_error!r})" if last_error else ""))
 
 
 def pytest_configure(config):
@@ -185,15 +186,18 @@ def pipeline(services) -> Iterator[dict]:
 
     processes = {
         "relay": spawn([sys.executable, "-m", "services.api.outbox_relay"], "relay"),
-        "worker": spawn(celery_worker_args("services.worker.main", "pulse.users,pulse.events", f"worker-{RUN_ID}", 2), "worker"),
+        "worker": spawn(celery_worker_args("services.worker.main", "pulse.users,pulse.events", f"worker-{RUN_ID}", 2),
+                        "worker"),
         "mailer": spawn(celery_worker_args("services.worker.main", "pulse.email", f"mailer-{RUN_ID}"), "mailer"),
-        "analytics": spawn(celery_worker_args("services.analytics.main", "pulse.analytics", f"analytics-{RUN_ID}"), "analytics"),
+        "analytics": spawn(celery_worker_args("services.analytics.main", "pulse.analytics", f"analytics-{RUN_ID}"),
+                           "analytics"),
     }
     from shared.infra.celery_app import create_celery_app
 
     control = create_celery_app("pulse-test-control")
     try:
-        wait_for(lambda: len(control.control.ping(timeout=1.0)) >= 3, timeout=90, what="the three Celery workers to answer ping")
+        wait_for(lambda: len(control.control.ping(timeout=1.0)) >= 3, timeout=90,
+                 what="the three Celery workers to answer ping")
         yield processes
     finally:
         for process in processes.values():

@@ -10,6 +10,7 @@ a dashboard refresh reads that document, whatever the population.
 """
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -35,7 +36,7 @@ _SUMMARIES = """
     FROM customer_summaries"""
 
 
-def histogram(values: np.ndarray, edges: list[float], open_ended: bool = False) -> dict:
+def histogram(values: np.ndarray, edges: list[float], open_ended: bool = False) -> dict[str, Any]:
     """Counts per bin [edges[i], edges[i+1]); the last bin is closed ([.., 100] for a percentage),
     or, `open_ended`, takes everything above the last edge too."""
     values = values[np.isfinite(values)]
@@ -44,7 +45,7 @@ def histogram(values: np.ndarray, edges: list[float], open_ended: bool = False) 
     return {"edges": edges, "counts": [int(c) for c in counts], "open_ended": open_ended}
 
 
-def _summary(values: np.ndarray) -> dict:
+def _summary(values: np.ndarray) -> dict[str, Any]:
     values = values[np.isfinite(values)]
     if not values.size:
         return {"mean": None, "median": None, "p90": None, "total": None}
@@ -52,7 +53,7 @@ def _summary(values: np.ndarray) -> dict:
             "p90": round(float(np.quantile(values, 0.9)), 2), "total": round(float(values.sum()), 2)}
 
 
-def p_alive_matrix(model: FittedModel, max_frequency: int, max_age_weeks: float) -> dict:
+def p_alive_matrix(model: FittedModel, max_frequency: int, max_age_weeks: float) -> dict[str, Any]:
     frequency = np.arange(max_frequency + 1, dtype=np.float64)
     recency = np.linspace(0.0, max_age_weeks, MATRIX_RECENCY_STEPS + 1)
     x, t_x = np.meshgrid(frequency, recency, indexing="ij")
@@ -74,7 +75,7 @@ def read_summaries(session: Session) -> np.ndarray:
     return _numbers(session, _SUMMARIES, 6)
 
 
-def compute(rows: np.ndarray, model: FittedModel | None, now: datetime | None = None) -> dict:
+def compute(rows: np.ndarray, model: FittedModel | None, now: datetime | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     now = now or datetime.now(UTC)
     first, last, purchase_days, spent, first_day_spent, last_purchase_at = (
@@ -87,7 +88,7 @@ def compute(rows: np.ndarray, model: FittedModel | None, now: datetime | None = 
     # as everywhere (shared.analytics.profiles.model_inputs).
     days = np.floor((now.timestamp() - last_purchase_at) / 86400.0)
     x, t_x, T, m = model_inputs(first, last, purchase_days, spent, first_day_spent, today)
-    doc: dict = {
+    doc: dict[str, Any] = {
         "computed_at": now,
         "customers": int(rows.shape[0]),
         "churn_risk": histogram(np.round(churn_risks(days), 1), CHURN_EDGES),
@@ -116,5 +117,5 @@ def compute(rows: np.ndarray, model: FittedModel | None, now: datetime | None = 
     return doc
 
 
-def store(db, doc: dict) -> None:
+def store(db, doc: dict[str, Any]) -> None:
     db[CUSTOMER_STATS].replace_one({"_id": "current"}, {"_id": "current", **doc}, upsert=True)

@@ -1,7 +1,8 @@
 """Fitting the population model from the customer summaries (never the raw event log).
 
 One fit computes, together, everything scoring a customer needs about the others: every purchase
-model (BG/NBD, Pareto/NBD, MBG/NBD) and Gamma-Gamma on the summaries as of `as_of` (the end of the observation period), the RFM quintile
+model (BG/NBD, Pareto/NBD, MBG/NBD) and Gamma-Gamma on the summaries as of `as_of` (the end of the observation period),
+the RFM quintile
 breakpoints and the co-purchase weights of the recommendations over the customers as they are
 now. It reads one row per customer (plus, for a past `as_of`, the purchase days of the customers
 who bought since) and one row per customer and category, so its cost grows with the number of
@@ -11,6 +12,7 @@ import io
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import numpy as np
 from psycopg import sql
@@ -53,7 +55,7 @@ _BASKETS = """
     JOIN unnest(CAST({categories} AS text[])) WITH ORDINALITY AS k(category, code) USING (category)"""
 
 
-def _numbers(session: Session, query: str, columns: int, literals: dict | None = None) -> np.ndarray:
+def _numbers(session: Session, query: str, columns: int, literals: dict[str, Any] | None = None) -> np.ndarray:
     """A numeric query's rows as a float64 array, through COPY: reading a million rows as Python
     tuples costs seconds, parsing COPY's text with numpy a fraction of that. `literals` fill the
     query's {name} fields (COPY takes no parameters)."""
@@ -72,7 +74,7 @@ def _numbers(session: Session, query: str, columns: int, literals: dict | None =
     return values.reshape(-1, columns)
 
 
-def population_statistics(session: Session, summaries: np.ndarray) -> dict:
+def population_statistics(session: Session, summaries: np.ndarray) -> dict[str, Any]:
     """RFM breakpoints over every customer now, and the co-purchase weights."""
     _, _, last, purchase_days, spent, _ = summaries.T if summaries.size else np.zeros((6, 0))
     categories = sorted(row[0] for row in session.execute(text(_CATEGORIES)))
@@ -92,11 +94,11 @@ def population_statistics(session: Session, summaries: np.ndarray) -> dict:
     }
 
 
-def fit_purchase_models(x, t_x, T) -> dict:
+def fit_purchase_models(x, t_x, T) -> dict[str, Any]:
     """Every purchase model of the registry fitted on (x, t_x, T): name -> params, or the reason
     the data do not identify it (a string), so that one model the data cannot fit does not stop
     the others."""
-    fitted: dict = {}
+    fitted: dict[str, Any] = {}
     for name in sorted(PURCHASE_MODELS):
         try:
             fitted[name] = PURCHASE_MODELS[name].fit(x, t_x, T)
@@ -123,7 +125,7 @@ def last_complete_day(now: datetime | None = None) -> date:
 class PurchaseFit:
     """The models fitted on the customers' purchases up to a day, and what was read for them."""
 
-    models: dict  # name -> params, or why it could not be fitted
+    models: dict[str, Any]  # name -> params, or why it could not be fitted
     gamma_gamma: object
     current: np.ndarray  # every customer's summary as it is now (the population statistics read it)
     read_at: float
@@ -155,7 +157,7 @@ def fit_purchases(session: Session, as_of: date, scoring: str) -> PurchaseFit:
     return PurchaseFit(models, gamma_gamma, current, read, as_of_read, time.perf_counter())
 
 
-def fit_population(db, session: Session, as_of: date) -> dict:
+def fit_population(db, session: Session, as_of: date) -> dict[str, Any]:
     """Fit every purchase model and Gamma-Gamma on every customer's purchases up to and including
     `as_of`, with the population statistics, and store them as the next model version (SCORING_MODEL
     names the purchase model profiles use; it must be fitted, the others may fail with a reason)."""

@@ -5,6 +5,7 @@ for the whole batch, vectorised scoring, one bulk write per store), and the batc
 rescoring are separate tasks, so every analytics worker process that runs takes a share.
 """
 from datetime import date, datetime
+from typing import Any
 
 from pymongo import ReplaceOne
 from sqlalchemy import func, select, text
@@ -27,7 +28,7 @@ log = get_logger("pulse.analytics")
 RESCORE_CHUNK = 500
 
 
-def profile_document(profile: dict) -> dict:
+def profile_document(profile: dict) -> dict[str, Any]:
     """The MongoDB profile document: the profile, with the user's identity flattened the way the
     worker writes it at signup (username, e-mail, name, city, country)."""
     user = profile["user"]
@@ -44,7 +45,7 @@ def profile_document(profile: dict) -> dict:
     }
 
 
-def store_profiles(db, session, profiles: dict[int, dict]) -> None:
+def store_profiles(db, session, profiles: dict[int, dict[str, Any]]) -> None:
     """Profiles to MongoDB, engagement and segment back to users (one statement each).
     Whole documents are replaced by key (shared.infra.mongo: profiles are keyed by user id): on the dev
     server that costs two thirds of a $set on a looked-up field."""
@@ -112,7 +113,7 @@ def _drain_chunk(drain: str) -> int:
 
 @app.task(name=COMPUTE_PROFILES, **RETRY_POLICY)
 def compute_profiles_task(user_ids: list[int] | None = None, id_range: list[int] | None = None,
-                          drain: str | None = None) -> dict:
+                          drain: str | None = None) -> dict[str, Any]:
     """Rescore the given users, the users with ids in `id_range` ([first, last]), a chunk of a
     running drain (`drain`), or (with none of them) start a drain of the users whose events
     changed (shared.pipeline.rescore): one chunk here, one task per further chunk, which any analytics
@@ -140,7 +141,7 @@ def compute_profiles_task(user_ids: list[int] | None = None, id_range: list[int]
 
 
 @app.task(name=SWEEP_RESCORING, **RETRY_POLICY)
-def sweep_rescoring_task() -> dict:
+def sweep_rescoring_task() -> dict[str, Any]:
     """Every minute (beat): users whose rescoring Redis or a killed worker lost (shared.pipeline.rescore)."""
     with session_scope() as session:
         swept = rescore.sweep(session, _schedule_drain, older_than_seconds=2 * get_settings().rescore_sweep_seconds)
@@ -186,7 +187,7 @@ def _start_job(job_id: str | None):
 
 
 @app.task(name=FIT_MODELS, base=JobTask, ignore_result=True, **RETRY_POLICY)
-def fit_models_task(as_of: str | None = None, job_id: str | None = None) -> dict:
+def fit_models_task(as_of: str | None = None, job_id: str | None = None) -> dict[str, Any]:
     """A fit asked for through the API (`job_id`: its job, `as_of` in its params), or beat's daily
     refit (no arguments): that one fits up to the last complete day, and first scores the model in
     use against what its customers did since it was fitted (the rolling holdout)."""
@@ -228,7 +229,7 @@ def fit_models_task(as_of: str | None = None, job_id: str | None = None) -> dict
 
 
 @app.task(name=VALIDATE_MODELS, base=JobTask, ignore_result=True, **RETRY_POLICY)
-def validate_models_task(job_id: str) -> dict:
+def validate_models_task(job_id: str) -> dict[str, Any]:
     """A calibration/holdout validation asked for through the API (services.analytics.validation)."""
     params = _start_job(job_id)
     if params is None:
@@ -251,7 +252,7 @@ def validate_models_task(job_id: str) -> dict:
 
 
 @app.task(name=CUSTOMER_STATS, **RETRY_POLICY)
-def customer_stats_task() -> dict:
+def customer_stats_task() -> dict[str, Any]:
     """Every CUSTOMER_STATS_SECONDS (beat) and after each fit: the dashboard's customer distributions."""
     db = get_database()
     with session_scope() as session:

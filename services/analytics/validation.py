@@ -22,6 +22,7 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -113,12 +114,12 @@ def _round(value: float, digits: int = 4) -> float:
     return round(float(value), digits)
 
 
-def _errors(actual: np.ndarray, predicted: np.ndarray) -> dict:
+def _errors(actual: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
     difference = actual - predicted
     return {"mae": _round(np.abs(difference).mean()), "rmse": _round(np.sqrt(np.mean(difference ** 2)))}
 
 
-def holdout_block(name: str, params, split: Split) -> dict:
+def holdout_block(name: str, params, split: Split) -> dict[str, Any]:
     """What `params` of the model `name` predict for the split's holdout, beside what happened."""
     spec = PURCHASE_MODELS[name]
     # Customers with the same (x, t_x, T) have the same expectations: computed once per distinct
@@ -158,7 +159,7 @@ def holdout_block(name: str, params, split: Split) -> dict:
     }
 
 
-def fit_document(name: str, params) -> dict:
+def fit_document(name: str, params) -> dict[str, Any]:
     """A fitted model as a validation, the fit answer and the stored model show it."""
     names = PURCHASE_MODELS[name].parameter_names
     standard_errors = getattr(params, "standard_errors", None) or {}
@@ -172,15 +173,16 @@ def fit_document(name: str, params) -> dict:
     }
 
 
-def baseline(split: Split) -> dict:
+def baseline(split: Split) -> dict[str, Any]:
     """Each customer's repeat purchase days per week of calibration age, carried over the holdout
     (none for a customer first seen on the calibration end)."""
     rate = np.divide(split.x, split.T, out=np.zeros_like(split.x, dtype=np.float64), where=split.T > 0)
     predicted = rate * split.weeks
-    return {"name": BASELINE, "predicted_repeat_purchases": _round(predicted.sum(), 2), **_errors(split.actual, predicted)}
+    return {"name": BASELINE, "predicted_repeat_purchases": _round(predicted.sum(), 2),
+            **_errors(split.actual, predicted)}
 
 
-def validate(session: Session, calibration_end: date, holdout_end: date) -> dict:
+def validate(session: Session, calibration_end: date, holdout_end: date) -> dict[str, Any]:
     started = time.perf_counter()
     if holdout_end <= calibration_end:
         raise ValidationRefused("holdout_end must be after calibration_end", "holdout_end")
@@ -191,7 +193,7 @@ def validate(session: Session, calibration_end: date, holdout_end: date) -> dict
                                 f"found {split.x.size}", "calibration_end")
     fitted = fit_purchase_models(split.x, split.t_x, split.T)
     fit_done = time.perf_counter()
-    models: dict = {}
+    models: dict[str, Any] = {}
     for name, params in fitted.items():
         if isinstance(params, str):
             models[name] = {"error": params}
@@ -220,7 +222,7 @@ def validate(session: Session, calibration_end: date, holdout_end: date) -> dict
 # ----------------------------------------------------------------------------- the rolling holdout
 
 
-def rolling_check(db, session: Session, end: date) -> list[dict]:
+def rolling_check(db, session: Session, end: date) -> list[dict[str, Any]]:
     """Score the stored model in use against its customers' purchases from its `as_of` to `end`,
     with every purchase model it stored, and keep the result (one `model_holdouts` row per model).
     Nothing to check (no model yet, or no complete day since it was fitted): []."""

@@ -26,6 +26,7 @@ import hashlib
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import redis
 from cachetools import LRUCache, TTLCache
@@ -129,7 +130,7 @@ _unknown: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=UNKNOWN_KEY_SECONDS
 _checked_lock = threading.Lock()  # the server's threads share these; cachetools' caches are not thread-safe
 _revocations = [0]  # bumped by `forget`: a check that raced a revocation is not remembered
 _NOT_SEEN = object()
-_announced: list = [_NOT_SEEN]  # the revocation token this process saw last
+_announced: list[Any] = [_NOT_SEEN]  # the revocation token this process saw last
 # `announced` not read by the caller: `_follow_revocations` reads it. (The cached-profile fast path
 # reads it with the profile, in one round trip: services.api.profile_hits.)
 UNREAD = object()
@@ -270,7 +271,7 @@ def bearer(authorization: str | None) -> str | None:
     return credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
 
 
-def authorization(environ: dict, endpoint: str) -> str | None:
+def authorization(environ: dict[str, Any], endpoint: str) -> str | None:
     """The request's credentials: its Authorization header, or for a GET or HEAD of a page or an
     endpoint that needs the read scope the dashboard's session cookie (as "session <id>"). A cookie
     rides along on requests a browser makes, so it may only read what the dashboard reads: never

@@ -1,5 +1,6 @@
 """Analytics endpoints: the guide's MongoDB aggregation, segments, model fitting, cache stats."""
 from datetime import UTC, date, datetime
+from typing import Any
 
 from flask import request
 from flask_openapi3 import APIBlueprint, Tag
@@ -134,7 +135,8 @@ class PAliveByBuyersOut(BaseModel):
 class CustomerStatsOut(BaseModel):
     computed_at: str
     customers: int = Field(description="Users with at least one purchase")
-    model_version: int | None = Field(description="Model the P(alive) and LTV figures come from; null before the first fit")
+    model_version: int | None = Field(
+        description="Model the P(alive) and LTV figures come from; null before the first fit")
     churn_risk: HistogramOut = Field(description="Customers by churn risk (percent, the profile's churn_risk)")
     scoring_model: str | None = Field(None, description="Purchase model the P(alive) and LTV figures come from")
     p_alive: HistogramOut | None = Field(description="Customers by P(alive) (the scoring model's)")
@@ -196,12 +198,12 @@ class JobOut(BaseModel):
     id: str
     kind: str = Field(description="fit or validation")
     status: str = Field(description="queued, running, done or failed")
-    params: dict = Field(description="What the job was asked to do (the request's fields)")
+    params: dict[str, Any] = Field(description="What the job was asked to do (the request's fields)")
     submitted_at: str
     started_at: str | None
     finished_at: str | None
     attempts: int = Field(description="How many times a worker started it (a retry after a worker died counts)")
-    result: dict | None = Field(description="When done: the stored model (a fit) or the validation")
+    result: dict[str, Any] | None = Field(description="When done: the stored model (a fit) or the validation")
     error: JobError | None = Field(description="When failed: why")
 
 
@@ -234,8 +236,8 @@ class HoldoutCheckOut(BaseModel):
     predicted_repeat_purchases: float
     mae: float
     rmse: float
-    by_calibration_frequency: list[dict]
-    weekly: list[dict]
+    by_calibration_frequency: list[dict[str, Any]]
+    weekly: list[dict[str, Any]]
 
 
 class HoldoutHistoryOut(BaseModel):
@@ -381,7 +383,7 @@ def validate_models(body: ValidateRequest):
                                                       "holdout_end": body.holdout_end.isoformat()})
 
 
-def _submit(kind: str, task: str, params: dict):
+def _submit(kind: str, task: str, params: dict[str, Any]):
     """Write the job (queued) and the message that runs it in one transaction: the outbox relay
     publishes it (shared.contracts.tables.OutboxMessage, as a signup's), so a job is never lost nor left
     without its task, even while the broker is down; the client polls the job."""

@@ -6,6 +6,7 @@ checks before every view, the 503 of a store that is down, a 500) and their cont
 fuzzer that holds the API to its document finds nothing undeclared.
 """
 import re
+from typing import Any
 
 from flask_openapi3 import OpenAPI
 
@@ -41,7 +42,7 @@ REQUEST_ID = {"X-Request-ID": {"description": "The request's id (the client's, o
 CHALLENGE = {"WWW-Authenticate": {"description": "`Bearer realm=\"pulse\"`", "schema": {"type": "string"}}}
 
 
-def _problem(status: int, existing: dict | None) -> dict:
+def _problem(status: int, existing: dict[str, Any] | None) -> dict[str, Any]:
     response = {
         "description": (existing or {}).get("description") or DESCRIPTIONS.get(status, "Error"),
         "content": {PROBLEM_JSON: {"schema": PROBLEM_REF}},
@@ -55,15 +56,15 @@ def _problem(status: int, existing: dict | None) -> dict:
     return response
 
 
-def _own_schema(response: dict) -> bool:
+def _own_schema(response: dict[str, Any]) -> bool:
     """A view's declared answer with a schema of its own (the readiness report), not a Problem."""
     schemas = [media.get("schema", {}) for media in (response.get("content") or {}).values()]
     return any(schema.get("$ref") not in (None, PROBLEM_REF["$ref"]) for schema in schemas)
 
 
-def complete(spec: dict, policy: dict[tuple[str, str], tuple[str, bool]] | None = None,
+def complete(spec: dict[str, Any], policy: dict[tuple[str, str], tuple[str, bool]] | None = None,
              stateless_paths: frozenset[str] = frozenset({"/health", "/health/ready"}),
-             also_required: dict[tuple[str, str], str] | None = None) -> dict:
+             also_required: dict[tuple[str, str], str] | None = None) -> dict[str, Any]:
     """`policy`: {(path, method): (the scope services.api.access requires or "public", whether
     it is rate limited)}; `also_required`: {(path, method): a second scope it needs too}."""
     spec["components"] = {k: v for k, v in spec.get("components", {}).items() if v is not None}
@@ -126,7 +127,7 @@ class PulseOpenAPI(OpenAPI):
             if later is not earlier:
                 self.paths[path] = earlier.model_copy(update={name: op for name, op in later if op is not None})
 
-    def generate_spec_json(self):
+    def generate_spec_json(self) -> None:
         super().generate_spec_json()
         policy = {
             (openapi_path(rule.rule), method.lower()): (access.required_scope(rule.endpoint),

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 from flask import current_app, request
@@ -60,7 +61,8 @@ def _erasure_token() -> bytes | None:
     except redis.RedisError:
         token = b"unreadable"
     with _known_lock:
-        if token != _known["token"] or token == b"unreadable" or time.monotonic() - _known["since"] > KNOWN_USERS_SECONDS:
+        if (token != _known["token"] or token == b"unreadable"
+                or time.monotonic() - _known["since"] > KNOWN_USERS_SECONDS):
             _known_users.clear()
             _known["token"], _known["since"] = token, time.monotonic()
     return token
@@ -110,14 +112,15 @@ def _check_users_exist(events) -> None:
         if missing:
             single = len(events) == 1 and request.endpoint.endswith("publish_event")
             errors = [
-                FieldProblem(field="user_id" if single else f"events[{i}].user_id", message=f"no user with id {e.user_id}")
+                FieldProblem(field="user_id" if single else f"events[{i}].user_id",
+                             message=f"no user with id {e.user_id}")
                 for i, e in enumerate(events)
                 if e.user_id in missing
             ]
             raise ProblemError(422, "Unknown user_id", errors)
 
 
-def _publish(documents: list[dict]) -> None:
+def _publish(documents: list[dict[str, Any]]) -> None:
     celery = current_app.extensions["celery"]
     chunk = get_settings().events_chunk_size
     try:
@@ -129,7 +132,7 @@ def _publish(documents: list[dict]) -> None:
         ) from exc
 
 
-def _accept(events) -> tuple[list[dict], int]:
+def _accept(events) -> tuple[list[dict[str, Any]], int]:
     """Publish the request's events; returns every event's document, in request order, and how
     many copies were collapsed.
 

@@ -6,7 +6,7 @@ is checked at most once a second per API process, the result shared by every cal
 """
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from flask_openapi3 import APIBlueprint, Tag
 from kombu import Connection
@@ -48,8 +48,8 @@ CHECKS: dict[str, Callable[[], None]] = {
 }
 
 
-def _timed(check: Callable[[], None]) -> Callable[[], dict]:
-    def run() -> dict:
+def _timed(check: Callable[[], None]) -> Callable[[], dict[str, Any]]:
+    def run() -> dict[str, Any]:
         started = time.perf_counter()
         try:
             check()
@@ -59,7 +59,8 @@ def _timed(check: Callable[[], None]) -> Callable[[], dict]:
     return run
 
 
-SHARED_CHECKS: dict[str, SharedRead[dict]] = {name: SharedRead(_timed(check)) for name, check in CHECKS.items()}
+SHARED_CHECKS: dict[str, SharedRead[dict[str, Any]]] = {
+    name: SharedRead(_timed(check)) for name, check in CHECKS.items()}
 
 
 # Without Postgres the API can do nothing useful; without any of the others it still answers in

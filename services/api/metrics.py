@@ -10,7 +10,8 @@
   of its oldest row, events stored and duplicates skipped (shared.infra.counters), users awaiting
   rescoring, profiles rescored, tasks waiting to retry (the retry backlog: event batches, erasures,
   signups retrying while a store is down), dead letters, the current model (version, age, convergence,
-  customers), and each purchase model's newest rolling-holdout check (`pulse_model_holdout_*`). A store that does not answer leaves its figures out and sets
+  customers), and each purchase model's newest rolling-holdout check (`pulse_model_holdout_*`). A store that does not
+  answer leaves its figures out and sets
   `pulse_metrics_source_up{source=...}` to 0, so a scrape never fails with it. `/metrics` is open
   (a Prometheus scraper has no key; the figures are counts, no person's data), so each store is
   read at most once a second per API process and every scrape meanwhile shares that reading
@@ -23,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from flask import Flask, Response, current_app, request
 from prometheus_client import (
@@ -72,7 +74,7 @@ class RequestMetrics:
         # and locks on every call, a measurable share of a ~0.5 ms cached-profile hit
         # (bench/metrics_cost.py). Routes are templates, methods are folded into a known few and
         # statuses are the API's own, so this stays small; the cap only guards against a surprise.
-        self._children: dict[tuple[str, str, str], tuple] = {}
+        self._children: dict[tuple[str, str, str], tuple[Any, ...]] = {}
 
     def _children_for(self, method: str, route: str, status: str):
         if method not in _METHODS:
@@ -208,7 +210,8 @@ class PipelineCollector:
                                   "(a re-sent event_id, a redelivered batch)", value=totals[counters.EVENTS_DUPLICATE])
         yield CounterMetricFamily("pulse_profiles_rescored", "Profiles the analytics workers computed",
                                   value=rescore.rescored_total())
-        yield GaugeMetricFamily("pulse_rescore_queued_users", "Users in the Redis set awaiting the next rescoring drain",
+        yield GaugeMetricFamily("pulse_rescore_queued_users",
+                                "Users in the Redis set awaiting the next rescoring drain",
                                 value=rescore.pending_count())
 
     @staticmethod
@@ -234,7 +237,7 @@ class PipelineCollector:
 
 
 # Each store's families, read at most once a second per process and shared by every scrape meanwhile.
-_SOURCES: dict[str, SharedRead[list]] = {
+_SOURCES: dict[str, SharedRead[list[Any]]] = {
     source: SharedRead(lambda read=read: list(read()))
     for source, read in (("postgres", PipelineCollector._postgres), ("redis", PipelineCollector._redis),
                          ("rabbitmq", PipelineCollector._rabbitmq), ("mongodb", PipelineCollector._mongodb))
@@ -271,7 +274,7 @@ def samples(skip: tuple[str, ...] = ()) -> dict[str, list[tuple[dict[str, str], 
 
 def init_metrics(app: Flask) -> None:
     @app.before_request
-    def _route_label():
+    def _route_label() -> None:
         # The route template, not the path: one series per route, whatever the ids.
         rule = request.url_rule
         request.environ[ROUTE] = openapi_path(rule.rule) if rule is not None else UNMATCHED

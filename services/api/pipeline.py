@@ -5,6 +5,8 @@ its processes, the stores read at scrape time), plus the depth of every queue. T
 dashboard turns two readings into rates, as Prometheus' rate() does. A figure whose store did not
 answer is null, and `sources` says which store that was.
 """
+from typing import Any
+
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
@@ -47,13 +49,13 @@ class PipelineOut(BaseModel):
     sources: dict[str, bool] = Field(description="Whether each store answered")
 
 
-def _total(found: dict, name: str, **labels: str) -> float | None:
+def _total(found: dict[str, Any], name: str, **labels: str) -> float | None:
     values = [value for sample_labels, value in found.get(name, ())
               if all(sample_labels.get(k) == v for k, v in labels.items())]
     return sum(values) if values else None
 
 
-def _requests(found: dict, routes: tuple[str, ...], status: str) -> float | None:
+def _requests(found: dict[str, Any], routes: tuple[str, ...], status: str) -> float | None:
     if "pulse_http_requests_total" not in found:
         return None  # metrics off: nothing counted, which is not zero
     return sum(value for labels, value in found["pulse_http_requests_total"]
@@ -63,7 +65,7 @@ def _requests(found: dict, routes: tuple[str, ...], status: str) -> float | None
 _BACKLOG_KINDS = {STORE_EVENTS: "events", ERASE_USER: "erasures", USER_CREATED: "signups"}
 
 
-def _retry_backlog(found: dict) -> dict[str, float] | None:
+def _retry_backlog(found: dict[str, Any]) -> dict[str, float] | None:
     if "pulse_task_retry_backlog" not in found:
         return None
     kinds = dict.fromkeys((*_BACKLOG_KINDS.values(), "other"), 0.0)
@@ -72,7 +74,7 @@ def _retry_backlog(found: dict) -> dict[str, float] | None:
     return kinds
 
 
-def _queues() -> list[dict]:
+def _queues() -> list[dict[str, Any]]:
     topology = build_topology(get_settings().queue_prefix, get_settings().queue_type)
     names = [queue.name for queue in topology.all_queues]
     try:

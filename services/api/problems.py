@@ -1,5 +1,6 @@
 """RFC 9457 problem responses: every error the API gives is `application/problem+json`."""
 from http import HTTPStatus
+from typing import Any
 
 from flask import Flask, Response, request
 from pydantic import ValidationError
@@ -41,7 +42,7 @@ def problem_response(status: int, detail: str | None = None, errors: list[FieldP
 UNION_MEMBER_TAGS = {"int", "float", "str", "bool", "none"}
 
 
-def field_path(loc: tuple) -> str:
+def field_path(loc: tuple[Any, ...]) -> str:
     """('events', 3, 'user_purchase', 'metadata', 'price') → 'events[3].metadata.price'."""
     path = ""
     if loc and isinstance(loc[-1], str) and ("-" in loc[-1] or "[" in loc[-1] or loc[-1] in UNION_MEMBER_TAGS):
@@ -56,7 +57,7 @@ def field_path(loc: tuple) -> str:
     return path or "body"
 
 
-def error_field(error: dict) -> str:
+def error_field(error: dict[str, Any]) -> str:
     loc = tuple(error["loc"])
     if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
         loc += ("event_type",)  # pydantic reports a bad discriminator at the union, not the field

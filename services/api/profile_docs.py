@@ -7,7 +7,8 @@ PROFILE_DOC = """
 Segment and churn risk follow the companion guide's rules exactly; engagement is a documented
 0–100 blend of recent activity, purchase frequency and spend (also stored as the user's
 `profile_score`). Model outputs come from the newest population fit (the purchase model named by
-`scoring_model`, BG/NBD unless SCORING_MODEL says otherwise; Gamma-Gamma for spend) and are `null` for users without a purchase or before the first fit.
+`scoring_model`, BG/NBD unless SCORING_MODEL says otherwise; Gamma-Gamma for spend) and are `null` for users
+without a purchase or before the first fit.
 A profile read after an event has been stored always includes that event.
 """
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from shared.contracts.settings import get_settings
 
@@ -55,11 +56,11 @@ def _trusted(address: str, networks: tuple[Network, ...]) -> bool:
     return any(ip in network for network in networks)
 
 
-def _values(environ: dict, header: str) -> list[str]:
+def _values(environ: dict[str, Any], header: str) -> list[str]:
     return [value.strip() for value in environ.get(header, "").split(",") if value.strip()]
 
 
-def forwarded(environ: dict) -> Forwarded:
+def forwarded(environ: dict[str, Any]) -> Forwarded:
     """The request's client address and scheme, through a trusted proxy's headers when it came from one."""
     peer = environ.get("REMOTE_ADDR") or "unknown"
     scheme = environ.get("wsgi.url_scheme", "http")

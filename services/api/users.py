@@ -1,6 +1,7 @@
 """Users: signup (with its outbox message) and reads with eager-loaded addresses."""
 import time
 import uuid
+from typing import Any
 
 from flask import Response, g
 from flask_openapi3 import APIBlueprint, Tag
@@ -43,7 +44,7 @@ def sees_personal() -> bool:
     return principal is not None and personal.may_see(principal.scopes)
 
 
-def _people(users: list[dict], shown: bool) -> list[dict]:
+def _people(users: list[dict[str, Any]], shown: bool) -> list[dict[str, Any]]:
     return users if shown else [personal.pseudonymous(user) for user in users]
 
 

@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from kombu.exceptions import KombuError
 from pydantic import ValidationError
@@ -96,7 +97,7 @@ def _derived_id(*parts: object) -> str:
 class Record:
     line: int
     user: str | int  # lower-case username, or a Pulse user id
-    event: dict  # validated event, as the API publishes it (event_document)
+    event: dict[str, Any]  # validated event, as the API publishes it (event_document)
 
 
 def _ndjson(path: Path, plan: Plan) -> Iterator[Record]:
@@ -132,7 +133,7 @@ def _ndjson(path: Path, plan: Plan) -> Iterator[Record]:
             yield Record(number, str(username).lower() if username is not None else event.user_id, document)
 
 
-def _user_line(number: int, obj: dict, plan: Plan) -> None:
+def _user_line(number: int, obj: dict[str, Any], plan: Plan) -> None:
     created_at = obj.pop("created_at", None)
     try:
         user = SignupRequest.model_validate(obj)
@@ -160,7 +161,7 @@ def _csv_date(value: str) -> datetime:
 
 
 def _csv(path: Path, plan: Plan, args: argparse.Namespace) -> Iterator[Record]:
-    seen: dict[tuple, int] = {}
+    seen: dict[tuple[Any, ...], int] = {}
     address = {"street": args.street, "city": args.city, "country_code": args.country}
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
@@ -278,7 +279,8 @@ def import_users(plan: Plan, quiet: bool) -> tuple[dict[str, int], int, list[str
                     signups = [plan.users[n][0] for n in new]
                     cities = [resolve_city(session, s.address.city, country_by_code(s.address.country_code)[0])
                               for s in signups]
-                    session.execute(_INSERT_ADDRESSES, {"ids": address_ids, "streets": [s.address.street for s in signups],
+                    session.execute(_INSERT_ADDRESSES,
+                                    {"ids": address_ids, "streets": [s.address.street for s in signups],
                                                         "cities": cities})
                     result = session.execute(_INSERT_USERS, {
                         "usernames": [s.username for s in signups], "emails": [s.email for s in signups],
@@ -301,7 +303,7 @@ def existing_users(usernames: list[str]) -> dict[str, int]:
     return found
 
 
-def _documents(events: list[dict]) -> list[dict]:
+def _documents(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from services.worker.tasks import event_documents
 
     return event_documents(events, datetime.now(UTC))
@@ -319,7 +321,7 @@ def import_events(path: Path, args: argparse.Namespace, plan: Plan, users: dict[
     with session_scope() as session:
         known = set(session.scalars(text("SELECT id FROM users WHERE id = ANY(:ids)"), {"ids": sorted(plan.user_ids)}))
     counts = {"stored": 0, "already stored": 0, "skipped": 0}
-    pending: list[dict] = []
+    pending: list[dict[str, Any]] = []
 
     def flush() -> None:
         if not pending:

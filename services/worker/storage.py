@@ -6,6 +6,7 @@ backfill all call `store_batch`, so counters and summaries are right whichever w
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
@@ -30,7 +31,9 @@ class Stored:
     postgres_ms: float
 
 
-def insert_events(collection: Collection, docs: list[dict], batch_id: str) -> tuple[list[dict], list[dict]]:
+def insert_events(
+    collection: Collection, docs: list[dict[str, Any]], batch_id: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Unordered bulk insert of documents stamped with `batch_id`; a duplicate key
     `(user_id, event_id)` (shared.contracts.event_identity) means that event is stored already.
 
@@ -103,7 +106,7 @@ def owned(unique: list[dict], duplicates: set[int], stored: dict[event_identity.
     return Ownership(new, ours, theirs)
 
 
-def store_batch(db, batch_id: str, docs: list[dict], schedule_rescore: Callable[[float], None]) -> Stored:
+def store_batch(db, batch_id: str, docs: list[dict[str, Any]], schedule_rescore: Callable[[float], None]) -> Stored:
     """Store event documents (`event_id`, `user_id`, `event_type`, `timestamp` as a datetime, ...)
     as one batch. Safe to repeat with the same `batch_id` and documents: nothing is stored or
     counted twice, and what a killed attempt left half-done is completed."""

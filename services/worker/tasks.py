@@ -5,6 +5,7 @@ more than once: acks are late, and the outbox relay may republish after a crash.
 """
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pymongo
 from pymongo.errors import DuplicateKeyError, PyMongoError
@@ -35,7 +36,7 @@ from shared.pipeline import erasure, summaries
 log = get_logger("pulse.worker")
 
 
-def _upsert_ignoring_race(collection, selector: dict, update: dict) -> None:
+def _upsert_ignoring_race(collection, selector: dict[str, Any], update: dict) -> None:
     try:
         collection.update_one(selector, update, upsert=True)
     except DuplicateKeyError:
@@ -44,7 +45,7 @@ def _upsert_ignoring_race(collection, selector: dict, update: dict) -> None:
 
 
 @app.task(name=USER_CREATED, **RETRY_UNTIL_DONE)  # answered 201: never dead-lettered by an outage
-def user_created(**payload) -> dict:
+def user_created(**payload) -> dict[str, Any]:
     user = UserCreatedMessage.model_validate(payload)
     db = get_database()
     with session_scope() as session:
@@ -90,7 +91,7 @@ def user_created(**payload) -> dict:
 
 
 @app.task(name=SEND_WELCOME, **RETRY_POLICY)
-def send_welcome(**payload) -> dict:
+def send_welcome(**payload) -> dict[str, Any]:
     user = UserCreatedMessage.model_validate(payload)
     emailed = send_welcome_once(get_database(), user)
     log.info("welcome_email", user_id=user.user_id, event_id=user.event_id, sent=emailed)
@@ -121,7 +122,7 @@ def send_welcome_once(db, user: UserCreatedMessage) -> bool:
 
 
 @app.task(name=ERASE_USER, bind=True, **RETRY_UNTIL_DONE)
-def erase_user(self, user_id: int, second_pass: bool = False) -> dict:
+def erase_user(self, user_id: int, second_pass: bool = False) -> dict[str, Any]:
     """Forget an erased user in MongoDB and Redis (shared.pipeline.erasure), and the outbox message that
     named them; the first pass queues the second."""
     db = get_database()
@@ -148,7 +149,7 @@ def erase_user(self, user_id: int, second_pass: bool = False) -> dict:
     return {"user_id": user_id, "erased": True, **removed}
 
 
-def event_documents(events: list[dict], received_at: datetime) -> list[dict]:
+def event_documents(events: list[dict[str, Any]], received_at: datetime) -> list[dict[str, Any]]:
     docs = []
     for event in events:
         doc = dict(event)
@@ -165,7 +166,7 @@ def _schedule_rescore(delay: float) -> None:
 
 
 @app.task(name=STORE_EVENTS, bind=True, **RETRY_UNTIL_DONE)  # answered 202: stored, however long the outage
-def store_events(self, events: list[dict]) -> dict:
+def store_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
     # The task id is the batch id: a redelivery or a retry of this message carries the same one.
     docs = event_documents(events, datetime.now(UTC))
     stored = store_batch(get_database(), self.request.id, docs, _schedule_rescore)
@@ -176,7 +177,7 @@ def store_events(self, events: list[dict]) -> dict:
 
 
 @app.task(name=PRUNE_LEDGER, **RETRY_POLICY)
-def prune_applied_batches() -> dict:
+def prune_applied_batches() -> dict[str, Any]:
     """Daily (beat): forget batch ids, and the recorded errors of failed tasks, older than
     APPLIED_BATCHES_RETENTION_DAYS."""
     days = get_settings().applied_batches_retention_days
@@ -188,7 +189,7 @@ def prune_applied_batches() -> dict:
 
 
 @app.task(name=RECONCILE_ERASURES)
-def reconcile_erasures() -> dict:
+def reconcile_erasures() -> dict[str, Any]:
     """Beat, every ERASURE_RECONCILE_SECONDS: erasures not yet confirmed are done again, and one
     page of the sweep over all ids forgets people deleted from Postgres some other way
     (shared.pipeline.erasure). No retries: a store that is down now is tried at the next run, and a failing

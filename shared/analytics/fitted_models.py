@@ -13,6 +13,7 @@ import math
 import threading
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from pymongo import DESCENDING
 from pymongo.database import Database
@@ -47,7 +48,7 @@ class FittedModel:
     co_purchases: CoPurchases | None
     # The purchase model that scores profiles, and every purchase model fitted (name -> params).
     scoring_model: str = "bgnbd"
-    models: dict = field(default_factory=dict)
+    models: dict[str, Any] = field(default_factory=dict)
 
     @property
     def purchase(self):
@@ -61,25 +62,26 @@ def _finite(value):
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def params_document(params) -> dict:
+def params_document(params) -> dict[str, Any]:
     doc = {**asdict(params), "at_bounds": list(params.at_bounds)}
     if "standard_errors" in doc:
         doc["standard_errors"] = {k: _finite(v) for k, v in (doc["standard_errors"] or {}).items()}
     return doc
 
 
-def _params(cls, doc: dict | None):
+def _params(cls, doc: dict[str, Any] | None):
     if not doc or "error" in doc:
         return None
     names = {f.name for f in fields(cls)}
     values = {k: v for k, v in doc.items() if k in names}
     if "standard_errors" in values:
-        values["standard_errors"] = {k: (math.nan if v is None else v) for k, v in (values["standard_errors"] or {}).items()}
+        errors = values["standard_errors"] or {}
+        values["standard_errors"] = {k: (math.nan if v is None else v) for k, v in errors.items()}
     return cls(**{**values, "at_bounds": tuple(doc.get("at_bounds", ()))})
 
 
-def save(db: Database, as_of: date, models: dict, scoring_model: str, gamma_gamma: GammaGammaParams | None,
-         population: dict, timings: dict) -> dict:
+def save(db: Database, as_of: date, models: dict[str, Any], scoring_model: str, gamma_gamma: GammaGammaParams | None,
+         population: dict[str, Any], timings: dict) -> dict[str, Any]:
     """Store the next version. `models`: name -> fitted params, or the reason it could not be fitted
     (a string); the scoring model must be fitted."""
     latest_doc = db[MODELS].find_one(sort=[("version", DESCENDING)], projection={"version": 1})
@@ -113,18 +115,18 @@ def save(db: Database, as_of: date, models: dict, scoring_model: str, gamma_gamm
     return doc
 
 
-def latest(db: Database) -> dict | None:
+def latest(db: Database) -> dict[str, Any] | None:
     """The newest model's document, without the co-purchase weights."""
     return db[MODELS].find_one(sort=[("version", DESCENDING)], projection=SUMMARY_PROJECTION)
 
 
-def scoring_document(doc: dict) -> dict:
+def scoring_document(doc: dict[str, Any]) -> dict[str, Any]:
     """The stored parameters of the model that scores profiles."""
     name = doc.get("scoring_model", "bgnbd")
     return (doc.get("models") or {}).get(name) or doc["bgnbd"]
 
 
-def converged(doc: dict) -> bool:
+def converged(doc: dict[str, Any]) -> bool:
     """The scoring model's fit and Gamma-Gamma's converged (a document without the flag predates it: trusted)."""
     scoring, gamma_gamma = scoring_document(doc), doc.get("gamma_gamma")
     return bool(scoring.get("converged", True) and (gamma_gamma is None or gamma_gamma.get("converged", True)))
@@ -135,7 +137,7 @@ def latest_version(db: Database) -> int | None:
     return doc["version"] if doc else None
 
 
-def decode(doc: dict) -> FittedModel:
+def decode(doc: dict[str, Any]) -> FittedModel:
     population = doc.get("population") or {}
     rfm = population.get("rfm")
     co = population.get("co_purchases")
@@ -224,7 +226,7 @@ class _Current:
 current = _Current()
 
 
-def _fit_view(doc: dict | None, names: tuple[str, ...]) -> dict | None:
+def _fit_view(doc: dict[str, Any] | None, names: tuple[str, ...]) -> dict[str, Any] | None:
     if not doc:
         return None
     view = {k: doc[k] for k in (*names, "log_likelihood")}
@@ -233,7 +235,7 @@ def _fit_view(doc: dict | None, names: tuple[str, ...]) -> dict | None:
     return view
 
 
-def describe(doc: dict) -> dict:
+def describe(doc: dict[str, Any]) -> dict[str, Any]:
     """A stored model as the fit job's result and GET /api/analytics/models/latest show it: every
     purchase model's parameters with their standard errors (or why it could not be fitted), which
     one scores profiles, Gamma-Gamma, the population statistics (without the co-purchase weights)."""
@@ -270,7 +272,7 @@ def describe(doc: dict) -> dict:
     }
 
 
-def _rfm_view(rfm: dict) -> dict:
+def _rfm_view(rfm: dict[str, Any]) -> dict[str, Any]:
     def day(value):
         return (date(1970, 1, 1) + timedelta(days=int(value))).isoformat() if value is not None else None
 

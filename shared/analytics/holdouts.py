@@ -1,12 +1,14 @@
 """The rolling-holdout history (`model_holdouts`, written by services.analytics.validation before
 every scheduled refit), as the API, the metrics and the dashboard read it."""
+from typing import Any
+
 from sqlalchemy import desc, func, select
 from sqlalchemy.orm import Session
 
 from shared.contracts.tables import ModelHoldout
 
 
-def describe(row: ModelHoldout) -> dict:
+def describe(row: ModelHoldout) -> dict[str, Any]:
     detail = row.detail or {}
     return {
         "checked_at": row.checked_at.isoformat() if row.checked_at else None,
@@ -26,7 +28,7 @@ def describe(row: ModelHoldout) -> dict:
     }
 
 
-def history(session: Session, limit: int = 90) -> list[dict]:
+def history(session: Session, limit: int = 90) -> list[dict[str, Any]]:
     """The newest checks first."""
     rows = session.scalars(select(ModelHoldout).order_by(desc(ModelHoldout.checked_at), ModelHoldout.model)
                            .limit(limit)).all()

@@ -11,6 +11,7 @@ import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -85,7 +86,9 @@ def load_purchase_facts(db, session: Session, user_ids: list[int], now: datetime
     return facts
 
 
-def compute_profiles(db, session: Session, user_ids: list[int], now: datetime | None = None) -> dict[int, dict]:
+def compute_profiles(
+    db, session: Session, user_ids: list[int], now: datetime | None = None
+) -> dict[int, dict[str, Any]]:
     """Profiles of the given users that exist in Postgres, keyed by user id."""
     # Milliseconds, as MongoDB keeps the purchase instants the days are counted against.
     now = now or datetime.now(UTC)
@@ -124,7 +127,8 @@ def compute_profiles(db, session: Session, user_ids: list[int], now: datetime | 
             bought.purchases if bought else 0,
             spent,
         )
-        predictions = {name: _number(values[i]) for name, values in scored["models"].items()} if bought and scored["models"] else None
+        predictions = ({name: _number(values[i]) for name, values in scored["models"].items()}
+                       if bought and scored["models"] else None)
         profiles[user_id] = {
             "user_id": user_id,
             # The engagement score is the user's profile score (written back to Postgres by the
@@ -176,7 +180,8 @@ class _PhaseClock:
         total = (time.perf_counter() - self.started) * 1000
         LAST_PHASES.set({**self.phases, "compute": round(total, 2)})
         if total / max(users, 1) > SLOW_PROFILE_MS:
-            log.warning("profile_slow", users=users, total_ms=round(total, 1), **{f"{k}_ms": v for k, v in self.phases.items()})
+            log.warning("profile_slow", users=users, total_ms=round(total, 1),
+                        **{f"{k}_ms": v for k, v in self.phases.items()})
 
 
 def _number(value) -> float | None:
@@ -187,15 +192,15 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _rfm(scores: dict[str, np.ndarray], i: int) -> dict:
+def _rfm(scores: dict[str, np.ndarray], i: int) -> dict[str, Any]:
     r, f, m = (int(scores[name][i]) for name in ("recency", "frequency", "monetary"))
     return {"recency": r, "frequency": f, "monetary": m, "code": f"{r}{f}{m}"}
 
 
-def _score_customers(model: FittedModel | None, facts: list[Purchases], today: date) -> dict:
+def _score_customers(model: FittedModel | None, facts: list[Purchases], today: date) -> dict[str, Any]:
     """Model outputs and RFM scores of customers, vectorised; BG/NBD's conventions: frequency
     counts repeat purchase days, recency and age are weeks from the first purchase day."""
-    result: dict = {"models": None, "rfm": None}
+    result: dict[str, Any] = {"models": None, "rfm": None}
     if model is None or not facts:
         return result
     first = np.array([(f.first_day - EPOCH).days for f in facts], dtype=np.float64)

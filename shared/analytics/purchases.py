@@ -5,6 +5,7 @@ It serves tests and benchmarks that recompute everything from the log to compare
 """
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 from pymongo.database import Database
@@ -27,9 +28,9 @@ class PurchaseLog:
         return PurchaseLog(self.user_id[keep], self.timestamp[keep], self.amount[keep], self.category[keep])
 
 
-def load_purchases(db: Database, user_ids: list[int] | None = None) -> PurchaseLog:
+def load_purchases(db: Database[dict[str, Any]], user_ids: list[int] | None = None) -> PurchaseLog:
     """Every purchase event (of the given users, or of everyone): one query."""
-    query: dict = {"event_type": "user_purchase"}
+    query: dict[str, Any] = {"event_type": "user_purchase"}
     if user_ids is not None:
         query["user_id"] = {"$in": [int(u) for u in user_ids]}
     cursor = db[EVENTS].find(

@@ -22,7 +22,7 @@ from typing import Any
 EventKey = tuple[int, str]
 
 
-def key(event: dict) -> EventKey:
+def key(event: dict[str, Any]) -> EventKey:
     return int(event["user_id"]), str(event["event_id"])
 
 
@@ -34,7 +34,7 @@ def _instant(value: Any) -> str:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000).isoformat()
 
 
-def content(event: dict) -> str:
+def content(event: dict[str, Any]) -> str:
     """A digest of the event's identity and content, comparable between a message's form (ISO
     text, tuples from JSON lists) and a stored document's (datetimes, BSON values)."""
     canonical = json.dumps(
@@ -51,11 +51,11 @@ def content(event: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def collapse(events: Sequence[dict]) -> tuple[list[dict], list[int], list[tuple[int, int]]]:
+def collapse(events: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int], list[tuple[int, int]]]:
     """The first copy of each key, in order; the positions of later copies with the same content
     (collapsed into the first); and (first, later) positions of copies whose content differs."""
     first: dict[EventKey, int] = {}
-    unique: list[dict] = []
+    unique: list[dict[str, Any]] = []
     repeated: list[int] = []
     conflicts: list[tuple[int, int]] = []
     digests: dict[int, str] = {}

@@ -14,6 +14,7 @@ serves either view by slicing a string, without parsing JSON or a second cache e
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 PERSONAL = "personal"
@@ -24,11 +25,11 @@ NO_STORE = {"Cache-Control": "no-store"}
 FIELD_NOTE = "Personal data: present only for a key with the `personal` scope (absent otherwise)."
 
 
-def may_see(scopes) -> bool:
+def may_see(scopes: Iterable[str] | None) -> bool:
     return PERSONAL in (scopes or ())
 
 
-def pseudonymous(user: dict) -> dict:
+def pseudonymous(user: dict[str, Any]) -> dict[str, Any]:
     """A user summary (shared.contracts.users) without the fields that identify the person."""
     out = {k: v for k, v in user.items() if k not in USER_FIELDS}
     address = user.get("address")
@@ -37,7 +38,7 @@ def pseudonymous(user: dict) -> dict:
     return out
 
 
-def user_view(user: dict, personal: bool) -> dict:
+def user_view(user: dict[str, Any], personal: bool) -> dict[str, Any]:
     return user if personal else pseudonymous(user)
 
 
@@ -60,7 +61,8 @@ class _Text:
         self.parts.append(text)
         self.length += len(text)
 
-    def members(self, obj: dict, personal_keys: tuple[str, ...], nested: dict[str, tuple] | None = None) -> None:
+    def members(self, obj: dict[str, Any], personal_keys: tuple[str, ...],
+                nested: dict[str, tuple[Any, ...]] | None = None) -> None:
         """`obj` as a JSON object in its own key order, each personal member cut out together with
         one comma, so that what is left is a valid object with the other members in their order."""
         keys = list(obj)
@@ -85,7 +87,7 @@ class _Text:
         self.add("}")
 
 
-def pack_profile(profile: dict) -> str:
+def pack_profile(profile: dict[str, Any]) -> str:
     """The profile as cached: `<start>-<end>,...;` (the personal members' character ranges), then
     the profile's JSON with them. `profile_view` turns it into either answer."""
     text = _Text()
@@ -111,7 +113,7 @@ def profile_view(packed: str, personal: bool) -> str:
     return "".join(kept)
 
 
-def _strip(profile: dict) -> dict:
+def _strip(profile: dict[str, Any]) -> dict[str, Any]:
     if isinstance(profile.get("user"), dict):
         profile = {**profile, "user": pseudonymous(profile["user"])}
     return profile

@@ -32,7 +32,8 @@ def _printable(value: str) -> str:
 # characters, something other than white space.
 NonBlank = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"),
+    StringConstraints(strip_whitespace=True, min_length=1,
+                      pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"),
     AfterValidator(_printable),
 ]
 MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
@@ -69,7 +70,8 @@ def _known_country(code: str) -> str:
     return code
 
 
-CountryCode = Annotated[str, AfterValidator(_known_country), WithJsonSchema({"type": "string", "enum": list(COUNTRY_CODES)})]
+CountryCode = Annotated[str, AfterValidator(_known_country),
+                        WithJsonSchema({"type": "string", "enum": list(COUNTRY_CODES)})]
 
 
 class AddressIn(StrictModel):
@@ -195,7 +197,8 @@ class CartEvent(_EventBase):
 
 class ActivityEvent(_EventBase):
     event_type: Literal["page_view", "login", "logout", "search"]
-    metadata: dict[MetadataKey, Annotated[str, StringConstraints(max_length=1000)] | Int64 | FiniteFloat | bool | None] = Field(
+    metadata: dict[MetadataKey,
+                   Annotated[str, StringConstraints(max_length=1000)] | Int64 | FiniteFloat | bool | None] = Field(
         default_factory=dict, max_length=MAX_METADATA_KEYS
     )
 
@@ -213,7 +216,9 @@ class SingleEvent(RootModel[Event]):
     """One event as the body of POST /api/events (the same union as in a batch)."""
 
 
-def event_document(event: PurchaseEvent | CartEvent | ActivityEvent, event_id: str, received_at: datetime) -> dict[str, Any]:
+def event_document(
+    event: PurchaseEvent | CartEvent | ActivityEvent, event_id: str, received_at: datetime
+) -> dict[str, Any]:
     """The JSON-safe message form of a validated event (the worker turns it into a document)."""
     return {
         "event_id": event_id,
@@ -243,4 +248,5 @@ class Problem(BaseModel):
     status: int
     detail: str | None = None
     errors: list[FieldProblem] | None = None
-    request_id: str | None = Field(None, description="The request's X-Request-ID: the one id in every log line about it")
+    request_id: str | None = Field(None,
+                                   description="The request's X-Request-ID: the one id in every log line about it")

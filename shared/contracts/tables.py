@@ -6,6 +6,7 @@ Alembic migrations in `shared/contracts/migrations` create exactly these tables;
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -286,7 +287,7 @@ class OutboxMessage(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     task_name: Mapped[str] = mapped_column(String(200))
-    payload: Mapped[dict] = mapped_column(JSONB)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
@@ -312,8 +313,8 @@ class Job(Base):
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     kind: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))
-    params: Mapped[dict] = mapped_column(JSONB)
-    result: Mapped[dict | None] = mapped_column(JSONB)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     error: Mapped[str | None] = mapped_column(Text)
     error_field: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"), default=0)
@@ -342,4 +343,4 @@ class ModelHoldout(Base):
     mae: Mapped[float] = mapped_column(Float)
     rmse: Mapped[float] = mapped_column(Float)
     # by_calibration_frequency and weekly, as a validation shows them
-    detail: Mapped[dict] = mapped_column(JSONB)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB)

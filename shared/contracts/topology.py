@@ -8,6 +8,7 @@ Each work queue dead-letters into a fanout exchange whose queue keeps what faile
 poison message is parked for inspection instead of being redelivered forever or dropped.
 """
 from dataclasses import dataclass
+from typing import Any
 
 from kombu import Exchange, Queue
 
@@ -83,7 +84,7 @@ class Topology:
 QUORUM_DELIVERY_LIMIT = 20
 
 
-def queue_type_arguments(queue_type: str) -> dict:
+def queue_type_arguments(queue_type: str) -> dict[str, Any]:
     if queue_type == "quorum":
         return {"x-queue-type": "quorum", "x-delivery-limit": QUORUM_DELIVERY_LIMIT}
     if queue_type == "classic":

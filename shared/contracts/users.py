@@ -1,5 +1,6 @@
 """How a user is read and shown: User → Address → City → Country in one SELECT."""
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
@@ -12,7 +13,7 @@ from shared.contracts.tables import Address, City, Country, User
 
 # A personal field: a string when present, absent without the personal scope (shared.contracts.personal).
 # The OpenAPI document names the scope in its description and as `x-scope` (services.api.contract).
-def _mark_personal(schema: dict) -> None:
+def _mark_personal(schema: dict[str, Any]) -> None:
     schema.pop("default", None)  # absent, not null: a string field has no null default to document
     schema["x-scope"] = PERSONAL
 
@@ -68,7 +69,7 @@ _SUMMARY_COLUMNS = (User.id, User.username, User.email, User.full_name, User.pro
                     Address.street, City.name.label("city"), Country.code, Country.name.label("country"))
 
 
-def user_records(session: Session, user_ids: list[int]) -> dict[int, dict]:
+def user_records(session: Session, user_ids: list[int]) -> dict[int, dict[str, Any]]:
     """The JSON records (`UserOut`) of many users from one SELECT of plain rows (no ORM objects: for the
     hundreds of users a rescoring batch reads, building them cost more than the query)."""
     rows = session.execute(

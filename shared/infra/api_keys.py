@@ -78,7 +78,9 @@ def status(row: ApiKey, now: datetime | None = None) -> str:
     return "active"
 
 
-def create(session: Session, scopes: list[str], name: str = "", expires_at: datetime | None = None) -> tuple[ApiKey, str]:
+def create(
+    session: Session, scopes: list[str], name: str = "", expires_at: datetime | None = None
+) -> tuple[ApiKey, str]:
     """A new key: (its row, the key itself, which exists nowhere else)."""
     unknown = set(scopes) - set(SCOPES)
     if unknown or not scopes:

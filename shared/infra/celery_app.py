@@ -1,4 +1,6 @@
 """The Celery app factory: every Pulse process builds its app here, so all agree on the wire."""
+from typing import Any
+
 from celery import Celery, signals
 from celery.app.amqp import AMQP
 
@@ -8,7 +10,7 @@ from shared.infra import request_ids, task_failures  # noqa: F401  (connect the 
 from shared.infra.logging import configure_logging
 
 
-def arguments_shown(kwargs: dict | None) -> str:
+def arguments_shown(kwargs: dict[str, Any] | None) -> str:
     """What a task message says its arguments are (`kwargsrepr`): the ids only. Flower, the
     monitoring events and the logs show this instead of the arguments, which hold names,
     e-mail and street addresses (a signup) or a person's events (a batch), and which an erasure

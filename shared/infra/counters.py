@@ -34,4 +34,4 @@ def add(**amounts: int) -> None:
 
 def read() -> dict[str, int]:
     values = get_redis().mget([_key(name) for name in NAMES])
-    return {name: int(value or 0) for name, value in zip(NAMES, values)}
+    return {name: int(value or 0) for name, value in zip(NAMES, values, strict=True)}

@@ -19,6 +19,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from kombu import Connection, Producer
 from sqlalchemy.exc import SQLAlchemyError
@@ -48,7 +49,7 @@ class DeadLetter:
     routing_key: str
 
 
-def _death(headers: dict) -> dict:
+def _death(headers: dict) -> dict[str, Any]:
     """The first death: x-death lists the newest first. Its queue, exchange and routing keys are
     where the message was first published."""
     deaths = headers.get("x-death") or []
@@ -68,7 +69,7 @@ def _task_id(message) -> str | None:
     return (message.headers or {}).get("id") or message.properties.get("correlation_id")
 
 
-def describe(message, failures: dict, now: datetime) -> DeadLetter:
+def describe(message, failures: dict[str, Any], now: datetime) -> DeadLetter:
     headers = message.headers or {}
     death = _death(headers)
     died_at = _as_datetime(death.get("time"))
@@ -115,7 +116,7 @@ class DeadLetterQueue:
     def __exit__(self, *_exc) -> None:
         self.close()
 
-    def take_all(self, limit: int | None = None) -> list:
+    def take_all(self, limit: int | None = None) -> list[Any]:
         messages = []
         while limit is None or len(messages) < limit:
             message = self.queue.get(no_ack=False, accept=["json"])
@@ -133,7 +134,7 @@ class DeadLetterQueue:
         now = datetime.now(UTC)
         return [describe(m, failures, now) for m in messages]
 
-    def _select(self, task_ids: list[str] | None) -> list:
+    def _select(self, task_ids: list[str] | None) -> list[Any]:
         messages = self.take_all()
         if task_ids is None:
             return messages

@@ -4,6 +4,7 @@ Standard-library loggers (Celery, granian, pymongo) go through the same renderer
 """
 import logging
 import sys
+from typing import Any
 
 import structlog
 
@@ -48,5 +49,5 @@ def configure_logging() -> None:
     _configured = True
 
 
-def get_logger(name: str):
+def get_logger(name: str) -> Any:
     return structlog.get_logger(name)

@@ -11,6 +11,7 @@ carries the id of the change that scheduled it.
 """
 import re
 import uuid
+from typing import Any
 
 import structlog
 from celery import signals
@@ -40,17 +41,17 @@ def clear() -> None:
 
 
 @signals.before_task_publish.connect
-def _carry(headers: dict | None = None, **_kwargs) -> None:
+def _carry(headers: dict[str, Any] | None = None, **_kwargs: Any) -> None:
     request_id = current()
     if request_id and headers is not None:
         headers.setdefault(CELERY_HEADER, request_id)
 
 
 @signals.task_prerun.connect
-def _bind_task(task=None, **_kwargs) -> None:
+def _bind_task(task: Any = None, **_kwargs: Any) -> None:
     bind(getattr(task.request, CELERY_HEADER, None) if task is not None else None)
 
 
 @signals.task_postrun.connect
-def _clear_task(**_kwargs) -> None:
+def _clear_task(**_kwargs: Any) -> None:
     clear()

@@ -1,6 +1,7 @@
 """What counts as a transient failure, retried with exponential backoff and jitter."""
 import smtplib
 import time
+from typing import Any
 
 import redis
 from celery import Task
@@ -27,7 +28,7 @@ TRANSIENT_ERRORS = (
 )
 
 
-def retry_policy(until_done: bool = False) -> dict:
+def retry_policy(until_done: bool = False) -> dict[str, Any]:
     """2, 4, 8, ... seconds between tries (capped at TASK_RETRY_BACKOFF_MAX_SECONDS), fully jittered.
 
     Most tasks try TASK_MAX_RETRIES times, then fail, are rejected, and RabbitMQ dead-letters them

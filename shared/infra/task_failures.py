@@ -13,6 +13,7 @@ A row with `retrying` set is a task whose retry is queued: their count, by task,
 backlog (`retry_backlog`, the metric `pulse_task_retry_backlog`)."""
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from celery import signals
 from sqlalchemy import delete, func, select
@@ -42,7 +43,7 @@ def describe(exc: BaseException | str | None) -> str:
     return redact(text)[:ERROR_CHARS]
 
 
-def people(kwargs: dict | None) -> list[int]:
+def people(kwargs: dict[str, Any] | None) -> list[int]:
     """The user ids a task's message is about: `user_id` (signup, welcome, erasure) or the users
     of an event batch."""
     kwargs = kwargs or {}
@@ -78,7 +79,7 @@ def record(task_id: str, task_name: str, error: str, user_ids: list[int] | None 
         connection.execute(statement)
 
 
-def _record_quietly(task_id: str | None, task_name: str | None, error, kwargs: dict | None,
+def _record_quietly(task_id: str | None, task_name: str | None, error, kwargs: dict[str, Any] | None,
                     retrying: bool) -> None:
     # A failure that cannot be recorded (Postgres down) must not change what happens to the task:
     # the message is retried or dead-lettered all the same, only its reason is missing.

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -259,7 +260,7 @@ class JsonLinesExporter:
         return True
 
 
-def span_record(span, service: str) -> dict:
+def span_record(span, service: str) -> dict[str, Any]:
     context = span.get_span_context()
     parent = span.parent
     return {

@@ -12,6 +12,7 @@ as storing the events themselves on the dev server, whose single process bounds 
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -59,10 +60,10 @@ def _as_stored(moment: datetime) -> datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
-def record(session: Session, docs: Iterable[dict]) -> int:
+def record(session: Session, docs: Iterable[dict[str, Any]]) -> int:
     """Add stored event documents (`user_id`, `timestamp`) to the counters. One statement.
     Returns the number of (user, day) buckets touched."""
-    buckets: dict[tuple[int, date], list] = {}
+    buckets: dict[tuple[int, date], list[Any]] = {}
     for doc in docs:
         stamp = _as_stored(doc["timestamp"])
         bucket = buckets.setdefault((int(doc["user_id"]), _day(stamp)), [0, stamp])
@@ -72,7 +73,7 @@ def record(session: Session, docs: Iterable[dict]) -> int:
     return len(buckets)
 
 
-def _upsert(session: Session, buckets: dict[tuple[int, date], list]) -> None:
+def _upsert(session: Session, buckets: dict[tuple[int, date], list[Any]]) -> None:
     if not buckets:
         return
     keys = sorted(buckets)

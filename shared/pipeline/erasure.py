@@ -49,6 +49,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import Integer, delete, select, text
 from sqlalchemy.dialects.postgresql import insert
@@ -321,13 +322,13 @@ def _plain(value):
     return value
 
 
-def _rows(session: Session, model, user_id: int, order) -> list[dict]:
+def _rows(session: Session, model, user_id: int, order) -> list[dict[str, Any]]:
     columns = [c for c in model.__table__.columns if c.name != "user_id"]
     rows = session.execute(select(*columns).where(model.user_id == user_id).order_by(order)).mappings()
     return [_plain(dict(row)) for row in rows]
 
 
-def export(db, session: Session, user_id: int) -> dict | None:
+def export(db, session: Session, user_id: int) -> dict[str, Any] | None:
     """Everything Pulse holds about one person, as one JSON-ready document (None: no such user)."""
     user = session.scalar(select(User).options(with_address()).where(User.id == user_id))
     if user is None:

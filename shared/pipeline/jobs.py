@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -24,7 +25,7 @@ QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 FINISHED = (DONE, FAILED)
 
 
-def create(session: Session, kind: str, params: dict) -> uuid.UUID:
+def create(session: Session, kind: str, params: dict[str, Any]) -> uuid.UUID:
     if kind not in KINDS:
         raise ValueError(f"unknown job kind {kind!r}")
     job = Job(id=uuid.uuid4(), kind=kind, status=QUEUED, params=params, attempts=0)
@@ -66,7 +67,7 @@ def _finish(session: Session, job_id: uuid.UUID, **values) -> bool:
     return result.rowcount == 1
 
 
-def finish(session: Session, job_id: uuid.UUID, result: dict) -> bool:
+def finish(session: Session, job_id: uuid.UUID, result: dict[str, Any]) -> bool:
     return _finish(session, job_id, status=DONE, result=result)
 
 
@@ -84,7 +85,7 @@ def location(job_id: uuid.UUID) -> str:
     return f"/api/analytics/jobs/{job_id}"
 
 
-def describe(job: Job) -> dict:
+def describe(job: Job) -> dict[str, Any]:
     """The job as GET /api/analytics/jobs/<id> answers it."""
     def iso(moment):
         return moment.isoformat() if moment is not None else None

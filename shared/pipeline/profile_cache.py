@@ -34,6 +34,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import psycopg
 from prometheus_client import Counter
@@ -199,14 +200,14 @@ def cached(user_id: int, raw: bytes | None | object = ...) -> str | None:
     return body
 
 
-def dumps(profile: dict) -> str:
+def dumps(profile: dict[str, Any]) -> str:
     """The profile as cached and as `get_or_compute` returns it: packed with the ranges of its
     personal members (shared.contracts.personal), so that each request is answered the view its key may see
     (`shared.contracts.personal.profile_view`) from the one entry, without parsing it."""
     return personal.pack_profile(profile)
 
 
-def write(user_id: int, version: str | None, profile: dict | str) -> bool:
+def write(user_id: int, version: str | None, profile: dict[str, Any] | str) -> bool:
     """Cache `profile`, computed from data read after `version` was read. Nothing to check: if the
     version has moved on meanwhile, the entry is a miss for whoever reads it."""
     if version is None:
@@ -216,7 +217,7 @@ def write(user_id: int, version: str | None, profile: dict | str) -> bool:
     return True
 
 
-def write_many(entries: dict[int, tuple[str | None, dict | str]]) -> int:
+def write_many(entries: dict[int, tuple[str | None, dict[str, Any] | str]]) -> int:
     """`write` for many users in one round trip ({user id: (version, profile)}). Returns how many
     were cached."""
     ttl = get_settings().profile_cache_ttl
@@ -236,7 +237,7 @@ def write_many(entries: dict[int, tuple[str | None, dict | str]]) -> int:
 HIT, MISS, BYPASS = "HIT", "MISS", "BYPASS"
 
 
-def get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[str | None, str]:
+def get_or_compute(user_id: int, compute: Callable[[], dict[str, Any] | None]) -> tuple[str | None, str]:
     """(profile JSON, HIT | MISS | BYPASS). Concurrent misses for one user and version share one
     computation: the first takes a short lock, the others wait for its result while it holds the
     lock (at most LOCK_SECONDS: the lock expires if its holder dies). With Redis unreachable the
@@ -250,7 +251,7 @@ def get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[st
         return (dumps(profile) if profile is not None else None), BYPASS
 
 
-def _get_or_compute(user_id: int, compute: Callable[[], dict | None]) -> tuple[str | None, str]:
+def _get_or_compute(user_id: int, compute: Callable[[], dict[str, Any] | None]) -> tuple[str | None, str]:
     version, cached = read(user_id)
     if cached is not None:
         _count("hits")

@@ -17,7 +17,8 @@ carries the id of the batch that first stored it (`batch_id`), and a batch adds 
 it stored: those its insert stored, plus those an earlier delivery of the same message stored
 before the worker died (the insert now reports them as duplicates; their `batch_id`, identity
 `(user_id, event_id)` and content tell they are ours, and copies inside one batch were collapsed
-before the insert: services.worker.storage.insert_events). So a worker killed between storing the events and this transaction leaves
+before the insert: services.worker.storage.insert_events). So a worker killed between storing the events and this
+transaction leaves
 nothing uncounted: the redelivery finds the events stored, sees they are its own, and applies
 them. An event re-sent in another message belongs to the batch that stored it first.
 
@@ -38,6 +39,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
 from pymongo.errors import PyMongoError
 from sqlalchemy import text
@@ -146,9 +148,9 @@ def _stored_instant(moment: datetime) -> datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
-def purchase_columns(docs: Iterable[dict]) -> dict[str, list]:
+def purchase_columns(docs: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
     """The purchases among stored event documents, as the column arrays the statements take."""
-    columns: dict[str, list] = {"user_ids": [], "stamps": [], "prices": [], "categories": []}
+    columns: dict[str, list[Any]] = {"user_ids": [], "stamps": [], "prices": [], "categories": []}
     for doc in docs:
         if doc.get("event_type") != PURCHASE:
             continue
@@ -160,7 +162,7 @@ def purchase_columns(docs: Iterable[dict]) -> dict[str, list]:
     return columns
 
 
-def record_batch(session: Session, batch_id: str, docs: Sequence[dict]) -> bool:
+def record_batch(session: Session, batch_id: str, docs: Sequence[dict[str, Any]]) -> bool:
     """Add the stored events `docs` (all carrying `batch_id`) to every counter and summary, once.
 
     Returns False when this batch had been applied before (nothing is added). The caller commits.
@@ -341,7 +343,7 @@ def _copy_text(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def _scope(table: str, user_ids: Sequence[int] | None) -> tuple[str, dict]:
+def _scope(table: str, user_ids: Sequence[int] | None) -> tuple[str, dict[str, Any]]:
     if user_ids is None or "user_id" not in TABLES[table][0]:
         return "", {}
     return " WHERE user_id = ANY(CAST(:scope AS integer[]))", {"scope": [int(u) for u in user_ids]}

@@ -54,7 +54,8 @@ def buy(http, base: str, user_id: int, price: float, spent: float) -> None:
     purchase timeline (the same transaction's rows) shows; the profile is not read meanwhile."""
     assert http.post(f"{base}/api/events", json=purchase(user_id, price, "Books"), timeout=30).status_code == 202
     wait_for(lambda: sum(d["spent"] for d in http.get(f"{base}/api/users/{user_id}/purchases", timeout=30)
-                         .json()["items"]) == spent, timeout=60, what=f"the purchases of {user_id} to add up to {spent}")
+                         .json()["items"]) == spent,
+             timeout=60, what=f"the purchases of {user_id} to add up to {spent}")
 
 
 def profile(http, base: str, user_id: int) -> tuple[float, str]:

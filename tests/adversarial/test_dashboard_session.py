@@ -80,7 +80,8 @@ def test_the_session_only_reads_whatever_key_logged_in(server):
     login = log_in(server, admin_key())  # every scope
     jar = {"pulse_session": login.cookies["pulse_session"]}
     assert requests.get(f"{server}/api/pipeline", cookies=jar, timeout=30).status_code == 200
-    assert requests.post(f"{server}/api/events", json=purchase(1, 10.0, "Books"), cookies=jar, timeout=30).status_code == 401
+    assert requests.post(f"{server}/api/events", json=purchase(1, 10.0, "Books"), cookies=jar,
+                         timeout=30).status_code == 401
     assert requests.get(f"{server}/api/keys", cookies=jar, timeout=30).status_code == 401
     assert requests.get(f"{server}/api/users/1/export", cookies=jar, timeout=30).status_code == 401
     assert requests.delete(f"{server}/api/users/1", cookies=jar, timeout=30).status_code == 401

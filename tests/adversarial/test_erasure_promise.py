@@ -127,7 +127,8 @@ def test_published_outbox_messages_are_pruned_after_the_retention(client, servic
         wait_for(published_for_the_user, what="the signup's message published")
         wait_for(lambda: published_for_the_user() == 0, timeout=60, what="the published message pruned")
         with session_scope() as session:
-            stale = session.scalar(text("SELECT count(*) FROM outbox WHERE published_at < now() - interval '30 seconds'"))
+            stale = session.scalar(
+                text("SELECT count(*) FROM outbox WHERE published_at < now() - interval '30 seconds'"))
             texts = session.scalars(text("SELECT payload::text FROM outbox")).all()
         assert stale == 0
         assert not any(body["email"] in payload for payload in texts)
@@ -180,7 +181,8 @@ def test_flower_natively_asks_for_a_login_and_shows_no_personal_arguments(client
 
     tasks = wait_for(seen, timeout=60, what="Flower to show the signup's tasks")
     shown = json.dumps(requests.get(f"{url}/api/tasks", auth=(user, password), timeout=10).json())
-    for personal in (body["email"], body["full_name"], body["username"], body["address"]["street"], events[0]["event_id"]):
+    for personal in (body["email"], body["full_name"], body["username"], body["address"]["street"],
+                     events[0]["event_id"]):
         assert personal not in shown
     assert "'email': '<hidden>'" in tasks["pulse.worker.user_created"]["kwargs"]
     assert all("items>" in batch["kwargs"] for batch in tasks["batches"])

@@ -245,7 +245,8 @@ def test_two_users_with_the_same_event_id_are_both_stored_and_counted(http, mong
 
     # Export and erasure follow the identity: each person's own events, never the other's.
     exported = http.get(f"{http.base}/api/users/{bob}/export", timeout=30).json()
-    assert sorted((e["event_id"], e["event_type"]) for e in exported["events"] if e["event_id"] in (event_id, shared_id)) \
+    assert sorted((e["event_id"], e["event_type"]) for e in exported["events"] if e["event_id"] in (event_id,
+                                                                                                    shared_id)) \
         == sorted([(event_id, "user_purchase"), (shared_id, "user_purchase")])
     assert http.delete(f"{http.base}/api/users/{alice}", timeout=30).status_code == 202
     wait_for(lambda: not mongo.events.find_one({"user_id": alice}), timeout=60, what="alice's events erased")
@@ -265,7 +266,8 @@ def test_the_backfill_keys_events_by_user_and_id_and_counts_copies_once(http, mo
     tag = uuid.uuid4().hex[:6]
     category = f"adv-{tag}"
     people = [{"username": f"{name}_{tag}", "email": f"{name}.{tag}@example.com", "full_name": "Backfill Person",
-               "address": {"street": "Nowy Swiat 1", "city": "Warsaw", "country_code": "PL"}} for name in ("ann", "ben")]
+               "address": {"street": "Nowy Swiat 1", "city": "Warsaw", "country_code": "PL"}} for name in ("ann",
+                                                                                                           "ben")]
     big = {"username": f"ann_{tag}", "event_id": "big", "event_type": "user_purchase",
            "timestamp": "2025-02-02T10:00:00Z", "metadata": {"product_id": "X", "price": 500, "category": category}}
     undated = {"username": f"ben_{tag}", "event_type": "page_view", "metadata": {"page": "/undated"}}
@@ -378,7 +380,8 @@ def test_a_batch_with_copies_inside_redelivered_after_sigkill_is_counted_once(ht
 
 def test_the_identity_migration_moves_a_populated_database(services):
     """A database of the previous version (unique `event_id`, events of many users; a thousand or
-    so, as building an index on the dev server costs milliseconds per document) moves to `(user_id, event_id)` at start: every event kept, the old index gone, and from
+    so, as building an index on the dev server costs milliseconds per document) moves to `(user_id, event_id)` at start:
+    every event kept, the old index gone, and from
     then on two users may share an id while one user may not repeat it. Run twice: idempotent."""
     from shared.infra.mongo import prepare_database
 

@@ -66,7 +66,7 @@ def cached_user(two_apis, mongo):
     wait_for(lambda: mongo.profiles.find_one({"user_id": user_id, "segment": {"$ne": None}}), timeout=60,
              what="the user's first profile")
     for api in two_apis:
-        wait_for(lambda: requests.get(f"{api.url}/api/users/{user_id}/profile", headers=admin(), timeout=30)
+        wait_for(lambda api=api: requests.get(f"{api.url}/api/users/{user_id}/profile", headers=admin(), timeout=30)
                  .headers.get("X-Cache") == "HIT", timeout=60, what="a cached profile")
     return user_id
 
@@ -81,7 +81,7 @@ def test_a_revoked_key_is_refused_by_every_api_process_from_the_next_request(two
     key_id, key = make_key(["read"])
     for api in two_apis:  # both processes have checked the key and remember it, on the fast path too
         assert [r.status_code for r in reads(api, key, cached_user)] == [200, 200]
-        wait_for(lambda: reads(api, key, cached_user)[1].headers["X-Cache"] == "HIT", what="a cached profile")
+        wait_for(lambda api=api: reads(api, key, cached_user)[1].headers["X-Cache"] == "HIT", what="a cached profile")
 
     assert requests.delete(f"{revoking.url}/api/keys/{key_id}", headers=admin(), timeout=30).status_code == 204
     for api in (other, revoking):  # no wait: the very next request

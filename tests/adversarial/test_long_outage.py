@@ -90,7 +90,8 @@ def person_with_history(stack, db) -> dict:
     created = api(stack, "POST", "/api/users/signup", json=body)
     assert created.status_code == 201, created.text
     user_id = created.json()["id"]
-    assert api(stack, "POST", "/api/events/batch", json={"events": [purchase(user_id), purchase(user_id)]}).status_code == 202
+    assert api(stack, "POST", "/api/events/batch",
+               json={"events": [purchase(user_id), purchase(user_id)]}).status_code == 202
     wait_for(lambda: ((db.profiles.find_one({"_id": user_id}) or {}).get("totals") or {}).get("purchases") == 2,
              timeout=90, what="the person's profile with both purchases")
     wait_for(lambda: db.welcome_emails.find_one({"_id": user_id}), timeout=60, what="the welcome record")
@@ -115,7 +116,8 @@ def traces(person: dict, db, pg, cache, stack) -> list[str]:
         name = raw.decode()
         if str(person["id"]) in name.split(":"):
             found.append(f"redis key {name}")
-        elif cache.type(raw) == b"string" and any(mark in (cache.get(raw) or b"").decode(errors="replace") for mark in marks):
+        elif cache.type(raw) == b"string" and any(mark in (cache.get(raw) or b"").decode(errors="replace")
+                                                  for mark in marks):
             found.append(f"redis {name}")
     with pg.connect() as conn:
         failures = conn.execute(text("SELECT task_id, last_error, first_error, user_ids FROM task_failures")).all()
@@ -147,7 +149,8 @@ def dead_letters(stack) -> list[str]:
 
 def most_attempts(pg, task: str) -> int:
     with pg.connect() as conn:
-        return conn.execute(text("SELECT coalesce(max(attempts), 0) FROM task_failures WHERE task_name = :t AND retrying"),
+        return conn.execute(text("SELECT coalesce(max(attempts), 0) FROM task_failures "
+                                 "WHERE task_name = :t AND retrying"),
                             {"t": task}).scalar()
 
 
@@ -228,7 +231,8 @@ def test_batches_answered_202_during_a_long_outage_are_all_stored_once_and_none_
     assert dead_letters(stack) == []
     # Counted once too: the summaries hold exactly the purchases stored.
     with pg.connect() as conn:
-        purchases = conn.execute(text("SELECT coalesce(sum(purchases), 0) FROM customer_summaries WHERE user_id = ANY(:u)"),
+        purchases = conn.execute(text("SELECT coalesce(sum(purchases), 0) FROM customer_summaries "
+                                      "WHERE user_id = ANY(:u)"),
                                  {"u": users}).scalar()
     assert purchases == len(unique)
 
@@ -237,7 +241,8 @@ def test_a_user_deleted_in_postgres_behind_pulses_back_is_forgotten_by_beats_rec
     person = person_with_history(stack, db)
     with pg.begin() as conn:
         # An operator's hand, not the API: no erasure message, no `erasures` row.
-        address = conn.execute(text("DELETE FROM users WHERE id = :id RETURNING address_id"), {"id": person["id"]}).scalar()
+        address = conn.execute(text("DELETE FROM users WHERE id = :id RETURNING address_id"),
+                               {"id": person["id"]}).scalar()
         conn.execute(text("DELETE FROM addresses WHERE id = :a"), {"a": address})
     wait_for(lambda: not traces(person, db, pg, cache, stack), timeout=60 + 3 * RECONCILE_SECONDS,
              what="beat's sweep to forget the person in MongoDB, Redis, task_failures and the outbox")

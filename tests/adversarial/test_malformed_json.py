@@ -143,7 +143,8 @@ def test_a_batch_sent_as_a_json_string_cannot_skip_the_batch_limit(api):
     from shared.contracts.settings import get_settings
 
     events = [{"user_id": 1, "event_type": "page_view", "timestamp": "2026-01-01T00:00:00Z",
-               "event_id": f"double-{i}", "metadata": {"page": "/"}} for i in range(get_settings().events_batch_max + 1)]
+               "event_id": f"double-{i}", "metadata": {"page": "/"}}
+              for i in range(get_settings().events_batch_max + 1)]
     for path, inner in (("/api/events/batch", {"events": events}), ("/api/events/batch", {"events": events[:1]}),
                         ("/api/events", events[0])):
         response = requests.post(f"{api}{path}", data=json.dumps(json.dumps(inner)),

@@ -78,7 +78,7 @@ EXTREME_T = np.array([0.0, 1 / 7, 1 / 7, 5200.0, 520.0, 5000.0, 5000.0, 5000.0])
                                     (1e4, 1e-4, 1e-4, 1e4), (0.5, 0.01, 10.0, 1000.0), (0.5, 0.02, 1.0, 1000.0)])
 def test_scores_stay_finite_and_fast_at_any_parameters(name, values):
     model = MODELS[name]
-    params = model.make_params(dict(zip(model.parameter_names, values)))
+    params = model.make_params(dict(zip(model.parameter_names, values, strict=True)))
     t0 = time.perf_counter()
     ll = model.log_likelihood(params, EXTREME_X, EXTREME_TX, EXTREME_T)
     pa = model.probability_alive(params, EXTREME_X, EXTREME_TX, EXTREME_T)

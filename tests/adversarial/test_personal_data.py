@@ -98,7 +98,9 @@ def test_a_read_key_lists_nobody_by_name(api, keys, person):
     assert any(item["id"] == person["id"] for item in mine)  # still findable by id, city and country
 
 
-@pytest.mark.parametrize("path", ["/api/users/{id}", "/api/users?country=UA&per_page=500", "/api/users/top?min_score=99&limit=100"])
+@pytest.mark.parametrize("path",
+                         ["/api/users/{id}", "/api/users?country=UA&per_page=500",
+                          "/api/users/top?min_score=99&limit=100"])
 def test_every_read_of_people_is_pseudonymous_without_the_personal_scope(api, keys, person, path):
     path = path.format(id=person["id"])
     response = get(api, path, keys["read"])

@@ -24,7 +24,8 @@ MARKER = "PULSE_TEST_LIFETIME_MARKER"
 STUBBORN = textwrap.dedent("""
     import os, signal, subprocess, sys, time
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('grandchild', flush=True); time.sleep(600)"
+    code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('grandchild', flush=True); time.sleep(600)")
     subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     print("child", flush=True)
     time.sleep(600)

@@ -31,8 +31,9 @@ LIMIT = 10  # as RATE_LIMIT_SIGNUP's default (10/minute), per hour here: the sli
 def api(services):
     # A Redis prefix of its own: the signup buckets of 127.0.0.1 start empty, whatever else the
     # run has sent.
+    prefix = f"{TEST_ENV['CACHE_PREFIX']}enum-{uuid.uuid4().hex[:6]}:"
     with api_server("adversarial-enumeration", {"TRUSTED_PROXIES": f"{PROXY}/32", "RATE_LIMIT_SIGNUP": f"{LIMIT}/hour",
-                                                "CACHE_PREFIX": f"{TEST_ENV['CACHE_PREFIX']}enum-{uuid.uuid4().hex[:6]}:"}) as url:
+                                                "CACHE_PREFIX": prefix}) as url:
         yield url
 
 

@@ -202,7 +202,8 @@ def test_signup_reaches_mongodb_and_mailpit(stack):
     assert "Welcome to Pulse" in mails[0]["Subject"]
 
     # The development key the dev-key job wrote: a profile needs it.
-    key = stack.compose("run", "--rm", "--no-deps", "dev-key", "cat", "/keys/dev-api-key").stdout.strip().splitlines()[-1]
+    key = stack.compose("run", "--rm", "--no-deps", "dev-key", "cat",
+                        "/keys/dev-api-key").stdout.strip().splitlines()[-1]
     assert requests.get(f"{api}/api/users/{user_id}/profile", timeout=30).status_code == 401
     profile = requests.get(f"{api}/api/users/{user_id}/profile", headers={"Authorization": f"Bearer {key}"}, timeout=30)
     assert profile.status_code == 200, profile.text

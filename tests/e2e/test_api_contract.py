@@ -46,7 +46,8 @@ def test_schemathesis_with_every_check_finds_nothing(api, tmp_path):
          "--request-timeout", "30", "--no-color",
          # The run's development key (every scope): schemathesis also sends each secured operation
          # without it (its ignored_auth check) and expects the 401 the document declares.
-         "--header", f"Authorization: Bearer {os.environ['PULSE_API_KEY']}", "--report", "junit", "--report-junit-path", str(report)],
+         "--header", f"Authorization: Bearer {os.environ['PULSE_API_KEY']}",
+         "--report", "junit", "--report-junit-path", str(report)],
         cwd=ROOT, env={**os.environ, **TEST_ENV, "SCHEMATHESIS_HOOKS": "scripts.schemathesis_hooks"},
         capture_output=True, text=True, timeout=850,
     )

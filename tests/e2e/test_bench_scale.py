@@ -137,7 +137,8 @@ def start_and_wait_until_up(args: list[str], marker: str, log: Path) -> subproce
         process = lifetime.start(args, cwd=ROOT, env=bench_env(marker), stdout=out, stderr=subprocess.STDOUT)
 
     def up():
-        assert process.poll() is None, f"exited {process.returncode} before its stack was up:\n{log.read_text()[-3000:]}"
+        assert process.poll() is None, \
+            f"exited {process.returncode} before its stack was up:\n{log.read_text()[-3000:]}"
         return "private stack up:" in log.read_text()
 
     try:

@@ -93,7 +93,8 @@ def test_redis_down_profiles_bypass_the_cache_and_readiness_is_degraded(stack, u
         assert answer.status_code == 200 and answer.headers["X-Cache"] == "BYPASS"
         assert answer.json()["user_id"] == user and answer.json()["totals"]["purchases"] == 1
         # Readiness is read at most once a second per process (shared by every caller meanwhile).
-        [readiness] = wait_for(lambda: [r] if (r := ready(stack)).json()["checks"]["redis"]["status"] == "error" else None,
+        [readiness] = wait_for(lambda: [r] if (r := ready(stack)).json()["checks"]["redis"]["status"] == "error"
+                               else None,
                                timeout=10, what="readiness to see Redis down")
         assert readiness.status_code == 200 and readiness.json()["status"] == "degraded"
     finally:
@@ -111,7 +112,8 @@ def test_mongodb_down_events_wait_in_rabbitmq_and_are_stored_when_it_returns(sta
         assert accepted.status_code == 202
         answer = profile(stack, user)
         assert answer.status_code == 200 or is_problem_503(answer), answer.text
-        [readiness] = wait_for(lambda: [r] if (r := ready(stack)).json()["checks"]["mongodb"]["status"] == "error" else None,
+        [readiness] = wait_for(lambda: [r] if (r := ready(stack)).json()["checks"]["mongodb"]["status"] == "error"
+                               else None,
                                timeout=10, what="readiness to see MongoDB down")
         assert readiness.status_code == 200
     finally:
@@ -149,7 +151,8 @@ def test_postgres_down_signup_answers_503_and_works_again_when_it_returns(stack,
     finally:
         stack.postgres.start()
     body = signup_body()
-    wait_for(lambda: requests.post(f"{stack.api}/api/users/signup", json=body, headers=stack.headers, timeout=30).status_code == 201,
+    wait_for(lambda: requests.post(f"{stack.api}/api/users/signup", json=body, headers=stack.headers,
+                                   timeout=30).status_code == 201,
              timeout=30, what="signups once Postgres is back")
 
 

@@ -47,7 +47,8 @@ def dev_stack(services):
                                    start_new_session=True, preexec_fn=die_with_parent())
     base = f"http://127.0.0.1:{ports['API_PORT']}"
     try:
-        wait_for(lambda: requests.get(f"{base}/health/ready", timeout=2).json()["status"] == "ok", timeout=180, interval=0.5,
+        wait_for(lambda: requests.get(f"{base}/health/ready", timeout=2).json()["status"] == "ok", timeout=180,
+                 interval=0.5,
                  what=f"make dev to be ready (log: {log_path})")
         yield {"url": base, "mongo_uri": env["MONGO_URI"], "maildir": var_dir / "mail", "log": log_path,
                "key_file": var_dir / "dev-api-key", "flower_port": ports["FLOWER_PORT"],
@@ -64,7 +65,8 @@ def dev_stack(services):
 
 
 def welcome_mails(maildir: Path, address: str) -> list[str]:
-    return [p.read_text(errors="replace") for p in (maildir / "new").glob("*") if address in p.read_text(errors="replace")]
+    return [p.read_text(errors="replace") for p in (maildir / "new").glob("*")
+            if address in p.read_text(errors="replace")]
 
 
 def dev_key(dev_stack) -> dict:
@@ -82,7 +84,8 @@ def test_signup_over_http_reaches_mongodb_and_the_mail_catcher(dev_stack):
                        what="profile document")
     assert profile["username"] == body["username"]
     assert db.events.count_documents({"user_id": user_id, "event_type": "user_created"}) == 1
-    mails = wait_for(lambda: welcome_mails(dev_stack["maildir"], body["email"]), timeout=60, what="welcome e-mail in the catcher")
+    mails = wait_for(lambda: welcome_mails(dev_stack["maildir"], body["email"]), timeout=60,
+                     what="welcome e-mail in the catcher")
     assert "Subject: Welcome to Pulse, Ivan Ivanov!" in mails[0]
 
     again = requests.post(f"{dev_stack['url']}/api/users/signup", json=body, headers=dev_key(dev_stack), timeout=10)
@@ -106,7 +109,8 @@ def test_keys_and_limits_as_a_new_user_meets_them(dev_stack):
 
     anonymous = requests.get(f"{url}/api/users/{user_id}/profile", timeout=10)
     assert anonymous.status_code == 401 and anonymous.headers["Content-Type"] == "application/problem+json"
-    created = requests.post(f"{url}/api/keys", json={"scopes": ["ingest"], "name": "collector"}, headers=admin, timeout=10)
+    created = requests.post(f"{url}/api/keys", json={"scopes": ["ingest"], "name": "collector"}, headers=admin,
+                            timeout=10)
     assert created.status_code == 201, created.text
     ingest = {"Authorization": f"Bearer {created.json()['key']}"}
     assert requests.get(f"{url}/api/users/{user_id}/profile", headers=ingest, timeout=10).status_code == 403
@@ -132,7 +136,8 @@ def test_every_metrics_endpoint_of_the_stack_answers_with_its_families(dev_stack
     workers') and RabbitMQ's Prometheus plugin, as `make dev` runs them."""
     url, admin = dev_stack["url"], dev_key(dev_stack)
     before = families(f"{url}/metrics")
-    signups = [requests.post(f"{url}/api/users/signup", json=signup_body(), headers=admin, timeout=10) for _ in range(6)]
+    signups = [requests.post(f"{url}/api/users/signup", json=signup_body(), headers=admin,
+                             timeout=10) for _ in range(6)]
     assert all(r.status_code == 201 for r in signups)
     after = families(f"{url}/metrics")
 
@@ -147,7 +152,8 @@ def test_every_metrics_endpoint_of_the_stack_answers_with_its_families(dev_stack
         assert family in after, family
 
     flower = f"http://127.0.0.1:{dev_stack['flower_port']}/metrics"
-    wait_for(lambda: any(s.labels.get("task") == "pulse.worker.user_created" and s.labels.get("type") == "task-succeeded"
+    wait_for(lambda: any(s.labels.get("task") == "pulse.worker.user_created"
+                         and s.labels.get("type") == "task-succeeded"
                          for s in families(flower)["flower_events"].samples),
              timeout=60, what="Flower counting the user_created tasks")
     assert "flower_task_runtime_seconds" in families(flower)
@@ -244,7 +250,8 @@ def test_one_trace_from_the_signup_to_analytics(dev_stack):
     try:
         spans = wait_for(trace_spans, timeout=60, what="spans of every process in the signup's trace")
     except AssertionError as exc:
-        found = [(s["service"], s["name"]) for s in read_spans(dev_stack["traces"]) if s["trace_id"] == root["trace_id"]]
+        found = [(s["service"],
+                  s["name"]) for s in read_spans(dev_stack["traces"]) if s["trace_id"] == root["trace_id"]]
         raise AssertionError(f"{exc}: the trace holds {sorted(set(found))}") from None
 
     by_id = {s["span_id"]: s for s in spans}

@@ -48,7 +48,8 @@ def test_ingestion_on_quorum_queues_survives_losing_a_node(cluster, client, mong
         event_ids = []
 
         def send(batch: int) -> None:
-            events = [{"event_id": f"q{batch}-{i}-{uuid.uuid4().hex[:8]}", "user_id": user_id, "event_type": "page_view",
+            events = [{"event_id": f"q{batch}-{i}-{uuid.uuid4().hex[:8]}", "user_id": user_id,
+                       "event_type": "page_view",
                        "timestamp": datetime.now(UTC).isoformat(), "metadata": {"n": i}, "geo": None}
                       for i in range(PER_BATCH)]
             event_ids.extend(e["event_id"] for e in events)

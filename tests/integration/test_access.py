@@ -78,14 +78,16 @@ def test_every_secured_route_refuses_missing_unknown_wrong_scope_revoked_and_exp
 def test_a_cached_profile_is_as_protected_as_a_computed_one(client, anonymous_client):
     """The cache-hit fast path (services.api.profile_hits) checks the key as Flask does."""
     user_id = client.post("/api/users/signup", json=signup_body()).get_json()["id"]
-    wait_for(lambda: client.get(f"/api/users/{user_id}/profile").headers.get("X-Cache") == "HIT", what="a cached profile")
+    wait_for(lambda: client.get(f"/api/users/{user_id}/profile").headers.get("X-Cache") == "HIT",
+             what="a cached profile")
     assert anonymous_client.get(f"/api/users/{user_id}/profile").status_code == 401
     ingest_only = bearer(make_key(["ingest"]))
     assert anonymous_client.get(f"/api/users/{user_id}/profile", headers=ingest_only).status_code == 403
     event = anonymous_client.post("/api/events", json=purchase(user_id, 10.0, "Books"), headers=ingest_only)
     assert event.status_code == 202, event.get_json()
     read_only = bearer(make_key(["read"]))
-    wait_for(lambda: anonymous_client.get(f"/api/users/{user_id}/profile", headers=read_only).headers.get("X-Cache") == "HIT",
+    wait_for(lambda: anonymous_client.get(f"/api/users/{user_id}/profile",
+                                          headers=read_only).headers.get("X-Cache") == "HIT",
              what="the profile cached again after the event")
     hit = anonymous_client.get(f"/api/users/{user_id}/profile", headers=read_only)
     assert hit.status_code == 200 and hit.get_json()["user_id"] == user_id
@@ -162,7 +164,8 @@ def test_fast_signups_from_one_address_hit_the_limit(anonymous_client, client):
 def test_a_read_key_is_limited_on_every_read_path_and_an_admin_key_is_not(client, anonymous_client, monkeypatch):
     monkeypatch.setattr(get_settings(), "rate_limit_read", "3/minute")
     user_id = client.post("/api/users/signup", json=signup_body()).get_json()["id"]
-    wait_for(lambda: client.get(f"/api/users/{user_id}/profile").headers.get("X-Cache") == "HIT", what="a cached profile")
+    wait_for(lambda: client.get(f"/api/users/{user_id}/profile").headers.get("X-Cache") == "HIT",
+             what="a cached profile")
     key = bearer(make_key(["read"]))
     assert anonymous_client.get(f"/api/users/{user_id}/profile", headers=key).headers["X-Cache"] == "HIT"
     assert anonymous_client.get(f"/api/users/{user_id}", headers=key).status_code == 200

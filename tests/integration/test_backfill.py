@@ -72,7 +72,8 @@ def test_ndjson_history_is_imported_once_with_right_summaries(tmp_path, client, 
     assert mongo.events.count_documents({"user_id": hist}) == 3
     assert no_drift(mongo, [hist, existing])
     # The imported customer is rescored like any other.
-    wait_for(lambda: mongo.profiles.find_one({"user_id": hist, "totals.purchases": 2}), what="imported customer profiled")
+    wait_for(lambda: mongo.profiles.find_one({"user_id": hist, "totals.purchases": 2}),
+             what="imported customer profiled")
 
     again = backfill(path)
     assert again.returncode == 0, again.stderr
@@ -93,7 +94,8 @@ def test_csv_of_transactions_creates_customers_and_is_idempotent(tmp_path, mongo
     assert "3 created" in first.stdout and "5 stored" in first.stdout
     ids = user_ids(*(f"cd{tag}_{n}" for n in (1, 2, 3)))
     one = summary(ids[f"cd{tag}_1"])
-    assert (one.purchases, one.purchase_days, one.spent, one.first_day_spent) == (3, 2, Decimal("88.79"), Decimal("29.33"))
+    assert (one.purchases, one.purchase_days, one.spent, one.first_day_spent) == (3, 2, Decimal("88.79"),
+                                                                                  Decimal("29.33"))
     assert str(one.first_day) == "1997-01-01"
     with session_scope() as session:
         user = session.get(User, ids[f"cd{tag}_1"])

@@ -204,7 +204,8 @@ def test_dashboard_draws_what_the_api_reports(browser, server, customers, client
     assert console_errors(browser) == []  # a Content-Security-Policy violation would be one
     # The browser holds a session, never the key; its script cannot read the cookie at all.
     cookies = browser.get_cookies()
-    assert [c["name"] for c in cookies] == ["pulse_session"] and cookies[0]["httpOnly"] and cookies[0]["sameSite"] == "Strict"
+    assert [c["name"] for c in cookies] == ["pulse_session"]
+    assert cookies[0]["httpOnly"] and cookies[0]["sameSite"] == "Strict"
     assert os.environ["PULSE_API_KEY"] not in cookies[0]["value"]
     assert browser.execute_script("return document.cookie") == ""
 
@@ -322,8 +323,9 @@ def test_dashboard_draws_the_validation_and_the_rolling_holdout(browser, server,
 
     stats = client.get("/api/analytics/customers").get_json()
     split = chart(browser, "palive-split-chart")
-    assert split["data"] == [stats["p_alive_by_buyers"]["one_time"]["counts"], stats["p_alive_by_buyers"]["repeat"]["counts"]]
-    assert [a + b for a, b in zip(*split["data"])] == stats["p_alive"]["counts"]
+    assert split["data"] == [stats["p_alive_by_buyers"]["one_time"]["counts"],
+                             stats["p_alive_by_buyers"]["repeat"]["counts"]]
+    assert [a + b for a, b in zip(*split["data"], strict=True)] == stats["p_alive"]["counts"]
     # The model card: every purchase model with its standard errors.
     model = client.get("/api/analytics/models/latest").get_json()
     facts = {e.get_attribute("data-field"): e.text for e in browser.find_elements("css selector", "#model-facts dd")}

@@ -93,7 +93,8 @@ def test_purge_removes_only_the_named_dead_letter_and_refuses_unknown_ids():
 
 def test_refused_input_is_never_queued_so_it_never_dead_letters(client):
     before = set(listed())
-    bad_event = client.post("/api/events", json={"user_id": 1, "event_type": "user_purchase", "metadata": {"price": 1e192}})
+    bad_event = client.post("/api/events",
+                            json={"user_id": 1, "event_type": "user_purchase", "metadata": {"price": 1e192}})
     assert bad_event.status_code == 422
     # A fit with no customers to fit is a job that fails with its reason: an answer, not a task
     # failure, so nothing is retried or dead-lettered.

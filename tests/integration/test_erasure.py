@@ -37,7 +37,8 @@ def traces_in_postgres(person: dict) -> list[str]:
             rows = session.execute(text(f"SELECT t::text AS row FROM {table.name} t")).scalars()
             found += [f"{table.name}: {row}" for row in rows if person["email"] in row or person["username"] in row]
             if "user_id" in table.columns:
-                count = session.scalar(text(f"SELECT count(*) FROM {table.name} WHERE user_id = :id"), {"id": person["id"]})
+                count = session.scalar(text(f"SELECT count(*) FROM {table.name} WHERE user_id = :id"),
+                                       {"id": person["id"]})
                 found += [f"{table.name}: {count} rows with user_id"] if count else []
         found += [f"users: id {person['id']}"] if session.scalar(text("SELECT 1 FROM users WHERE id = :id"),
                                                                 {"id": person["id"]}) else []
@@ -148,7 +149,8 @@ def test_export_holds_everything_about_the_person(client, mongo, services):
     assert document["user"]["email"] == person["email"] and document["user"]["address"]["city"] == "Kyiv"
     assert sorted(e["event_type"] for e in document["events"]) == ["page_view", "user_created", "user_purchase",
                                                                     "user_purchase"]
-    assert document["profile"]["totals"]["total_spent"] == 65.5 and document["profile"]["username"] == person["username"]
+    assert document["profile"]["totals"]["total_spent"] == 65.5
+    assert document["profile"]["username"] == person["username"]
     assert document["purchase_summary"]["purchases"] == 2 and document["purchase_summary"]["spent"] == 65.5
     assert document["categories"] == [{"category": category, "purchases": 2, "spent": 65.5}]
     assert sum(day["events"] for day in document["activity_days"]) == 4

@@ -44,7 +44,8 @@ def test_batch_is_stored_once_even_when_resent(client, mongo, user_id):
 def test_generated_ids_and_utc_timestamps(client, mongo, user_id):
     response = client.post(
         "/api/events",
-        json={"user_id": user_id, "event_type": "page_view", "timestamp": "2024-01-15T12:30:00+02:00", "metadata": {"page": "/home"}},
+        json={"user_id": user_id, "event_type": "page_view", "timestamp": "2024-01-15T12:30:00+02:00",
+              "metadata": {"page": "/home"}},
     )
     assert response.status_code == 202
     event_id = response.get_json()["event_id"]
@@ -56,9 +57,11 @@ def test_generated_ids_and_utc_timestamps(client, mongo, user_id):
 @pytest.mark.parametrize(
     "event, field",
     [
-        ({"event_type": "user_purchase", "metadata": {"product_id": "P", "price": -1, "category": "x"}}, "metadata.price"),
+        ({"event_type": "user_purchase", "metadata": {"product_id": "P", "price": -1, "category": "x"}},
+         "metadata.price"),
         ({"event_type": "user_purchase", "metadata": {"product_id": "P", "price": 3}}, "metadata.category"),
-        ({"event_type": "user_purchase", "metadata": {"product_id": "P", "price": "cheap", "category": "x"}}, "metadata.price"),
+        ({"event_type": "user_purchase", "metadata": {"product_id": "P", "price": "cheap", "category": "x"}},
+         "metadata.price"),
         ({"event_type": "mystery"}, "event_type"),
     ],
 )

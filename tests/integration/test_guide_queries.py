@@ -28,7 +28,8 @@ def shop(app, mongo):
                 prices.append(price)
                 events.append(purchase(user_id, price, category))
     assert client.post("/api/events/batch", json={"events": events}).status_code == 202
-    wait_for(lambda: mongo.events.count_documents({"event_id": {"$in": [e["event_id"] for e in events]}}) == len(events),
+    ids = [e["event_id"] for e in events]
+    wait_for(lambda: mongo.events.count_documents({"event_id": {"$in": ids}}) == len(events),
              what="shop events stored")
     wait_for(lambda: mongo.profiles.count_documents({"user_id": {"$in": users}, "totals.purchases": {"$gt": 0}}) == 3,
              what="shop profiles computed")
@@ -39,7 +40,8 @@ def test_top_categories_is_the_guide_aggregation(client, shop):
     items = client.get("/api/analytics/categories/top?limit=100").get_json()["items"]
     ours = [item for item in items if item["category"] in shop["categories"]]
     expected = sorted(
-        ({"category": c, "total_sales": round(sum(p), 2), "transactions": len(p), "avg_price": round(sum(p) / len(p), 2)}
+        ({"category": c, "total_sales": round(sum(p), 2), "transactions": len(p),
+          "avg_price": round(sum(p) / len(p), 2)}
          for c, p in shop["categories"].items()),
         key=lambda row: -row["total_sales"],
     )

@@ -50,7 +50,8 @@ def test_a_signup_and_events_move_the_counters(client, anonymous_client, mongo):
     assert client.post("/api/events", json=event).status_code == 202  # the same event_id again
     wait_for(lambda: mongo.events.count_documents({"user_id": user_id}) == 2, what="signup and event stored")
     wait_for(lambda: value(scrape(anonymous_client), "pulse_events_duplicate", "pulse_events_duplicate_total")
-             >= value(before, "pulse_events_duplicate", "pulse_events_duplicate_total") + 1, what="the duplicate counted")
+             >= value(before, "pulse_events_duplicate",
+                      "pulse_events_duplicate_total") + 1, what="the duplicate counted")
     client.get(f"/api/users/{user_id}/profile")
     wait_for(lambda: client.get(f"/api/users/{user_id}/profile").headers["X-Cache"] == "HIT", what="a cache hit")
     assert client.get("/api/users/999999999/profile").status_code == 404

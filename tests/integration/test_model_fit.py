@@ -60,7 +60,8 @@ def summarised() -> int:
 def direct_fit(mongo, as_of):
     log = load_purchases(mongo)
     summary = frequency_recency(log.user_id, log.timestamp, log.amount, as_of)
-    return summary, fit_bgnbd(summary.frequency, summary.recency, summary.T), fit_gamma_gamma(summary.frequency, summary.monetary_value)
+    return summary, fit_bgnbd(summary.frequency, summary.recency, summary.T), fit_gamma_gamma(summary.frequency,
+                                                                                              summary.monetary_value)
 
 
 def test_fit_matches_a_direct_fit_and_profiles_match_a_full_recomputation(client, mongo, buyers):
@@ -137,7 +138,8 @@ def test_fit_matches_a_direct_fit_and_profiles_match_a_full_recomputation(client
     wait_for(lambda: mongo.events.find_one({"event_id": event["event_id"]}), what="new purchase stored")
     after = wait_for(lambda: (p := client.get(f"/api/users/{user_id}/profile").get_json())["totals"]["purchases"]
                      == profile["totals"]["purchases"] + 1 and p, what="the new purchase in the profile")
-    assert after["p_alive"] != profile["p_alive"] or after["expected_purchases_90d"] != profile["expected_purchases_90d"]
+    assert (after["p_alive"] != profile["p_alive"]
+            or after["expected_purchases_90d"] != profile["expected_purchases_90d"])
     assert after["predicted_ltv"] != profile["predicted_ltv"]
 
 

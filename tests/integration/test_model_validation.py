@@ -37,9 +37,9 @@ def cdnow_log():
 
 @pytest.fixture(scope="module")
 def cdnow(services):
-    done = subprocess.run([PULSE, "backfill", str(CDNOW), "--quiet", "--country", "US",
-                           "--city", "Seattle", "--username-prefix", PREFIX, "--category", "music"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([PULSE, "backfill", str(CDNOW), "--quiet", "--country", "US", "--city", "Seattle",
+                           "--username-prefix", PREFIX, "--category", "music"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     with session_scope() as session:
         # Customers of other tests with purchases as old (the backfill's own tests) join the population:
@@ -109,7 +109,8 @@ def test_validation_reproduces_the_published_cdnow_holdout(client, cdnow):
         assert [w["week"] for w in weekly] == list(range(1, 40))
         assert weekly[-1]["actual_cumulative"] == holdout["actual_repeat_purchases"]
         assert weekly[-1]["predicted_cumulative"] == pytest.approx(predicted, abs=0.05)
-        assert all(a["predicted_cumulative"] < b["predicted_cumulative"] for a, b in zip(weekly, weekly[1:]))
+        assert all(a["predicted_cumulative"] < b["predicted_cumulative"]
+                   for a, b in zip(weekly, weekly[1:], strict=False))
         assert 0 < block["mae"] <= block["rmse"]
     baseline = result["baseline"]
     assert baseline["name"] == "calibration_rate"
@@ -151,7 +152,8 @@ def test_the_scheduled_refit_first_scores_the_model_in_use_on_a_rolling_holdout(
     assert bgnbd["weekly"][-1]["actual_cumulative"] == actual
     assert len(bgnbd["by_calibration_frequency"]) == 8
 
-    families = {f.name: f for f in text_string_to_metric_families(anonymous_client.get("/metrics").get_data(as_text=True))}
+    exposition = anonymous_client.get("/metrics").get_data(as_text=True)
+    families = {f.name: f for f in text_string_to_metric_families(exposition)}
     samples = {s.labels["model"]: s.value for s in families["pulse_model_holdout_actual_repeat_purchases"].samples}
     assert samples["bgnbd"] == actual
     predicted = {s.labels["model"]: s.value for s in families["pulse_model_holdout_predicted_repeat_purchases"].samples}

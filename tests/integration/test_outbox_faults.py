@@ -80,7 +80,8 @@ def outbox_row(user_id: int, db_url: str | None = None) -> OutboxMessage:
 def test_signup_while_broker_is_down_is_delivered_when_it_returns(isolated_api, rabbit, services):
     env, db, mongo = isolated_api["env"], isolated_api["db"], isolated_api["mongo"]
     relay = spawn([sys.executable, "-m", "services.api.outbox_relay"], "outage-relay", env)
-    worker = spawn(celery_worker_args("services.worker.main", "pulse.users,pulse.events,pulse.email", f"outage-{rabbit.port}"),
+    worker = spawn(celery_worker_args("services.worker.main", "pulse.users,pulse.events,pulse.email",
+                                      f"outage-{rabbit.port}"),
                    "outage-worker", env)
     try:
         rabbit.stop()
@@ -90,7 +91,8 @@ def test_signup_while_broker_is_down_is_delivered_when_it_returns(isolated_api, 
         assert outbox_row(user_id, db).published_at is None
 
         rabbit.start()
-        wait_for(lambda: outbox_row(user_id, db).published_at is not None, timeout=90, what="publish after the broker returned")
+        wait_for(lambda: outbox_row(user_id, db).published_at is not None, timeout=90,
+                 what="publish after the broker returned")
         wait_for(lambda: mongo.profiles.find_one({"user_id": user_id}), timeout=90, what="profile after the outage")
         wait_for(lambda: services["mail"].to(body["email"]), timeout=60, what="welcome e-mail after the outage")
         assert mongo.events.count_documents({"user_id": user_id, "event_type": "user_created"}) == 1
@@ -140,7 +142,8 @@ def test_redelivered_user_created_changes_nothing(client, mongo, services):
     wait_for(lambda: outbox_row(user_id).published_at, what="row published")
     # Simulate a relay that crashed after RabbitMQ confirmed but before its commit: publish again.
     with session_scope() as session:
-        session.execute(update(OutboxMessage).where(OutboxMessage.id == outbox_row(user_id).id).values(published_at=None))
+        session.execute(update(OutboxMessage).where(OutboxMessage.id == outbox_row(user_id).id)
+                        .values(published_at=None))
     wait_for(lambda: outbox_row(user_id).published_at, what="row republished")
     marker = signup_body()
     client.post("/api/users/signup", json=marker)

@@ -1,7 +1,8 @@
 """shared.infra.tracing in one process against the run's real Postgres, Redis and MongoDB-wire server:
 the instrumentations it loads produce their spans (SQLAlchemy 2.1 included, which the
 SQLAlchemy instrumentation does not declare support for), a Celery message sent by name to a task
-this process does not know ends its publish span and leaves the current span as it was, lone client calls start no trace, and with nothing
+this process does not know ends its publish span and leaves the current span as it was, lone client calls start no
+trace, and with nothing
 configured nothing is traced at all.
 
 Each check runs in a subprocess: a tracer provider is once per process, and the suite's own
@@ -77,7 +78,8 @@ def test_each_instrumentation_writes_its_spans_under_the_current_one(services, t
     def system(span):
         return span["attributes"].get("db.system") or span["attributes"].get("db.system.name")
 
-    assert {system(s) for s in children} >= {"postgresql", "redis", "mongodb"}, [(s["name"], system(s)) for s in children]
+    assert {system(s) for s in children} >= {"postgresql", "redis",
+                                             "mongodb"}, [(s["name"], system(s)) for s in children]
     sql = [s for s in children if system(s) == "postgresql"]
     assert any("SELECT 2" in str(s["attributes"].get("db.statement", s["attributes"].get("db.query.text", ""))) or
                s["name"].startswith("SELECT") for s in sql), sql

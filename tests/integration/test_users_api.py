@@ -33,7 +33,8 @@ def test_signup_writes_user_address_and_outbox_in_one_go(client):
         "country": {"code": "UA", "name": "Ukraine"},
     }
     with session_scope() as session:
-        outbox = session.scalars(select(OutboxMessage).where(OutboxMessage.payload["user_id"].as_integer() == created["id"])).all()
+        outbox = session.scalars(select(OutboxMessage)
+                                 .where(OutboxMessage.payload["user_id"].as_integer() == created["id"])).all()
     assert len(outbox) == 1
     assert outbox[0].payload["email"] == body["email"]
 
@@ -97,7 +98,8 @@ def test_unknown_country_is_422_naming_the_field(client):
         ('"text"', "application/json", 422),
         ('{"username": null, "email": [], "full_name": {}, "address": 5}', "application/json", 422),
         ('{"username": "' + "x" * 10000 + '"}', "application/json", 422),
-        ('{"username": "ok_name", "email": "a@b.co", "full_name": "\\u0000", "address": {"street": "s", "city": "c", "country_code": "UA"}}', "application/json", 422),
+        ('{"username": "ok_name", "email": "a@b.co", "full_name": "\\u0000", '
+         '"address": {"street": "s", "city": "c", "country_code": "UA"}}', "application/json", 422),
     ],
 )
 def test_any_input_gets_an_answer_never_a_500(client, data, content_type, status):
@@ -119,7 +121,8 @@ def test_get_user_is_one_sql_query_and_404_is_a_problem(client):
 
 def test_list_users_by_city_is_one_query_whatever_the_page_size(client):
     city = f"Town{signup_body()['username'][-6:]}"
-    ids = [client.post("/api/users/signup", json=signup_body(city=city, country="PL")).get_json()["id"] for _ in range(6)]
+    ids = [client.post("/api/users/signup",
+                       json=signup_body(city=city, country="PL")).get_json()["id"] for _ in range(6)]
 
     def selects(per_page):
         with count_statements() as statements:

@@ -56,7 +56,8 @@ def test_signup_errors_name_the_field(overrides, field):
 
 
 def purchase(**metadata):
-    return {"user_id": 1, "event_type": "user_purchase", "metadata": {"product_id": "P1", "price": 9.5, "category": "books", **metadata}}
+    return {"user_id": 1, "event_type": "user_purchase",
+            "metadata": {"product_id": "P1", "price": 9.5, "category": "books", **metadata}}
 
 
 @pytest.mark.parametrize(
@@ -64,7 +65,8 @@ def purchase(**metadata):
     [
         (purchase(price=-1), "metadata.price"),
         (purchase(price=float("nan")), "metadata.price"),
-        ({"user_id": 1, "event_type": "user_purchase", "metadata": {"product_id": "P", "price": 1}}, "metadata.category"),
+        ({"user_id": 1, "event_type": "user_purchase", "metadata": {"product_id": "P", "price": 1}},
+         "metadata.category"),
         ({**purchase(), "user_id": "abc"}, "user_id"),
         ({**purchase(), "event_type": "teleport"}, "event_type"),
         ({**purchase(), "timestamp": "yesterday"}, "timestamp"),
@@ -101,7 +103,8 @@ def test_timestamps_become_utc_and_future_is_refused():
 
 
 def test_event_document_maps_the_guide_fields():
-    event = EVENT.validate_python({**purchase(), "geo": {"country": "Ukraine", "city": "Kyiv", "coordinates": [50.45, 30.52]}})
+    event = EVENT.validate_python({**purchase(),
+                                   "geo": {"country": "Ukraine", "city": "Kyiv", "coordinates": [50.45, 30.52]}})
     received = datetime(2024, 1, 15, tzinfo=UTC)
     doc = event_document(event, "e-1", received)
     assert doc == {

@@ -404,7 +404,7 @@ def standard_errors_at(objective, optimum: Optimum, n_total: float, names, value
                 se[free] = np.sqrt(np.maximum(np.diag(cov), 0.0)) * np.asarray(values)[free]
         except np.linalg.LinAlgError:
             pass
-    return {name: float(v) for name, v in zip(names, se)}
+    return {name: float(v) for name, v in zip(names, se, strict=True)}
 
 
 def fit_bgnbd(frequency, recency, T, *, weights=None, initial_params=None,

@@ -164,7 +164,8 @@ def _log_tail_quadrature(P, Q, log_A, log_B):
     e^(-Rv) above max(A, B) (R = P+Q-1) and is analytic in a strip around the real axis, so the
     trapezoidal rule over the whole line converges geometrically in 1/step (0.3 gives ~1e-14
     against mpmath). Beyond ``v_lo`` and ``v_hi`` the integrand is e^v A^-P B^-Q and e^(-Rv) to
-    within e^-25, and the rule's nodes out there are summed in closed form. The derivatives are the integrals of the integrand's
+    within e^-25, and the rule's nodes out there are summed in closed form. The derivatives are the integrals of the
+    integrand's
     log-derivatives (-ln(A+e^v), -ln(B+e^v), -P/(A+e^v), -Q/(B+e^v)) under it, by the same rule.
     """
     n_rows = P.size
@@ -220,7 +221,7 @@ def _log_K(p, q, A, B):
     if not ok.all():
         out = [np.full(p.shape, np.nan) for _ in range(5)]
         if ok.any():
-            for o, v in zip(out, _log_K(p[ok], q[ok], A[ok], B[ok])):
+            for o, v in zip(out, _log_K(p[ok], q[ok], A[ok], B[ok]), strict=True):
                 o[ok] = v
         return tuple(out)
     swap = A < B                       # make the first shift the larger one (z >= 0)
@@ -417,7 +418,7 @@ class _RunOff:
 
     _WINDOW = 4
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.history = []
         self.ridge = None
 

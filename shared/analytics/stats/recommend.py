@@ -29,6 +29,7 @@ the one :func:`recommend` gives.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -38,7 +39,7 @@ __all__ = ["CoPurchases", "fit_co_purchases", "recommend"]
 _MAX_BLOCK = 4_000_000  # max dense cells per chunk of targets
 
 
-def recommend(target_user_ids, user_ids, items, k: int = 5) -> dict:
+def recommend(target_user_ids, user_ids, items, k: int = 5) -> dict[str, Any]:
     """Top-``k`` items per target user.
 
     Parameters
@@ -88,7 +89,7 @@ def recommend(target_user_ids, user_ids, items, k: int = 5) -> dict:
     known = (pos < n_u) & (uniq_users[pos_c] == targets)
     target_rows = np.where(known, pos_c, -1)
 
-    result: dict = {}
+    result: dict[str, Any] = {}
     kk = min(k, n_i)
     chunk = max(1, _MAX_BLOCK // max(n_i, 1))
     for start in range(0, targets.size, chunk):
@@ -139,7 +140,7 @@ class CoPurchases:
         object.__setattr__(self, "_tie_rank", tie_rank)
         object.__setattr__(self, "_position", {item: i for i, item in enumerate(self.items.tolist())})
 
-    def recommend(self, baskets: dict, k: int = 5) -> dict:
+    def recommend(self, baskets: dict[str, Any], k: int = 5) -> dict[str, Any]:
         """Top-``k`` items for each user of ``baskets`` (user -> the items that user bought)."""
         users = list(baskets)
         n_i = self.items.size
@@ -163,13 +164,13 @@ class CoPurchases:
         picked_bought = np.take_along_axis(bought, order, axis=-1)
         return {user: self.items[order[r][~picked_bought[r]]].tolist() for r, user in enumerate(users)}
 
-    def to_document(self) -> dict:
+    def to_document(self) -> dict[str, Any]:
         w = self.weights
         return {"items": self.items.tolist(), "popularity": self.popularity.tolist(),
                 "indptr": w.indptr.tolist(), "indices": w.indices.tolist(), "weights": w.data.tolist()}
 
     @classmethod
-    def from_document(cls, doc: dict) -> CoPurchases:
+    def from_document(cls, doc: dict[str, Any]) -> CoPurchases:
         n = len(doc["items"])
         weights = sparse.csr_matrix(
             (np.asarray(doc["weights"], dtype=np.float64), np.asarray(doc["indices"], dtype=np.int64),
@@ -210,7 +211,7 @@ def fit_co_purchases(user_ids, items, *, max_items: int = MAX_ITEMS,
                 rows.append((np.full(top.size, i), C.indices[start:end][top], C.data[start:end][top]))
             else:
                 rows.append((np.full(end - start, i), C.indices[start:end], C.data[start:end]))
-        r, c, d = (np.concatenate(parts) for parts in zip(*rows))
+        r, c, d = (np.concatenate(parts) for parts in zip(*rows, strict=True))
         C = sparse.csr_matrix((d, (r, c)), shape=C.shape)
     C.sort_indices()
     return CoPurchases(uniq_items.astype(object), popularity, C)

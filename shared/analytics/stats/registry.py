@@ -36,11 +36,11 @@ class Model:
     params_cls: type
     parameter_names: tuple[str, ...]
 
-    def parameters(self, params) -> dict[str, float]:
+    def parameters(self, params: Any) -> dict[str, float]:
         """The fitted parameters of ``params`` as a name -> value dict."""
         return {k: float(getattr(params, k)) for k in self.parameter_names}
 
-    def make_params(self, parameters: dict[str, float], **extra):
+    def make_params(self, parameters: dict[str, float], **extra: Any) -> Any:
         """``params_cls`` from a name -> value dict (e.g. a stored model); ``extra`` fills the
         other fields (log_likelihood and n_customers default to 0)."""
         extra.setdefault("log_likelihood", 0.0)

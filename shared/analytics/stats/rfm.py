@@ -17,9 +17,11 @@ and ``total_spent``).  The combined code is the three digits "RFM" (e.g. ``"545"
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from scipy.stats import rankdata
 
 __all__ = ["RFMScores", "quintile_breakpoints", "quintile_scores", "rfm_scores", "score_with_breakpoints"]
@@ -34,7 +36,7 @@ class RFMScores:
     total: np.ndarray        # int, recency + frequency + monetary (3..15)
 
 
-def quintile_scores(values) -> np.ndarray:
+def quintile_scores(values: npt.ArrayLike) -> np.ndarray:
     """Score 1..5 by mid-rank percentile (higher value, higher score); ties share a score."""
     v = np.asarray(values, dtype=np.float64).ravel()
     if v.size == 0:
@@ -45,7 +47,9 @@ def quintile_scores(values) -> np.ndarray:
     return np.clip(np.ceil(5.0 * pct), 1, 5).astype(np.int8)
 
 
-def rfm_scores(days_since_last_purchase, frequency, monetary) -> RFMScores:
+def rfm_scores(
+    days_since_last_purchase: npt.ArrayLike, frequency: npt.ArrayLike, monetary: npt.ArrayLike
+) -> RFMScores:
     """RFM scores for aligned per-customer arrays (see module docstring)."""
     d = np.asarray(days_since_last_purchase, dtype=np.float64).ravel()
     f = np.asarray(frequency, dtype=np.float64).ravel()
@@ -61,7 +65,7 @@ def rfm_scores(days_since_last_purchase, frequency, monetary) -> RFMScores:
     return RFMScores(r_s, f_s, m_s, code, total)
 
 
-def quintile_breakpoints(values) -> list[float | None]:
+def quintile_breakpoints(values: npt.ArrayLike) -> list[float | None]:
     """Where scores 2, 3, 4 and 5 begin in a population: the smallest value scoring at least
     k + 1, for k = 1..4 (None when no value scores that high, e.g. in a population of one).
 
@@ -75,7 +79,7 @@ def quintile_breakpoints(values) -> list[float | None]:
     return [float(v[scores >= k + 1].min()) if np.any(scores >= k + 1) else None for k in range(1, 5)]
 
 
-def score_with_breakpoints(values, breakpoints) -> np.ndarray:
+def score_with_breakpoints(values: npt.ArrayLike, breakpoints: Sequence[float | None]) -> np.ndarray:
     """Scores 1..5: one plus the number of breakpoints the value reaches (see quintile_breakpoints)."""
     v = np.asarray(values, dtype=np.float64).ravel()
     score = np.ones(v.shape, dtype=np.int8)

@@ -57,7 +57,7 @@ def reference_conditional_expectation(params, t, x, t_x, T):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", integrate.IntegrationWarning)
         total = sum(integrate.quad(h, lo, hi, epsabs=0, epsrel=1e-10, limit=500)[0]
-                    for lo, hi in zip(edges[:-1], edges[1:]))
+                    for lo, hi in zip(edges[:-1], edges[1:], strict=True))
     return pa * total
 
 
@@ -234,7 +234,8 @@ def test_parameters_at_the_fits_bounds_score_quickly_and_correctly():
     pytest.importorskip("mpmath")
     a = 429862.478469
     params = BGNBDParams(0.6, 5.0, a, 10082041.658034 - a, 0.0, 0)
-    x, t_x, T = np.array([0, 1, 3, 6, 20]), np.array([0.0, 10.0, 30.0, 60.0, 90.0]), np.array([100.0, 120.0, 150.0, 150.0, 100.0])
+    x, t_x, T = np.array([0, 1, 3, 6, 20]), np.array([0.0, 10.0, 30.0, 60.0, 90.0]), np.array([100.0, 120.0, 150.0,
+                                                                                               150.0, 100.0])
     t = 90 / 7
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

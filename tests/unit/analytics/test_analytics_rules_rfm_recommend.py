@@ -183,7 +183,7 @@ def test_recommend_many_users_chunked_is_consistent():
     targets = np.arange(0, 3000, 7)
     rec = recommend(targets, users, items, k=4)
     bought = {}
-    for u, i in zip(users.tolist(), items.tolist()):
+    for u, i in zip(users.tolist(), items.tolist(), strict=True):
         bought.setdefault(u, set()).add(i)
     for t in targets.tolist():
         assert len(rec[t]) == 4 and len(set(rec[t])) == 4

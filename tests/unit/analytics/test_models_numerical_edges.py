@@ -131,7 +131,7 @@ def test_every_path_of_the_rate_is_fast_whatever_the_parameters():
     T = rng.uniform(0, 100, 200)
     for params in [BGNBDParams(0.5, 0.01, 10.0, 1000.0, 0.0, 0), BGNBDParams(0.1, 0.1, 10.0, 1000.0, 0.0, 0),
                    BGNBDParams(1e-4, 1e-4, 1e4, 1e4, 0.0, 0), BGNBDParams(5.0, 0.5, 3.0, 0.3, 0.0, 0)]:
-        seconds = _best_of(2, lambda: bgnbd.rate_factor(params.r, params.alpha, params.a, params.b,
+        seconds = _best_of(2, lambda params=params: bgnbd.rate_factor(params.r, params.alpha, params.a, params.b,
                                                         x, T, np.full(200, 521.4)))
         assert seconds < 0.5, (params, seconds)
         vals = bgnbd.rate_factor(params.r, params.alpha, params.a, params.b, x, T, np.full(200, 521.4))

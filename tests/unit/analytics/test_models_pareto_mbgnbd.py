@@ -148,7 +148,7 @@ HISTORIES = [(0, 0.0, 39.0), (1, 1.0, 39.0), (2, 30.43, 38.86), (7, 39.0, 39.0),
 @pytest.mark.parametrize("params", PNBD_CASES)
 def test_pareto_nbd_likelihood_and_scores_match_50_digit_reference(params):
     pytest.importorskip("mpmath")
-    x, t_x, T = (np.array(c) for c in zip(*HISTORIES))
+    x, t_x, T = (np.array(c) for c in zip(*HISTORIES, strict=True))
     ll = pareto_nbd.pareto_nbd_log_likelihood(params, x, t_x, T)
     pa = pareto_nbd.probability_alive(params, x, t_x, T)
     e = pareto_nbd.conditional_expected_purchases(params, 39.0, x, t_x, T)
@@ -164,7 +164,7 @@ def test_log_k_against_quadrature_on_both_paths_and_its_derivatives():
     mp.mp.dps = 30
     cases = [(1.5, 0.6, 11.0, 12.0), (1.5, 0.6, 12.0, 0.02), (0.6, 1.5, 1e-3, 40.0),
              (3001.5, 1.6, 520.0, 530.0), (0.2, 1.0, 1.0, 1.0), (1.2, 0.3, 5.0, 0.5)]
-    p, q, A, B = (np.array(c, dtype=float) for c in zip(*cases))
+    p, q, A, B = (np.array(c, dtype=float) for c in zip(*cases, strict=True))
     val, dp, dq, dA, dB = pareto_nbd._log_K(p, q, A, B)
     for i, (pi, qi, Ai, Bi) in enumerate(cases):
         # the closed form (Euler's integral with v = 1/(A+sigma)), in whichever of A, B is larger
@@ -216,7 +216,7 @@ def test_pareto_nbd_recovers_simulated_parameters():
                                     day_resolution=True)
     fit = pareto_nbd.fit_pareto_nbd(x, t_x, T)
     assert fit.converged and fit.at_bounds == ()
-    for name, value in zip(("r", "alpha", "s", "beta"), true):
+    for name, value in zip(("r", "alpha", "s", "beta"), true, strict=True):
         # within 4 standard errors (the fit's own, checked below against the Hessian)
         assert abs(getattr(fit, name) - value) < 4 * fit.standard_errors[name], name
 
@@ -264,7 +264,7 @@ def _quad_mbg(params, t, x, t_x, T):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", integrate.IntegrationWarning)
         return pa * sum(integrate.quad(h, lo, hi, epsabs=0, epsrel=1e-11, limit=500)[0]
-                        for lo, hi in zip(edges[:-1], edges[1:]))
+                        for lo, hi in zip(edges[:-1], edges[1:], strict=True))
 
 
 @pytest.mark.parametrize("params", [(0.5248, 6.183, 0.8914, 1.614), (2.0, 0.5, 3.0, 0.3),
@@ -289,7 +289,7 @@ def test_mbgnbd_recovers_simulated_parameters():
                                 day_resolution=True)
     fit = mbgnbd.fit_mbgnbd(x, t_x, T)
     assert fit.converged
-    for name, value in zip(("r", "alpha", "a", "b"), true):
+    for name, value in zip(("r", "alpha", "a", "b"), true, strict=True):
         assert abs(getattr(fit, name) - value) < 4 * fit.standard_errors[name], name
 
 
@@ -303,7 +303,7 @@ def _numeric_se(loglik_total, values):
     H = np.empty((k, k))
     for i in range(k):
         for j in range(k):
-            def f(di, dj):
+            def f(di, dj, i=i, j=j):
                 p = v.copy()
                 p[i] += di * h[i]
                 p[j] += dj * h[j]
@@ -318,7 +318,7 @@ def test_standard_errors_are_the_observed_information(cdnow):
     for name, model in MODELS.items():
         fit = model.fit(x, t_x, T)
         values = [getattr(fit, k) for k in model.parameter_names]
-        ref = _numeric_se(lambda p: model.log_likelihood(p, x, t_x, T).sum(), values)
+        ref = _numeric_se(lambda p, model=model: model.log_likelihood(p, x, t_x, T).sum(), values)
         got = [fit.standard_errors[k] for k in model.parameter_names]
         np.testing.assert_allclose(got, ref, rtol=2e-3, err_msg=name)
     gg = fit_gamma_gamma(d["x"], d["zbar"])
@@ -384,7 +384,8 @@ def test_a_column_of_horizons_gives_the_tracking_curve(cdnow):
         params = model.make_params(dict(zip(model.parameter_names,
                                             {"bgnbd": (0.243, 4.414, 0.793, 2.426),
                                              "pareto_nbd": (0.553, 10.578, 0.606, 11.669),
-                                             "mbgnbd": (0.525, 6.183, 0.891, 1.614)}[name])))
+                                             "mbgnbd": (0.525, 6.183, 0.891, 1.614)}[name],
+                                            strict=True)))
         curve = model.conditional_expected_purchases(params, weeks, x, t_x, T)
         assert curve.shape == (40, x.size), name
         for k in (0, 1, 13, 39):

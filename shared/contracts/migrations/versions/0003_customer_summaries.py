@@ -18,7 +18,7 @@ branch_labels = None
 depends_on = None
 
 
-def _user_id() -> sa.Column:
+def _user_id() -> sa.Column[int]:
     return sa.Column("user_id", sa.Integer(), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
 
 

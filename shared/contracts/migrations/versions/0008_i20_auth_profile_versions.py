@@ -21,7 +21,8 @@ def upgrade() -> None:
     op.create_table(
         "profile_versions",
         sa.Column("user_id", sa.Integer(), sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
-        sa.Column("version", postgresql.UUID(as_uuid=True), nullable=False, server_default=sa.text("gen_random_uuid()")),
+        sa.Column("version", postgresql.UUID(as_uuid=True), nullable=False,
+                  server_default=sa.text("gen_random_uuid()")),
     )
     # No row for the existing users: a user without one has the version "initial" until their
     # next change (shared.pipeline.profile_cache). What Redis holds from before carries the old counters'
