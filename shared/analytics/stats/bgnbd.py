@@ -36,12 +36,13 @@ Numerics
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import optimize, special
 
 from .errors import require_repeat_information
+from .params import fitted_params, unpack
 
 __all__ = [
     "BGNBDParams",
@@ -58,7 +59,7 @@ __all__ = [
 PARAMETER_NAMES = ("r", "alpha", "a", "b")
 
 
-@dataclass(frozen=True)
+@fitted_params
 class BGNBDParams:
     """Fitted BG/NBD parameters and the maximised total log-likelihood."""
 
@@ -66,14 +67,6 @@ class BGNBDParams:
     alpha: float
     a: float
     b: float
-    log_likelihood: float
-    n_customers: int
-    converged: bool = True
-    at_bounds: tuple[str, ...] = ()  # parameters the fit held at a bound (see LOG_PARAM_BOUND)
-    iterations: int = 0
-    # observed-information standard errors (NaN for a parameter held at a bound)
-    # (derived from the rest, so left out of == and hash: the params stay hashable as before)
-    standard_errors: dict[str, float] = field(default_factory=dict, compare=False)
 
 
 def _validate(frequency, recency, T):
@@ -341,12 +334,7 @@ def _maximise(objective, starts, bound: float = LOG_PARAM_BOUND, hold: tuple[int
     for _ in range(8):
         if free.size == 0:
             break
-        h = 1e-5
-        H = np.empty((free.size, free.size))
-        for j, i in enumerate(free):
-            e = np.zeros(k)
-            e[i] = h
-            H[:, j] = (objective(theta + e)[1][free] - objective(theta - e)[1][free]) / (2 * h)
+        H = _gradient_differences(objective, theta, free, 1e-5)
         H = 0.5 * (H + H.T)
         try:
             if np.any(np.linalg.eigvalsh(H) <= 0):
@@ -374,6 +362,17 @@ def _maximise(objective, starts, bound: float = LOG_PARAM_BOUND, hold: tuple[int
                    message)
 
 
+def _gradient_differences(objective, theta: np.ndarray, free: np.ndarray, h: float) -> np.ndarray:
+    """The Hessian over the free coordinates by central differences of the gradient (step h),
+    not yet symmetrised."""
+    H = np.empty((free.size, free.size))
+    for j, i in enumerate(free):
+        e = np.zeros(theta.size)
+        e[i] = h
+        H[:, j] = (objective(theta + e)[1][free] - objective(theta - e)[1][free]) / (2 * h)
+    return H
+
+
 def standard_errors_at(objective, optimum: Optimum, n_total: float, names, values) -> dict[str, float]:
     """Standard errors from the observed information at the optimum, in the natural parameters.
 
@@ -391,12 +390,7 @@ def standard_errors_at(objective, optimum: Optimum, n_total: float, names, value
     free = np.array([i for i in range(k) if i not in optimum.at_bounds], dtype=int)
     se = np.full(k, np.nan)
     if free.size:
-        h = 1e-4
-        H = np.empty((free.size, free.size))
-        for j, i in enumerate(free):
-            e = np.zeros(k)
-            e[i] = h
-            H[:, j] = (objective(theta + e)[1][free] - objective(theta - e)[1][free]) / (2 * h)
+        H = _gradient_differences(objective, theta, free, 1e-4)
         H = 0.5 * (H + H.T) * n_total
         try:
             if np.all(np.isfinite(H)) and np.all(np.linalg.eigvalsh(H) > 0):
@@ -458,8 +452,8 @@ def fit_bgnbd(frequency, recency, T, *, weights=None, initial_params=None,
                                                           PARAMETER_NAMES, values))
 
 
-def _unpack(params: BGNBDParams):
-    return params.r, params.alpha, params.a, params.b
+def _unpack(params):
+    return unpack(params, BGNBDParams)
 
 
 def _quadrature_rate(a, B, rho, theta):

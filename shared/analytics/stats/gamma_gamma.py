@@ -24,12 +24,11 @@ problem well conditioned whatever the currency unit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 from scipy import special
 
 from .bgnbd import _maximise, standard_errors_at
+from .params import fitted_params
 
 PARAMETER_NAMES = ("p", "q", "gamma")
 
@@ -41,21 +40,13 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@fitted_params
 class GammaGammaParams:
     """Fitted Gamma-Gamma parameters (``gamma`` is the papers' scale ``gamma``, lifetimes' ``v``)."""
 
     p: float
     q: float
     gamma: float
-    log_likelihood: float
-    n_customers: int
-    converged: bool = True
-    at_bounds: tuple[str, ...] = ()  # parameters the fit held at a bound (see bgnbd.LOG_PARAM_BOUND)
-    iterations: int = 0
-    # observed-information standard errors (NaN for a parameter held at a bound)
-    # (derived from the rest, so left out of == and hash: the params stay hashable as before)
-    standard_errors: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def population_mean(self) -> float:

@@ -29,13 +29,12 @@ exact and fast whatever the parameters (Euler-transformed 2F1, or a quadrature w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 from scipy import special
 
 from .bgnbd import _maximise, _unique_pairs, _validate, compress_rows, fit_weights, rate_factor, standard_errors_at
 from .errors import require_repeat_information
+from .params import fitted_params, unpack
 
 __all__ = [
     "MBGNBDParams",
@@ -49,7 +48,7 @@ __all__ = [
 PARAMETER_NAMES = ("r", "alpha", "a", "b")
 
 
-@dataclass(frozen=True)
+@fitted_params
 class MBGNBDParams:
     """Fitted MBG/NBD parameters and the maximised total log-likelihood."""
 
@@ -57,21 +56,10 @@ class MBGNBDParams:
     alpha: float
     a: float
     b: float
-    log_likelihood: float
-    n_customers: int
-    converged: bool = True
-    at_bounds: tuple[str, ...] = ()  # parameters the fit held at a bound (see bgnbd.LOG_PARAM_BOUND)
-    iterations: int = 0
-    # observed-information standard errors (NaN for a parameter held at a bound)
-    # (derived from the rest, so left out of == and hash: the params stay hashable as before)
-    standard_errors: dict[str, float] = field(default_factory=dict, compare=False)
 
 
 def _unpack(params):
-    if isinstance(params, MBGNBDParams):
-        return params.r, params.alpha, params.a, params.b
-    r, alpha, a, b = (float(v) for v in params)
-    return r, alpha, a, b
+    return unpack(params, MBGNBDParams)
 
 
 def _loglik_rows(params, x, t_x, T):

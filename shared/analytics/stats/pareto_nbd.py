@@ -50,7 +50,7 @@ there, and the result says ``limit="common_dropout_rate"`` with beta in ``at_bou
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import numpy as np
 from scipy import special
@@ -67,6 +67,7 @@ from .bgnbd import (
     standard_errors_at,
 )
 from .errors import require_repeat_information
+from .params import fitted_params, unpack
 
 __all__ = [
     "ParetoNBDParams",
@@ -80,7 +81,7 @@ __all__ = [
 PARAMETER_NAMES = ("r", "alpha", "s", "beta")
 
 
-@dataclass(frozen=True)
+@fitted_params
 class ParetoNBDParams:
     """Fitted Pareto/NBD parameters and the maximised total log-likelihood."""
 
@@ -88,24 +89,13 @@ class ParetoNBDParams:
     alpha: float
     s: float
     beta: float
-    log_likelihood: float
-    n_customers: int
-    converged: bool = True
-    at_bounds: tuple[str, ...] = ()  # parameters the fit held at a bound (see bgnbd.LOG_PARAM_BOUND)
-    iterations: int = 0
-    # observed-information standard errors (NaN for a parameter held at a bound)
-    # (derived from the rest, so left out of == and hash: the params stay hashable as before)
-    standard_errors: dict[str, float] = field(default_factory=dict, compare=False)
     # "common_dropout_rate" when the fit ran off along s, beta -> inf with s/beta fixed (every
     # customer has the same dropout rate s/beta; beta is then held at its bound and in at_bounds)
     limit: str = field(default="", compare=False)
 
 
 def _unpack(params):
-    if isinstance(params, ParetoNBDParams):
-        return params.r, params.alpha, params.s, params.beta
-    r, alpha, s, beta = (float(v) for v in params)
-    return r, alpha, s, beta
+    return unpack(params, ParetoNBDParams)
 
 
 # ----------------------------------------------------------------------------- K(tau0; p, q)
