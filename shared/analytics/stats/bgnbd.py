@@ -56,7 +56,6 @@ __all__ = [
     "fit_weights",
 ]
 
-PARAMETER_NAMES = ("r", "alpha", "a", "b")
 
 
 @fitted_params
@@ -67,6 +66,9 @@ class BGNBDParams:
     alpha: float
     a: float
     b: float
+
+
+PARAMETER_NAMES = BGNBDParams.parameter_names
 
 
 def _validate(frequency, recency, T):
@@ -418,19 +420,9 @@ def fit_bgnbd(frequency, recency, T, *, weights=None, initial_params=None,
     initial_params : optional starting ``(r, alpha, a, b)`` in the original time unit.
     compress : collapse identical rows before fitting (exact; faster on day-granular data).
     """
-    x, t_x, T = _validate(frequency, recency, T)
-    x, t_x, T = x.ravel(), t_x.ravel(), T.ravel()
-    w = fit_weights(weights, x)
-    if x.size == 0 or w.sum() <= 0:
-        raise ValueError("cannot fit BG/NBD on an empty population")
     # Without a repeat purchase a and b vanish from the likelihood (B(a, b+0)/B(a, b) = 1) and
-    # BFGS "converges" at its start a = b = 1, where every expectation is 0/0.
-    require_repeat_information("BG/NBD", x, T, w)
-    n_customers = int(round(w.sum()))
-    if compress and x.size > 1:
-        (x, t_x, T), w = compress_rows(x, t_x, T, weights=w)
-    t_max = float(T.max())
-    scale = 10.0 / t_max if t_max > 0 else 1.0
+    # BFGS "converges" at its start a = b = 1, where every expectation is 0/0: refused.
+    x, t_x, T, w, n_customers, scale = fit_population("BG/NBD", frequency, recency, T, weights, compress)
     objective = _Objective(x, t_x * scale, T * scale, w)
 
     if initial_params is None:
@@ -444,12 +436,36 @@ def fit_bgnbd(frequency, recency, T, *, weights=None, initial_params=None,
     # Log-likelihood in the original time unit: rescaling t by c adds x*ln(c) per customer.
     ll_total = float(np.dot(w, _loglik_terms(np.log([r, alpha, a, b]), x, t_x, T)[0]))
     values = (float(r), float(alpha), float(a), float(b))
-    return BGNBDParams(*values, ll_total, n_customers,
-                       converged=optimum.converged,
-                       at_bounds=tuple(PARAMETER_NAMES[i] for i in optimum.at_bounds),
-                       iterations=optimum.iterations,
-                       standard_errors=standard_errors_at(objective, optimum, objective.w_total,
-                                                          PARAMETER_NAMES, values))
+    return fit_result(BGNBDParams, values, ll_total, n_customers, objective, optimum, objective.w_total)
+
+
+def fit_population(model: str, frequency, recency, T, weights, compress: bool = True):
+    """What a purchase-model fit works on: the rows validated and flattened, their weights, the
+    population's size in customers, the rows collapsed where identical (exact), and the time
+    scale that makes max T = 10. Refuses an empty population, and one without the repeat
+    purchases that identify the model (errors.require_repeat_information)."""
+    x, t_x, T = _validate(frequency, recency, T)
+    x, t_x, T = x.ravel(), t_x.ravel(), T.ravel()
+    w = fit_weights(weights, x)
+    if x.size == 0 or w.sum() <= 0:
+        raise ValueError(f"cannot fit {model} on an empty population")
+    require_repeat_information(model, x, T, w)
+    n_customers = int(round(w.sum()))
+    if compress and x.size > 1:
+        (x, t_x, T), w = compress_rows(x, t_x, T, weights=w)
+    t_max = float(T.max())
+    scale = 10.0 / t_max if t_max > 0 else 1.0
+    return x, t_x, T, w, n_customers, scale
+
+
+def fit_result(cls, values: tuple[float, ...], log_likelihood: float, n_customers: int, objective,
+               optimum: Optimum, n_total: float, **extra):
+    """The fitted params of `cls` (stats.params.fitted_params) from the optimum: how it ended, and
+    the standard errors from the objective's curvature there over `n_total` weighted rows."""
+    names = cls.parameter_names
+    return cls(*values, log_likelihood, n_customers, converged=optimum.converged,
+               at_bounds=tuple(names[i] for i in optimum.at_bounds), iterations=optimum.iterations,
+               standard_errors=standard_errors_at(objective, optimum, n_total, names, values), **extra)
 
 
 def _unpack(params):

@@ -27,10 +27,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from .bgnbd import _maximise, standard_errors_at
+from .bgnbd import _maximise, fit_result
 from .params import fitted_params
-
-PARAMETER_NAMES = ("p", "q", "gamma")
 
 __all__ = [
     "GammaGammaParams",
@@ -149,11 +147,7 @@ def fit_gamma_gamma(frequency, monetary_value, *, initial_params=None) -> GammaG
     g = g_s / scale
     ll = float(_terms(np.log([p, q, g]), x, m)[0].sum())
     values = (float(p), float(q), float(g))
-    return GammaGammaParams(*values, ll, int(x.size), converged=optimum.converged,
-                            at_bounds=tuple(PARAMETER_NAMES[i] for i in optimum.at_bounds),
-                            iterations=optimum.iterations,
-                            standard_errors=standard_errors_at(objective, optimum, objective.n,
-                                                               PARAMETER_NAMES, values))
+    return fit_result(GammaGammaParams, values, ll, int(x.size), objective, optimum, objective.n)
 
 
 def conditional_expected_average_spend(params: GammaGammaParams, frequency,

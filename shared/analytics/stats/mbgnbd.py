@@ -32,8 +32,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from .bgnbd import _maximise, _unique_pairs, _validate, compress_rows, fit_weights, rate_factor, standard_errors_at
-from .errors import require_repeat_information
+from .bgnbd import _maximise, _unique_pairs, _validate, fit_population, fit_result, rate_factor
 from .params import fitted_params, unpack
 
 __all__ = [
@@ -45,7 +44,6 @@ __all__ = [
     "conditional_expected_purchases",
 ]
 
-PARAMETER_NAMES = ("r", "alpha", "a", "b")
 
 
 @fitted_params
@@ -56,6 +54,9 @@ class MBGNBDParams:
     alpha: float
     a: float
     b: float
+
+
+PARAMETER_NAMES = MBGNBDParams.parameter_names
 
 
 def _unpack(params):
@@ -130,16 +131,7 @@ def fit_mbgnbd(frequency, recency, T, *, weights=None, initial_params=None) -> M
 
     Raises ``UnidentifiedModel`` when nobody made a repeat purchase or every age is 0.
     """
-    x, t_x, T = _validate(frequency, recency, T)
-    x, t_x, T = x.ravel(), t_x.ravel(), T.ravel()
-    w = fit_weights(weights, x)
-    if x.size == 0 or w.sum() <= 0:
-        raise ValueError("cannot fit MBG/NBD on an empty population")
-    require_repeat_information("MBG/NBD", x, T, w)
-    n_customers = int(round(w.sum()))
-    if x.size > 1:
-        (x, t_x, T), w = compress_rows(x, t_x, T, weights=w)
-    scale = 10.0 / float(T.max())
+    x, t_x, T, w, n_customers, scale = fit_population("MBG/NBD", frequency, recency, T, weights)
     objective = _Objective(x, t_x * scale, T * scale, w)
     if initial_params is None:
         starts = [np.zeros(4), np.log([0.5, 2.0, 0.8, 2.5])]
@@ -151,12 +143,7 @@ def fit_mbgnbd(frequency, recency, T, *, weights=None, initial_params=None) -> M
     alpha = alpha_s / scale
     values = (float(r), float(alpha), float(a), float(b))
     ll_total = float(np.dot(w, _loglik_rows(values, x, t_x, T)))
-    return MBGNBDParams(
-        *values, ll_total, n_customers, converged=optimum.converged,
-        at_bounds=tuple(PARAMETER_NAMES[i] for i in optimum.at_bounds),
-        iterations=optimum.iterations,
-        standard_errors=standard_errors_at(objective, optimum, objective.w_total, PARAMETER_NAMES,
-                                           values))
+    return fit_result(MBGNBDParams, values, ll_total, n_customers, objective, optimum, objective.w_total)
 
 
 def probability_alive(params, frequency, recency, T) -> np.ndarray:

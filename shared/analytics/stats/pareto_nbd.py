@@ -62,11 +62,9 @@ from .bgnbd import (
     _maximise,
     _unique_pairs,
     _validate,
-    compress_rows,
-    fit_weights,
-    standard_errors_at,
+    fit_population,
+    fit_result,
 )
-from .errors import require_repeat_information
 from .params import fitted_params, unpack
 
 __all__ = [
@@ -78,7 +76,6 @@ __all__ = [
     "conditional_expected_purchases",
 ]
 
-PARAMETER_NAMES = ("r", "alpha", "s", "beta")
 
 
 @fitted_params
@@ -92,6 +89,9 @@ class ParetoNBDParams:
     # "common_dropout_rate" when the fit ran off along s, beta -> inf with s/beta fixed (every
     # customer has the same dropout rate s/beta; beta is then held at its bound and in at_bounds)
     limit: str = field(default="", compare=False)
+
+
+PARAMETER_NAMES = ParetoNBDParams.parameter_names
 
 
 def _unpack(params):
@@ -331,16 +331,7 @@ def fit_pareto_nbd(frequency, recency, T, *, weights=None, initial_params=None) 
     Raises ``UnidentifiedModel`` when nobody made a repeat purchase or every age is 0 (the
     likelihood is then flat in the parameters that describe repeat buying).
     """
-    x, t_x, T = _validate(frequency, recency, T)
-    x, t_x, T = x.ravel(), t_x.ravel(), T.ravel()
-    w = fit_weights(weights, x)
-    if x.size == 0 or w.sum() <= 0:
-        raise ValueError("cannot fit Pareto/NBD on an empty population")
-    require_repeat_information("Pareto/NBD", x, T, w)
-    n_customers = int(round(w.sum()))
-    if x.size > 1:
-        (x, t_x, T), w = compress_rows(x, t_x, T, weights=w)
-    scale = 10.0 / float(T.max())
+    x, t_x, T, w, n_customers, scale = fit_population("Pareto/NBD", frequency, recency, T, weights)
     objective = _Objective(x, t_x * scale, T * scale, w)
     if initial_params is None:
         starts = [np.log([0.5, 1.0, 0.5, 1.0]), np.zeros(4)]
@@ -385,13 +376,8 @@ def fit_pareto_nbd(frequency, recency, T, *, weights=None, initial_params=None) 
     alpha, beta = alpha_s / scale, beta_s / scale
     ll_total = float(np.dot(w, _log_likelihood_rows((r, alpha, s, beta), x, t_x, T)))
     values = (float(r), float(alpha), float(s), float(beta))
-    return ParetoNBDParams(
-        *values, ll_total, n_customers, converged=optimum.converged,
-        at_bounds=tuple(PARAMETER_NAMES[i] for i in optimum.at_bounds),
-        iterations=optimum.iterations,
-        standard_errors=standard_errors_at(objective, optimum, objective.w_total, PARAMETER_NAMES,
-                                           values),
-        limit=limit)
+    return fit_result(ParetoNBDParams, values, ll_total, n_customers, objective, optimum, objective.w_total,
+                      limit=limit)
 
 
 class _RunOff:
