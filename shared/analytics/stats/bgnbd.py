@@ -425,18 +425,27 @@ def fit_bgnbd(frequency, recency, T, *, weights=None, initial_params=None,
     x, t_x, T, w, n_customers, scale = fit_population("BG/NBD", frequency, recency, T, weights, compress)
     objective = _Objective(x, t_x * scale, T * scale, w)
 
-    if initial_params is None:
-        starts = [np.zeros(4), np.log([0.5, 2.0, 0.8, 2.5])]
-    else:
-        r0, al0, a0, b0 = initial_params
-        starts = [np.log([r0, al0 * scale, a0, b0]), np.zeros(4)]
-    optimum = _maximise(objective, starts)
-    r, alpha_s, a, b = np.exp(optimum.theta)
-    alpha = alpha_s / scale
+    optimum = _maximise(objective, beta_geometric_starts(initial_params, scale))
+    r, alpha, a, b = beta_geometric_values(optimum, scale)
     # Log-likelihood in the original time unit: rescaling t by c adds x*ln(c) per customer.
     ll_total = float(np.dot(w, _loglik_terms(np.log([r, alpha, a, b]), x, t_x, T)[0]))
-    values = (float(r), float(alpha), float(a), float(b))
+    values = (r, alpha, a, b)
     return fit_result(BGNBDParams, values, ll_total, n_customers, objective, optimum, objective.w_total)
+
+
+def beta_geometric_starts(initial_params, scale: float) -> list[np.ndarray]:
+    """Where a BG/NBD or MBG/NBD fit over log(r, alpha * scale, a, b) starts: the caller's
+    parameters (in the original time unit) then the origin, or the origin then a typical point."""
+    if initial_params is None:
+        return [np.zeros(4), np.log([0.5, 2.0, 0.8, 2.5])]
+    r0, al0, a0, b0 = initial_params
+    return [np.log([r0, al0 * scale, a0, b0]), np.zeros(4)]
+
+
+def beta_geometric_values(optimum: Optimum, scale: float) -> tuple[float, float, float, float]:
+    """(r, alpha, a, b) at the optimum, alpha back in the original time unit."""
+    r, alpha_s, a, b = np.exp(optimum.theta)
+    return float(r), float(alpha_s / scale), float(a), float(b)
 
 
 def fit_population(model: str, frequency, recency, T, weights, compress: bool = True):

@@ -32,7 +32,16 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from .bgnbd import _maximise, _unique_pairs, _validate, fit_population, fit_result, rate_factor
+from .bgnbd import (
+    _maximise,
+    _unique_pairs,
+    _validate,
+    beta_geometric_starts,
+    beta_geometric_values,
+    fit_population,
+    fit_result,
+    rate_factor,
+)
 from .params import fitted_params, unpack
 
 __all__ = [
@@ -133,15 +142,9 @@ def fit_mbgnbd(frequency, recency, T, *, weights=None, initial_params=None) -> M
     """
     x, t_x, T, w, n_customers, scale = fit_population("MBG/NBD", frequency, recency, T, weights)
     objective = _Objective(x, t_x * scale, T * scale, w)
-    if initial_params is None:
-        starts = [np.zeros(4), np.log([0.5, 2.0, 0.8, 2.5])]
-    else:
-        r0, al0, a0, b0 = initial_params
-        starts = [np.log([r0, al0 * scale, a0, b0]), np.zeros(4)]
-    optimum = _maximise(objective, starts)
-    r, alpha_s, a, b = np.exp(optimum.theta)
-    alpha = alpha_s / scale
-    values = (float(r), float(alpha), float(a), float(b))
+    optimum = _maximise(objective, beta_geometric_starts(initial_params, scale))
+    r, alpha, a, b = beta_geometric_values(optimum, scale)
+    values = (r, alpha, a, b)
     ll_total = float(np.dot(w, _loglik_rows(values, x, t_x, T)))
     return fit_result(MBGNBDParams, values, ll_total, n_customers, objective, optimum, objective.w_total)
 
