@@ -37,6 +37,7 @@ from shared.analytics.stats import (  # noqa: E402
     simulate_bgnbd,
     simulate_gamma_gamma_spend,
 )
+from shared.contracts.event_time import EPOCH  # noqa: E402
 from shared.contracts.settings import get_settings  # noqa: E402
 
 TRUE_BG = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
@@ -45,7 +46,7 @@ TRUE_GG = {"p": 6.25, "q": 3.74, "gamma": 15.44}
 
 def summaries(n: int, now: datetime, rng: np.random.Generator) -> tuple[np.ndarray, tuple]:
     """Rows as customer_summaries holds them, and (x, t_x, T, m) for the fit."""
-    today = (now.date() - customer_stats.EPOCH).days
+    today = (now.date() - EPOCH).days
     age_days = rng.integers(1, 365, n)
     x, t_x, T = simulate_bgnbd(**TRUE_BG, T=age_days / 7.0, rng=rng, day_resolution=True)
     m = simulate_gamma_gamma_spend(**TRUE_GG, frequency=x, rng=rng)

@@ -58,6 +58,7 @@ from _common import (
 )
 from celery import Celery  # noqa: E402
 
+from shared.contracts.schemas import EventMessage  # noqa: E402
 from shared.contracts.settings import get_settings  # noqa: E402
 from shared.contracts.topology import STORE_EVENTS  # noqa: E402
 from shared.infra.celery_app import create_celery_app  # noqa: E402
@@ -94,17 +95,10 @@ def make_events(run_id: str, n: int, users: list[int], seed: int = 7) -> list[di
 
 
 def stored_form(events: list[dict]) -> list[dict]:
-    """The documents as the worker stores them (services.worker.tasks.event_documents)."""
+    """The documents as the worker stores them (shared.contracts.schemas.EventMessage.document)."""
     received_at = datetime.now(UTC)
-    docs = []
-    for e in events:
-        doc = dict(e)
-        doc["event_id"] = f"{e['event_id']}-ceiling"
-        doc["metadata"] = dict(e["metadata"])
-        doc["timestamp"] = datetime.fromisoformat(e["timestamp"]).astimezone(UTC)
-        doc["received_at"] = received_at
-        docs.append(doc)
-    return docs
+    return [EventMessage.model_validate({**e, "event_id": f"{e['event_id']}-ceiling"}).document(received_at)
+            for e in events]
 
 
 # ----------------------------------------------------------------------------- measurements

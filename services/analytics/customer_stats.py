@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from services.analytics.fitting import EPOCH, _numbers
+from services.analytics.fitting import query_numbers
 from shared.analytics.fitted_models import FittedModel
 from shared.analytics.profiles import count_ahead_as_now, model_inputs, predict
 from shared.analytics.stats import churn_risks
 from shared.analytics.stats.registry import MODELS as PURCHASE_MODELS
+from shared.contracts.event_time import EPOCH
 from shared.infra.mongo import CUSTOMER_STATS
 
 # A customer's churn risk and P(alive) in tenths; predicted LTV on a roughly logarithmic scale
@@ -72,7 +73,7 @@ def p_alive_matrix(model: FittedModel, max_frequency: int, max_age_weeks: float)
 def read_summaries(session: Session) -> np.ndarray:
     """One row per customer: first and last purchase day (days since 1970), purchase days, spent,
     the first day's spend, the last purchase instant (seconds since 1970)."""
-    return _numbers(session, _SUMMARIES, 6)
+    return query_numbers(session, _SUMMARIES, 6)
 
 
 def compute(rows: np.ndarray, model: FittedModel | None, now: datetime | None = None) -> dict[str, Any]:

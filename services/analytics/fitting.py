@@ -28,11 +28,11 @@ from shared.analytics.stats import (
     quintile_breakpoints,
 )
 from shared.analytics.stats.registry import MODELS as PURCHASE_MODELS
+from shared.contracts.event_time import EPOCH
 from shared.contracts.settings import get_settings
 from shared.infra.logging import get_logger
 
 log = get_logger("pulse.analytics.fit")
-EPOCH = date(1970, 1, 1)
 
 _SUMMARIES = """
     SELECT user_id, first_day - DATE '1970-01-01', last_day - DATE '1970-01-01', purchase_days,
@@ -55,7 +55,7 @@ _BASKETS = """
     JOIN unnest(CAST({categories} AS text[])) WITH ORDINALITY AS k(category, code) USING (category)"""
 
 
-def _numbers(session: Session, query: str, columns: int, literals: dict[str, Any] | None = None) -> np.ndarray:
+def query_numbers(session: Session, query: str, columns: int, literals: dict | None = None) -> np.ndarray:
     """A numeric query's rows as a float64 array, through COPY: reading a million rows as Python
     tuples costs seconds, parsing COPY's text with numpy a fraction of that. `literals` fill the
     query's {name} fields (COPY takes no parameters)."""
@@ -78,7 +78,7 @@ def population_statistics(session: Session, summaries: np.ndarray) -> dict[str, 
     """RFM breakpoints over every customer now, and the co-purchase weights."""
     _, _, last, purchase_days, spent, _ = summaries.T if summaries.size else np.zeros((6, 0))
     categories = sorted(row[0] for row in session.execute(text(_CATEGORIES)))
-    baskets = _numbers(session, _BASKETS, 2, {"categories": categories}).astype(np.int64)
+    baskets = query_numbers(session, _BASKETS, 2, {"categories": categories}).astype(np.int64)
     co = fit_co_purchases(baskets[:, 0], baskets[:, 1]) if baskets.size else fit_co_purchases([], [])
     names = np.asarray(categories, dtype=object)
     co = CoPurchases(names[co.items.astype(np.int64)] if co.items.size else co.items, co.popularity, co.weights)
@@ -136,13 +136,13 @@ class PurchaseFit:
 def fit_purchases(session: Session, as_of: date, scoring: str) -> PurchaseFit:
     """Every purchase model and Gamma-Gamma on every customer's purchases up to and including
     `as_of` (ValueError when there are too few customers, or the scoring model cannot be fitted)."""
-    current = _numbers(session, _SUMMARIES, 6)
+    current = query_numbers(session, _SUMMARIES, 6)
     read = time.perf_counter()
     cutoff = (as_of - EPOCH).days
     rows = current[current[:, 1] <= cutoff] if current.size else current
     bought_since = rows[:, 2] > cutoff if rows.size else np.zeros(0, dtype=bool)
     if bought_since.any():
-        earlier = _numbers(session, _SUMMARIES_AS_OF, 6, {"as_of": as_of})
+        earlier = query_numbers(session, _SUMMARIES_AS_OF, 6, {"as_of": as_of})
         rows = np.concatenate([rows[~bought_since], earlier])
     if rows.shape[0] < 2:
         raise ValueError(f"need purchases of at least 2 customers up to {as_of}, found {rows.shape[0]}")

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from services.analytics.fitting import EPOCH, _numbers, fit_purchase_models
+from services.analytics.fitting import fit_purchase_models, query_numbers
 from shared.analytics import fitted_models, holdouts
 from shared.analytics.stats.registry import MODELS as PURCHASE_MODELS
+from shared.contracts.event_time import EPOCH
 from shared.contracts.tables import ModelHoldout
 from shared.infra.logging import get_logger
 
@@ -98,8 +99,8 @@ class Split:
 
 def read_split(session: Session, calibration_end: date, holdout_end: date) -> Split:
     literals = {"cal": calibration_end, "end": holdout_end}
-    rows = _numbers(session, _CUSTOMERS, 5, literals)
-    weekly = _numbers(session, _WEEKLY, 2, literals)
+    rows = query_numbers(session, _CUSTOMERS, 5, literals)
+    weekly = query_numbers(session, _WEEKLY, 2, literals)
     _, first, last, purchase_days, holdout = rows.T if rows.size else np.zeros((5, 0))
     cutoff = (calibration_end - EPOCH).days
     weeks = math.ceil((holdout_end - calibration_end).days / 7)

@@ -7,10 +7,10 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import func, select
 
-from services.api.problems import ProblemError, validation_problem
+from services.api.problems import Problem, ProblemError, validation_problem
 from shared.analytics import fitted_models
 from shared.analytics.holdouts import history as validation_history
-from shared.contracts.schemas import Problem, iso_text
+from shared.contracts.schemas import iso_text
 from shared.contracts.tables import Address, CategorySales, City, Country, OutboxMessage, User
 from shared.contracts.topology import FIT_MODELS, VALIDATE_MODELS
 from shared.infra import request_ids, tracing

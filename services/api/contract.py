@@ -11,9 +11,9 @@ from typing import Any
 from flask_openapi3 import OpenAPI
 
 from services.api import access
+from services.api.problems import PROBLEM_JSON
 from shared.contracts import personal
 
-PROBLEM_JSON = "application/problem+json"
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 
 DESCRIPTIONS = {

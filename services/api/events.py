@@ -8,7 +8,6 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
 import redis
 from flask import current_app, request
@@ -16,9 +15,9 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from services.api.problems import ProblemError, problem_response
+from services.api.problems import FieldProblem, Problem, ProblemError, problem_response
 from shared.contracts import event_identity
-from shared.contracts.schemas import EventBatch, FieldProblem, Problem, SingleEvent, event_document
+from shared.contracts.schemas import EventBatch, EventMessage, SingleEvent, StoreEventsMessage
 from shared.contracts.settings import get_settings
 from shared.contracts.tables import User
 from shared.contracts.topology import STORE_EVENTS
@@ -81,16 +80,16 @@ class BatchAccepted(BaseModel):
 
 @events_bp.before_request
 def _limit_batch_size():
-    if request.endpoint and request.is_json:
-        payload = request.get_json(silent=True)
-        if payload is not None and not isinstance(payload, dict):
-            # flask-openapi3 validates a JSON *string* body by its contents: a batch sent as
-            # "{\"events\": [...]}" would pass validation while skipping the size check below,
-            # and be published in more chunks than one request may make. The contract says object.
-            return problem_response(422, "The body must be a JSON object",
-                                    [FieldProblem(field="body", message="must be a JSON object")])
-    if request.endpoint and request.endpoint.endswith("batch") and request.is_json:
-        payload = request.get_json(silent=True)
+    if not (request.endpoint and request.is_json):
+        return None
+    payload = request.get_json(silent=True)
+    if payload is not None and not isinstance(payload, dict):
+        # flask-openapi3 validates a JSON *string* body by its contents: a batch sent as
+        # "{\"events\": [...]}" would pass validation while skipping the size check below,
+        # and be published in more chunks than one request may make. The contract says object.
+        return problem_response(422, "The body must be a JSON object",
+                                [FieldProblem(field="body", message="must be a JSON object")])
+    if request.endpoint.endswith("batch"):
         limit = get_settings().events_batch_max
         if isinstance(payload, dict) and isinstance(payload.get("events"), list) and len(payload["events"]) > limit:
             return problem_response(413, f"A batch holds at most {limit} events; got {len(payload['events'])}")
@@ -120,20 +119,21 @@ def _check_users_exist(events) -> None:
             raise ProblemError(422, "Unknown user_id", errors)
 
 
-def _publish(documents: list[dict[str, Any]]) -> None:
+def _publish(messages: list[EventMessage]) -> None:
     celery = current_app.extensions["celery"]
     chunk = get_settings().events_chunk_size
     try:
-        for start in range(0, len(documents), chunk):
-            celery.send_task(STORE_EVENTS, kwargs={"events": documents[start : start + chunk]})
+        for start in range(0, len(messages), chunk):
+            batch = StoreEventsMessage(events=messages[start : start + chunk])
+            celery.send_task(STORE_EVENTS, kwargs=batch.model_dump(mode="json"))
     except Exception as exc:
         raise ProblemError(
             503, f"The message broker is unavailable ({type(exc).__name__}); retry with the same event_ids"
         ) from exc
 
 
-def _accept(events) -> tuple[list[dict[str, Any]], int]:
-    """Publish the request's events; returns every event's document, in request order, and how
+def _accept(events) -> tuple[list[EventMessage], int]:
+    """Publish the request's events; returns every event's message, in request order, and how
     many copies were collapsed.
 
     An event is `(user_id, event_id)` (shared.contracts.event_identity). Copies of one event inside one
@@ -142,20 +142,22 @@ def _accept(events) -> tuple[list[dict[str, Any]], int]:
     that differ in content are refused with a 422 naming both positions, since whichever one we
     kept would silently drop what the client meant by the other."""
     received_at = datetime.now(UTC)
-    documents = [event_document(e, e.event_id or uuid.uuid4().hex, received_at) for e in events]
+    messages = [EventMessage.of(e, e.event_id or uuid.uuid4().hex, received_at) for e in events]
+    documents = [m.model_dump(mode="json") for m in messages]
     unique, repeated, conflicts = event_identity.collapse(documents)
     if conflicts:
         raise ProblemError(422, "Conflicting copies of an event", [
             FieldProblem(field=f"events[{later}].event_id",
-                         message=f"user {documents[later]['user_id']}'s event {documents[later]['event_id']!r} is "
+                         message=f"user {messages[later].user_id}'s event {messages[later].event_id!r} is "
                                  f"also events[{first}], with different content: one id, one event")
             for first, later in conflicts
         ])
     _check_users_exist(events)
-    _publish(unique)
+    kept = {id(document) for document in unique}
+    _publish([m for m, document in zip(messages, documents, strict=True) if id(document) in kept])
     if repeated:
         counters.add(**{counters.EVENTS_DUPLICATE: len(repeated)})
-    return documents, len(repeated)
+    return messages, len(repeated)
 
 
 @events_bp.post(
@@ -168,8 +170,8 @@ def _accept(events) -> tuple[list[dict[str, Any]], int]:
     responses={202: EventAccepted, 413: Problem, 422: Problem, 503: Problem},
 )
 def publish_event(body: SingleEvent):
-    [document], _ = _accept([body.root])
-    return {"event_id": document["event_id"]}, 202
+    [message], _ = _accept([body.root])
+    return {"event_id": message.event_id}, 202
 
 
 @events_bp.post(
@@ -183,6 +185,6 @@ def publish_event(body: SingleEvent):
     responses={202: BatchAccepted, 413: Problem, 422: Problem, 503: Problem},
 )
 def publish_batch(body: EventBatch):
-    documents, duplicates = _accept(body.events)
-    return {"accepted": len(documents) - duplicates, "duplicates": duplicates,
-            "event_ids": [d["event_id"] for d in documents]}, 202
+    messages, duplicates = _accept(body.events)
+    return {"accepted": len(messages) - duplicates, "duplicates": duplicates,
+            "event_ids": [m.event_id for m in messages]}, 202

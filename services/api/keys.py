@@ -6,8 +6,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from services.api import access
-from services.api.problems import ProblemError
-from shared.contracts.schemas import Problem
+from services.api.problems import Problem, ProblemError
 from shared.contracts.tables import ApiKey
 from shared.infra import api_keys
 from shared.infra.db import session_scope

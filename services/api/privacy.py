@@ -8,9 +8,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import OperationalError
 
 from services.api.events import forget_known_user
-from services.api.problems import ProblemError
+from services.api.problems import Problem, ProblemError
 from services.api.users import UserPath
-from shared.contracts.schemas import Problem
 from shared.contracts.users import UserOut
 from shared.infra.db import session_scope
 from shared.infra.logging import get_logger

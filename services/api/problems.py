@@ -3,10 +3,10 @@ from http import HTTPStatus
 from typing import Any
 
 from flask import Flask, Response, request
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from shared.contracts.schemas import EVENT_TYPES, FieldProblem, Problem
+from shared.contracts.schemas import EVENT_TYPES
 from shared.infra import request_ids
 from shared.infra.logging import get_logger
 from shared.infra.retry import TRANSIENT_ERRORS
@@ -16,6 +16,23 @@ PROBLEM_JSON = "application/problem+json"
 # What a client should wait before retrying while a store is down: long enough for a restart,
 # short enough that a load balancer's retry does not give up.
 RETRY_AFTER_SECONDS = 5
+
+
+class FieldProblem(BaseModel):
+    field: str = Field(description="Dotted path of the offending field, e.g. address.country_code")
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details (`application/problem+json`)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[FieldProblem] | None = None
+    request_id: str | None = Field(None, description="The request's X-Request-ID: the one id in every log line "
+                                   "about it")
 
 
 class ProblemError(Exception):

@@ -11,11 +11,11 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager
 
-from services.api.problems import ProblemError
+from services.api.problems import FieldProblem, Problem, ProblemError
 from services.api.profile_docs import PROFILE_DOC, ProfileOut
 from shared.analytics.profiles import LAST_PHASES, compute_profiles
 from shared.contracts import personal
-from shared.contracts.schemas import FieldProblem, Problem, SignupRequest, UserCreatedMessage
+from shared.contracts.schemas import SignupRequest, UserCreatedMessage
 from shared.contracts.tables import Address, City, Country, OutboxMessage, PurchaseDay, User
 from shared.contracts.topology import USER_CREATED
 from shared.contracts.users import UserOut, with_address

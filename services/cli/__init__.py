@@ -176,7 +176,7 @@ def expected_failure(exc: Exception) -> str | None:
     if raised("redis.exceptions", "RedisError"):
         return f"cannot use Redis: {first_line(exc)} (is it up, and is REDIS_URL right?)"
     if raised("pydantic_core", "ValidationError") and getattr(exc, "title", "") == "Settings":
-        error = exc.errors()[0]
+        error = exc.errors()[0]  # type: ignore[attr-defined]  # a pydantic ValidationError (raised() above)
         setting = ".".join(str(part) for part in error["loc"]).upper()
         return f"invalid setting {setting}: {error['msg']} (see .env and the environment)"
     if isinstance(exc, ConnectionError):

@@ -46,7 +46,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
-from shared.contracts.schemas import SignupRequest, SingleEvent, event_document
+from shared.contracts.schemas import EventMessage, SignupRequest, SingleEvent
 from shared.contracts.topology import COMPUTE_PROFILES
 from shared.infra.celery_app import create_celery_app
 from shared.infra.db import session_scope
@@ -97,7 +97,7 @@ def _derived_id(*parts: object) -> str:
 class Record:
     line: int
     user: str | int  # lower-case username, or a Pulse user id
-    event: dict[str, Any]  # validated event, as the API publishes it (event_document)
+    event: EventMessage  # validated event, as the API publishes it
 
 
 def _ndjson(path: Path, plan: Plan) -> Iterator[Record]:
@@ -129,8 +129,8 @@ def _ndjson(path: Path, plan: Plan) -> Iterator[Record]:
                 plan.problems.extend(_problems(number, exc))
                 continue
             event_id = event.event_id or _derived_id("ndjson", raw.strip())
-            document = event_document(event, event_id, event.timestamp or undated)
-            yield Record(number, str(username).lower() if username is not None else event.user_id, document)
+            message = EventMessage.of(event, event_id, undated)
+            yield Record(number, str(username).lower() if username is not None else event.user_id, message)
 
 
 def _user_line(number: int, obj: dict[str, Any], plan: Plan) -> None:
@@ -214,7 +214,7 @@ def _csv(path: Path, plan: Plan, args: argparse.Namespace) -> Iterator[Record]:
                     continue
             elif when < (plan.users[username][1] or when):
                 plan.users[username] = (plan.users[username][0], when)
-            yield Record(number, username, event_document(event, event.event_id, when))
+            yield Record(number, username, EventMessage.of(event, event.event_id, when))
 
 
 def records(path: Path, plan: Plan, args: argparse.Namespace) -> Iterator[Record]:
@@ -303,12 +303,6 @@ def existing_users(usernames: list[str]) -> dict[str, int]:
     return found
 
 
-def _documents(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from services.worker.tasks import event_documents
-
-    return event_documents(events, datetime.now(UTC))
-
-
 def import_events(path: Path, args: argparse.Namespace, plan: Plan, users: dict[str, int]) -> dict[str, int]:
     from services.worker.storage import store_batch
 
@@ -321,14 +315,15 @@ def import_events(path: Path, args: argparse.Namespace, plan: Plan, users: dict[
     with session_scope() as session:
         known = set(session.scalars(text("SELECT id FROM users WHERE id = ANY(:ids)"), {"ids": sorted(plan.user_ids)}))
     counts = {"stored": 0, "already stored": 0, "skipped": 0}
-    pending: list[dict[str, Any]] = []
+    pending: list[EventMessage] = []
 
     def flush() -> None:
         if not pending:
             return
         # From the events' identities (user and id: two users' chunks may share every event id).
-        batch_id = _derived_id("batch", *(f"{e['user_id']}:{e['event_id']}" for e in pending))
-        stored = store_batch(db, batch_id, _documents(pending), schedule)
+        batch_id = _derived_id("batch", *(f"{e.user_id}:{e.event_id}" for e in pending))
+        received_at = datetime.now(UTC)
+        stored = store_batch(db, batch_id, [e.document(received_at) for e in pending], schedule)
         counts["stored"] += stored.inserted
         counts["already stored"] += stored.received - stored.inserted
         pending.clear()
@@ -341,7 +336,7 @@ def import_events(path: Path, args: argparse.Namespace, plan: Plan, users: dict[
             if user_id is None or (isinstance(record.user, int) and user_id not in known):
                 counts["skipped"] += 1  # reported by validation (--skip-invalid)
             else:
-                pending.append({**record.event, "user_id": user_id})
+                pending.append(record.event.model_copy(update={"user_id": user_id}))
                 if len(pending) == CHUNK:
                     flush()
             bar.update(1)

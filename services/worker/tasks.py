@@ -14,7 +14,7 @@ from sqlalchemy import delete
 from services.worker import mailer
 from services.worker.main import app
 from services.worker.storage import store_batch
-from shared.contracts.schemas import UserCreatedMessage
+from shared.contracts.schemas import StoreEventsMessage, UserCreatedMessage, event_document
 from shared.contracts.settings import get_settings
 from shared.contracts.tables import OutboxMessage
 from shared.contracts.topology import (
@@ -67,15 +67,11 @@ def user_created(**payload) -> dict[str, Any]:
             },
         },
     )
-    signup_event = {
-        "event_id": user.event_id,
-        "user_id": user.user_id,
-        "event_type": "user_created",
-        "timestamp": user.created_at.astimezone(UTC),
-        "metadata": {"username": user.username},
-        "geo": {"city": user.city, "country": user.country_code},
-        "received_at": datetime.now(UTC),
-    }
+    signup_event = event_document(
+        event_id=user.event_id, user_id=user.user_id, event_type="user_created", timestamp=user.created_at,
+        metadata={"username": user.username}, geo={"city": user.city, "country": user.country_code},
+        received_at=datetime.now(UTC),
+    )
     # The outbox id is the batch id of the signup event; storing it also queues the first profile
     # (the coalesced rescoring drain, like every event).
     stored = store_batch(db, user.event_id, [signup_event], _schedule_rescore)
@@ -149,26 +145,18 @@ def erase_user(self, user_id: int, second_pass: bool = False) -> dict[str, Any]:
     return {"user_id": user_id, "erased": True, **removed}
 
 
-def event_documents(events: list[dict[str, Any]], received_at: datetime) -> list[dict[str, Any]]:
-    docs = []
-    for event in events:
-        doc = dict(event)
-        doc["timestamp"] = datetime.fromisoformat(event["timestamp"]).astimezone(UTC)
-        doc["received_at"] = received_at
-        if doc.get("geo") is None:
-            doc.pop("geo", None)
-        docs.append(doc)
-    return docs
-
-
 def _schedule_rescore(delay: float) -> None:
     app.send_task(COMPUTE_PROFILES, countdown=delay)
 
 
 @app.task(name=STORE_EVENTS, bind=True, **RETRY_UNTIL_DONE)  # answered 202: stored, however long the outage
-def store_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
+def store_events(self, **message) -> dict:
+    # A message that is not a StoreEventsMessage fails for good (a ValidationError is no transient
+    # error): recorded with its error in task_failures and dead-lettered, never retried.
+    batch = StoreEventsMessage.model_validate(message)
     # The task id is the batch id: a redelivery or a retry of this message carries the same one.
-    docs = event_documents(events, datetime.now(UTC))
+    received_at = datetime.now(UTC)
+    docs = [event.document(received_at) for event in batch.events]
     stored = store_batch(get_database(), self.request.id, docs, _schedule_rescore)
     # Phase timings: which store (MongoDB events, Postgres summaries) a slow batch waited on.
     log.info("events_stored", batch_id=self.request.id, received=stored.received, inserted=stored.inserted,

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from shared.analytics.stats import BGNBDParams, CoPurchases, GammaGammaParams
 from shared.analytics.stats.registry import MODELS as PURCHASE_MODELS
 from shared.infra.cache import get_redis, key
-from shared.infra.mongo import MODELS
+from shared.infra.mongo import FITTED_MODELS
 
 # What GET /api/analytics/models/latest shows: everything but the co-purchase weights.
 SUMMARY_PROJECTION = {"_id": 0, "population.co_purchases": 0}
@@ -84,7 +84,7 @@ def save(db: Database, as_of: date, models: dict[str, Any], scoring_model: str, 
          population: dict[str, Any], timings: dict) -> dict[str, Any]:
     """Store the next version. `models`: name -> fitted params, or the reason it could not be fitted
     (a string); the scoring model must be fitted."""
-    latest_doc = db[MODELS].find_one(sort=[("version", DESCENDING)], projection={"version": 1})
+    latest_doc = db[FITTED_MODELS].find_one(sort=[("version", DESCENDING)], projection={"version": 1})
     version = (latest_doc["version"] if latest_doc else 0) + 1
     scoring = models[scoring_model]
     bgnbd = models.get("bgnbd")
@@ -102,7 +102,7 @@ def save(db: Database, as_of: date, models: dict[str, Any], scoring_model: str, 
         "timings_ms": timings,
     }
     try:
-        db[MODELS].insert_one(doc)
+        db[FITTED_MODELS].insert_one(doc)
     except DuplicateKeyError:  # two fits finished together: take the next number
         doc.pop("_id", None)
         return save(db, as_of, models, scoring_model, gamma_gamma, population, timings)
@@ -117,7 +117,7 @@ def save(db: Database, as_of: date, models: dict[str, Any], scoring_model: str, 
 
 def latest(db: Database) -> dict[str, Any] | None:
     """The newest model's document, without the co-purchase weights."""
-    return db[MODELS].find_one(sort=[("version", DESCENDING)], projection=SUMMARY_PROJECTION)
+    return db[FITTED_MODELS].find_one(sort=[("version", DESCENDING)], projection=SUMMARY_PROJECTION)
 
 
 def scoring_document(doc: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +133,7 @@ def converged(doc: dict[str, Any]) -> bool:
 
 
 def latest_version(db: Database) -> int | None:
-    doc = db[MODELS].find_one(sort=[("version", DESCENDING)], projection={"_id": 0, "version": 1})
+    doc = db[FITTED_MODELS].find_one(sort=[("version", DESCENDING)], projection={"_id": 0, "version": 1})
     return doc["version"] if doc else None
 
 
@@ -208,9 +208,9 @@ class _Current:
             model = self._models.get(key_)
         if model is not None and model.version == version:
             return model
-        doc = db[MODELS].find_one({"version": version}, projection={"_id": 0})
+        doc = db[FITTED_MODELS].find_one({"version": version}, projection={"_id": 0})
         if doc is None:  # Redis names a version this database does not have (another stack's)
-            doc = db[MODELS].find_one(sort=[("version", DESCENDING)], projection={"_id": 0})
+            doc = db[FITTED_MODELS].find_one(sort=[("version", DESCENDING)], projection={"_id": 0})
             if doc is None:
                 return None
         model = decode(doc)

@@ -20,16 +20,17 @@ from shared.analytics import fitted_models
 from shared.analytics.fitted_models import FittedModel
 from shared.analytics.stats import (
     WEEKS_PER_MONTH,
-    churn_risk,
+    churn_risks,
     conditional_expected_average_spend,
     conditional_expected_purchases,
     customer_lifetime_value,
-    engagement_score,
+    engagement_scores,
     probability_alive,
     score_with_breakpoints,
-    segment,
+    segments,
 )
 from shared.analytics.stats.registry import MODELS as PURCHASE_MODELS
+from shared.contracts.event_time import EPOCH, to_milliseconds
 from shared.contracts.settings import get_settings
 from shared.contracts.users import user_records
 from shared.infra.logging import get_logger
@@ -43,7 +44,6 @@ log = get_logger("pulse.profiles")
 # Milliseconds per phase of the last computation in this context (the API's request): the profile
 # view sends them as a Server-Timing header, so a client sees where a miss spent its time.
 LAST_PHASES: ContextVar[dict[str, float] | None] = ContextVar("pulse_profile_phases", default=None)
-EPOCH = date(1970, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def compute_profiles(
     """Profiles of the given users that exist in Postgres, keyed by user id."""
     # Milliseconds, as MongoDB keeps the purchase instants the days are counted against.
     now = now or datetime.now(UTC)
-    now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+    now = to_milliseconds(now)
     clock = _PhaseClock()
     users = clock("users", user_records, session, user_ids)
     ids = sorted(users)
@@ -111,22 +111,16 @@ def compute_profiles(
         else {}
     )
     clock.report(len(ids))
+    rules = _guide_rules(ids, facts, activity, now)
 
     profiles = {}
-    for user_id in ids:
+    for row, user_id in enumerate(ids):
         bought = facts.get(user_id)
         i = position.get(user_id)
         spent = bought.spent if bought else 0.0
-        # The guide's `(now - last purchase).days`; a user without purchases counts "now" as the last.
-        days = (now - bought.last_purchase_at).days if bought else 0
+        days = int(rules["days"][row])
         act = activity.get(user_id)
-        days_active = (now - act.last_activity_at).total_seconds() / 86400 if act and act.last_activity_at else None
-        engagement = engagement_score(
-            days_active,
-            act.events_last_30_days if act else 0,
-            bought.purchases if bought else 0,
-            spent,
-        )
+        engagement = float(rules["engagement"][row])
         predictions = ({name: _number(values[i]) for name, values in scored["models"].items()}
                        if bought and scored["models"] else None)
         profiles[user_id] = {
@@ -134,9 +128,9 @@ def compute_profiles(
             # The engagement score is the user's profile score (written back to Postgres by the
             # analytics worker); show it as such rather than the value stored before this run.
             "user": {**users[user_id], "profile_score": round(engagement, 2)},
-            "segment": segment(days, spent),
+            "segment": str(rules["segment"][row]),
             "engagement": round(engagement, 2),
-            "churn_risk": round(churn_risk(days), 1),
+            "churn_risk": round(float(rules["churn_risk"][row]), 1),
             "predicted_ltv": predictions["clv"] if predictions else None,
             "p_alive": predictions["p_alive"] if predictions else None,
             "expected_purchases_90d": predictions["expected_purchases_90d"] if predictions else None,
@@ -159,6 +153,28 @@ def compute_profiles(
             "computed_at": now.isoformat(),
         }
     return profiles
+
+
+def _guide_rules(ids: list[int], facts: dict[int, Any], activity: dict[int, Any],
+                 now: datetime) -> dict[str, np.ndarray]:
+    """The guide's segment and churn risk and the engagement score of the users, in the order of
+    `ids`, by the vector rules the dashboard's distributions use too (shared.analytics.stats.rules)."""
+    bought = [facts.get(u) for u in ids]
+    acts = [activity.get(u) for u in ids]
+    # The guide's `(now - last purchase).days`; a user without purchases counts "now" as the last.
+    days = np.array([(now - b.last_purchase_at).days if b else 0 for b in bought], dtype=np.int64)
+    spent = np.array([b.spent if b else 0.0 for b in bought], dtype=np.float64)
+    # Never active: NaN, a recency term of 0.
+    days_active = np.array([(now - a.last_activity_at).total_seconds() / 86400 if a and a.last_activity_at
+                            else np.nan for a in acts], dtype=np.float64)
+    engagement = engagement_scores(
+        days_active,
+        np.array([a.events_last_30_days if a else 0 for a in acts], dtype=np.float64),
+        np.array([b.purchases if b else 0 for b in bought], dtype=np.float64),
+        spent,
+    )
+    return {"days": days, "segment": segments(days, spent), "churn_risk": churn_risks(days),
+            "engagement": engagement}
 
 
 class _PhaseClock:

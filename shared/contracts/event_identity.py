@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.contracts.event_time import to_milliseconds
+
 EventKey = tuple[int, str]
 
 
@@ -31,7 +33,7 @@ def _instant(value: Any) -> str:
     text or as a datetime read back from MongoDB: a copy compares equal to what it stored."""
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value
     moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000).isoformat()
+    return to_milliseconds(moment).isoformat()
 
 
 def content(event: dict[str, Any]) -> str:

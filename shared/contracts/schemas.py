@@ -17,6 +17,7 @@ from pydantic import (
     RootModel,
     StringConstraints,
     WithJsonSchema,
+    field_serializer,
     field_validator,
 )
 
@@ -216,37 +217,69 @@ class SingleEvent(RootModel[Event]):
     """One event as the body of POST /api/events (the same union as in a batch)."""
 
 
-def event_document(
-    event: PurchaseEvent | CartEvent | ActivityEvent, event_id: str, received_at: datetime
-) -> dict[str, Any]:
-    """The JSON-safe message form of a validated event (the worker turns it into a document)."""
-    return {
+# --------------------------------------------------------------------------- event messages and documents
+
+
+def event_document(*, event_id: str, user_id: int, event_type: str, timestamp: datetime, metadata: dict[str, Any],
+                   geo: dict[str, Any] | None, received_at: datetime) -> dict[str, Any]:
+    """An event as MongoDB `events` stores it (services.worker.storage adds `batch_id`): the one
+    builder of that shape, for the API's events, the signup's `user_created` and the backfill."""
+    document = {
         "event_id": event_id,
-        "user_id": event.user_id,
-        "event_type": event.event_type,
-        "timestamp": (event.timestamp or received_at).isoformat(),
-        "metadata": event.metadata.model_dump(exclude_none=True)
-        if isinstance(event.metadata, BaseModel)
-        else dict(event.metadata),
-        "geo": event.geo.model_dump(exclude_none=True) if event.geo else None,
+        "user_id": user_id,
+        "event_type": event_type,
+        "timestamp": timestamp.astimezone(UTC),
+        "metadata": metadata,
+        "received_at": received_at,
     }
+    if geo is not None:
+        document["geo"] = geo
+    return document
 
 
-# --------------------------------------------------------------------------- problems
+class EventMessage(BaseModel):
+    """One event of a store-events message: a validated event as JSON (the instant as ISO text).
+    Lenient where the API was strict: it describes what the API already accepted."""
+
+    event_id: str
+    user_id: int
+    event_type: str
+    timestamp: datetime
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    geo: dict[str, Any] | None = None
+
+    _timestamp_is_text = field_validator("timestamp", mode="before")(lambda value: iso_text(value, "timestamp"))
+
+    @field_serializer("timestamp", when_used="json")
+    def _iso(self, value: datetime) -> str:
+        # The text messages have always carried (`+00:00`, not pydantic's `Z`).
+        return value.isoformat()
+
+    @classmethod
+    def of(cls, event: PurchaseEvent | CartEvent | ActivityEvent, event_id: str,
+           received_at: datetime) -> "EventMessage":
+        """A validated event, dated `received_at` when it has no timestamp of its own."""
+        metadata = event.metadata.model_dump(exclude_none=True) if isinstance(event.metadata, BaseModel) \
+            else dict(event.metadata)
+        # Built, not validated again: the event was, by the stricter request models.
+        return cls.model_construct(
+            event_id=event_id, user_id=event.user_id, event_type=event.event_type,
+            timestamp=event.timestamp or received_at, metadata=metadata,
+            geo=event.geo.model_dump(exclude_none=True) if event.geo else None,
+        )
+
+    def document(self, received_at: datetime) -> dict[str, Any]:
+        return event_document(event_id=self.event_id, user_id=self.user_id, event_type=self.event_type,
+                              timestamp=self.timestamp, metadata=self.metadata, geo=self.geo,
+                              received_at=received_at)
 
 
-class FieldProblem(BaseModel):
-    field: str = Field(description="Dotted path of the offending field, e.g. address.country_code")
-    message: str
+class StoreEventsMessage(BaseModel):
+    """What the API publishes on the store-events queue: the task's keyword arguments. The batch id
+    is the message's Celery task id (the same on every delivery and retry), not a field, so the keys
+    are those every message already queued carries. An unknown key fails the task, as it did when
+    the task took `events` as its one argument."""
 
+    model_config = ConfigDict(extra="forbid")
 
-class Problem(BaseModel):
-    """RFC 9457 problem details (`application/problem+json`)."""
-
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str | None = None
-    errors: list[FieldProblem] | None = None
-    request_id: str | None = Field(None,
-                                   description="The request's X-Request-ID: the one id in every log line about it")
+    events: list[EventMessage]

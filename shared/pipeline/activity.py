@@ -17,6 +17,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from shared.contracts.event_time import to_milliseconds
+
 # Rows sorted by (user, day), so two workers upserting overlapping batches lock in one order and
 # cannot deadlock; only users that exist are counted (an event of a deleted user is not an error).
 _UPSERT = text(
@@ -55,17 +57,12 @@ def _day(moment: datetime) -> date:
     return moment.astimezone(UTC).date()
 
 
-def _as_stored(moment: datetime) -> datetime:
-    # BSON dates hold milliseconds: count what MongoDB keeps, so a rebuild gives the same rows.
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
-
-
 def record(session: Session, docs: Iterable[dict[str, Any]]) -> int:
     """Add stored event documents (`user_id`, `timestamp`) to the counters. One statement.
     Returns the number of (user, day) buckets touched."""
     buckets: dict[tuple[int, date], list[Any]] = {}
     for doc in docs:
-        stamp = _as_stored(doc["timestamp"])
+        stamp = to_milliseconds(doc["timestamp"])
         bucket = buckets.setdefault((int(doc["user_id"]), _day(stamp)), [0, stamp])
         bucket[0] += 1
         bucket[1] = max(bucket[1], stamp)

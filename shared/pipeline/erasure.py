@@ -158,9 +158,10 @@ def erase_in_postgres(session: Session, user_id: int) -> bool:
 
 
 def _redis_keys(user_id: int) -> list[str]:
-    # The cached profile; "ver" and "writing" are the version counters Redis held before the
-    # versions moved to Postgres (migration 0008), deleted too so an upgraded Redis forgets them.
-    return [key("profile", user_id), key("profile", "ver", user_id), key("profile", "writing", user_id)]
+    # The cached profile, and "ver": the version counter Redis held before the versions moved to
+    # Postgres (migration 0008). It had no expiry, so a Redis upgraded along the README's path for
+    # 0008-0010 still holds it. (Its companion "writing" expired within ten minutes: none is left.)
+    return [key("profile", user_id), key("profile", "ver", user_id)]
 
 
 def forget_in_redis(user_ids: Iterable[int]) -> int:
@@ -199,7 +200,7 @@ def left_in_mongodb(db, user_ids: list[int]) -> set[int]:
     (`ix_user_time` of events, `_id` of the others)."""
     if not user_ids:
         return set()
-    found: set = set()
+    found: set[int] = set()
     for collection, field in IN_MONGODB:
         found.update(db[collection].distinct(field, {field: {"$in": user_ids}}))
     return {int(u) for u in found}

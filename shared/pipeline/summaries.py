@@ -46,6 +46,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from shared.contracts.event_time import to_milliseconds
 from shared.infra.mongo import EVENTS
 from shared.pipeline import activity, rescore
 
@@ -145,7 +146,7 @@ _CATEGORY_SALES = text("".join((_WITH_PURCHASES, """
 def _stored_instant(moment: datetime) -> datetime:
     # BSON dates hold milliseconds: count what MongoDB keeps, so a recount gives the same rows.
     moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    return to_milliseconds(moment)
 
 
 def purchase_columns(docs: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:

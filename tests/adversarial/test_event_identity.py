@@ -111,7 +111,7 @@ def marker_stored(http, mongo, user_id: int) -> None:
 
 
 def publish_batch(events: list[dict], batch_id: str) -> None:
-    """A store_events message as the API publishes one (shared.contracts.schemas.event_document), with
+    """A store_events message as the API publishes one (shared.contracts.schemas.StoreEventsMessage), with
     our own task id: the batch id every delivery of it carries."""
     from shared.contracts.topology import STORE_EVENTS
     from shared.infra.celery_app import create_celery_app

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from shared.contracts.tables import OutboxMessage, TaskFailure
-from shared.contracts.topology import SEND_WELCOME, USER_CREATED
+from shared.contracts.topology import SEND_WELCOME, STORE_EVENTS, USER_CREATED
 from shared.infra import task_failures
 from shared.infra.celery_app import create_celery_app
 from shared.infra.db import session_scope
@@ -89,6 +89,22 @@ def test_purge_removes_only_the_named_dead_letter_and_refuses_unknown_ids():
     assert other in listed()
     assert dead_letters("purge").returncode == 2  # neither ids nor --all: a usage error
     dead_letters("purge", other)
+
+
+def test_a_store_events_message_not_of_the_contract_fails_for_good_with_its_error(mongo):
+    """The worker validates a store-events message (shared.contracts.schemas.StoreEventsMessage):
+    one it cannot read is not retried but recorded and dead-lettered, where it can be seen, and
+    nothing of it is stored."""
+    app = create_celery_app("pulse-test-dead-letters")
+    batch_id = f"poison-events-{uuid.uuid4()}"
+    event = {"event_id": f"e-{uuid.uuid4().hex}", "user_id": 1, "event_type": "login", "timestamp": 1_700_000_000}
+    app.send_task(STORE_EVENTS, kwargs={"events": [event]}, task_id=batch_id)
+    wait_for(lambda: batch_id in listed(), timeout=30, what="the unreadable batch dead-lettered")
+    letter = listed()[batch_id]
+    assert "ValidationError" in letter["first_error"] and "timestamp" in letter["first_error"]
+    assert batch_id in task_failures.load([batch_id])
+    assert mongo.events.count_documents({"event_id": event["event_id"]}) == 0
+    dead_letters("purge", batch_id)
 
 
 def test_refused_input_is_never_queued_so_it_never_dead_letters(client):

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select
 
 from services.analytics import customer_stats
-from services.analytics.fitting import _numbers, fit_population
+from services.analytics.fitting import fit_population, query_numbers
 from shared.analytics import fitted_models
 from shared.analytics.profiles import compute_profiles
 from shared.analytics.stats import simulate_bgnbd
@@ -62,7 +62,7 @@ def customers(app, mongo):
 def batch_doc(user_id: int, model, now: datetime) -> dict:
     """The dashboard's distributions over this one customer, from the summary row the batch reads."""
     with session_scope() as session:
-        rows = _numbers(session, customer_stats._SUMMARIES + f" WHERE user_id = {int(user_id)}", 6)
+        rows = query_numbers(session, customer_stats._SUMMARIES + f" WHERE user_id = {int(user_id)}", 6)
     return customer_stats.compute(rows, model, now)
 
 

@@ -5,7 +5,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from services.api.problems import error_field, field_path
-from shared.contracts.schemas import Event, EventBatch, SignupRequest, event_document
+from shared.contracts.schemas import Event, EventBatch, EventMessage, SignupRequest, StoreEventsMessage
 
 EVENT = TypeAdapter(Event)
 
@@ -106,15 +106,46 @@ def test_event_document_maps_the_guide_fields():
     event = EVENT.validate_python({**purchase(),
                                    "geo": {"country": "Ukraine", "city": "Kyiv", "coordinates": [50.45, 30.52]}})
     received = datetime(2024, 1, 15, tzinfo=UTC)
-    doc = event_document(event, "e-1", received)
-    assert doc == {
+    message = EventMessage.of(event, "e-1", received).model_dump(mode="json")
+    assert message == {
         "event_id": "e-1",
         "user_id": 1,
         "event_type": "user_purchase",
         "timestamp": received.isoformat(),
         "metadata": {"product_id": "P1", "price": 9.5, "category": "books"},
-        "geo": {"country": "Ukraine", "city": "Kyiv", "coordinates": (50.45, 30.52)},
+        "geo": {"country": "Ukraine", "city": "Kyiv", "coordinates": [50.45, 30.52]},
     }
+
+
+def test_a_store_events_message_round_trips_to_the_stored_document():
+    """What the API publishes, read back by the worker, gives the document MongoDB stores: the
+    instant as a UTC datetime, the time of receipt added, no `geo` when there is none."""
+    received = datetime(2024, 1, 15, tzinfo=UTC)
+    events = [EventMessage.of(EVENT.validate_python(purchase()), "e-1", received),
+              EventMessage.of(EVENT.validate_python({**purchase(), "geo": {"city": "Kyiv"}}), "e-2", received)]
+    wire = StoreEventsMessage(events=events).model_dump(mode="json")
+    assert list(wire) == ["events"]  # the keys of the messages queued before the model existed
+    stored_at = datetime(2024, 1, 16, tzinfo=UTC)
+    docs = [e.document(stored_at) for e in StoreEventsMessage.model_validate(wire).events]
+    assert docs == [
+        {"event_id": "e-1", "user_id": 1, "event_type": "user_purchase", "timestamp": received,
+         "metadata": {"product_id": "P1", "price": 9.5, "category": "books"}, "received_at": stored_at},
+        {"event_id": "e-2", "user_id": 1, "event_type": "user_purchase", "timestamp": received,
+         "metadata": {"product_id": "P1", "price": 9.5, "category": "books"}, "received_at": stored_at,
+         "geo": {"city": "Kyiv"}},
+    ]
+    assert docs[0]["timestamp"].tzinfo is UTC
+
+
+@pytest.mark.parametrize("message", [
+    {},
+    {"events": [{"event_id": "e", "user_id": 1, "event_type": "login", "timestamp": 1700000000}]},
+    {"events": [{"user_id": 1, "event_type": "login", "timestamp": "2024-01-15T00:00:00+00:00"}]},
+    {"events": [], "batch": "unknown key"},
+])
+def test_a_store_events_message_not_of_the_contract_is_refused(message):
+    with pytest.raises(ValidationError):
+        StoreEventsMessage.model_validate(message)
 
 
 def test_field_path_formats_locations():

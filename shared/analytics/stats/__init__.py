@@ -40,12 +40,9 @@ from .rules import (
     DORMANT,
     ENGAGEMENT_WEIGHTS,
     VIP,
-    churn_risk,
     churn_risks,
     days_since_last_purchase,
-    engagement_score,
     engagement_scores,
-    segment,
     segments,
 )
 from .simulate import simulate_bgnbd, simulate_gamma_gamma_spend, simulate_mbgnbd, simulate_pareto_nbd
@@ -59,8 +56,8 @@ __all__ = [
     "gamma_gamma_log_likelihood",
     "CoPurchases", "fit_co_purchases", "recommend",
     "RFMScores", "quintile_breakpoints", "quintile_scores", "rfm_scores", "score_with_breakpoints",
-    "ACTIVE", "AT_RISK", "DORMANT", "VIP", "ENGAGEMENT_WEIGHTS", "churn_risk", "churn_risks",
-    "days_since_last_purchase", "engagement_score", "engagement_scores", "segment", "segments",
+    "ACTIVE", "AT_RISK", "DORMANT", "VIP", "ENGAGEMENT_WEIGHTS", "churn_risks",
+    "days_since_last_purchase", "engagement_scores", "segments",
     "simulate_bgnbd", "simulate_gamma_gamma_spend", "simulate_mbgnbd", "simulate_pareto_nbd",
     "FrequencyRecency", "frequency_recency",
 ]

@@ -36,12 +36,16 @@ Numerics
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from scipy import optimize, special
 
 from .errors import require_repeat_information
+from .params import fitted_params, names_of, unpack
+
+_Fit = TypeVar("_Fit")
 
 __all__ = [
     "BGNBDParams",
@@ -55,10 +59,9 @@ __all__ = [
     "fit_weights",
 ]
 
-PARAMETER_NAMES = ("r", "alpha", "a", "b")
 
 
-@dataclass(frozen=True)
+@fitted_params
 class BGNBDParams:
     """Fitted BG/NBD parameters and the maximised total log-likelihood."""
 
@@ -66,14 +69,9 @@ class BGNBDParams:
     alpha: float
     a: float
     b: float
-    log_likelihood: float
-    n_customers: int
-    converged: bool = True
-    at_bounds: tuple[str, ...] = ()  # parameters the fit held at a bound (see LOG_PARAM_BOUND)
-    iterations: int = 0
-    # observed-information standard errors (NaN for a parameter held at a bound)
-    # (derived from the rest, so left out of == and hash: the params stay hashable as before)
-    standard_errors: dict[str, float] = field(default_factory=dict, compare=False)
+
+
+PARAMETER_NAMES = names_of(BGNBDParams)
 
 
 def _validate(frequency, recency, T):
@@ -341,12 +339,7 @@ def _maximise(objective, starts, bound: float = LOG_PARAM_BOUND, hold: tuple[int
     for _ in range(8):
         if free.size == 0:
             break
-        h = 1e-5
-        H = np.empty((free.size, free.size))
-        for j, i in enumerate(free):
-            e = np.zeros(k)
-            e[i] = h
-            H[:, j] = (objective(theta + e)[1][free] - objective(theta - e)[1][free]) / (2 * h)
+        H = _gradient_differences(objective, theta, free, 1e-5)
         H = 0.5 * (H + H.T)
         try:
             if np.any(np.linalg.eigvalsh(H) <= 0):
@@ -374,6 +367,17 @@ def _maximise(objective, starts, bound: float = LOG_PARAM_BOUND, hold: tuple[int
                    message)
 
 
+def _gradient_differences(objective, theta: np.ndarray, free: np.ndarray, h: float) -> np.ndarray:
+    """The Hessian over the free coordinates by central differences of the gradient (step h),
+    not yet symmetrised."""
+    H = np.empty((free.size, free.size))
+    for j, i in enumerate(free):
+        e = np.zeros(theta.size)
+        e[i] = h
+        H[:, j] = (objective(theta + e)[1][free] - objective(theta - e)[1][free]) / (2 * h)
+    return H
+
+
 def standard_errors_at(objective, optimum: Optimum, n_total: float, names, values) -> dict[str, float]:
     """Standard errors from the observed information at the optimum, in the natural parameters.
 
@@ -391,12 +395,7 @@ def standard_errors_at(objective, optimum: Optimum, n_total: float, names, value
     free = np.array([i for i in range(k) if i not in optimum.at_bounds], dtype=int)
     se = np.full(k, np.nan)
     if free.size:
-        h = 1e-4
-        H = np.empty((free.size, free.size))
-        for j, i in enumerate(free):
-            e = np.zeros(k)
-            e[i] = h
-            H[:, j] = (objective(theta + e)[1][free] - objective(theta - e)[1][free]) / (2 * h)
+        H = _gradient_differences(objective, theta, free, 1e-4)
         H = 0.5 * (H + H.T) * n_total
         try:
             if np.all(np.isfinite(H)) and np.all(np.linalg.eigvalsh(H) > 0):
@@ -424,42 +423,67 @@ def fit_bgnbd(frequency, recency, T, *, weights=None, initial_params=None,
     initial_params : optional starting ``(r, alpha, a, b)`` in the original time unit.
     compress : collapse identical rows before fitting (exact; faster on day-granular data).
     """
+    # Without a repeat purchase a and b vanish from the likelihood (B(a, b+0)/B(a, b) = 1) and
+    # BFGS "converges" at its start a = b = 1, where every expectation is 0/0: refused.
+    x, t_x, T, w, n_customers, scale = fit_population("BG/NBD", frequency, recency, T, weights, compress)
+    objective = _Objective(x, t_x * scale, T * scale, w)
+
+    optimum = _maximise(objective, beta_geometric_starts(initial_params, scale))
+    r, alpha, a, b = beta_geometric_values(optimum, scale)
+    # Log-likelihood in the original time unit: rescaling t by c adds x*ln(c) per customer.
+    ll_total = float(np.dot(w, _loglik_terms(np.log([r, alpha, a, b]), x, t_x, T)[0]))
+    values = (r, alpha, a, b)
+    return fit_result(BGNBDParams, values, ll_total, n_customers, objective, optimum, objective.w_total)
+
+
+def beta_geometric_starts(initial_params, scale: float) -> list[np.ndarray]:
+    """Where a BG/NBD or MBG/NBD fit over log(r, alpha * scale, a, b) starts: the caller's
+    parameters (in the original time unit) then the origin, or the origin then a typical point."""
+    if initial_params is None:
+        return [np.zeros(4), np.log([0.5, 2.0, 0.8, 2.5])]
+    r0, al0, a0, b0 = initial_params
+    return [np.log([r0, al0 * scale, a0, b0]), np.zeros(4)]
+
+
+def beta_geometric_values(optimum: Optimum, scale: float) -> tuple[float, float, float, float]:
+    """(r, alpha, a, b) at the optimum, alpha back in the original time unit."""
+    r, alpha_s, a, b = np.exp(optimum.theta)
+    return float(r), float(alpha_s / scale), float(a), float(b)
+
+
+def fit_population(model: str, frequency, recency, T, weights, compress: bool = True):
+    """What a purchase-model fit works on: the rows validated and flattened, their weights, the
+    population's size in customers, the rows collapsed where identical (exact), and the time
+    scale that makes max T = 10. Refuses an empty population, and one without the repeat
+    purchases that identify the model (errors.require_repeat_information)."""
     x, t_x, T = _validate(frequency, recency, T)
     x, t_x, T = x.ravel(), t_x.ravel(), T.ravel()
     w = fit_weights(weights, x)
     if x.size == 0 or w.sum() <= 0:
-        raise ValueError("cannot fit BG/NBD on an empty population")
-    # Without a repeat purchase a and b vanish from the likelihood (B(a, b+0)/B(a, b) = 1) and
-    # BFGS "converges" at its start a = b = 1, where every expectation is 0/0.
-    require_repeat_information("BG/NBD", x, T, w)
+        raise ValueError(f"cannot fit {model} on an empty population")
+    require_repeat_information(model, x, T, w)
     n_customers = int(round(w.sum()))
     if compress and x.size > 1:
         (x, t_x, T), w = compress_rows(x, t_x, T, weights=w)
     t_max = float(T.max())
     scale = 10.0 / t_max if t_max > 0 else 1.0
-    objective = _Objective(x, t_x * scale, T * scale, w)
-
-    if initial_params is None:
-        starts = [np.zeros(4), np.log([0.5, 2.0, 0.8, 2.5])]
-    else:
-        r0, al0, a0, b0 = initial_params
-        starts = [np.log([r0, al0 * scale, a0, b0]), np.zeros(4)]
-    optimum = _maximise(objective, starts)
-    r, alpha_s, a, b = np.exp(optimum.theta)
-    alpha = alpha_s / scale
-    # Log-likelihood in the original time unit: rescaling t by c adds x*ln(c) per customer.
-    ll_total = float(np.dot(w, _loglik_terms(np.log([r, alpha, a, b]), x, t_x, T)[0]))
-    values = (float(r), float(alpha), float(a), float(b))
-    return BGNBDParams(*values, ll_total, n_customers,
-                       converged=optimum.converged,
-                       at_bounds=tuple(PARAMETER_NAMES[i] for i in optimum.at_bounds),
-                       iterations=optimum.iterations,
-                       standard_errors=standard_errors_at(objective, optimum, objective.w_total,
-                                                          PARAMETER_NAMES, values))
+    return x, t_x, T, w, n_customers, scale
 
 
-def _unpack(params: BGNBDParams):
-    return params.r, params.alpha, params.a, params.b
+def fit_result(cls: type[_Fit], values: tuple[float, ...], log_likelihood: float, n_customers: int, objective,
+               optimum: Optimum, n_total: float, **extra) -> _Fit:
+    """The fitted params of `cls` (stats.params.fitted_params) from the optimum: how it ended, and
+    the standard errors from the objective's curvature there over `n_total` weighted rows."""
+    names = names_of(cls)
+    # The constructor is made by fitted_params at import time, out of mypy's sight.
+    make: Any = cls
+    return cast(_Fit, make(*values, log_likelihood, n_customers, converged=optimum.converged,
+               at_bounds=tuple(names[i] for i in optimum.at_bounds), iterations=optimum.iterations,
+               standard_errors=standard_errors_at(objective, optimum, n_total, names, values), **extra))
+
+
+def _unpack(params):
+    return unpack(params, BGNBDParams)
 
 
 def _quadrature_rate(a, B, rho, theta):

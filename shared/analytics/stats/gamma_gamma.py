@@ -24,14 +24,11 @@ problem well conditioned whatever the currency unit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 from scipy import special
 
-from .bgnbd import _maximise, standard_errors_at
-
-PARAMETER_NAMES = ("p", "q", "gamma")
+from .bgnbd import _maximise, fit_result
+from .params import fitted_params
 
 __all__ = [
     "GammaGammaParams",
@@ -41,21 +38,13 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@fitted_params
 class GammaGammaParams:
     """Fitted Gamma-Gamma parameters (``gamma`` is the papers' scale ``gamma``, lifetimes' ``v``)."""
 
     p: float
     q: float
     gamma: float
-    log_likelihood: float
-    n_customers: int
-    converged: bool = True
-    at_bounds: tuple[str, ...] = ()  # parameters the fit held at a bound (see bgnbd.LOG_PARAM_BOUND)
-    iterations: int = 0
-    # observed-information standard errors (NaN for a parameter held at a bound)
-    # (derived from the rest, so left out of == and hash: the params stay hashable as before)
-    standard_errors: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def population_mean(self) -> float:
@@ -158,11 +147,7 @@ def fit_gamma_gamma(frequency, monetary_value, *, initial_params=None) -> GammaG
     g = g_s / scale
     ll = float(_terms(np.log([p, q, g]), x, m)[0].sum())
     values = (float(p), float(q), float(g))
-    return GammaGammaParams(*values, ll, int(x.size), converged=optimum.converged,
-                            at_bounds=tuple(PARAMETER_NAMES[i] for i in optimum.at_bounds),
-                            iterations=optimum.iterations,
-                            standard_errors=standard_errors_at(objective, optimum, objective.n,
-                                                               PARAMETER_NAMES, values))
+    return fit_result(GammaGammaParams, values, ll, int(x.size), objective, optimum, objective.n)
 
 
 def conditional_expected_average_spend(params: GammaGammaParams, frequency,

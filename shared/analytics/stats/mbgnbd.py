@@ -29,13 +29,20 @@ exact and fast whatever the parameters (Euler-transformed 2F1, or a quadrature w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 from scipy import special
 
-from .bgnbd import _maximise, _unique_pairs, _validate, compress_rows, fit_weights, rate_factor, standard_errors_at
-from .errors import require_repeat_information
+from .bgnbd import (
+    _maximise,
+    _unique_pairs,
+    _validate,
+    beta_geometric_starts,
+    beta_geometric_values,
+    fit_population,
+    fit_result,
+    rate_factor,
+)
+from .params import fitted_params, names_of, unpack
 
 __all__ = [
     "MBGNBDParams",
@@ -46,10 +53,9 @@ __all__ = [
     "conditional_expected_purchases",
 ]
 
-PARAMETER_NAMES = ("r", "alpha", "a", "b")
 
 
-@dataclass(frozen=True)
+@fitted_params
 class MBGNBDParams:
     """Fitted MBG/NBD parameters and the maximised total log-likelihood."""
 
@@ -57,21 +63,13 @@ class MBGNBDParams:
     alpha: float
     a: float
     b: float
-    log_likelihood: float
-    n_customers: int
-    converged: bool = True
-    at_bounds: tuple[str, ...] = ()  # parameters the fit held at a bound (see bgnbd.LOG_PARAM_BOUND)
-    iterations: int = 0
-    # observed-information standard errors (NaN for a parameter held at a bound)
-    # (derived from the rest, so left out of == and hash: the params stay hashable as before)
-    standard_errors: dict[str, float] = field(default_factory=dict, compare=False)
+
+
+PARAMETER_NAMES = names_of(MBGNBDParams)
 
 
 def _unpack(params):
-    if isinstance(params, MBGNBDParams):
-        return params.r, params.alpha, params.a, params.b
-    r, alpha, a, b = (float(v) for v in params)
-    return r, alpha, a, b
+    return unpack(params, MBGNBDParams)
 
 
 def _loglik_rows(params, x, t_x, T):
@@ -142,33 +140,13 @@ def fit_mbgnbd(frequency, recency, T, *, weights=None, initial_params=None) -> M
 
     Raises ``UnidentifiedModel`` when nobody made a repeat purchase or every age is 0.
     """
-    x, t_x, T = _validate(frequency, recency, T)
-    x, t_x, T = x.ravel(), t_x.ravel(), T.ravel()
-    w = fit_weights(weights, x)
-    if x.size == 0 or w.sum() <= 0:
-        raise ValueError("cannot fit MBG/NBD on an empty population")
-    require_repeat_information("MBG/NBD", x, T, w)
-    n_customers = int(round(w.sum()))
-    if x.size > 1:
-        (x, t_x, T), w = compress_rows(x, t_x, T, weights=w)
-    scale = 10.0 / float(T.max())
+    x, t_x, T, w, n_customers, scale = fit_population("MBG/NBD", frequency, recency, T, weights)
     objective = _Objective(x, t_x * scale, T * scale, w)
-    if initial_params is None:
-        starts = [np.zeros(4), np.log([0.5, 2.0, 0.8, 2.5])]
-    else:
-        r0, al0, a0, b0 = initial_params
-        starts = [np.log([r0, al0 * scale, a0, b0]), np.zeros(4)]
-    optimum = _maximise(objective, starts)
-    r, alpha_s, a, b = np.exp(optimum.theta)
-    alpha = alpha_s / scale
-    values = (float(r), float(alpha), float(a), float(b))
+    optimum = _maximise(objective, beta_geometric_starts(initial_params, scale))
+    r, alpha, a, b = beta_geometric_values(optimum, scale)
+    values = (r, alpha, a, b)
     ll_total = float(np.dot(w, _loglik_rows(values, x, t_x, T)))
-    return MBGNBDParams(
-        *values, ll_total, n_customers, converged=optimum.converged,
-        at_bounds=tuple(PARAMETER_NAMES[i] for i in optimum.at_bounds),
-        iterations=optimum.iterations,
-        standard_errors=standard_errors_at(objective, optimum, objective.w_total, PARAMETER_NAMES,
-                                           values))
+    return fit_result(MBGNBDParams, values, ll_total, n_customers, objective, optimum, objective.w_total)
 
 
 def probability_alive(params, frequency, recency, T) -> np.ndarray:

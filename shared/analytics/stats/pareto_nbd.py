@@ -50,7 +50,7 @@ there, and the result says ``limit="common_dropout_rate"`` with beta in ``at_bou
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import numpy as np
 from scipy import special
@@ -62,11 +62,10 @@ from .bgnbd import (
     _maximise,
     _unique_pairs,
     _validate,
-    compress_rows,
-    fit_weights,
-    standard_errors_at,
+    fit_population,
+    fit_result,
 )
-from .errors import require_repeat_information
+from .params import fitted_params, names_of, unpack
 
 __all__ = [
     "ParetoNBDParams",
@@ -77,10 +76,9 @@ __all__ = [
     "conditional_expected_purchases",
 ]
 
-PARAMETER_NAMES = ("r", "alpha", "s", "beta")
 
 
-@dataclass(frozen=True)
+@fitted_params
 class ParetoNBDParams:
     """Fitted Pareto/NBD parameters and the maximised total log-likelihood."""
 
@@ -88,24 +86,16 @@ class ParetoNBDParams:
     alpha: float
     s: float
     beta: float
-    log_likelihood: float
-    n_customers: int
-    converged: bool = True
-    at_bounds: tuple[str, ...] = ()  # parameters the fit held at a bound (see bgnbd.LOG_PARAM_BOUND)
-    iterations: int = 0
-    # observed-information standard errors (NaN for a parameter held at a bound)
-    # (derived from the rest, so left out of == and hash: the params stay hashable as before)
-    standard_errors: dict[str, float] = field(default_factory=dict, compare=False)
     # "common_dropout_rate" when the fit ran off along s, beta -> inf with s/beta fixed (every
     # customer has the same dropout rate s/beta; beta is then held at its bound and in at_bounds)
     limit: str = field(default="", compare=False)
 
 
+PARAMETER_NAMES = names_of(ParetoNBDParams)
+
+
 def _unpack(params):
-    if isinstance(params, ParetoNBDParams):
-        return params.r, params.alpha, params.s, params.beta
-    r, alpha, s, beta = (float(v) for v in params)
-    return r, alpha, s, beta
+    return unpack(params, ParetoNBDParams)
 
 
 # ----------------------------------------------------------------------------- K(tau0; p, q)
@@ -342,16 +332,7 @@ def fit_pareto_nbd(frequency, recency, T, *, weights=None, initial_params=None) 
     Raises ``UnidentifiedModel`` when nobody made a repeat purchase or every age is 0 (the
     likelihood is then flat in the parameters that describe repeat buying).
     """
-    x, t_x, T = _validate(frequency, recency, T)
-    x, t_x, T = x.ravel(), t_x.ravel(), T.ravel()
-    w = fit_weights(weights, x)
-    if x.size == 0 or w.sum() <= 0:
-        raise ValueError("cannot fit Pareto/NBD on an empty population")
-    require_repeat_information("Pareto/NBD", x, T, w)
-    n_customers = int(round(w.sum()))
-    if x.size > 1:
-        (x, t_x, T), w = compress_rows(x, t_x, T, weights=w)
-    scale = 10.0 / float(T.max())
+    x, t_x, T, w, n_customers, scale = fit_population("Pareto/NBD", frequency, recency, T, weights)
     objective = _Objective(x, t_x * scale, T * scale, w)
     if initial_params is None:
         starts = [np.log([0.5, 1.0, 0.5, 1.0]), np.zeros(4)]
@@ -396,13 +377,8 @@ def fit_pareto_nbd(frequency, recency, T, *, weights=None, initial_params=None) 
     alpha, beta = alpha_s / scale, beta_s / scale
     ll_total = float(np.dot(w, _log_likelihood_rows((r, alpha, s, beta), x, t_x, T)))
     values = (float(r), float(alpha), float(s), float(beta))
-    return ParetoNBDParams(
-        *values, ll_total, n_customers, converged=optimum.converged,
-        at_bounds=tuple(PARAMETER_NAMES[i] for i in optimum.at_bounds),
-        iterations=optimum.iterations,
-        standard_errors=standard_errors_at(objective, optimum, objective.w_total, PARAMETER_NAMES,
-                                           values),
-        limit=limit)
+    return fit_result(ParetoNBDParams, values, ll_total, n_customers, objective, optimum, objective.w_total,
+                      limit=limit)
 
 
 class _RunOff:

@@ -36,16 +36,13 @@ days are clipped to 0, NaN counts as "nothing" (0 activity, or never active for 
 from __future__ import annotations
 
 import datetime as _dt
-import math
 
 import numpy as np
 from scipy.special import expit
 
 __all__ = [
     "DORMANT", "VIP", "AT_RISK", "ACTIVE",
-    "days_since_last_purchase", "segment", "segments",
-    "churn_risk", "churn_risks",
-    "engagement_score", "engagement_scores",
+    "days_since_last_purchase", "segments", "churn_risks", "engagement_scores",
     "ENGAGEMENT_WEIGHTS",
 ]
 
@@ -65,20 +62,9 @@ def days_since_last_purchase(purchase_dates, now: _dt.datetime) -> int:
     return (now - last).days
 
 
-def segment(days_since_last_purchase: float, total_spent: float) -> str:
-    """The guide's segment for one user (see module docstring for the order of the rules)."""
-    if days_since_last_purchase > 90:
-        return DORMANT
-    elif total_spent > 1000:
-        return VIP
-    elif total_spent < 100 and days_since_last_purchase < 30:
-        return AT_RISK
-    else:
-        return ACTIVE
-
-
 def segments(days_since_last_purchase, total_spent) -> np.ndarray:
-    """Vectorised :func:`segment` (``np.select`` keeps the guide's first-match order)."""
+    """The guide's segment of each user (``np.select`` keeps the guide's first-match order; see the
+    module docstring); one user is an array of one."""
     d = np.asarray(days_since_last_purchase, dtype=np.float64)
     s = np.asarray(total_spent, dtype=np.float64)
     d, s = np.broadcast_arrays(d, s)
@@ -89,52 +75,17 @@ def segments(days_since_last_purchase, total_spent) -> np.ndarray:
     ).astype("U7")
 
 
-def churn_risk(days_since_last_purchase: float) -> float:
-    """The guide's ``predict_churn``: 100 / (1 + exp(-(days - 30) / 20)), in percent.
-
-    Evaluated as a logistic that never overflows (``math.exp`` of a large argument would).
-    """
-    z = (float(days_since_last_purchase) - 30.0) / 20.0
-    if z >= 0:
-        return 100.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return 100.0 * e / (1.0 + e)
-
-
 def churn_risks(days_since_last_purchase) -> np.ndarray:
-    """Vectorised :func:`churn_risk` (``scipy.special.expit``)."""
+    """The guide's ``predict_churn`` of each user, in percent: 100 / (1 + exp(-(days - 30) / 20)),
+    as ``scipy.special.expit``, which never overflows."""
     d = np.asarray(days_since_last_purchase, dtype=np.float64)
     return 100.0 * expit((d - 30.0) / 20.0)
 
 
-def _nonneg(v: float | None) -> float:
-    if v is None:
-        return 0.0
-    v = float(v)
-    if math.isnan(v) or v < 0:
-        return 0.0
-    return v
-
-
-def engagement_score(days_since_last_activity: float | None, events_last_30_days: float,
-                     n_purchases: float, total_spent: float) -> float:
-    """Engagement 0..100 for one user (formula in the module docstring)."""
-    if days_since_last_activity is None or math.isnan(float(days_since_last_activity)):
-        rec = 0.0
-    else:
-        rec = math.exp(-max(float(days_since_last_activity), 0.0) / _RECENCY_SCALE_DAYS)
-    act = -math.expm1(-_nonneg(events_last_30_days) / _ACTIVITY_SCALE)
-    freq = -math.expm1(-_nonneg(n_purchases) / _FREQUENCY_SCALE)
-    mon = -math.expm1(-_nonneg(total_spent) / _MONETARY_SCALE)
-    w = ENGAGEMENT_WEIGHTS
-    score = 100.0 * (w["recency"] * rec + w["activity"] * act + w["frequency"] * freq
-                     + w["monetary"] * mon)
-    return min(100.0, max(0.0, score))
-
-
 def engagement_scores(days_since_last_activity, events_last_30_days, n_purchases,
                       total_spent) -> np.ndarray:
-    """Vectorised :func:`engagement_score`; NaN days (never active) give a recency term of 0."""
+    """Engagement 0..100 of each user (formula in the module docstring); NaN days (never active)
+    give a recency term of 0."""
     d = np.asarray(days_since_last_activity, dtype=np.float64)
     e = np.asarray(events_last_30_days, dtype=np.float64)
     n = np.asarray(n_purchases, dtype=np.float64)

@@ -38,13 +38,19 @@ def _on_day_grid(t_x, T, has):
 def simulate_bgnbd(r: float, alpha: float, a: float, b: float, T, rng: np.random.Generator,
                    *, day_resolution: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw ``(x, t_x, T)`` for ``len(T)`` customers (``T`` in weeks)."""
+    return _beta_geometric(r, alpha, a, b, T, rng, day_resolution, drops_at_first_purchase=False)
+
+
+def _beta_geometric(r, alpha, a, b, T, rng: np.random.Generator, day_resolution: bool,
+                    drops_at_first_purchase: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """BG/NBD, or MBG/NBD where the customer may drop out at the first purchase (time 0) too.
+    The draws come in the same order for both (seeded simulations stay the same)."""
     T = np.asarray(T, dtype=np.float64).ravel()
     n = T.size
     lam = rng.gamma(r, 1.0 / alpha, n)
-    p = rng.beta(a, b, n)
-    p = np.clip(p, 1e-300, 1.0)
+    p = np.clip(rng.beta(a, b, n), 1e-300, 1.0)
     N = rng.poisson(lam * T)
-    J = rng.geometric(p)
+    J = rng.geometric(p) - int(drops_at_first_purchase)
     x = np.minimum(J, N).astype(np.int64)
     t_x = np.zeros(n)
     has = x > 0
@@ -59,18 +65,7 @@ def simulate_mbgnbd(r: float, alpha: float, a: float, b: float, T, rng: np.rando
     """MBG/NBD (Batislam et al. 2007): as BG/NBD, but the customer may also drop out right after
     the first purchase at time 0, so the repeat purchases she would make before dropping out are
     ``J - 1`` with ``J ~ Geometric(p)`` on {1, 2, ...} (0 with probability p)."""
-    T = np.asarray(T, dtype=np.float64).ravel()
-    n = T.size
-    lam = rng.gamma(r, 1.0 / alpha, n)
-    p = np.clip(rng.beta(a, b, n), 1e-300, 1.0)
-    N = rng.poisson(lam * T)
-    x = np.minimum(rng.geometric(p) - 1, N).astype(np.int64)
-    t_x = np.zeros(n)
-    has = x > 0
-    t_x[has] = T[has] * rng.beta(x[has], N[has] - x[has] + 1)
-    if day_resolution:
-        _on_day_grid(t_x, T, has)
-    return x, t_x, T
+    return _beta_geometric(r, alpha, a, b, T, rng, day_resolution, drops_at_first_purchase=True)
 
 
 def simulate_pareto_nbd(r: float, alpha: float, s: float, beta: float, T, rng: np.random.Generator,

@@ -13,15 +13,12 @@ from shared.analytics.stats import (
     AT_RISK,
     DORMANT,
     VIP,
-    churn_risk,
     churn_risks,
     days_since_last_purchase,
-    engagement_score,
     engagement_scores,
     quintile_scores,
     recommend,
     rfm_scores,
-    segment,
     segments,
 )
 
@@ -40,12 +37,29 @@ SEGMENT_CASES = [
 ]
 
 
+def segment(days, spent) -> str:
+    """One user: the vector rule on a row of one."""
+    [value] = segments([days], [spent])
+    return str(value)
+
+
+def churn_risk(days) -> float:
+    [value] = churn_risks([days])
+    return float(value)
+
+
+def engagement_score(days_active, events_last_30_days, purchases, spent) -> float:
+    [value] = engagement_scores([np.nan if days_active is None else days_active], [events_last_30_days],
+                                [purchases], [spent])
+    return float(value)
+
+
 @pytest.mark.parametrize("days, spent, expected", SEGMENT_CASES)
 def test_segment_branches_and_boundaries(days, spent, expected):
     assert segment(days, spent) == expected
 
 
-def test_segments_vectorised_matches_scalar():
+def test_segments_of_many_users_at_once():
     days = np.array([c[0] for c in SEGMENT_CASES])
     spent = np.array([c[1] for c in SEGMENT_CASES])
     np.testing.assert_array_equal(segments(days, spent), [c[2] for c in SEGMENT_CASES])
@@ -76,9 +90,10 @@ def test_churn_risk_formula_table(days, pct):
     assert churn_risk(days) == pytest.approx(100 / (1 + math.exp(-(days - 30) / 20)), rel=1e-12)
 
 
-def test_churn_risk_vectorised_and_extremes():
+def test_churn_risk_of_many_users_and_extremes():
     d = np.array(sorted(CHURN))
     np.testing.assert_allclose(churn_risks(d), [churn_risk(v) for v in d], rtol=1e-12)
+    np.testing.assert_allclose(churn_risks(d), [100 / (1 + math.exp(-(v - 30) / 20)) for v in d], rtol=1e-12)
     assert churn_risk(1e6) == 100.0 and churn_risk(-1e6) == 0.0          # no overflow
     assert np.all(np.diff(churn_risks(np.arange(0, 400))) > 0)
 

@@ -6,10 +6,11 @@ import numpy as np
 
 from services.analytics import customer_stats
 from shared.analytics.fitted_models import FittedModel
-from shared.analytics.stats import BGNBDParams, GammaGammaParams, churn_risk, probability_alive
+from shared.analytics.stats import BGNBDParams, GammaGammaParams, churn_risks, probability_alive
+from shared.contracts.event_time import EPOCH
 
 NOW = datetime(2026, 11, 30, 0, 0, 5, tzinfo=UTC)  # five seconds into a UTC day
-TODAY = (NOW.date() - customer_stats.EPOCH).days
+TODAY = (NOW.date() - EPOCH).days
 MODEL = FittedModel(3, BGNBDParams(0.243, 4.414, 0.793, 2.426, -1.0, 5), GammaGammaParams(6.25, 3.74, 15.44, -1.0, 5),
               None, None)
 
@@ -32,7 +33,7 @@ def test_every_customer_is_counted_even_with_a_purchase_stamped_tomorrow():
     for name in ("churn_risk", "p_alive", "predicted_ltv"):
         assert sum(doc[name]["counts"]) == 4, name
     # Days since the last purchase as a profile counts them (whole days), a future one as today.
-    expected = [round(churn_risk(d), 1) for d in (40, 10, 0, 0)]
+    expected = [round(float(risk), 1) for risk in churn_risks([40, 10, 0, 0])]
     counts, _ = np.histogram(expected, bins=customer_stats.CHURN_EDGES)
     assert doc["churn_risk"]["counts"] == counts.tolist()
 
