@@ -47,7 +47,7 @@ from scripts.private_servers import (  # noqa: E402
     accepts,
     free_port,
     process_tree,
-    wait_until,
+    wait_for,
 )
 
 VENV_BIN = Path(sys.executable).parent
@@ -129,9 +129,9 @@ class ChaosStack:
         self.headers = {"Authorization": f"Bearer {key_file.read_text().strip()}"}
         for name in self.commands:
             self.start_process(name)
-        wait_until(lambda: requests.get(f"{self.api}/health/ready", timeout=5).json()["status"] == "ok", 120,
-                   "the chaos stack's API")
-        wait_until(lambda: self.workers() >= 3, 120, "the chaos stack's three Celery workers")
+        wait_for(lambda: requests.get(f"{self.api}/health/ready", timeout=5).json()["status"] == "ok", 120,
+                 what="the chaos stack's API")
+        wait_for(lambda: self.workers() >= 3, 120, what="the chaos stack's three Celery workers")
 
     def workers(self) -> int:
         from celery import Celery
@@ -149,7 +149,7 @@ class ChaosStack:
                                                 stderr=subprocess.STDOUT, start_new_session=True,
                                                 preexec_fn=die_with_parent())
         if name == "api":
-            wait_until(lambda: accepts(self.api_port), 60, "the API to listen")
+            wait_for(lambda: accepts(self.api_port), 60, what="the API to listen")
 
     def kill_process(self, name: str) -> None:
         process = self.processes[name]

@@ -1,7 +1,9 @@
-"""Servers of one's own: Postgres, RabbitMQ (one node or a cluster), Redis, SecantusDB and an SMTP
-catcher, each on free ports with its data in a temporary directory, startable, stoppable,
-killable and pausable. The fault tests and `make chaos` run against these, so a fault they inject
-never touches a service they did not start (the machine's own Postgres, RabbitMQ and Redis).
+"""Servers of one's own: Postgres, RabbitMQ (one node or a cluster), Redis, SecantusDB, an SMTP
+catcher and the API (granian), each on free ports with its data in a temporary directory,
+startable, stoppable, killable and pausable. The test session (tests/fixtures.py), the fault and
+attack tests, `make chaos` and the benches run against these, so a fault they inject never touches
+a service they did not start (the machine's own Postgres, RabbitMQ and Redis), and every one of
+them dies with the process that started it (scripts/lifetime.py).
 
 Each server's `url` stays the same across restarts (same port, same data directory), as a
 restarted production server would.
@@ -15,12 +17,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from scripts.lifetime import die_with_parent, process_tree  # noqa: F401 - process_tree: scripts.chaos imports it here
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
@@ -59,17 +63,27 @@ def accepts(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> None:
+class NotReady(TimeoutError, AssertionError):
+    """A deadline passed before what was awaited happened. An AssertionError too, so that a test
+    polling with `wait_for` fails as a failed assertion, and callers that add context to one
+    (`except AssertionError`) still catch it."""
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.1,
+             what: str = "condition"):
+    """Poll until `predicate()` is truthy and return that value; raise NotReady naming `what` (and
+    the last exception the predicate raised) when `timeout` seconds pass first."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         try:
-            if predicate():
-                return
+            value = predicate()
+            if value:
+                return value
         except Exception as exc:  # noqa: BLE001 - whatever is polled may not be up yet
             last = exc
         time.sleep(interval)
-    raise TimeoutError(f"{what} not ready after {timeout:.0f}s" + (f" ({last!r})" if last else ""))
+    raise NotReady(f"timed out after {timeout:g}s waiting for {what}" + (f" (last error: {last!r})" if last else ""))
 
 
 def _signal_all(pids: list[int], sig: int) -> None:
@@ -91,9 +105,10 @@ class Server:
 
     name = "server"
     stop_signal = signal.SIGTERM
+    cwd: Path | None = None  # where the command runs (None: this process's working directory)
 
-    def __init__(self, root: Path | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, root: Path | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.root = root or Path(tempfile.mkdtemp(prefix=f"pulse-{self.name}-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.process: subprocess.Popen | None = None
@@ -113,7 +128,7 @@ class Server:
             # that started it dies, however (runuser, which starts Postgres and RabbitMQ here,
             # passes the signal on to the server it runs).
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                            env=self.environment(), start_new_session=True,
+                                            env=self.environment(), cwd=self.cwd, start_new_session=True,
                                             preexec_fn=die_with_parent())
 
         def up() -> bool:
@@ -122,8 +137,8 @@ class Server:
             return self.ready()
 
         try:
-            wait_until(up, timeout, f"{self.name} on :{self.port} (log: {self.log})")
-        except TimeoutError as exc:
+            wait_for(up, timeout, interval=0.2, what=f"{self.name} on :{self.port} (log: {self.log})")
+        except NotReady as exc:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode} (log: {self.log})") from exc
             raise
@@ -158,7 +173,7 @@ class Server:
         self.wait_port_closed()
 
     def wait_port_closed(self, timeout: float = 30) -> None:
-        wait_until(lambda: not accepts(self.port), timeout, f"{self.name} to release :{self.port}")
+        wait_for(lambda: not accepts(self.port), timeout, interval=0.2, what=f"{self.name} to release :{self.port}")
 
     def pause(self) -> None:
         """SIGSTOP every process of the server: it holds its connections and answers nothing.
@@ -237,8 +252,8 @@ class PrivateMongo(Server):
 
     name = "mongo"
 
-    def __init__(self, root: Path | None = None) -> None:
-        super().__init__(root)
+    def __init__(self, root: Path | None = None, port: int | None = None) -> None:
+        super().__init__(root, port)
         (self.root / "data").mkdir(exist_ok=True)
 
     def mongo_uri(self, database: str) -> str:
@@ -276,6 +291,55 @@ class PrivateMailCatcher(Server):
         from email.utils import parseaddr
 
         return [parseaddr(str(message["To"]))[1].lower() for message in mailbox.Maildir(self.maildir, create=False)]
+
+
+class ApiServer(Server):
+    """The API as `make dev` and production run it: granian, one worker process with `threads`
+    blocking threads, on a real socket, with this process's settings plus `env` on top. A process
+    has its own memory (key cache, rate limits), so two of them are two API processes."""
+
+    name = "api"
+    cwd = ROOT  # granian imports `services.api.wsgi` from the repository root
+
+    def __init__(self, env: dict[str, str] | None = None, threads: int = 2, name: str = "api") -> None:
+        self.name = name
+        super().__init__()
+        self.env = env or {}
+        self.threads = threads
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [str(BIN / "granian"), "--interface", "wsgi", "--no-ws", "--host", "127.0.0.1", "--port", str(self.port),
+                "--workers", "1", "--blocking-threads", str(self.threads), "services.api.wsgi:app"]
+
+    def environment(self) -> dict:
+        environment = {**os.environ, **self.env}
+        # One worker process: its metrics are its own, with no folder shared between processes.
+        environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        return environment
+
+    def ready(self) -> bool:
+        import requests
+
+        try:
+            return requests.get(f"{self.url}/health", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+
+@contextmanager
+def api_server(name: str, env: dict[str, str] | None = None, threads: int = 4) -> Iterator[str]:
+    """An ApiServer for the length of the block: yields its base URL, then stops it and removes
+    its folder (its log is there while it runs)."""
+    server = ApiServer(env, threads, name)
+    try:
+        server.start()
+        yield server.url
+    finally:
+        server.remove()
 
 
 class PrivateRabbit(Server):

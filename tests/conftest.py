@@ -6,16 +6,11 @@ earlier run can pass or fail a test. The settings are environment variables, set
 product module reads them; the worker subprocesses inherit them.
 """
 import os
-import socket
 import uuid
 
+from scripts.private_servers import free_port
+
 RUN_ID = uuid.uuid4().hex[:10]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 PG_SERVER = os.environ.get("PULSE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")

@@ -1,13 +1,11 @@
 """Session fixtures: the real services, started and torn down per test run."""
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from email import message_from_bytes, policy
 from email.message import Message
@@ -16,31 +14,15 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 from aiosmtpd.controller import Controller
-from pymongo import MongoClient
 
 from scripts.lifetime import die_with_parent, exit_on_signals
+
+# BIN, ROOT and wait_for are the harness's (scripts.private_servers); the tests take them from here.
+from scripts.private_servers import BIN, ROOT, PrivateMongo, api_server, wait_for  # noqa: F401
 from tests.conftest import MONGO_PORT, SMTP_PORT, TEST_ENV, VHOST
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 # The operator's command (services/cli), as the venv's console script: what a user runs.
 PULSE = str(BIN / "pulse")
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
-    """Poll until `predicate()` is truthy; fail with `what` when the deadline passes."""
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # the thing polled may not be up yet
-            last_error = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
-                         + (f" (last error: {last_error!r})" if last_error else ""))
 
 
 def pytest_configure(config):
@@ -54,20 +36,6 @@ def pytest_configure(config):
 
 def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
-def start_mongo(port: int, storage: str) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [str(BIN / "secantusd-py"), "--host", "127.0.0.1", "--port", str(port), "--storage-path", storage,
-         "--standalone", "--sync-on-commit"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=die_with_parent(),  # gone with pytest, even when it is killed with SIGKILL
-    )
-    client = MongoClient(f"mongodb://127.0.0.1:{port}", serverSelectionTimeoutMS=500)
-    wait_for(lambda: client.admin.command("ping"), timeout=60, what=f"SecantusDB on :{port}")
-    client.close()
-    return process
 
 
 def stop(process: subprocess.Popen, timeout: float = 20) -> None:
@@ -149,8 +117,8 @@ def services() -> Iterator[dict]:
         _, os.environ["PULSE_API_KEY"] = api_keys.create(session, list(api_keys.SCOPES), name="tests")
     rabbitmqctl("add_vhost", VHOST)
     rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-    storage = tempfile.mkdtemp(prefix="pulse-test-mongo-")
-    mongo = start_mongo(MONGO_PORT, storage)
+    # Its own group, gone with pytest even when that is killed with SIGKILL (see Server.start).
+    mongo = PrivateMongo(port=MONGO_PORT).start()
     catcher = MailCatcher()
     smtp = Controller(catcher, hostname="127.0.0.1", port=SMTP_PORT)
     smtp.start()
@@ -158,8 +126,7 @@ def services() -> Iterator[dict]:
         yield {"mail": catcher}
     finally:
         smtp.stop()
-        stop(mongo)
-        shutil.rmtree(storage, ignore_errors=True)
+        mongo.remove()  # stopped, its storage deleted
         rabbitmqctl("delete_vhost", VHOST)
         drop_database(TEST_ENV["DATABASE_URL"])
         r = redis_lib.Redis.from_url(TEST_ENV["REDIS_URL"])
@@ -229,6 +196,15 @@ def client(app):
 def anonymous_client(app):
     """The test client without a key."""
     return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def api(request, services) -> Iterator[str]:
+    """The base URL of an API process of the module's own (granian, as `make dev` runs it, with
+    the run's settings; scripts.private_servers.ApiServer), for attacks over a real socket. A module
+    that needs other settings defines its own `api` with `api_server(name, env)`."""
+    with api_server(request.module.__name__.rsplit(".", 1)[-1]) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -13,11 +13,11 @@ import pytest
 import redis as redis_lib
 import requests
 
-from scripts.private_servers import PrivateRedis
-from tests.adversarial.api_servers import ApiProcess, roll_back, serve, snapshot
+from scripts.private_servers import ApiServer, PrivateRedis
+from tests.adversarial.redis_snapshots import roll_back, snapshot
 from tests.conftest import TEST_ENV
 from tests.fixtures import wait_for
-from tests.helpers import purchase, signup_body
+from tests.helpers import purchase, serve, signup_body
 
 pytestmark = pytest.mark.usefixtures("pipeline")
 
@@ -128,8 +128,8 @@ def private_redis():
 def api_processes():
     started = []
 
-    def start(**env) -> ApiProcess:
-        process = ApiProcess(env).start()
+    def start(**env) -> ApiServer:
+        process = ApiServer(env).start()
         started.append(process)
         return process
 

@@ -17,10 +17,10 @@ import requests
 from shared.contracts.settings import get_settings
 from shared.infra import api_keys
 from shared.infra.db import session_scope
-from tests.adversarial.api_servers import pulse_keys, serve
+from tests.adversarial.redis_snapshots import pulse_keys
 from tests.conftest import TEST_ENV
 from tests.fixtures import wait_for
-from tests.helpers import purchase
+from tests.helpers import purchase, serve
 
 pytestmark = pytest.mark.usefixtures("services")
 

@@ -14,33 +14,24 @@ import os
 import uuid
 from decimal import Decimal
 
-import psycopg
 import pytest
 import requests
 from pymongo import MongoClient
 from pymongo.errors import DuplicateKeyError
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from shared.infra import counters
 from shared.infra.db import session_scope
 from shared.pipeline import summaries
 from tests.conftest import RUN_ID, TEST_ENV
 from tests.fixtures import wait_for
-from tests.helpers import purchase, signup_body
-from tests.live_api import api_server
+from tests.helpers import KillableWorker, kill_between_storing_and_counting, purchase, signup_body
 
 MILLION = 1_000_000
 
 
 @pytest.fixture(scope="module")
-def api(pipeline):
-    with api_server("identity-api") as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def http(api):
+def http(api, pipeline):
     session = requests.Session()
     # The run's development key (every scope; admin requests are never rate limited).
     session.headers["Authorization"] = f"Bearer {os.environ['PULSE_API_KEY']}"
@@ -331,7 +322,6 @@ def test_a_batch_with_copies_inside_redelivered_after_sigkill_is_counted_once(ht
     from shared.contracts.settings import Settings
     from shared.contracts.topology import STORE_EVENTS
     from shared.infra.celery_app import create_celery_app
-    from tests.integration.test_summaries import KillableWorker
 
     user = signed_up(http, mongo)
     category = f"adv-{uuid.uuid4().hex[:12]}"
@@ -340,25 +330,11 @@ def test_a_batch_with_copies_inside_redelivered_after_sigkill_is_counted_once(ht
     documents = [order, order, other, order]
     batch_id = f"kill-{uuid.uuid4().hex}"
     publisher = create_celery_app("pulse-test-identity-kill", settings=Settings(queue_prefix=KillableWorker.prefix))
-    pg = make_url(TEST_ENV["DATABASE_URL"]).set(drivername="postgresql").render_as_string(hide_password=False)
     worker = KillableWorker()
     try:
-        with psycopg.connect(pg) as blocker:
-            # Hold the ledger: the worker stores the batch in MongoDB, then waits here to count it.
-            blocker.execute("LOCK TABLE applied_batches IN ACCESS EXCLUSIVE MODE")
-            worker.start(publisher)
-            try:
-                publisher.send_task(STORE_EVENTS, kwargs={"events": documents}, task_id=batch_id)
-                wait_for(lambda: mongo.events.count_documents({"user_id": user, "batch_id": batch_id}) == 2,
-                         timeout=60, what="the batch stored in MongoDB")
-                with psycopg.connect(pg) as observer:
-                    wait_for(lambda: observer.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND query LIKE 'INSERT INTO applied_batches%%'").fetchone()[0] >= 1,
-                        timeout=30, what="the worker waiting to count the batch")
-                worker.kill()
-            finally:
-                blocker.rollback()
+        kill_between_storing_and_counting(
+            worker, publisher, documents, batch_id,
+            lambda: mongo.events.count_documents({"user_id": user, "batch_id": batch_id}) == 2)
         assert spend(user) is None  # stored, never counted
 
         worker.start(publisher)  # the broker redelivers the unacknowledged message

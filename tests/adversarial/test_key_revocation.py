@@ -18,12 +18,12 @@ import pytest
 import requests
 from limits import parse
 
+from scripts.private_servers import ApiServer
 from shared.contracts.settings import get_settings
 from shared.infra import api_keys
 from shared.infra.db import session_scope
-from tests.adversarial.api_servers import ApiProcess, serve
 from tests.fixtures import PULSE, ROOT, wait_for
-from tests.helpers import count_statements, signup_body
+from tests.helpers import count_statements, serve, signup_body
 
 pytestmark = pytest.mark.usefixtures("pipeline")
 
@@ -46,7 +46,7 @@ def admin() -> dict[str, str]:
 def two_apis():
     # Five minutes of trust in a checked key: without the revocation announcement, the process
     # that did not revoke a key would accept it that long.
-    processes = [ApiProcess({"API_KEY_CACHE_SECONDS": "300"}) for _ in range(2)]
+    processes = [ApiServer({"API_KEY_CACHE_SECONDS": "300"}) for _ in range(2)]
     try:
         for process in processes:
             process.start()
@@ -71,7 +71,7 @@ def cached_user(two_apis, mongo):
     return user_id
 
 
-def reads(api: ApiProcess, key: str, user_id: int) -> list[requests.Response]:
+def reads(api: ApiServer, key: str, user_id: int) -> list[requests.Response]:
     return [requests.get(f"{api.url}/api/users?per_page=1", headers=bearer(key), timeout=30),
             requests.get(f"{api.url}/api/users/{user_id}/profile", headers=bearer(key), timeout=30)]
 

@@ -16,15 +16,13 @@ from datetime import UTC, datetime
 import pytest
 import redis as redis_lib
 import requests
-from pymongo import MongoClient
 from sqlalchemy import create_engine, text
 
-from scripts.chaos import ChaosStack
 from services.api.shared_reads import READ_INTERVAL_SECONDS
 from shared.infra.dead_letters import DeadLetterQueue
 from shared.infra.mongo import SERVER_SELECTION_TIMEOUT_SECONDS
 from tests.fixtures import wait_for
-from tests.helpers import signup_body
+from tests.helpers import chaos_stack, signup_body, stack_database
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -40,25 +38,19 @@ RECONCILE_SECONDS = 4 * SERVER_SELECTION_TIMEOUT_SECONDS
 
 @pytest.fixture(scope="module")
 def stack():
-    chaos = ChaosStack()
-    chaos.env.update({
+    with chaos_stack({
         "TASK_MAX_RETRIES": str(OLD_MAX_RETRIES),
         "TASK_RETRY_BACKOFF_MAX_SECONDS": "1",
         "ERASURE_RECONCILE_SECONDS": str(RECONCILE_SECONDS),
         "OUTBOX_RETENTION_HOURS": "0.002",  # 7.2 s
-    })
-    try:
-        chaos.start()
+    }) as chaos:
         yield chaos
-    finally:
-        chaos.remove()
 
 
 @pytest.fixture(scope="module")
 def db(stack):
-    client = MongoClient(stack.env["MONGO_URI"], serverSelectionTimeoutMS=2000)
-    yield client.get_default_database()
-    client.close()
+    with stack_database(stack) as database:
+        yield database
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import pytest
 import requests
 
 from services.api.json_body import MAX_DEPTH, nesting_exceeds
-from tests.live_api import api_server
 
 
 def key() -> dict[str, str]:
@@ -20,12 +19,6 @@ def key() -> dict[str, str]:
     return {"Authorization": f"Bearer {os.environ['PULSE_API_KEY']}"}
 
 DEEP = 100_000
-
-
-@pytest.fixture(scope="module")
-def api(services):
-    with api_server("adversarial-json") as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

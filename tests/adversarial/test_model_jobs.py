@@ -12,21 +12,18 @@ are not the object, made-up, malformed and foreign ids (another task's id, a key
 a population of one-time buyers, the same task sent again after its job finished, and keys and the
 dashboard cookie without the admin scope.
 """
-import threading
 import uuid
 
 import pytest
 import requests
 from sqlalchemy import func, select, text
-from werkzeug.serving import make_server
 
 from shared.contracts.tables import CustomerSummary, OutboxMessage, User
 from shared.contracts.topology import COMPUTE_PROFILES, FIT_MODELS, VALIDATE_MODELS
 from shared.infra import api_keys
 from shared.infra.db import session_scope
-from tests.conftest import free_port
 from tests.fixtures import PULSE, ROOT, wait_for
-from tests.helpers import tasks_held
+from tests.helpers import serve, tasks_held
 
 pytestmark = pytest.mark.usefixtures("pipeline")
 PROBLEM = "application/problem+json"
@@ -34,11 +31,8 @@ PROBLEM = "application/problem+json"
 
 @pytest.fixture(scope="module")
 def api(app):
-    server = make_server("127.0.0.1", free_port(), app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    with serve(app) as url:
+        yield url
 
 
 def key(*scopes: str) -> dict[str, str]:

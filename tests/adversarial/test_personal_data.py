@@ -13,7 +13,6 @@ from sqlalchemy import update
 
 from tests.fixtures import wait_for
 from tests.helpers import signup_body
-from tests.live_api import api_server
 
 PERSONAL_FIELDS = ("username", "email", "full_name")
 
@@ -25,12 +24,6 @@ def make_key(*scopes: str) -> dict[str, str]:
     with session_scope() as session:
         _, key = api_keys.create(session, list(scopes), name=f"adversarial-{'-'.join(scopes)}")
     return {"Authorization": f"Bearer {key}"}
-
-
-@pytest.fixture(scope="module")
-def api(services):
-    with api_server("adversarial-personal") as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import requests
 
+from scripts.private_servers import api_server
 from tests.conftest import TEST_ENV
-from tests.live_api import api_server
 
 SECONDS = 4.0
 THREADS = 8

@@ -17,9 +17,9 @@ import requests
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
+from scripts.private_servers import api_server
 from tests.conftest import TEST_ENV
 from tests.helpers import signup_body
-from tests.live_api import api_server
 
 PROXY = "127.0.0.2"
 LIMIT = 10  # as RATE_LIMIT_SIGNUP's default (10/minute), per hour here: the sliding window's edge, where

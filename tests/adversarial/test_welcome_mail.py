@@ -13,15 +13,8 @@ import requests
 
 from tests.fixtures import wait_for
 from tests.helpers import signup_body
-from tests.live_api import api_server
 
 pytestmark = pytest.mark.usefixtures("pipeline")
-
-
-@pytest.fixture(scope="module")
-def api(pipeline):
-    with api_server("adversarial-mail") as url:
-        yield url
 
 
 def deliveries_to(mail, address: str) -> list:

@@ -15,15 +15,10 @@ from openapi_spec_validator import validate
 
 from tests.conftest import TEST_ENV
 from tests.fixtures import BIN, ROOT, wait_for
-from tests.live_api import api_server
 
+# The API process (the `api` fixture) answers what the workers have done: they run too.
+pytestmark = pytest.mark.usefixtures("pipeline")
 EXAMPLES = int(os.environ.get("PULSE_FUZZ_EXAMPLES", 25))
-
-
-@pytest.fixture(scope="module")
-def api(pipeline):
-    with api_server("contract-api") as url:
-        yield url
 
 
 def test_the_openapi_document_is_valid(api):

@@ -16,30 +16,23 @@ from datetime import UTC, datetime
 
 import pytest
 import requests
-from pymongo import MongoClient
 
-from scripts.chaos import ChaosStack
 from tests.fixtures import wait_for
-from tests.helpers import signup_body
+from tests.helpers import chaos_stack, signup_body, stack_database
 
 pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
 def stack():
-    chaos = ChaosStack()
-    try:
-        chaos.start()
+    with chaos_stack() as chaos:
         yield chaos
-    finally:
-        chaos.remove()
 
 
 @pytest.fixture(scope="module")
 def db(stack):
-    client = MongoClient(stack.env["MONGO_URI"], serverSelectionTimeoutMS=2000)
-    yield client.get_default_database()
-    client.close()
+    with stack_database(stack) as database:
+        yield database
 
 
 def signup(stack, **overrides) -> requests.Response:

@@ -5,23 +5,20 @@ every chart holds the numbers the API reports, and each page leaves a screenshot
 cookie may and may not do, and the customer distributions against the customers' own profiles.
 """
 import os
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from scripts import browser as browsers
 from shared.contracts.topology import CUSTOMER_STATS as CUSTOMER_STATS_TASK
 from shared.infra import api_keys
 from shared.infra.db import session_scope
 from shared.infra.mongo import CUSTOMER_STATS
-from tests.conftest import free_port
 from tests.fixtures import wait_for
-from tests.helpers import finished_job, pipeline_busy, purchase, signup_body, tasks_held
+from tests.helpers import finished_job, pipeline_busy, purchase, serve, signup_body, tasks_held
 
 pytestmark = pytest.mark.usefixtures("pipeline")
 SCREENSHOTS = Path(os.environ.get("PULSE_SCREENSHOT_DIR", Path(__file__).resolve().parents[2] / "var" / "screenshots"))
@@ -30,11 +27,8 @@ SCREENSHOTS = Path(os.environ.get("PULSE_SCREENSHOT_DIR", Path(__file__).resolve
 @pytest.fixture(scope="module")
 def server(app):
     """The API over real HTTP on a free port (the browser needs a server, not a test client)."""
-    http = make_server("127.0.0.1", free_port(), app, threaded=True)
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{http.server_port}"
-    http.shutdown()
+    with serve(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

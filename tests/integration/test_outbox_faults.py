@@ -11,12 +11,12 @@ from kombu import Connection
 from pymongo import MongoClient
 from sqlalchemy import select, update
 
-from scripts.private_servers import PrivateRabbit
+from scripts.private_servers import ApiServer, PrivateRabbit
 from shared.contracts.tables import OutboxMessage
 from shared.infra import api_keys
 from shared.infra.db import session_scope
-from tests.conftest import TEST_ENV, free_port
-from tests.fixtures import BIN, celery_worker_args, spawn, stop, wait_for
+from tests.conftest import TEST_ENV
+from tests.fixtures import celery_worker_args, spawn, stop, wait_for
 from tests.helpers import signup_body
 
 
@@ -46,21 +46,18 @@ def isolated_api(rabbit, services):
     upgrade(db_url)
     with session_scope(db_url) as session:  # its own key: the session's lives in another database
         _, key = api_keys.create(session, list(api_keys.SCOPES), name="outbox-faults")
-    port = free_port()
     mongo_uri = f"{TEST_ENV['MONGO_URI']}_f{rabbit.port}"  # user ids restart in this database
     # Its own Redis prefix too: its users (ids of another database) must not join the session's
     # rescoring, nor its drain requests (on a broker no analytics worker reads) hold up the session's.
     env = {"DATABASE_URL": db_url, "BROKER_URL": rabbit.url, "MONGO_URI": mongo_uri,
            "CACHE_PREFIX": f"{TEST_ENV['CACHE_PREFIX']}f{rabbit.port}:"}
-    api = spawn([str(BIN / "granian"), "--interface", "wsgi", "--port", str(port), "--workers", "1",
-                 "services.api.wsgi:app"], "isolated-api", env)
-    base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: requests.get(f"{base}/health", timeout=1).ok, timeout=60, what="isolated API")
+    api = ApiServer(env, name="isolated-api").start()
+    base = api.url
     mongo = MongoClient(mongo_uri, tz_aware=True).get_default_database()
     try:
         yield {"url": base, "env": env, "db": db_url, "mongo": mongo, "headers": {"Authorization": f"Bearer {key}"}}
     finally:
-        stop(api)
+        api.remove()
         mongo.client.drop_database(mongo.name)
         mongo.client.close()
         drop_database(db_url)

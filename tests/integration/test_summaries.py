@@ -4,11 +4,7 @@ The crash is real: a worker of this test's own (its own queues, `--pool solo`) i
 SIGKILL while it waits for Postgres, after it has stored the batch in MongoDB and before it has
 counted it; a new worker then receives the redelivered message.
 """
-import os
-import signal
-import socket
 import subprocess
-import sys
 import uuid
 from datetime import date
 from decimal import Decimal
@@ -21,9 +17,9 @@ from sqlalchemy.engine import make_url
 from shared.contracts.tables import CustomerCategory, CustomerSummary
 from shared.infra.db import session_scope
 from shared.pipeline import summaries
-from tests.conftest import RUN_ID, TEST_ENV
-from tests.fixtures import PULSE, ROOT, spawn, stop, wait_for
-from tests.helpers import purchase, signup_body
+from tests.conftest import TEST_ENV
+from tests.fixtures import PULSE, ROOT, wait_for
+from tests.helpers import KillableWorker, kill_between_storing_and_counting, purchase, signup_body
 
 pytestmark = pytest.mark.usefixtures("pipeline")
 
@@ -122,36 +118,6 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
-class KillableWorker:
-    """A worker of this test's own: its own queues (QUEUE_PREFIX) and Redis keys, one process (`--pool solo`),
-    so SIGKILL takes down exactly the process running the task and its broker connection."""
-
-    prefix = f"pulsekill{RUN_ID}"
-
-    def __init__(self) -> None:
-        self.process = None
-
-    def start(self, control) -> None:
-        name = f"killable-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
-        self.process = spawn(
-            [sys.executable, "-m", "celery", "-A", "services.worker.main", "worker", "-Q", f"{self.prefix}.events",
-             "-n", name, "--pool", "solo", "--without-mingle", "--without-gossip", "--loglevel", "WARNING"],
-            # Its own queues and rescoring keys: its requests for rescoring go to a queue nobody
-            # consumes, and must not hold up the session's drains.
-            "killable-worker", {"QUEUE_PREFIX": self.prefix, "CACHE_PREFIX": f"{self.prefix}:"},
-        )
-        # Answering a ping, it has declared its queues: a message published now is not lost.
-        wait_for(lambda: control.control.ping(destination=[name], timeout=1.0), timeout=60, what=f"{name} up")
-
-    def kill(self) -> None:
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            stop(self.process)
-
-
 @pytest.fixture()
 def killable():
     worker = KillableWorker()
@@ -172,6 +138,7 @@ def test_a_worker_killed_between_storing_and_counting_leaves_correct_summaries(c
     batch_id = f"kill-{uuid.uuid4().hex}"
     worker = killable
     pg = make_url(TEST_ENV["DATABASE_URL"]).set(drivername="postgresql").render_as_string(hide_password=False)
+
     # The signup's own event is counted first, so the session's worker is not the one blocked below.
     def signup_counted():
         with psycopg.connect(pg, autocommit=True) as conn:
@@ -179,23 +146,10 @@ def test_a_worker_killed_between_storing_and_counting_leaves_correct_summaries(c
                                 "WHERE (o.payload->>'user_id')::int = %s", (user_id,)).fetchone()
 
     wait_for(signup_counted, what="the signup counted")
-    with psycopg.connect(pg) as blocker:
-        # Hold the ledger table: the worker stores the events in MongoDB, then waits here.
-        blocker.execute("LOCK TABLE applied_batches IN ACCESS EXCLUSIVE MODE")
-        worker.start(publisher)
-        try:
-            publisher.send_task(STORE_EVENTS, kwargs={"events": documents}, task_id=batch_id)
-            ids = [e["event_id"] for e in events]
-            wait_for(lambda: mongo.events.count_documents({"event_id": {"$in": ids}, "batch_id": batch_id}) == 3,
-                     timeout=60, what="the batch stored in MongoDB")
-            with psycopg.connect(pg) as observer:
-                wait_for(lambda: observer.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND query LIKE 'INSERT INTO applied_batches%%'").fetchone()[0] >= 1,
-                    timeout=30, what="the worker waiting to count the batch")
-            worker.kill()
-        finally:
-            blocker.rollback()
+    ids = [e["event_id"] for e in events]
+    kill_between_storing_and_counting(
+        worker, publisher, documents, batch_id,
+        lambda: mongo.events.count_documents({"event_id": {"$in": ids}, "batch_id": batch_id}) == 3)
     assert summary(user_id) is None  # stored, never counted
 
     worker.start(publisher)  # the broker redelivers the unacknowledged message to the new worker

@@ -56,7 +56,7 @@ def test_step_two_and_its_confirmation_cover_every_collection_of_a_person():
     person_collections = {mongo.EVENTS, mongo.PROFILES, mongo.WELCOME_EMAILS}
     assert {collection for collection, _ in IN_MONGODB} == person_collections
     # The others hold no person: the fitted models and the population's distributions.
-    assert not {mongo.MODELS, mongo.CUSTOMER_STATS} & {collection for collection, _ in IN_MONGODB}
+    assert not {mongo.FITTED_MODELS, mongo.CUSTOMER_STATS} & {collection for collection, _ in IN_MONGODB}
     # Events name their person in a field; a profile and a welcome record are keyed by them.
     assert dict(IN_MONGODB) == {mongo.EVENTS: "user_id", mongo.PROFILES: "_id", mongo.WELCOME_EMAILS: "_id"}
 

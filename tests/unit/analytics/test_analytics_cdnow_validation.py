@@ -7,9 +7,6 @@ Fader, Hardie & Lee (2005) and Fader & Hardie (2013), as listed in that folder's
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -24,22 +21,6 @@ from shared.analytics.stats import (
     gamma_gamma_log_likelihood,
     probability_alive,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-# The sample ships with the tests (tests/data/cdnow, an unchanged copy of the project's shared
-# reference data, MIT-licensed via `lifetimes`), so a clone validates on its own.
-CDNOW_CSV = Path(os.environ.get(
-    "PULSE_CDNOW_CSV",
-    REPO_ROOT / "tests" / "data" / "cdnow" / "cdnow_customers_summary_with_transactions.csv",
-))
-
-
-@pytest.fixture(scope="module")
-def cdnow():
-    assert CDNOW_CSV.is_file(), f"CDNOW sample not found at {CDNOW_CSV} (set PULSE_CDNOW_CSV)"
-    d = np.genfromtxt(CDNOW_CSV, delimiter=",", names=True)
-    assert d.shape == (2357,)
-    return d
 
 
 @pytest.fixture(scope="module")

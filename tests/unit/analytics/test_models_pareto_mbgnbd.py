@@ -17,9 +17,7 @@ r = 0.55327, alpha = 10.57758, s = 0.60621, beta = 11.66794 and a holdout sum of
 from __future__ import annotations
 
 import math
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,31 +35,18 @@ from shared.analytics.stats import (
 )
 from shared.analytics.stats.pareto_nbd import ParetoNBDParams
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-CDNOW_CSV = Path(os.environ.get(
-    "PULSE_CDNOW_CSV",
-    REPO_ROOT / "tests" / "data" / "cdnow" / "cdnow_customers_summary_with_transactions.csv",
-))
-
 PUBLISHED_PNBD = ParetoNBDParams(0.553, 10.578, 0.606, 11.669, -9594.98, 2357)
 PUBLISHED_BG = bgnbd.BGNBDParams(0.243, 4.414, 0.793, 2.426, -9582.4, 2357)
 
 
 @pytest.fixture(scope="module")
-def cdnow():
-    d = np.genfromtxt(CDNOW_CSV, delimiter=",", names=True)
-    assert d.shape == (2357,)
-    return d["x"], d["t_x"], d["T"]
+def pnbd(cdnow_frequency_recency):
+    return pareto_nbd.fit_pareto_nbd(*cdnow_frequency_recency)
 
 
 @pytest.fixture(scope="module")
-def pnbd(cdnow):
-    return pareto_nbd.fit_pareto_nbd(*cdnow)
-
-
-@pytest.fixture(scope="module")
-def mbg(cdnow):
-    return mbgnbd.fit_mbgnbd(*cdnow)
+def mbg(cdnow_frequency_recency):
+    return mbgnbd.fit_mbgnbd(*cdnow_frequency_recency)
 
 
 # ------------------------------------------------------------------ Pareto/NBD on CDNOW
@@ -76,22 +61,22 @@ def test_pareto_nbd_reproduces_the_published_cdnow_fit(pnbd):
         assert getattr(pnbd, k) == pytest.approx(ref, rel=2e-4), k
 
 
-def test_pareto_nbd_fit_is_a_maximum(cdnow, pnbd):
-    best = pareto_nbd.pareto_nbd_log_likelihood(pnbd, *cdnow).sum()
+def test_pareto_nbd_fit_is_a_maximum(cdnow_frequency_recency, pnbd):
+    best = pareto_nbd.pareto_nbd_log_likelihood(pnbd, *cdnow_frequency_recency).sum()
     assert best == pytest.approx(pnbd.log_likelihood, abs=1e-6)
     p0 = np.array([pnbd.r, pnbd.alpha, pnbd.s, pnbd.beta])
     for i in range(4):
         for f in (0.99, 1.01):
             p = p0.copy()
             p[i] *= f
-            assert pareto_nbd.pareto_nbd_log_likelihood(p, *cdnow).sum() < best
+            assert pareto_nbd.pareto_nbd_log_likelihood(p, *cdnow_frequency_recency).sum() < best
     # the published (rounded) parameters are within 0.01 of the maximum
-    assert pareto_nbd.pareto_nbd_log_likelihood(PUBLISHED_PNBD, *cdnow).sum() == pytest.approx(
+    assert pareto_nbd.pareto_nbd_log_likelihood(PUBLISHED_PNBD, *cdnow_frequency_recency).sum() == pytest.approx(
         -9594.98, abs=0.01)
 
 
-def test_holdout_sums_of_the_issue(cdnow, pnbd):
-    x, t_x, T = cdnow
+def test_holdout_sums_of_the_issue(cdnow_frequency_recency, pnbd):
+    x, t_x, T = cdnow_frequency_recency
     pn_sum = pareto_nbd.conditional_expected_purchases(PUBLISHED_PNBD, 39.0, x, t_x, T).sum()
     bg_sum = bgnbd.conditional_expected_purchases(PUBLISHED_BG, 39.0, x, t_x, T).sum()
     assert round(bg_sum, 1) == 1653.9
@@ -101,8 +86,8 @@ def test_holdout_sums_of_the_issue(cdnow, pnbd):
     assert abs(pn_sum - 1882) / 1882 > 0.1   # neither model is the actual (1,882): a real check
 
 
-def test_pareto_nbd_first_customers_match_lifetimes(cdnow, pnbd):
-    x, t_x, T = cdnow
+def test_pareto_nbd_first_customers_match_lifetimes(cdnow_frequency_recency, pnbd):
+    x, t_x, T = cdnow_frequency_recency
     pa = pareto_nbd.probability_alive(pnbd, x[:5], t_x[:5], T[:5])
     np.testing.assert_allclose(pa, [0.869119, 0.167873, 0.295099, 0.295099, 0.295099], atol=2e-6)
 
@@ -209,21 +194,28 @@ def test_pareto_nbd_extreme_histories_and_parameters_are_finite():
     assert pareto_nbd.probability_alive(PUBLISHED_PNBD, 5000, 1.0, 520.0) < 1e-12
 
 
-def test_pareto_nbd_recovers_simulated_parameters():
-    rng = np.random.default_rng(7)
-    true = (0.553, 10.578, 0.606, 11.669)
-    x, t_x, T = simulate_pareto_nbd(*true, T=rng.integers(7, 365, 100_000) / 7.0, rng=rng,
-                                    day_resolution=True)
-    fit = pareto_nbd.fit_pareto_nbd(x, t_x, T)
-    assert fit.converged and fit.at_bounds == ()
-    for name, value in zip(("r", "alpha", "s", "beta"), true, strict=True):
-        # within 4 standard errors (the fit's own, checked below against the Hessian)
+def recovered_fit(simulate, fit_model, true: tuple[float, ...], names: tuple[str, ...], seed: int):
+    """The fit of 100,000 customers simulated with the parameters `true` (observed 1 to 52 weeks,
+    at day resolution), checked to have converged within 4 of its own standard errors (those are
+    checked below against the Hessian) of every true parameter."""
+    rng = np.random.default_rng(seed)
+    x, t_x, T = simulate(*true, T=rng.integers(7, 365, 100_000) / 7.0, rng=rng, day_resolution=True)
+    fit = fit_model(x, t_x, T)
+    assert fit.converged
+    for name, value in zip(names, true, strict=True):
         assert abs(getattr(fit, name) - value) < 4 * fit.standard_errors[name], name
+    return fit
+
+
+def test_pareto_nbd_recovers_simulated_parameters():
+    fit = recovered_fit(simulate_pareto_nbd, pareto_nbd.fit_pareto_nbd, (0.553, 10.578, 0.606, 11.669),
+                        ("r", "alpha", "s", "beta"), seed=7)
+    assert fit.at_bounds == ()
 
 
 # ------------------------------------------------------------------ MBG/NBD
-def test_mbgnbd_matches_lifetimes_on_cdnow(mbg, cdnow):
-    x, t_x, T = cdnow
+def test_mbgnbd_matches_lifetimes_on_cdnow(mbg, cdnow_frequency_recency):
+    x, t_x, T = cdnow_frequency_recency
     for k, ref in dict(r=0.5248377, alpha=6.1829885, a=0.8913563, b=1.6140000).items():
         assert getattr(mbg, k) == pytest.approx(ref, rel=1e-5), k
     assert mbg.log_likelihood == pytest.approx(-9582.1327, abs=1e-3)
@@ -237,8 +229,8 @@ def test_mbgnbd_matches_lifetimes_on_cdnow(mbg, cdnow):
                                [0.05306063, 1.1822838, 1.80363619], rtol=1e-6)
 
 
-def test_mbgnbd_one_time_buyers_are_not_all_alive(mbg, cdnow):
-    x, t_x, T = cdnow
+def test_mbgnbd_one_time_buyers_are_not_all_alive(mbg, cdnow_frequency_recency):
+    x, t_x, T = cdnow_frequency_recency
     one_time = x == 0
     pa = mbgnbd.probability_alive(mbg, x, t_x, T)
     assert np.all(pa[one_time] < 1.0) and pa[one_time].max() < 0.6
@@ -283,14 +275,7 @@ def test_mbgnbd_conditional_expectation_against_quadrature(params):
 
 
 def test_mbgnbd_recovers_simulated_parameters():
-    rng = np.random.default_rng(11)
-    true = (0.525, 6.183, 0.891, 1.614)
-    x, t_x, T = simulate_mbgnbd(*true, T=rng.integers(7, 365, 100_000) / 7.0, rng=rng,
-                                day_resolution=True)
-    fit = mbgnbd.fit_mbgnbd(x, t_x, T)
-    assert fit.converged
-    for name, value in zip(("r", "alpha", "a", "b"), true, strict=True):
-        assert abs(getattr(fit, name) - value) < 4 * fit.standard_errors[name], name
+    recovered_fit(simulate_mbgnbd, mbgnbd.fit_mbgnbd, (0.525, 6.183, 0.891, 1.614), ("r", "alpha", "a", "b"), seed=11)
 
 
 # ------------------------------------------------------------------ standard errors
@@ -312,9 +297,9 @@ def _numeric_se(loglik_total, values):
     return np.sqrt(np.diag(np.linalg.inv(-H)))
 
 
-def test_standard_errors_are_the_observed_information(cdnow):
-    x, t_x, T = cdnow
-    d = np.genfromtxt(CDNOW_CSV, delimiter=",", names=True)
+def test_standard_errors_are_the_observed_information(cdnow_frequency_recency, cdnow):
+    x, t_x, T = cdnow_frequency_recency
+    d = cdnow
     for name, model in MODELS.items():
         fit = model.fit(x, t_x, T)
         values = [getattr(fit, k) for k in model.parameter_names]
@@ -342,8 +327,8 @@ def test_a_parameter_at_a_bound_has_no_standard_error():
 
 
 # ------------------------------------------------------------------ registry, unidentified fits
-def test_registry_iterates_over_the_three_models(cdnow):
-    x, t_x, T = cdnow
+def test_registry_iterates_over_the_three_models(cdnow_frequency_recency):
+    x, t_x, T = cdnow_frequency_recency
     assert set(MODELS) == {"bgnbd", "pareto_nbd", "mbgnbd"}
     for name, model in MODELS.items():
         fit = model.fit(x[:800], t_x[:800], T[:800])
@@ -375,10 +360,10 @@ def test_a_population_without_repeat_buyers_is_refused(name):
             weights=np.r_[np.ones(10), 0.0])
 
 
-def test_a_column_of_horizons_gives_the_tracking_curve(cdnow):
+def test_a_column_of_horizons_gives_the_tracking_curve(cdnow_frequency_recency):
     """What the holdout tracking plot needs: k horizons x n customers in one call, equal to k
     single-horizon calls."""
-    x, t_x, T = cdnow
+    x, t_x, T = cdnow_frequency_recency
     weeks = np.arange(0.0, 40.0, 1.0)[:, None]
     for name, model in MODELS.items():
         params = model.make_params(dict(zip(model.parameter_names,
@@ -418,9 +403,9 @@ def test_every_model_fits_the_extreme_population_bgnbd_survives():
 
 
 @pytest.mark.parametrize("name", ["pareto_nbd", "mbgnbd"])
-def test_weights_are_multiplicities(cdnow, name):
+def test_weights_are_multiplicities(cdnow_frequency_recency, name):
     """Fitting the distinct rows with their counts as weights is the same fit as the raw rows."""
-    x, t_x, T = cdnow
+    x, t_x, T = cdnow_frequency_recency
     model = MODELS[name]
     (ux, utx, uT), counts = bgnbd.compress_rows(x, t_x, T)
     assert ux.size < x.size
