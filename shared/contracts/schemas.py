@@ -230,10 +230,11 @@ def event_document(*, event_id: str, user_id: int, event_type: str, timestamp: d
         "event_type": event_type,
         "timestamp": timestamp.astimezone(UTC),
         "metadata": metadata,
-        "received_at": received_at,
     }
+    # Before `received_at`: BSON keeps key order, and the documents stored before issue 22 have it so.
     if geo is not None:
         document["geo"] = geo
+    document["received_at"] = received_at
     return document
 
 
