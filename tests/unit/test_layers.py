@@ -69,6 +69,10 @@ def test_no_import_runs_back_up_a_layer_or_across_services():
     ("shared/pipeline/x.py", "import shared.analytics.profiles\n", "a layer above"),
     ("shared/analytics/x.py", "from services.api import app\n", "never imports a service"),
     ("services/worker/x.py", "from services.api.access import decide\n", "its own modules"),
+    # Relative imports name the same modules: `..pipeline` from shared/infra/x.py is shared.pipeline.
+    ("shared/infra/x.py", "from ..pipeline import rescore\n", "a layer above"),
+    ("shared/contracts/x.py", "from ..infra.db import session_scope\n", "a layer above"),
+    ("services/worker/x.py", "from ..api import access\n", "its own modules"),
 ])
 def test_the_check_sees_each_kind_of_broken_rule(tmp_path, path, source, rule):
     target = tmp_path / path
