@@ -28,12 +28,18 @@ def _part(module: str) -> str | None:
     return None
 
 
-def _imports(path: Path) -> list[tuple[int, str]]:
+def _imports(path: Path, package: list[str]) -> list[tuple[int, str]]:
+    """Every module `path` imports, by its absolute name (`package`: the one `path` is in)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append((node.lineno, node.module))
-            found.extend((node.lineno, f"{node.module}.{alias.name}") for alias in node.names)
+        if isinstance(node, ast.ImportFrom):
+            # A relative import (level 1 = this package) names a module as surely as an absolute one.
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            if not module:
+                continue
+            found.append((node.lineno, module))
+            found.extend((node.lineno, f"{module}.{alias.name}") for alias in node.names)
         elif isinstance(node, ast.Import):
             found.extend((node.lineno, alias.name) for alias in node.names)
     return found
@@ -42,10 +48,11 @@ def _imports(path: Path) -> list[tuple[int, str]]:
 def broken_rules(root: Path) -> list[str]:
     broken = []
     for path in sorted([*root.glob("shared/**/*.py"), *root.glob("services/**/*.py")]):
-        me = _part(".".join(path.relative_to(root).with_suffix("").parts))
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        me = _part(".".join(parts))
         if me is None or me in ENTRY_POINTS:
             continue
-        for line, module in _imports(path):
+        for line, module in _imports(path, parts[:-1]):
             other = _part(module)
             if other is None or other == me:
                 continue
