@@ -63,3 +63,16 @@ def test_the_signup_event_keeps_the_shape_the_worker_stored_before():
                          metadata={"username": "ivan"}, geo={"city": "Kyiv", "country": "UA"},
                          received_at=RECEIVED)
     assert bson.encode(new) == bson.encode(old)
+
+
+def test_a_key_of_an_event_the_contract_does_not_name_is_not_dropped_unseen():
+    """The worker of before stored every key of a queued event (`dict(event)`). The message's
+    top level refuses an unknown key (the task fails for good, dead-lettered where it is seen);
+    an unknown key of one event must not instead vanish from the stored document with nothing
+    said: stored as before, or refused like the top level."""
+    event = {**OLD_MESSAGES[1], "source": "importer-v1"}
+    try:
+        [message] = StoreEventsMessage.model_validate({"events": [event]}).events
+    except ValueError:
+        return  # refused: the message is dead-lettered with its error
+    assert message.document(RECEIVED) == old_worker_document(event, RECEIVED)
