@@ -69,3 +69,23 @@ def test_an_installation_without_fits_gets_the_new_collection_only(database):
     prepare_database(uri)
     assert LEGACY_FITTED_MODELS not in db.list_collection_names()
     assert "uq_version" in db[FITTED_MODELS].index_information()
+
+
+def test_a_fit_an_old_analytics_worker_made_after_the_rename_is_not_dropped_unseen(database):
+    """A rolling upgrade: a new process renamed `models`, an analytics worker of the old version,
+    still running, fits again into `models` (it numbers the fit from that collection, now empty:
+    version 1). At the next start of a new process the copy meets `uq_version` on a fit that is
+    NOT the same document. Dropping `models` then throws that fit away with nothing said: it must
+    survive somewhere, in `fitted_models` or in `models` left for an operator."""
+    uri, db = database
+    db[LEGACY_FITTED_MODELS].insert_many([dict(f) for f in FITS])
+    prepare_database(uri)  # the first new process: renamed
+    assert fits(db) == FITS
+    late_fit = {"version": 1, "as_of": "2026-07-01", "bgnbd": {"r": 0.9}}
+    db[LEGACY_FITTED_MODELS].insert_one(dict(late_fit))  # the old worker's next fit
+
+    prepare_database(uri)  # the next new process
+
+    kept = [{k: v for k, v in doc.items() if k != "_id"}
+            for name in (FITTED_MODELS, LEGACY_FITTED_MODELS) for doc in db[name].find()]
+    assert late_fit in kept
