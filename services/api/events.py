@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 from flask import current_app, request
@@ -17,7 +18,7 @@ from sqlalchemy import select
 
 from services.api.problems import FieldProblem, Problem, ProblemError, problem_response
 from shared.contracts import event_identity
-from shared.contracts.schemas import EventBatch, EventMessage, SingleEvent, StoreEventsMessage
+from shared.contracts.schemas import EventBatch, EventMessage, SingleEvent
 from shared.contracts.settings import get_settings
 from shared.contracts.tables import User
 from shared.contracts.topology import STORE_EVENTS
@@ -119,22 +120,24 @@ def _check_users_exist(events) -> None:
             raise ProblemError(422, "Unknown user_id", errors)
 
 
-def _publish(messages: list[EventMessage]) -> None:
+def _publish(events: list[dict[str, Any]]) -> None:
+    """Publish `EventMessage.wire` dicts in chunks, each a `StoreEventsMessage` (the worker
+    validates it as one); the dicts go as they are, since a model per chunk would dump every
+    event a second time."""
     celery = current_app.extensions["celery"]
     chunk = get_settings().events_chunk_size
     try:
-        for start in range(0, len(messages), chunk):
-            batch = StoreEventsMessage(events=messages[start : start + chunk])
-            celery.send_task(STORE_EVENTS, kwargs=batch.model_dump(mode="json"))
+        for start in range(0, len(events), chunk):
+            celery.send_task(STORE_EVENTS, kwargs={"events": events[start : start + chunk]})
     except Exception as exc:
         raise ProblemError(
             503, f"The message broker is unavailable ({type(exc).__name__}); retry with the same event_ids"
         ) from exc
 
 
-def _accept(events) -> tuple[list[EventMessage], int]:
-    """Publish the request's events; returns every event's message, in request order, and how
-    many copies were collapsed.
+def _accept(events) -> tuple[list[dict[str, Any]], int]:
+    """Publish the request's events; returns every event's message (`EventMessage.wire`), in
+    request order, and how many copies were collapsed.
 
     An event is `(user_id, event_id)` (shared.contracts.event_identity). Copies of one event inside one
     request are decided here, before anything is stored: identical copies (a client re-sending
@@ -142,19 +145,17 @@ def _accept(events) -> tuple[list[EventMessage], int]:
     that differ in content are refused with a 422 naming both positions, since whichever one we
     kept would silently drop what the client meant by the other."""
     received_at = datetime.now(UTC)
-    messages = [EventMessage.of(e, e.event_id or uuid.uuid4().hex, received_at) for e in events]
-    documents = [m.model_dump(mode="json") for m in messages]
-    unique, repeated, conflicts = event_identity.collapse(documents)
+    messages = [EventMessage.wire(e, e.event_id or uuid.uuid4().hex, received_at) for e in events]
+    unique, repeated, conflicts = event_identity.collapse(messages)
     if conflicts:
         raise ProblemError(422, "Conflicting copies of an event", [
             FieldProblem(field=f"events[{later}].event_id",
-                         message=f"user {messages[later].user_id}'s event {messages[later].event_id!r} is "
+                         message=f"user {messages[later]['user_id']}'s event {messages[later]['event_id']!r} is "
                                  f"also events[{first}], with different content: one id, one event")
             for first, later in conflicts
         ])
     _check_users_exist(events)
-    kept = {id(document) for document in unique}
-    _publish([m for m, document in zip(messages, documents, strict=True) if id(document) in kept])
+    _publish(unique)
     if repeated:
         counters.add(**{counters.EVENTS_DUPLICATE: len(repeated)})
     return messages, len(repeated)
@@ -171,7 +172,7 @@ def _accept(events) -> tuple[list[EventMessage], int]:
 )
 def publish_event(body: SingleEvent):
     [message], _ = _accept([body.root])
-    return {"event_id": message.event_id}, 202
+    return {"event_id": message["event_id"]}, 202
 
 
 @events_bp.post(
@@ -187,4 +188,4 @@ def publish_event(body: SingleEvent):
 def publish_batch(body: EventBatch):
     messages, duplicates = _accept(body.events)
     return {"accepted": len(messages) - duplicates, "duplicates": duplicates,
-            "event_ids": [m.event_id for m in messages]}, 202
+            "event_ids": [m["event_id"] for m in messages]}, 202

@@ -242,6 +242,11 @@ class EventMessage(BaseModel):
     """One event of a store-events message: a validated event as JSON (the instant as ISO text).
     Lenient where the API was strict: it describes what the API already accepted."""
 
+    # A key the contract does not name fails the message for good (dead-lettered, where it is
+    # seen): the worker before the typed message stored whatever it was given, and dropping such a
+    # key silently would be a loss nobody notices.
+    model_config = ConfigDict(extra="forbid")
+
     event_id: str
     user_id: int
     event_type: str
@@ -256,18 +261,30 @@ class EventMessage(BaseModel):
         # The text messages have always carried (`+00:00`, not pydantic's `Z`).
         return value.isoformat()
 
+    @staticmethod
+    def _fields(event: PurchaseEvent | CartEvent | ActivityEvent, event_id: str,
+                received_at: datetime) -> dict[str, Any]:
+        metadata = event.metadata.model_dump(exclude_none=True) if isinstance(event.metadata, BaseModel) \
+            else dict(event.metadata)
+        return {"event_id": event_id, "user_id": event.user_id, "event_type": event.event_type,
+                "timestamp": event.timestamp or received_at, "metadata": metadata,
+                "geo": event.geo.model_dump(exclude_none=True) if event.geo else None}
+
     @classmethod
     def of(cls, event: PurchaseEvent | CartEvent | ActivityEvent, event_id: str,
            received_at: datetime) -> "EventMessage":
         """A validated event, dated `received_at` when it has no timestamp of its own."""
-        metadata = event.metadata.model_dump(exclude_none=True) if isinstance(event.metadata, BaseModel) \
-            else dict(event.metadata)
         # Built, not validated again: the event was, by the stricter request models.
-        return cls.model_construct(
-            event_id=event_id, user_id=event.user_id, event_type=event.event_type,
-            timestamp=event.timestamp or received_at, metadata=metadata,
-            geo=event.geo.model_dump(exclude_none=True) if event.geo else None,
-        )
+        return cls.model_construct(**cls._fields(event, event_id, received_at))
+
+    @classmethod
+    def wire(cls, event: PurchaseEvent | CartEvent | ActivityEvent, event_id: str,
+             received_at: datetime) -> dict[str, Any]:
+        """`of(...).model_dump(mode="json")` without the model in between: the API builds one for
+        every event it accepts, and a model per event, dumped, cost it twice the old dict's time."""
+        fields = cls._fields(event, event_id, received_at)
+        fields["timestamp"] = fields["timestamp"].isoformat()
+        return fields
 
     def document(self, received_at: datetime) -> dict[str, Any]:
         return event_document(event_id=self.event_id, user_id=self.user_id, event_type=self.event_type,

@@ -1,4 +1,5 @@
 """Validation and mapping: the request schemas and how their errors are named."""
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -115,6 +116,27 @@ def test_event_document_maps_the_guide_fields():
         "metadata": {"product_id": "P1", "price": 9.5, "category": "books"},
         "geo": {"country": "Ukraine", "city": "Kyiv", "coordinates": [50.45, 30.52]},
     }
+
+
+@pytest.mark.parametrize("body", [
+    {},
+    {"geo": {"country": "Ukraine", "city": "Kyiv", "coordinates": [50.45, 30.52]}},
+    {"geo": {"city": "Kyiv"}},
+    {"timestamp": "2024-01-15T10:30:00.123456+02:00"},
+    {"timestamp": "1970-01-01T00:00:00Z"},
+    {"metadata": {"product_id": "P1", "price": 0, "category": "books", "quantity": 3}},
+])
+def test_the_message_the_api_publishes_is_the_models_json(body):
+    """`EventMessage.wire` is the API's shortcut past the model: the same dict as the model's JSON
+    dump, which the worker validates back into the same message."""
+    event = EVENT.validate_python({**purchase(), **body})
+    received = datetime(2024, 1, 15, 12, tzinfo=UTC)
+    # Through the broker's JSON serializer, as the worker receives it (a tuple arrives as a list).
+    wire = json.loads(json.dumps(EventMessage.wire(event, "e-1", received)))
+    assert wire == EventMessage.of(event, "e-1", received).model_dump(mode="json")
+    [back] = StoreEventsMessage.model_validate({"events": [wire]}).events
+    assert back.document(received)["timestamp"] == (event.timestamp or received)
+    assert back == EventMessage.model_validate(EventMessage.of(event, "e-1", received).model_dump(mode="json"))
 
 
 def test_a_store_events_message_round_trips_to_the_stored_document():
