@@ -179,6 +179,8 @@ def expected_failure(exc: Exception) -> str | None:
         error = exc.errors()[0]  # type: ignore[attr-defined]  # a pydantic ValidationError (raised() above)
         setting = ".".join(str(part) for part in error["loc"]).upper()
         return f"invalid setting {setting}: {error['msg']} (see .env and the environment)"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text: byte {exc.start} cannot be read ({exc.reason}); is it the right file?"
     if isinstance(exc, ConnectionError):
         return f"cannot connect: {first_line(exc)}"
     if isinstance(exc, OSError) and exc.filename is not None:

@@ -385,7 +385,7 @@ def _main(argv: list[str] | None) -> int:
     if args.format == "csv" and not (args.country and args.city):
         parser.error("a CSV of transactions needs --country and --city for the customers' address")
     if not args.file.is_file():
-        parser.error(f"no such file: {args.file}")
+        parser.error(f"not a file: {args.file}" if args.file.exists() else f"no such file: {args.file}")
 
     plan = validate(args.file, args)
     missing_users = sorted(plan.usernames - set(plan.users))
