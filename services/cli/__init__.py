@@ -1,8 +1,8 @@
 """`pulse`: the operator's one command (console script `pulse = "services.cli:main"`).
 
-    pulse keys create|list|revoke|dev ...   API keys                         (shared.infra.api_keys)
-    pulse summaries rebuild [--check]       recount counters and summaries   (shared.pipeline.summaries)
-    pulse dead-letters list|replay|purge    tasks that failed for good       (shared.infra.dead_letters)
+    pulse keys create|list|revoke|dev ...   API keys                         (services.cli.keys)
+    pulse summaries rebuild [--check]       recount counters and summaries   (services.cli.summaries)
+    pulse dead-letters list|replay|purge    tasks that failed for good       (services.cli.dead_letters)
     pulse backfill FILE ...                 import a history                 (services.worker.backfill)
     pulse migrate                           create/upgrade the database      (shared.infra.migrate)
     pulse demo | chaos | population | flower-login   dev tools of a checkout (scripts/)
@@ -13,11 +13,13 @@ Decisions (issue 22):
   shared/, each service's command module and scripts/, and nothing imports it.
 * Every import is lazy, inside the subcommand: `pulse --help` loads no dependency at all and
   `pulse keys` does not load numpy, the analytics or Celery.
-* One parser per command: each subcommand hands the rest of the command line to its module's
-  existing `main(argv)`, whose argparse parser (prog `pulse <command>`) owns the options and the
-  `--help`. So `pulse keys --help` is the module's help, and nothing is declared twice. argparse
-  rather than click: nothing to declare here but a name, a summary and where `main` lives, and no
-  dependency to add. `python -m <module>` keeps working; every caller uses `pulse` now.
+* One parser per command: each subcommand hands the rest of the command line to a `main(argv)`,
+  whose argparse parser (prog `pulse <command>`) owns the options and the `--help`. The operator
+  commands of shared/ live here (keys.py, summaries.py, dead_letters.py), beside the library code
+  they call, so no library module carries a command line; a service's own tool stays in the
+  service (`services.worker.backfill`, which runs the worker's storage path). argparse rather than
+  click: nothing to declare here but a name, a summary and where `main` lives, and no dependency
+  to add.
 * The dev tools in scripts/ (demo, chaos, population, flower-login) exist only in a checkout: the
   wheel packages shared* and services*. Outside one, such a command says so and exits 2.
 * Errors without tracebacks. An expected failure (a store unreachable, a missing file, an unknown
@@ -78,11 +80,11 @@ class CheckoutMissing(Exception):
 
 
 COMMANDS = {c.name: c for c in (
-    Command("keys", "shared.infra.api_keys:main",
+    Command("keys", "services.cli.keys:main",
             "API keys: create, list, revoke; dev FILE makes sure FILE holds a working development key"),
-    Command("summaries", "shared.pipeline.summaries:main",
+    Command("summaries", "services.cli.summaries:main",
             "rebuild [--check]: recount activity counters and customer summaries from MongoDB events"),
-    Command("dead-letters", "shared.infra.dead_letters:main",
+    Command("dead-letters", "services.cli.dead_letters:main",
             "list, replay or purge the tasks that failed for good"),
     Command("backfill", "services.worker.backfill:main",
             "FILE: import a history of users and events (NDJSON, or CSV of transactions)"),

@@ -14,10 +14,7 @@ on, so listing changes nothing, and a message being replayed is acknowledged onl
 has confirmed its copy in the work queue: a crash in between leaves a duplicate, never a loss,
 and every Pulse task is idempotent.
 """
-import argparse
-import json
-import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -204,43 +201,3 @@ def print_table(letters: list[DeadLetter]) -> None:
         print(f"    first error: {letter.first_error or '(not recorded)'}")
         if letter.last_error and letter.last_error != letter.first_error:
             print(f"    last error:  {letter.last_error}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pulse dead-letters", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    listing = commands.add_parser("list", help="each dead letter: task, queue, reason, age, first error")
-    listing.add_argument("--json", action="store_true", help="one JSON document instead of the table")
-    listing.add_argument("--limit", type=int, default=None, help="at most this many (default every one)")
-    for name, what in (("replay", "publish again into the queue it died in"), ("purge", "delete for good")):
-        command = commands.add_parser(name, help=what)
-        command.add_argument("task_ids", nargs="*", metavar="task-id", help="task ids, as `list` shows them")
-        command.add_argument("--all", action="store_true", help="every dead letter (instead of task ids)")
-    args = parser.parse_args(argv)
-
-    if args.command in ("replay", "purge") and bool(args.task_ids) == args.all:
-        parser.error(f"{args.command}: name task ids or give --all (not both)")
-    try:
-        with DeadLetterQueue() as dlq:
-            if args.command == "list":
-                letters = dlq.letters(args.limit)
-                if args.json:
-                    print(json.dumps([asdict(letter) for letter in letters], indent=2))
-                else:
-                    print_table(letters)
-            elif args.command == "replay":
-                replayed = dlq.replay(None if args.all else args.task_ids)
-                print(f"replayed {len(replayed)} message(s): {', '.join(replayed) or '-'}")
-            else:
-                print(f"purged {dlq.purge(None if args.all else args.task_ids)} message(s)")
-    except LookupError as exc:
-        print(f"error: {exc.args[0]}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: cannot reach the broker: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

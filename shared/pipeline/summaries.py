@@ -33,17 +33,13 @@ the recount reads may be counted twice or not at all.
 """
 from __future__ import annotations
 
-import argparse
 import io
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from pymongo.errors import PyMongoError
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from shared.contracts.event_time import to_milliseconds
@@ -412,59 +408,3 @@ def check(db, session: Session, user_ids: Sequence[int] | None = None, progress=
                                       f"recounted {row.recounted if not row.extra else '-'}")
         drifts.append(drift)
     return drifts
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except (PyMongoError, SQLAlchemyError) as exc:
-        print(f"cannot recount: {type(exc).__name__}: {str(exc).splitlines()[0][:300]} "
-              "(is the stack's MongoDB and Postgres up?)", file=sys.stderr)
-        return 1
-
-
-def _main(argv: list[str] | None) -> int:
-    from tqdm import tqdm
-
-    from shared.infra.db import session_scope
-    from shared.infra.mongo import get_database
-
-    parser = argparse.ArgumentParser(
-        prog="pulse summaries",
-        description="Recount activity counters and customer summaries from MongoDB events "
-        "(run on a quiet stack).",
-    )
-    parser.add_argument("command", choices=["rebuild"], help="replace the tables with a recount")
-    parser.add_argument("--check", action="store_true",
-                        help="change nothing: report every row that differs from a recount (exit status 1 on drift)")
-    parser.add_argument("--user", type=int, action="append", dest="users", metavar="ID",
-                        help="only this user (repeatable)")
-    args = parser.parse_args(argv)
-    args.command = "check" if args.check else "rebuild"
-    db = get_database()
-    with tqdm(desc="events read", unit=" events", unit_scale=True, file=sys.stderr) as bar:
-        def progress(read: int) -> None:
-            bar.update(read - bar.n)
-
-        with session_scope() as session:
-            if args.command == "rebuild":
-                written = rebuild(db, session, args.users, progress)
-            else:
-                drifts = check(db, session, args.users, progress)
-                session.rollback()
-    if args.command == "rebuild":
-        print("rebuilt from MongoDB events: " + ", ".join(f"{name} {n:,}" for name, n in written.items()))
-        return 0
-    total = sum(d.rows for d in drifts)
-    for drift in drifts:
-        status = "ok" if not drift.rows else (f"DRIFT: {drift.missing} missing, {drift.extra} extra, "
-                                               f"{drift.different} different")
-        print(f"{drift.table:<20} {status}")
-        for example in drift.examples:
-            print(f"    {example}")
-    print("no drift" if not total else f"{total} rows differ from a recount of MongoDB events")
-    return 1 if total else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
