@@ -206,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
                       "within API_KEY_CACHE_SECONDS", file=sys.stderr)
         else:
             key, created = ensure_dev_key(session, args.file)
-            key_id = KEY_FORMAT.fullmatch(key).group(1)
+            match = KEY_FORMAT.fullmatch(key)
+            # ensure_dev_key returns either a key lookup() accepted (so it matched) or one create() made.
+            assert match is not None
+            key_id = match.group(1)
             what = "created a development key" if created else "development key"
             print(f"{what} (id {key_id}, scopes {','.join(SCOPES)}) in {args.file}: "
                   f"curl -H \"Authorization: Bearer $(cat {args.file})\" ...; the dashboard at /dashboard takes it too")
