@@ -2,11 +2,12 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
 from sqlalchemy import Engine, create_engine
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, CursorResult, Result, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -69,6 +70,12 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows an INSERT, UPDATE or DELETE matched. SQLAlchemy types Session.execute as returning
+    Result, which has no rowcount; for those statements it is a CursorResult at run time."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 def _database_name(url: URL) -> str:
