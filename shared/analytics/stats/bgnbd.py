@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import numpy as np
+import numpy.typing as npt
 from scipy import optimize, special
 
 from .errors import require_repeat_information
@@ -74,7 +75,8 @@ class BGNBDParams:
 PARAMETER_NAMES = names_of(BGNBDParams)
 
 
-def _validate(frequency, recency, T):
+def _validate(frequency: npt.ArrayLike, recency: npt.ArrayLike, T: npt.ArrayLike
+              ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     x = np.asarray(frequency, dtype=np.float64)
     t_x = np.asarray(recency, dtype=np.float64)
     T = np.asarray(T, dtype=np.float64)
