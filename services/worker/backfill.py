@@ -214,6 +214,7 @@ def _csv(path: Path, plan: Plan, args: argparse.Namespace) -> Iterator[Record]:
                     continue
             elif when < (plan.users[username][1] or when):
                 plan.users[username] = (plan.users[username][0], when)
+            assert event.event_id is not None  # validated from the event_id derived above
             yield Record(number, username, EventMessage.of(event, event.event_id, when))
 
 

@@ -35,7 +35,7 @@ def create(session: Session, kind: str, params: dict[str, Any]) -> uuid.UUID:
     return job.id
 
 
-def parse_id(text: str) -> uuid.UUID | None:
+def parse_id(text: str | None) -> uuid.UUID | None:
     """A job id from a URL: None for anything that is not a UUID (it cannot name a job)."""
     try:
         return uuid.UUID(text)

@@ -28,9 +28,9 @@ the one :func:`recommend` gives.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -119,6 +119,8 @@ def recommend(target_user_ids: Iterable[Any], user_ids: npt.ArrayLike, items: np
     return result
 
 
+_User = TypeVar("_User", bound=Hashable)
+
 MAX_ITEMS = 2_000  # the most popular items a fitted model keeps
 MAX_NEIGHBOURS = 200  # co-purchase weights kept per item (the largest)
 
@@ -147,7 +149,7 @@ class CoPurchases:
         object.__setattr__(self, "_tie_rank", tie_rank)
         object.__setattr__(self, "_position", {item: i for i, item in enumerate(self.items.tolist())})
 
-    def recommend(self, baskets: dict[str, Any], k: int = 5) -> dict[str, Any]:
+    def recommend(self, baskets: Mapping[_User, Iterable[Any]], k: int = 5) -> dict[_User, list[Any]]:
         """Top-``k`` items for each user of ``baskets`` (user -> the items that user bought)."""
         users = list(baskets)
         n_i = self.items.size
