@@ -583,7 +583,8 @@ def rate_factor(r, alpha, a, b, x, T, t) -> np.ndarray:
     return np.where(t > 0, out, 0.0)
 
 
-def _unique_pairs(u, v):
+def _unique_pairs(u: npt.ArrayLike, v: npt.ArrayLike
+                  ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.intp]]:
     """Distinct (u, v) pairs and the inverse index, via one lexsort (for scoring dedup)."""
     u = np.ascontiguousarray(u, dtype=np.float64).ravel()
     v = np.ascontiguousarray(v, dtype=np.float64).ravel()
