@@ -60,6 +60,7 @@ def query_numbers(session: Session, query: str, columns: int, literals: dict | N
     tuples costs seconds, parsing COPY's text with numpy a fraction of that. `literals` fill the
     query's {name} fields (COPY takes no parameters)."""
     raw = session.connection().connection.driver_connection
+    assert raw is not None  # None only once a pooled connection is invalidated; this one is checked out
     statement = sql.SQL("COPY ({}) TO STDOUT").format(
         sql.SQL(query).format(**{k: sql.Literal(v) for k, v in (literals or {}).items()}))
     buffer = io.BytesIO()
@@ -126,7 +127,9 @@ class PurchaseFit:
     """The models fitted on the customers' purchases up to a day, and what was read for them."""
 
     models: dict[str, Any]  # name -> params, or why it could not be fitted
-    gamma_gamma: object
+    # GammaGammaParams or None; Any because its fit report (converged, at_bounds, ...) is added at run
+    # time by stats.params.fitted_params, which mypy cannot see.
+    gamma_gamma: Any
     current: np.ndarray  # every customer's summary as it is now (the population statistics read it)
     read_at: float
     as_of_read_at: float

@@ -38,7 +38,7 @@ from services.api.problems import problem_response
 from shared.contracts.settings import get_settings
 from shared.infra import api_keys
 from shared.infra.api_keys import ADMIN, INGEST, PERSONAL, READ, Principal
-from shared.infra.cache import get_redis
+from shared.infra.cache import get_redis, reply
 from shared.infra.cache import key as redis_key
 from shared.infra.db import session_scope
 from shared.infra.logging import get_logger
@@ -224,7 +224,7 @@ def session_principal(session_id: str, announced=UNREAD) -> Principal | None:
     only (None: no such session, or it ended). Personal stays because the dashboard's user pages
     show who a person is when, and only when, the key that logged in may see it."""
     _follow_revocations(announced)
-    key_id = get_redis().get(session_key(session_id))
+    key_id = reply(get_redis().get(session_key(session_id)))
     if key_id is None:
         return None
     found = _remembered(f"id:{key_id.decode()}", lambda session: api_keys.lookup_id(session, key_id.decode()))
@@ -347,11 +347,14 @@ def _decide(endpoint: str, authorization: str | None, client_ip: str | None, ann
     session_id = _session_id(authorization)
     credentials = None if key is None and session_id is None else SESSION_SCHEME if key is None else KEY
     known = None
-    if credentials is not None:
-        known = principal(key, client_ip, announced) if key is not None else session_principal(session_id, announced)
+    if key is not None:
+        known = principal(key, client_ip, announced)
+    elif session_id is not None:
+        known = session_principal(session_id, announced)
     refused = standing(endpoint, credentials, known)
     if refused is not None:
         return refused
+    assert known is not None  # standing() refuses every request without a known principal
     limit = limit_for(scope)
     if known.unlimited or limit is None:
         return Decision(200, principal=known)

@@ -392,7 +392,9 @@ def _submit(kind: str, task: str, params: dict[str, Any]):
         with tracing.outbox_write(task) as traceparent:  # the relay continues this trace
             session.add(OutboxMessage(id=job_id, task_name=task, payload={"job_id": str(job_id)},
                                       request_id=request_ids.current(), traceparent=traceparent))
-        answer = jobs.describe(jobs.get(session, job_id))
+        job = jobs.get(session, job_id)
+        assert job is not None  # created just above, in this transaction
+        answer = jobs.describe(job)
     return answer, 202, {"Location": jobs.location(job_id)}
 
 

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 import redis
 from flask import current_app, request
@@ -23,7 +23,7 @@ from shared.contracts.settings import get_settings
 from shared.contracts.tables import User
 from shared.contracts.topology import STORE_EVENTS
 from shared.infra import counters
-from shared.infra.cache import get_redis, key
+from shared.infra.cache import get_redis, key, reply
 from shared.infra.db import session_scope
 
 events_bp = APIBlueprint("events", __name__, url_prefix="/api/events", abp_tags=[Tag(name="events")])
@@ -37,7 +37,14 @@ events_bp = APIBlueprint("events", __name__, url_prefix="/api/events", abp_tags=
 KNOWN_USERS_SECONDS = 60
 _KNOWN_USERS_MAX = 1_000_000
 _known_users: set[int] = set()
-_known = {"token": None, "since": 0.0}
+
+
+class _Known(TypedDict):  # the erasure token last seen, and since when (time.monotonic)
+    token: bytes | None
+    since: float
+
+
+_known: _Known = {"token": None, "since": 0.0}
 _known_lock = threading.Lock()
 
 
@@ -57,7 +64,7 @@ def forget_known_user(user_id: int) -> None:
 def _erasure_token() -> bytes | None:
     """The current token, after emptying the set if it moved (or is unknown, or too old)."""
     try:
-        token = get_redis().get(_erasures_key())
+        token: bytes | None = reply(get_redis().get(_erasures_key()))
     except redis.RedisError:
         token = b"unreadable"
     with _known_lock:
@@ -110,6 +117,7 @@ def _check_users_exist(events) -> None:
                     _known_users.update(found)
         missing = wanted - found
         if missing:
+            assert request.endpoint is not None  # set for a request routed to a view, as this one is
             single = len(events) == 1 and request.endpoint.endswith("publish_event")
             errors = [
                 FieldProblem(field="user_id" if single else f"events[{i}].user_id",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -237,8 +238,12 @@ class PipelineCollector:
 
 
 # Each store's families, read at most once a second per process and shared by every scrape meanwhile.
+def _listed(read: Callable[[], Iterable[Any]]) -> Callable[[], list[Any]]:
+    return lambda: list(read())
+
+
 _SOURCES: dict[str, SharedRead[list[Any]]] = {
-    source: SharedRead(lambda read=read: list(read()))
+    source: SharedRead(_listed(read))
     for source, read in (("postgres", PipelineCollector._postgres), ("redis", PipelineCollector._redis),
                          ("rabbitmq", PipelineCollector._rabbitmq), ("mongodb", PipelineCollector._mongodb))
 }

@@ -24,7 +24,7 @@ from shared.contracts.settings import get_settings
 from shared.contracts.tables import OutboxMessage
 from shared.infra import request_ids, tracing
 from shared.infra.celery_app import create_celery_app
-from shared.infra.db import session_scope
+from shared.infra.db import rowcount, session_scope
 from shared.infra.logging import configure_logging, get_logger
 
 log = get_logger("pulse.outbox_relay")
@@ -39,7 +39,7 @@ def prune_published(retention_hours: float, batch: int = PRUNE_BATCH) -> int:
     with session_scope() as session:
         oldest = (select(OutboxMessage.id).where(OutboxMessage.published_at < cutoff)
                   .order_by(OutboxMessage.published_at).limit(batch).with_for_update(skip_locked=True))
-        return session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(oldest.scalar_subquery()))).rowcount
+        return rowcount(session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(oldest.scalar_subquery()))))
 
 
 class Pruner:

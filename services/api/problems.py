@@ -1,4 +1,5 @@
 """RFC 9457 problem responses: every error the API gives is `application/problem+json`."""
+from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -74,7 +75,7 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return path or "body"
 
 
-def error_field(error: dict[str, Any]) -> str:
+def error_field(error: Mapping[str, Any]) -> str:  # pydantic's ErrorDetails, or a dict like it
     loc = tuple(error["loc"])
     if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
         loc += ("event_type",)  # pydantic reports a bad discriminator at the union, not the field
@@ -89,7 +90,7 @@ def validation_problem(error: ValidationError) -> Response:
     return problem_response(422, f"Invalid fields: {fields}", errors)
 
 
-def _chain(exc: BaseException):
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
     """The exception and those it was raised from or while handling, nearest first."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:

@@ -27,7 +27,7 @@ from services.api import access, proxies
 from services.api.metrics import ROUTE
 from services.api.problems import problem_response
 from shared.contracts import personal
-from shared.infra.cache import get_redis
+from shared.infra.cache import get_redis, reply
 from shared.pipeline import profile_cache
 
 PROFILE_PATH = re.compile(r"/api/users/([0-9]{1,18})/profile")
@@ -47,7 +47,8 @@ class ProfileHits:
                 user_id = int(match.group(1))
                 try:
                     # One round trip for the revocation token (access) and the cached profile.
-                    announced, raw = get_redis().mget([access.revocations_key(), profile_cache.profile_key(user_id)])
+                    announced, raw = reply(
+                        get_redis().mget([access.revocations_key(), profile_cache.profile_key(user_id)]))
                 except redis.RedisError:
                     announced, raw = access.UNREAD, None
                 try:

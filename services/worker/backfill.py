@@ -49,7 +49,7 @@ from tqdm import tqdm
 from shared.contracts.schemas import EventMessage, SignupRequest, SingleEvent
 from shared.contracts.topology import COMPUTE_PROFILES
 from shared.infra.celery_app import create_celery_app
-from shared.infra.db import session_scope
+from shared.infra.db import rowcount, session_scope
 from shared.infra.mongo import get_database, prepare_database
 from shared.pipeline.reference import country_by_code, resolve_city
 
@@ -214,6 +214,7 @@ def _csv(path: Path, plan: Plan, args: argparse.Namespace) -> Iterator[Record]:
                     continue
             elif when < (plan.users[username][1] or when):
                 plan.users[username] = (plan.users[username][0], when)
+            assert event.event_id is not None  # validated from the event_id derived above
             yield Record(number, username, EventMessage.of(event, event.event_id, when))
 
 
@@ -286,7 +287,7 @@ def import_users(plan: Plan, quiet: bool) -> tuple[dict[str, int], int, list[str
                         "usernames": [s.username for s in signups], "emails": [s.email for s in signups],
                         "names": [s.full_name for s in signups], "addresses": address_ids,
                         "created": [plan.users[n][1] or now for n in new]})
-                    created += result.rowcount
+                    created += rowcount(result)
                     existing.update({row.username: row.id for row in session.execute(_FIND_USERS, {"names": new})})
             ids.update(existing)
             bar.update(len(chunk))

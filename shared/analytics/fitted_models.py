@@ -22,8 +22,8 @@ from redis.exceptions import RedisError
 
 from shared.analytics.stats import BGNBDParams, CoPurchases, GammaGammaParams
 from shared.analytics.stats.registry import MODELS as PURCHASE_MODELS
-from shared.infra.cache import get_redis, key
-from shared.infra.mongo import FITTED_MODELS
+from shared.infra.cache import get_redis, key, reply
+from shared.infra.mongo import FITTED_MODELS, Document
 
 # What GET /api/analytics/models/latest shows: everything but the co-purchase weights.
 SUMMARY_PROJECTION = {"_id": 0, "population.co_purchases": 0}
@@ -51,25 +51,25 @@ class FittedModel:
     models: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def purchase(self):
+    def purchase(self) -> Any:
         """The scoring model's parameters (BG/NBD's for a model stored before there were others)."""
         return self.models.get(self.scoring_model, self.bgnbd if self.scoring_model == "bgnbd" else None)
 
 
-def _finite(value):
+def _finite(value: float | None) -> float | None:
     # Standard errors of a parameter the data do not identify are infinite or NaN: JSON and BSON
     # readers get null for them.
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def params_document(params) -> dict[str, Any]:
+def params_document(params: Any) -> dict[str, Any]:  # a stats.params.fitted_params instance
     doc = {**asdict(params), "at_bounds": list(params.at_bounds)}
     if "standard_errors" in doc:
         doc["standard_errors"] = {k: _finite(v) for k, v in (doc["standard_errors"] or {}).items()}
     return doc
 
 
-def _params(cls, doc: dict[str, Any] | None):
+def _params(cls: type[Any], doc: dict[str, Any] | None) -> Any:  # an instance of cls, or None
     if not doc or "error" in doc:
         return None
     names = {f.name for f in fields(cls)}
@@ -80,8 +80,8 @@ def _params(cls, doc: dict[str, Any] | None):
     return cls(**{**values, "at_bounds": tuple(doc.get("at_bounds", ()))})
 
 
-def save(db: Database, as_of: date, models: dict[str, Any], scoring_model: str, gamma_gamma: GammaGammaParams | None,
-         population: dict[str, Any], timings: dict) -> dict[str, Any]:
+def save(db: Database[Document], as_of: date, models: dict[str, Any], scoring_model: str,
+         gamma_gamma: GammaGammaParams | None, population: dict[str, Any], timings: dict[str, Any]) -> dict[str, Any]:
     """Store the next version. `models`: name -> fitted params, or the reason it could not be fitted
     (a string); the scoring model must be fitted."""
     latest_doc = db[FITTED_MODELS].find_one(sort=[("version", DESCENDING)], projection={"version": 1})
@@ -115,7 +115,7 @@ def save(db: Database, as_of: date, models: dict[str, Any], scoring_model: str, 
     return doc
 
 
-def latest(db: Database) -> dict[str, Any] | None:
+def latest(db: Database[Document]) -> dict[str, Any] | None:
     """The newest model's document, without the co-purchase weights."""
     return db[FITTED_MODELS].find_one(sort=[("version", DESCENDING)], projection=SUMMARY_PROJECTION)
 
@@ -123,7 +123,8 @@ def latest(db: Database) -> dict[str, Any] | None:
 def scoring_document(doc: dict[str, Any]) -> dict[str, Any]:
     """The stored parameters of the model that scores profiles."""
     name = doc.get("scoring_model", "bgnbd")
-    return (doc.get("models") or {}).get(name) or doc["bgnbd"]
+    stored: dict[str, Any] = (doc.get("models") or {}).get(name) or doc["bgnbd"]
+    return stored
 
 
 def converged(doc: dict[str, Any]) -> bool:
@@ -132,7 +133,7 @@ def converged(doc: dict[str, Any]) -> bool:
     return bool(scoring.get("converged", True) and (gamma_gamma is None or gamma_gamma.get("converged", True)))
 
 
-def latest_version(db: Database) -> int | None:
+def latest_version(db: Database[Document]) -> int | None:
     doc = db[FITTED_MODELS].find_one(sort=[("version", DESCENDING)], projection={"_id": 0, "version": 1})
     return doc["version"] if doc else None
 
@@ -174,11 +175,11 @@ def publish_version(version: int) -> None:
     get_redis().eval(_PUBLISH_IF_NEWER, 1, _version_key(), int(version))
 
 
-def current_version(db: Database) -> int | None:
+def current_version(db: Database[Document]) -> int | None:
     """The newest model's version: from Redis, or from MongoDB when Redis has none (after a
     Redis restart) or cannot be reached."""
     try:
-        cached = get_redis().get(_version_key())
+        cached = reply(get_redis().get(_version_key()))
         if cached is not None:
             return int(cached)
     except RedisError:
@@ -199,7 +200,7 @@ class _Current:
         self._lock = threading.Lock()
         self._models: dict[str, FittedModel] = {}
 
-    def get(self, db: Database) -> FittedModel | None:
+    def get(self, db: Database[Document]) -> FittedModel | None:
         version = current_version(db)
         if version is None:
             return None
@@ -250,6 +251,7 @@ def describe(doc: dict[str, Any]) -> dict[str, Any]:
             continue
         names = PURCHASE_MODELS[name].parameter_names
         view = _fit_view(model_doc, names)
+        assert view is not None  # a stored fit's document is never empty (params_document)
         models[name] = {"parameters": {k: view[k] for k in names}, "standard_errors": view["standard_errors"],
                         "log_likelihood": view["log_likelihood"], "converged": view["converged"],
                         "at_bounds": view["at_bounds"], "iterations": view["iterations"]}
@@ -273,7 +275,7 @@ def describe(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rfm_view(rfm: dict[str, Any]) -> dict[str, Any]:
-    def day(value):
+    def day(value: float | None) -> str | None:
         return (date(1970, 1, 1) + timedelta(days=int(value))).isoformat() if value is not None else None
 
     return {"recency": [day(v) for v in rfm["recency"]], "frequency": rfm["frequency"], "monetary": rfm["monetary"]}

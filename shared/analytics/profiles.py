@@ -8,12 +8,15 @@ customers and at ten million. The analytics worker calls it to rescore users; th
 on a cache miss, so both always agree.
 """
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, overload
 
 import numpy as np
+import numpy.typing as npt
+from pymongo.database import Database
 from sqlalchemy.orm import Session
 
 from shared.analytics import fitted_models
@@ -30,10 +33,12 @@ from shared.analytics.stats import (
     segments,
 )
 from shared.analytics.stats.registry import MODELS as PURCHASE_MODELS
+from shared.analytics.stats.registry import Model
 from shared.contracts.event_time import EPOCH, to_milliseconds
-from shared.contracts.settings import get_settings
+from shared.contracts.settings import Settings, get_settings
 from shared.contracts.users import user_records
 from shared.infra.logging import get_logger
+from shared.infra.mongo import Document
 from shared.pipeline import activity as activity_counters
 from shared.pipeline import summaries
 
@@ -43,6 +48,9 @@ SLOW_PROFILE_MS = 50.0
 log = get_logger("pulse.profiles")
 # Milliseconds per phase of the last computation in this context (the API's request): the profile
 # view sends them as a Server-Timing header, so a client sees where a miss spent its time.
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+_Floats = npt.NDArray[np.float64]
 LAST_PHASES: ContextVar[dict[str, float] | None] = ContextVar("pulse_profile_phases", default=None)
 
 
@@ -60,7 +68,13 @@ class Purchases:
     categories: list[str]
 
 
-def count_ahead_as_now(first_day, last_day, last_purchase_at, now: datetime):
+@overload
+def count_ahead_as_now(first_day: date, last_day: date, last_purchase_at: datetime,
+                       now: datetime) -> tuple[date, date, datetime]: ...
+@overload
+def count_ahead_as_now(first_day: npt.NDArray[Any], last_day: npt.NDArray[Any], last_purchase_at: npt.NDArray[Any],
+                       now: datetime) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]: ...
+def count_ahead_as_now(first_day: Any, last_day: Any, last_purchase_at: Any, now: datetime) -> tuple[Any, Any, Any]:
     """The one rule for purchases stamped ahead of now (timestamps may run up to a day ahead,
     shared.contracts.schemas): they count, as made now. Their day becomes today and their instant now; they
     stay in the purchase days, the purchases and the spend. A profile and the dashboard's batch
@@ -70,15 +84,16 @@ def count_ahead_as_now(first_day, last_day, last_purchase_at, now: datetime):
     if isinstance(last_purchase_at, datetime):
         today = now.date()
         return min(first_day, today), min(last_day, today), min(last_purchase_at, now)
-    today = (now.date() - EPOCH).days
-    return (np.minimum(first_day, today), np.minimum(last_day, today),
+    today_days = (now.date() - EPOCH).days
+    return (np.minimum(first_day, today_days), np.minimum(last_day, today_days),
             np.minimum(last_purchase_at, now.timestamp()))
 
 
-def load_purchase_facts(db, session: Session, user_ids: list[int], now: datetime) -> dict[int, Purchases]:
+def load_purchase_facts(db: Database[Document], session: Session, user_ids: list[int],
+                        now: datetime) -> dict[int, Purchases]:
     stored = summaries.load(session, user_ids)
     categories = summaries.load_categories(session, list(stored))
-    facts = {}
+    facts: dict[int, Purchases] = {}
     for user_id, s in stored.items():
         first_day, last_day, last_purchase_at = count_ahead_as_now(s.first_day, s.last_day, s.last_purchase_at, now)
         facts[user_id] = Purchases(first_day, last_day, last_purchase_at, s.purchase_days, s.purchases, s.spent,
@@ -87,7 +102,7 @@ def load_purchase_facts(db, session: Session, user_ids: list[int], now: datetime
 
 
 def compute_profiles(
-    db, session: Session, user_ids: list[int], now: datetime | None = None
+    db: Database[Document], session: Session, user_ids: list[int], now: datetime | None = None
 ) -> dict[int, dict[str, Any]]:
     """Profiles of the given users that exist in Postgres, keyed by user id."""
     # Milliseconds, as MongoDB keeps the purchase instants the days are counted against.
@@ -135,7 +150,8 @@ def compute_profiles(
             "p_alive": predictions["p_alive"] if predictions else None,
             "expected_purchases_90d": predictions["expected_purchases_90d"] if predictions else None,
             "expected_average_spend": predictions["expected_average_spend"] if predictions else None,
-            "rfm": _rfm(scored["rfm"], i) if bought and scored["rfm"] else None,
+            # i is set whenever bought is (the customers are the users with purchase facts).
+            "rfm": _rfm(scored["rfm"], i) if bought and scored["rfm"] and i is not None else None,
             "totals": {
                 "total_spent": round(spent, 2),
                 "purchases": bought.purchases if bought else 0,
@@ -185,7 +201,7 @@ class _PhaseClock:
         self.started = time.perf_counter()
         self.phases: dict[str, float] = {}
 
-    def __call__(self, name, fn, *args, **kwargs):
+    def __call__(self, name: str, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         started = time.perf_counter()
         try:
             return fn(*args, **kwargs)
@@ -200,7 +216,7 @@ class _PhaseClock:
                         **{f"{k}_ms": v for k, v in self.phases.items()})
 
 
-def _number(value) -> float | None:
+def _number(value: float) -> float | None:
     return round(float(value), 4) if np.isfinite(value) else None
 
 
@@ -236,7 +252,8 @@ def _score_customers(model: FittedModel | None, facts: list[Purchases], today: d
     return result
 
 
-def model_inputs(first, last, purchase_days, spent, first_day_spent, end) -> tuple[np.ndarray, ...]:
+def model_inputs(first: _Floats, last: _Floats, purchase_days: _Floats, spent: _Floats, first_day_spent: _Floats,
+                 end: float | _Floats) -> tuple[np.ndarray, ...]:
     """BG/NBD's and Gamma-Gamma's (x, t_x, T, m) from the summary columns (days since 1970 for
     `first`, `last` and `end`, the last day of observation): frequency counts repeat purchase days,
     recency and age are weeks from the first purchase day, m is the mean spend of a repeat day.
@@ -248,7 +265,7 @@ def model_inputs(first, last, purchase_days, spent, first_day_spent, end) -> tup
     return x, t_x, T, m
 
 
-def predict(model: FittedModel, x, t_x, T, m) -> dict[str, np.ndarray]:
+def predict(model: FittedModel, x: _Floats, t_x: _Floats, T: _Floats, m: _Floats) -> dict[str, np.ndarray]:
     """P(alive), expected purchases over PREDICTION_DAYS, expected spend and CLV from the stored
     model's scoring purchase model (model.scoring_model) and Gamma-Gamma."""
     settings = get_settings()
@@ -280,7 +297,8 @@ def predict(model: FittedModel, x, t_x, T, m) -> dict[str, np.ndarray]:
 
 
 
-def _lifetime_value(spec, params, spend, x, t_x, T, settings) -> np.ndarray:
+def _lifetime_value(spec: Model, params: Any, spend: _Floats, x: _Floats, t_x: _Floats, T: _Floats,
+                    settings: Settings) -> np.ndarray:
     """CLV by the method of shared.analytics.stats.clv (lifetimes' discounted monthly cash flows)
     for a purchase model other than BG/NBD: expected spend times the expected purchases of each
     month, discounted monthly."""

@@ -44,7 +44,7 @@ def _collapse_spaces(value: str) -> str:
     return " ".join(value.split())
 
 
-def iso_text(value, field: str):
+def iso_text(value: object, field: str) -> object:
     """The document says an ISO 8601 string: a number is not read as seconds since 1970."""
     if value is not None and not isinstance(value, str | date | datetime):
         raise ValueError(f"{field} must be an ISO 8601 string")

@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm.interfaces import LoaderOption
 
 from shared.contracts.personal import FIELD_NOTE, PERSONAL
 from shared.contracts.tables import Address, City, Country, User
@@ -18,11 +19,11 @@ def _mark_personal(schema: dict[str, Any]) -> None:
     schema["x-scope"] = PERSONAL
 
 
-def _personal_field():
+def _personal_field() -> Any:  # what pydantic.Field returns (typed Any, for the field's default)
     return Field(None, description=FIELD_NOTE, json_schema_extra=_mark_personal)
 
 
-def with_address():
+def with_address() -> LoaderOption:
     """Eager-load the address chain in the same query (the guide's cure for N+1)."""
     return joinedload(User.address).joinedload(Address.city).joinedload(City.country)
 

@@ -26,6 +26,7 @@ import hmac
 import os
 import re
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,7 +78,7 @@ def status(row: ApiKey, now: datetime | None = None) -> str:
 
 
 def create(
-    session: Session, scopes: list[str], name: str = "", expires_at: datetime | None = None
+    session: Session, scopes: Collection[str], name: str = "", expires_at: datetime | None = None
 ) -> tuple[ApiKey, str]:
     """A new key: (its row, the key itself, which exists nowhere else)."""
     unknown = set(scopes) - set(SCOPES)

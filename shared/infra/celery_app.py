@@ -2,7 +2,7 @@
 from typing import Any
 
 from celery import Celery, signals
-from celery.app.amqp import AMQP
+from celery.app.amqp import AMQP, task_message
 
 from shared.contracts.settings import Settings, get_settings
 from shared.contracts.topology import build_topology
@@ -30,7 +30,8 @@ class PrivateArgumentsAMQP(AMQP):
     """Every message Pulse publishes (the relay, the workers, Celery's own retries) carries
     `arguments_shown` as its kwargsrepr and no argsrepr (Pulse tasks take keyword arguments)."""
 
-    def as_task_v2(self, task_id, name, args=None, kwargs=None, *more, **options):
+    def as_task_v2(self, task_id: str, name: str, args: tuple[Any, ...] | None = None,
+                   kwargs: dict[str, Any] | None = None, *more: Any, **options: Any) -> task_message:
         if options.get("kwargsrepr") is None:
             options["kwargsrepr"] = arguments_shown(kwargs)
         if options.get("argsrepr") is None:
@@ -92,6 +93,6 @@ def declare_topology(app: Celery) -> None:
 
 
 @signals.setup_logging.connect
-def _use_pulse_logging(**_kwargs) -> None:
+def _use_pulse_logging(**_kwargs: Any) -> None:
     # Connecting this signal stops Celery from installing its own handlers.
     configure_logging()

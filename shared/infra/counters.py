@@ -7,7 +7,7 @@ which Prometheus reads as a counter reset.
 """
 from redis.exceptions import RedisError
 
-from shared.infra.cache import get_redis, key
+from shared.infra.cache import get_redis, key, reply
 from shared.infra.logging import get_logger
 
 log = get_logger(__name__)
@@ -33,5 +33,5 @@ def add(**amounts: int) -> None:
 
 
 def read() -> dict[str, int]:
-    values = get_redis().mget([_key(name) for name in NAMES])
+    values = reply(get_redis().mget([_key(name) for name in NAMES]))
     return {name: int(value or 0) for name, value in zip(NAMES, values, strict=True)}

@@ -2,11 +2,12 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
 from sqlalchemy import Engine, create_engine
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, CursorResult, Result, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -71,19 +72,33 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
 
 
+def rowcount(result: Result[Any]) -> int:
+    """The rows an INSERT, UPDATE or DELETE matched. SQLAlchemy types Session.execute as returning
+    Result, which has no rowcount; for those statements it is a CursorResult at run time."""
+    return cast(CursorResult[Any], result).rowcount
+
+
+def _database_name(url: URL) -> str:
+    """The database a URL names; one without a name cannot be created or dropped."""
+    if url.database is None:
+        raise ValueError(f"the database URL {url!r} names no database")
+    return url.database
+
+
 def ensure_database(url: str | None = None) -> bool:
     """Create the database named in the URL when it does not exist. Returns True if created."""
     target = make_url(url or get_settings().database_url)
+    name = _database_name(target)
     admin = target.set(database="postgres", drivername="postgresql")
     conninfo = admin.render_as_string(hide_password=False)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (target.database,)
+            "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
         ).fetchone()
         if exists:
             return False
         try:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.database)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         except psycopg.errors.DuplicateDatabase:  # created by a concurrent starter
             return False
         return True
@@ -91,10 +106,11 @@ def ensure_database(url: str | None = None) -> bool:
 
 def drop_database(url: str) -> None:
     target = make_url(url)
+    name = _database_name(target)
     admin = target.set(database="postgres", drivername="postgresql")
     with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(target.database)
+                sql.Identifier(name)
             )
         )

@@ -16,9 +16,10 @@ and every Pulse task is idempotent.
 """
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, cast
 
 from kombu import Connection, Producer
+from kombu.message import Message
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.contracts.settings import get_settings
@@ -46,14 +47,14 @@ class DeadLetter:
     routing_key: str
 
 
-def _death(headers: dict) -> dict[str, Any]:
+def _death(headers: dict[str, Any]) -> dict[str, Any]:
     """The first death: x-death lists the newest first. Its queue, exchange and routing keys are
     where the message was first published."""
-    deaths = headers.get("x-death") or []
+    deaths: list[dict[str, Any]] = headers.get("x-death") or []
     return deaths[-1] if deaths else {}
 
 
-def _as_datetime(value) -> datetime | None:
+def _as_datetime(value: object) -> datetime | None:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, int | float):
@@ -61,13 +62,14 @@ def _as_datetime(value) -> datetime | None:
     return None
 
 
-def _task_id(message) -> str | None:
+def _task_id(message: Message) -> str | None:
     """The Celery task id a dead letter carries (protocol 2 puts it in the headers)."""
     return (message.headers or {}).get("id") or message.properties.get("correlation_id")
 
 
-def describe(message, failures: dict[str, Any], now: datetime) -> DeadLetter:
-    headers = message.headers or {}
+def describe(message: Message, failures: dict[str, Any], now: datetime) -> DeadLetter:
+    # kombu-stubs says str values; RabbitMQ's x-death is a list of tables.
+    headers: dict[str, Any] = message.headers or {}
     death = _death(headers)
     died_at = _as_datetime(death.get("time"))
     task_id = _task_id(message) or "?"
@@ -89,6 +91,11 @@ def describe(message, failures: dict[str, Any], now: datetime) -> DeadLetter:
     )
 
 
+class _Channel(Protocol):
+    # Every kombu transport's channel has close(); kombu-stubs' StdChannel leaves it out.
+    def close(self) -> None: ...
+
+
 class DeadLetterQueue:
     """The dead-letter queue of this installation (QUEUE_PREFIX), over its own connection."""
 
@@ -103,18 +110,18 @@ class DeadLetterQueue:
     def close(self) -> None:
         # Closing the channel gives back every message taken and not acknowledged.
         try:
-            self.channel.close()
+            cast(_Channel, self.channel).close()
         finally:
             self.connection.release()
 
     def __enter__(self) -> "DeadLetterQueue":
         return self
 
-    def __exit__(self, *_exc) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def take_all(self, limit: int | None = None) -> list[Any]:
-        messages = []
+    def take_all(self, limit: int | None = None) -> list[Message]:
+        messages: list[Message] = []
         while limit is None or len(messages) < limit:
             message = self.queue.get(no_ack=False, accept=["json"])
             if message is None:
@@ -131,7 +138,7 @@ class DeadLetterQueue:
         now = datetime.now(UTC)
         return [describe(m, failures, now) for m in messages]
 
-    def _select(self, task_ids: list[str] | None) -> list[Any]:
+    def _select(self, task_ids: list[str] | None) -> list[Message]:
         messages = self.take_all()
         if task_ids is None:
             return messages
@@ -151,7 +158,7 @@ class DeadLetterQueue:
         replayed = []
         for message in chosen:
             letter = describe(message, {}, now)
-            headers = {k: v for k, v in (message.headers or {}).items() if k not in DEATH_HEADERS}
+            headers: dict[str, Any] = {k: v for k, v in (message.headers or {}).items() if k not in DEATH_HEADERS}
             headers["retries"] = 0  # the full retry budget again: the cause was presumably fixed
             properties = message.properties
             producer.publish(
@@ -163,7 +170,8 @@ class DeadLetterQueue:
                 content_encoding=message.content_encoding,
                 correlation_id=properties.get("correlation_id"),
                 reply_to=properties.get("reply_to"),
-                priority=properties.get("priority"),
+                # None (the message had none) is passed on as kombu takes it; kombu-stubs types it `int`.
+                priority=properties.get("priority"),  # type: ignore[arg-type]
                 delivery_mode=2,
                 retry=True,
                 retry_policy={"max_retries": 3},

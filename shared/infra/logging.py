@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import structlog
+from structlog.typing import Processor
 
 from shared.contracts.settings import get_settings
 
@@ -18,7 +19,7 @@ def configure_logging() -> None:
     if _configured:
         return
     settings = get_settings()
-    shared_processors = [
+    shared_processors: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

@@ -3,6 +3,7 @@
 Product code only speaks pymongo to MONGO_URI, so a real MongoDB and the dev server behave alike.
 """
 from functools import lru_cache
+from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.database import Database
@@ -16,6 +17,9 @@ FITTED_MODELS = "fitted_models"
 # One document, replaced by the analytics worker: the customer distributions of the dashboard.
 CUSTOMER_STATS = "customer_stats"
 
+# pymongo's default document type: what find() and friends return.
+Document = dict[str, Any]
+
 
 # How long an operation waits for the server: while MongoDB is down, each try of a task that
 # needs it holds its worker slot this long before it fails (and is retried).
@@ -23,7 +27,7 @@ SERVER_SELECTION_TIMEOUT_SECONDS = 5.0
 
 
 @lru_cache(maxsize=4)
-def get_client(uri: str | None = None) -> MongoClient:
+def get_client(uri: str | None = None) -> MongoClient[Document]:
     return MongoClient(
         uri or get_settings().mongo_uri,
         tz_aware=True,
@@ -32,12 +36,12 @@ def get_client(uri: str | None = None) -> MongoClient:
     )
 
 
-def get_database(uri: str | None = None) -> Database:
+def get_database(uri: str | None = None) -> Database[Document]:
     uri = uri or get_settings().mongo_uri
     return get_client(uri).get_default_database(default="pulse")
 
 
-def ensure_indexes(db: Database) -> None:
+def ensure_indexes(db: Database[Document]) -> None:
     """Idempotent: create_index is a no-op when the same index exists. The data of older
     versions is upgraded first (shared.infra.mongo_upgrades), so the indexes are made on the
     shape they describe."""
@@ -63,7 +67,7 @@ def prepare_database(uri: str | None = None, timeout: float = 60.0) -> None:
     must not cross a fork.
     """
     uri = uri or get_settings().mongo_uri
-    client = MongoClient(uri, serverSelectionTimeoutMS=int(timeout * 1000))
+    client: MongoClient[Document] = MongoClient(uri, serverSelectionTimeoutMS=int(timeout * 1000))
     try:
         ensure_indexes(client.get_default_database(default="pulse"))
     finally:

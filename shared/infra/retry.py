@@ -1,11 +1,11 @@
 """What counts as a transient failure, retried with exponential backoff and jitter."""
 import smtplib
 import time
-from typing import Any
+from typing import Any, Protocol, cast
 
 import redis
 from celery import Task
-from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerError
 from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout
 from sqlalchemy.exc import OperationalError as DatabaseError
@@ -39,7 +39,7 @@ def retry_policy(until_done: bool = False) -> dict[str, Any]:
     becoming a dead letter.
     """
     settings = get_settings()
-    policy = {
+    policy: dict[str, Any] = {
         "autoretry_for": TRANSIENT_ERRORS,
         "retry_backoff": 2,
         "retry_backoff_max": settings.task_retry_backoff_max_seconds,
@@ -56,7 +56,13 @@ def retry_policy(until_done: bool = False) -> dict[str, Any]:
     return policy
 
 
-class UntilDone(Task):
+class _RejectFields(Protocol):
+    # Reject.__init__ sets these; celery-types' stub of Reject leaves them out.
+    reason: Exception | str | None
+    requeue: bool | None
+
+
+class UntilDone(Task[Any, Any]):
     """A task that is never given up on while its error is transient.
 
     How this meets RabbitMQ: Celery retries a task by publishing a new copy of its message (with a
@@ -74,14 +80,17 @@ class UntilDone(Task):
     """
 
     PUBLISH_PATIENCE = 120.0
+    # Set on each task class from its retry policy (retry_policy() above); not part of Task's stub.
+    retry_backoff_max: int
 
-    def retry(self, *args, **kwargs):
+    def retry(self, *args: Any, **kwargs: Any) -> Retry:
         deadline = time.monotonic() + self.PUBLISH_PATIENCE
         attempt = 0
         while True:
             try:
                 return super().retry(*args, **kwargs)
-            except Reject as reject:
+            except Reject as raised:
+                reject = cast(_RejectFields, raised)
                 # Celery raises Reject(requeue=False) only when publishing the retry failed.
                 if reject.requeue or time.monotonic() >= deadline:
                     raise Reject(reject.reason, requeue=True) from None

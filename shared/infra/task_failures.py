@@ -18,9 +18,10 @@ from typing import Any
 from celery import signals
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
 
 from shared.contracts.tables import TaskFailure
-from shared.infra.db import session_scope, unpooled_engine
+from shared.infra.db import rowcount, session_scope, unpooled_engine
 from shared.infra.logging import get_logger
 
 log = get_logger(__name__)
@@ -79,8 +80,8 @@ def record(task_id: str, task_name: str, error: str, user_ids: list[int] | None 
         connection.execute(statement)
 
 
-def _record_quietly(task_id: str | None, task_name: str | None, error, kwargs: dict[str, Any] | None,
-                    retrying: bool) -> None:
+def _record_quietly(task_id: str | None, task_name: str | None, error: BaseException | str | None,
+                    kwargs: dict[str, Any] | None, retrying: bool) -> None:
     # A failure that cannot be recorded (Postgres down) must not change what happens to the task:
     # the message is retried or dead-lettered all the same, only its reason is missing.
     if not task_id:
@@ -92,18 +93,20 @@ def _record_quietly(task_id: str | None, task_name: str | None, error, kwargs: d
 
 
 @signals.task_retry.connect
-def _on_retry(sender=None, request=None, reason=None, **_kwargs) -> None:
+def _on_retry(sender: object = None, request: object = None, reason: BaseException | str | None = None,
+              **_kwargs: Any) -> None:
     _record_quietly(getattr(request, "id", None), getattr(sender, "name", None), reason,
                     getattr(request, "kwargs", None), retrying=True)
 
 
 @signals.task_failure.connect
-def _on_failure(sender=None, task_id=None, exception=None, kwargs=None, **_kwargs) -> None:
+def _on_failure(sender: object = None, task_id: str | None = None, exception: BaseException | None = None,
+                kwargs: dict[str, Any] | None = None, **_kwargs: Any) -> None:
     _record_quietly(task_id, getattr(sender, "name", None), exception, kwargs, retrying=False)
 
 
 @signals.task_success.connect
-def _on_success(sender=None, **_kwargs) -> None:
+def _on_success(sender: object = None, **_kwargs: Any) -> None:
     # Only a task that has retried can have a row: the first try of every other task costs nothing.
     request = getattr(sender, "request", None)
     if request is None or not request.retries or not request.id:
@@ -129,11 +132,11 @@ def forget(task_ids: list[str]) -> None:
             session.execute(delete(TaskFailure).where(TaskFailure.task_id.in_(task_ids)))
 
 
-def forget_people(session, user_ids: list[int]) -> int:
+def forget_people(session: Session, user_ids: list[int]) -> int:
     """Erasure: the failures of tasks about these people (in the caller's transaction)."""
     if not user_ids:
         return 0
-    return session.execute(delete(TaskFailure).where(TaskFailure.user_ids.overlap(sorted(user_ids)))).rowcount
+    return rowcount(session.execute(delete(TaskFailure).where(TaskFailure.user_ids.overlap(sorted(user_ids)))))
 
 
 def retry_backlog() -> dict[str, int]:
@@ -148,4 +151,4 @@ def prune(retention_days: int) -> int:
     """Forget failures older than the retention (daily, with the ledger of applied batches)."""
     cutoff = datetime.now(UTC) - timedelta(days=retention_days)
     with session_scope() as session:
-        return session.execute(delete(TaskFailure).where(TaskFailure.last_failed_at < cutoff)).rowcount
+        return rowcount(session.execute(delete(TaskFailure).where(TaskFailure.last_failed_at < cutoff)))

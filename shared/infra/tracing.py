@@ -24,13 +24,22 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+
+if TYPE_CHECKING:  # the SDK is imported lazily (see configure_tracing); these are for annotations
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import Sampler
+    from opentelemetry.trace import Link
+    from opentelemetry.util.types import Attributes
+    from sqlalchemy import Engine
 
 from shared.contracts.settings import get_settings
 from shared.infra.logging import get_logger
@@ -38,7 +47,7 @@ from shared.infra.logging import get_logger
 log = get_logger("pulse.tracing")
 
 _lock = threading.Lock()
-_provider = None  # the SDK TracerProvider of this process, once configured
+_provider: TracerProvider | None = None  # the SDK TracerProvider of this process, once configured
 
 
 def configure_tracing(service_name: str) -> bool:
@@ -72,7 +81,9 @@ def configure_tracing(service_name: str) -> bool:
         if settings.traces_dir:
             # Synchronous: a span is on disk when it ends, so a test polling the files never waits
             # for a batch flush and a SIGKILLed process leaves every span it finished.
-            provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(settings.traces_dir, service_name)))
+            # A SpanExporter by its methods, not by its base class (see JsonLinesExporter).
+            exporter = cast("SpanExporter", JsonLinesExporter(settings.traces_dir, service_name))
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
         _instrument(provider)
         _provider = provider
@@ -87,7 +98,7 @@ def shutdown() -> None:
         _provider.shutdown()
 
 
-def _sampler():
+def _sampler() -> Sampler:
     from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult
 
     class NoLoneClientSpans(Sampler):
@@ -97,8 +108,10 @@ def _sampler():
         one span; they are dropped. Everything under a request, a task or a relay publish is kept
         (ParentBased follows the parent's decision)."""
 
-        def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
-                          trace_state=None):
+        def should_sample(self, parent_context: Context | None, trace_id: int, name: str,
+                          kind: trace.SpanKind | None = None, attributes: Attributes = None,
+                          links: Sequence[Link] | None = None,
+                          trace_state: trace.TraceState | None = None) -> SamplingResult:
             if kind == trace.SpanKind.CLIENT:
                 return SamplingResult(Decision.DROP)
             return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
@@ -109,7 +122,7 @@ def _sampler():
     return ParentBased(root=NoLoneClientSpans())
 
 
-def _instrument(provider) -> None:
+def _instrument(provider: TracerProvider) -> None:
     from opentelemetry.instrumentation.pymongo import PymongoInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
@@ -119,7 +132,7 @@ def _instrument(provider) -> None:
     RedisInstrumentor().instrument(tracer_provider=provider)
 
 
-def instrument_engine(engine) -> None:
+def instrument_engine(engine: Engine) -> None:
     """Statement spans for a SQLAlchemy engine (shared.infra.db calls it for each engine it creates).
 
     Not SQLAlchemyInstrumentor().instrument(), for two reasons found on SQLAlchemy 2.1: it
@@ -142,7 +155,7 @@ def instrument_engine(engine) -> None:
                  connections)
 
 
-def _celery_instrumentor():
+def _celery_instrumentor() -> CeleryInstrumentor:
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
     # Pulse sends almost every task by name to a task that lives in another service (the relay
@@ -156,7 +169,7 @@ def _celery_instrumentor():
     return CeleryInstrumentor()
 
 
-def trace_worker_processes(service_name) -> None:
+def trace_worker_processes(service_name: str | Callable[[str], str]) -> None:
     """Trace the tasks of a Celery worker: in each pool process, after the fork, where the tasks
     run. A provider made before the fork would hand every child a copy of the parent's exporter
     (its HTTP connections, its open span file) and rely on the SDK restarting its batch thread
@@ -169,16 +182,16 @@ def trace_worker_processes(service_name) -> None:
     names: dict[str, str] = {}
 
     @signals.worker_init.connect(weak=False)
-    def _name(sender=None, **_kwargs) -> None:
+    def _name(sender: object = None, **_kwargs: Any) -> None:
         hostname = getattr(sender, "hostname", "") or ""
         names["service"] = service_name(hostname) if callable(service_name) else service_name
 
     @signals.worker_process_init.connect(weak=False)
-    def _configure(**_kwargs) -> None:
+    def _configure(**_kwargs: Any) -> None:
         configure_tracing(names.get("service") or (service_name if isinstance(service_name, str) else "pulse-worker"))
 
     @signals.worker_process_shutdown.connect(weak=False)
-    def _flush(**_kwargs) -> None:
+    def _flush(**_kwargs: Any) -> None:
         shutdown()
 
 
@@ -193,7 +206,7 @@ def current_traceparent() -> str | None:
 
 
 @contextmanager
-def outbox_write(task_name: str):
+def outbox_write(task_name: str) -> Iterator[str | None]:
     """Around writing an outbox row: a PRODUCER span under the request whose context the row
     keeps. Yields the traceparent to store (None when tracing is off)."""
     if _provider is None:
@@ -229,10 +242,10 @@ class JsonLinesExporter:
         self._directory = Path(directory)
         self._service = service_name
         self._lock = threading.Lock()
-        self._file = None
-        self._pid = None
+        self._file: IO[str] | None = None
+        self._pid: int | None = None
 
-    def _open(self):
+    def _open(self) -> IO[str]:
         # Reopened after a fork: a child must not write into its parent's file.
         if self._file is None or self._pid != os.getpid():
             self._directory.mkdir(parents=True, exist_ok=True)
@@ -240,7 +253,7 @@ class JsonLinesExporter:
             self._file = open(self._directory / f"{self._service}-{self._pid}.jsonl", "a", encoding="utf-8")
         return self._file
 
-    def export(self, spans: Sequence) -> object:
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         lines = [json.dumps(span_record(span, self._service), default=str) + "\n" for span in spans]
@@ -260,8 +273,9 @@ class JsonLinesExporter:
         return True
 
 
-def span_record(span, service: str) -> dict[str, Any]:
+def span_record(span: ReadableSpan, service: str) -> dict[str, Any]:
     context = span.get_span_context()
+    assert context is not None  # the SDK gives every span its context when it starts
     parent = span.parent
     return {
         "service": service,

@@ -51,9 +51,10 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from pymongo.database import Database
 from sqlalchemy import Integer, delete, select, text
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from shared.contracts.tables import (
     ActivityDay,
@@ -69,9 +70,9 @@ from shared.contracts.tables import (
 from shared.contracts.topology import ERASE_USER
 from shared.contracts.users import UserOut, with_address
 from shared.infra import request_ids, task_failures, tracing
-from shared.infra.cache import get_redis, key
+from shared.infra.cache import get_redis, key, reply
 from shared.infra.db import session_scope
-from shared.infra.mongo import EVENTS, PROFILES, WELCOME_EMAILS
+from shared.infra.mongo import EVENTS, PROFILES, WELCOME_EMAILS, Document
 from shared.pipeline import rescore
 
 # Long enough for any request or task that was computing the person's profile when the first pass
@@ -170,7 +171,7 @@ def forget_in_redis(user_ids: Iterable[int]) -> int:
     ids = sorted(set(int(u) for u in user_ids))
     if not ids:
         return 0
-    deleted = get_redis().delete(*[k for user_id in ids for k in _redis_keys(user_id)])
+    deleted: int = reply(get_redis().delete(*[k for user_id in ids for k in _redis_keys(user_id)]))
     rescore.forget(ids)
     return deleted
 
@@ -181,7 +182,7 @@ def forget_in_redis(user_ids: Iterable[int]) -> int:
 IN_MONGODB = ((EVENTS, "user_id"), (PROFILES, "_id"), (WELCOME_EMAILS, "_id"))
 
 
-def forget(db, user_ids: Iterable[int]) -> dict[str, int]:
+def forget(db: Database[Document], user_ids: Iterable[int]) -> dict[str, int]:
     """Step 2: delete everything MongoDB and Redis hold about these (erased) users, and the task
     failures recorded about them since step 1. Idempotent."""
     ids = sorted(set(int(u) for u in user_ids))
@@ -195,7 +196,7 @@ def forget(db, user_ids: Iterable[int]) -> dict[str, int]:
     return removed
 
 
-def left_in_mongodb(db, user_ids: list[int]) -> set[int]:
+def left_in_mongodb(db: Database[Document], user_ids: list[int]) -> set[int]:
     """Which of these users MongoDB still holds anything of, asked through indexes only
     (`ix_user_time` of events, `_id` of the others)."""
     if not user_ids:
@@ -216,7 +217,7 @@ def closable(user_ids: Iterable[int], left: set[int]) -> list[int]:
 RECONCILE_BATCH = 500
 
 
-def reconcile(db, batch: int = RECONCILE_BATCH) -> dict[str, int]:
+def reconcile(db: Database[Document], batch: int = RECONCILE_BATCH) -> dict[str, int]:
     """Do step 2 again for erasures not yet confirmed and older than the second pass (whose window
     is the worker's to close), then confirm each that MongoDB no longer holds anything of."""
     with session_scope() as session:
@@ -233,7 +234,7 @@ def reconcile(db, batch: int = RECONCILE_BATCH) -> dict[str, int]:
     return {"erasures": len(ids), "confirmed": len(confirm(db, ids))}
 
 
-def confirm(db, user_ids: list[int]) -> list[int]:
+def confirm(db: Database[Document], user_ids: list[int]) -> list[int]:
     """Close the erasures of those of these users MongoDB holds nothing of any more (the worker,
     and the reconciliation): their `erasures` rows go. Returns them."""
     confirmed = closable(user_ids, left_in_mongodb(db, list(user_ids)))
@@ -246,7 +247,7 @@ def confirm(db, user_ids: list[int]) -> list[int]:
 SWEEP = "erasure"
 
 
-def sweep_page(db, page: int) -> dict[str, int]:
+def sweep_page(db: Database[Document], page: int) -> dict[str, int]:
     """One page of the sweep: ids [cursor, cursor + page) below the users sequence's value that
     have no user row. Whoever among them MongoDB still holds something of (a person deleted from
     Postgres behind Pulse's back) is forgotten everywhere. Redis, task failures and outbox messages
@@ -256,6 +257,7 @@ def sweep_page(db, page: int) -> dict[str, int]:
         # Created once, by whichever run comes first; locked, so two runs never take the same page.
         session.execute(insert(SweepCursor).values(name=SWEEP, next_id=1).on_conflict_do_nothing())
         cursor = session.get(SweepCursor, SWEEP, with_for_update=True)
+        assert cursor is not None  # inserted just above unless it was there; cursors are never deleted
         start = cursor.next_id if cursor.next_id <= highest else 1
         end = min(start + page, highest + 1)
         present = set(session.scalars(select(User.id).where(User.id >= start, User.id < end)))
@@ -274,7 +276,7 @@ def sweep_page(db, page: int) -> dict[str, int]:
     # first document written only after that commit, so this read sees its user row.
     with session_scope() as session:
         missing = missing_users(session, missing)
-        leftover = sorted(leftover & set(missing))
+        forgotten = sorted(leftover & set(missing))
         task_failures.forget_people(session, missing)
         # A signup's published message (name, e-mail, street) of a person deleted by hand; the
         # NOT EXISTS guards a signup committing meanwhile (its row and message commit together).
@@ -283,9 +285,9 @@ def sweep_page(db, page: int) -> dict[str, int]:
             OutboxMessage.task_name != ERASE_USER,
             ~select(User.id).where(User.id == OutboxMessage.payload["user_id"].astext.cast(Integer)).exists()))
     forget_in_redis(missing)
-    if leftover:
-        forget(db, leftover)
-    return {"checked": end - start, "forgotten": len(leftover)}
+    if forgotten:
+        forget(db, forgotten)
+    return {"checked": end - start, "forgotten": len(forgotten)}
 
 
 def missing_users(session: Session, user_ids: Iterable[int]) -> list[int]:
@@ -296,7 +298,7 @@ def missing_users(session: Session, user_ids: Iterable[int]) -> list[int]:
     return [u for u in ids if u not in found]
 
 
-def forget_missing(db, session: Session, user_ids: Iterable[int]) -> list[int]:
+def forget_missing(db: Database[Document], session: Session, user_ids: Iterable[int]) -> list[int]:
     """After writing for `user_ids`: forget those erased meanwhile. Returns them."""
     gone = missing_users(session, user_ids)
     if gone:
@@ -306,7 +308,7 @@ def forget_missing(db, session: Session, user_ids: Iterable[int]) -> list[int]:
 
 # ----------------------------------------------------------------------------- export
 
-def _plain(value):
+def _plain(value: Any) -> Any:
     """BSON and SQL values as JSON: datetimes in ISO 8601, decimals as numbers."""
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items() if k not in ("_id", "batch_id")}
@@ -323,13 +325,14 @@ def _plain(value):
     return value
 
 
-def _rows(session: Session, model, user_id: int, order) -> list[dict[str, Any]]:
+def _rows(session: Session, model: type[CustomerSummary | ActivityDay | PurchaseDay | CustomerCategory], user_id: int,
+          order: InstrumentedAttribute[Any]) -> list[dict[str, Any]]:
     columns = [c for c in model.__table__.columns if c.name != "user_id"]
     rows = session.execute(select(*columns).where(model.user_id == user_id).order_by(order)).mappings()
     return [_plain(dict(row)) for row in rows]
 
 
-def export(db, session: Session, user_id: int) -> dict[str, Any] | None:
+def export(db: Database[Document], session: Session, user_id: int) -> dict[str, Any] | None:
     """Everything Pulse holds about one person, as one JSON-ready document (None: no such user)."""
     user = session.scalar(select(User).options(with_address()).where(User.id == user_id))
     if user is None:

@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.contracts.tables import Job
+from shared.infra.db import rowcount
 
 FIT = "fit"
 VALIDATION = "validation"
@@ -34,7 +35,7 @@ def create(session: Session, kind: str, params: dict[str, Any]) -> uuid.UUID:
     return job.id
 
 
-def parse_id(text: str) -> uuid.UUID | None:
+def parse_id(text: str | None) -> uuid.UUID | None:
     """A job id from a URL: None for anything that is not a UUID (it cannot name a job)."""
     try:
         return uuid.UUID(text)
@@ -59,12 +60,12 @@ def start(session: Session, job_id: uuid.UUID) -> Job | None:
     return job
 
 
-def _finish(session: Session, job_id: uuid.UUID, **values) -> bool:
+def _finish(session: Session, job_id: uuid.UUID, **values: Any) -> bool:
     # Only an unfinished job changes: a job is done or failed once, whatever a late retry does.
     result = session.execute(
         update(Job).where(Job.id == job_id, Job.status.not_in(FINISHED))
         .values(finished_at=datetime.now(UTC), **values))
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def finish(session: Session, job_id: uuid.UUID, result: dict[str, Any]) -> bool:
@@ -87,7 +88,7 @@ def location(job_id: uuid.UUID) -> str:
 
 def describe(job: Job) -> dict[str, Any]:
     """The job as GET /api/analytics/jobs/<id> answers it."""
-    def iso(moment):
+    def iso(moment: datetime | None) -> str | None:
         return moment.isoformat() if moment is not None else None
 
     return {

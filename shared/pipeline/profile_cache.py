@@ -34,6 +34,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
+from types import EllipsisType
 from typing import Any
 
 import psycopg
@@ -46,7 +47,7 @@ from sqlalchemy.orm import Session
 
 from shared.contracts import personal
 from shared.contracts.settings import get_settings
-from shared.infra.cache import get_redis, key
+from shared.infra.cache import get_redis, key, reply
 from shared.infra.db import session_scope
 
 LOCK_SECONDS = 10
@@ -120,7 +121,10 @@ class _Connections:
     Postgres restart costs one retry, not an error."""
 
     def __init__(self) -> None:
-        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        self._start()
+
+    def _start(self) -> None:
+        self._idle: queue.SimpleQueue[psycopg.Connection] = queue.SimpleQueue()
         self._pid = os.getpid()
 
     def _connect(self) -> psycopg.Connection:
@@ -129,7 +133,7 @@ class _Connections:
 
     def version(self, user_id: int) -> str | None:
         if os.getpid() != self._pid:  # forked: the parent's sockets are not ours
-            self.__init__()
+            self._start()
         for attempt in (1, 2):
             try:
                 connection = self._idle.get_nowait()
@@ -177,7 +181,7 @@ def read(user_id: int) -> tuple[str | None, str | None]:
     version = current_version(user_id)
     if version is None:
         return None, None
-    cached_version, body = _split(get_redis().get(_profile_key(user_id)))
+    cached_version, body = _split(reply(get_redis().get(_profile_key(user_id))))
     return version, (body if cached_version == version else None)
 
 
@@ -186,14 +190,14 @@ def profile_key(user_id: int) -> str:
     return _profile_key(user_id)
 
 
-def cached(user_id: int, raw: bytes | None | object = ...) -> str | None:
+def cached(user_id: int, raw: bytes | None | EllipsisType = ...) -> str | None:
     """The cached profile JSON if it is current (counted as a hit), else None (not counted: the
     caller goes on to `get_or_compute`, which counts what happens next). `raw`: what Redis holds
     at `profile_key`, when the caller has read it already. Redis first: a user with nothing cached
     costs no Postgres read here."""
-    if raw is ...:
-        raw = get_redis().get(_profile_key(user_id))
-    cached_version, body = _split(raw)
+    # isinstance rather than `raw is ...`: mypy narrows only the former.
+    stored: bytes | None = reply(get_redis().get(_profile_key(user_id))) if isinstance(raw, EllipsisType) else raw
+    cached_version, body = _split(stored)
     if body is None or cached_version != current_version(user_id):
         return None
     _count("hits")

@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
 
 from shared.contracts.tables import City, Country
 from shared.infra.db import get_engine
@@ -35,13 +36,13 @@ def _city_id(name: str, country_id: int, database_url: str | None) -> int:
     return city_id
 
 
-def resolve_city(session, name: str, country_id: int, database_url: str | None = None) -> int:
+def resolve_city(session: Session, name: str, country_id: int, database_url: str | None = None) -> int:
     """The id of the city, created when new. Concurrent creators meet at the unique constraint."""
     try:
         return _city_id(name, country_id, database_url)
     except LookupError:
         pass
-    created = session.scalar(
+    created: int | None = session.scalar(
         insert(City)
         .values(name=name, country_id=country_id)
         .on_conflict_do_nothing(constraint="uq_cities_name_country")
@@ -49,11 +50,16 @@ def resolve_city(session, name: str, country_id: int, database_url: str | None =
     )
     if created is not None:
         return created  # not cached until committed elsewhere: a rollback would leave a dead id
-    return session.scalar(select(City.id).where(City.name == name, City.country_id == country_id))
+    existing = session.scalar(select(City.id).where(City.name == name, City.country_id == country_id))
+    # The insert did nothing only because this row exists (a concurrent creator's, committed
+    # before the conflict was decided), and cities are never deleted.
+    assert existing is not None
+    return existing
 
 
-def cache_stats() -> dict[str, dict[str, int]]:
-    stats = {}
+def cache_stats() -> dict[str, dict[str, int | None]]:
+    # maxsize is None for an unbounded lru_cache (functools' own type).
+    stats: dict[str, dict[str, int | None]] = {}
     for name, fn in (("countries", country_by_code), ("cities", _city_id)):
         info = fn.cache_info()
         stats[name] = {

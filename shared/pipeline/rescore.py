@@ -29,7 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared.contracts.settings import get_settings
-from shared.infra.cache import get_redis, key
+from shared.infra.cache import get_redis, key, reply
 
 SCHEDULED_TTL_SECONDS = 120  # a lost drain message must not block rescoring for long
 DRAIN_TTL_SECONDS = 24 * 3600  # a drain whose workers all died must not keep its set forever
@@ -100,12 +100,12 @@ def start_drain() -> tuple[str | None, int]:
         return None, 0
     redis.expire(drain, DRAIN_TTL_SECONDS)
     redis.sadd(_drains(), drain)
-    return drain, int(redis.scard(drain))
+    return drain, int(reply(redis.scard(drain)))
 
 
 def take(drain: str, batch: int) -> list[int]:
     """Take up to `batch` users of a drain."""
-    return sorted(int(u) for u in (get_redis().spop(drain, batch) or []))
+    return sorted(int(u) for u in (reply(get_redis().spop(drain, batch)) or []))
 
 
 def put_back(user_ids: Iterable[int], schedule: Callable[[float], None]) -> None:
@@ -123,7 +123,7 @@ def forget(user_ids: Iterable[int]) -> None:
         return
     redis = get_redis()
     redis.srem(_pending(), *ids)
-    for raw in redis.smembers(_drains()):
+    for raw in reply(redis.smembers(_drains())):
         drain = raw.decode()
         if redis.exists(drain):
             redis.srem(drain, *ids)
@@ -132,7 +132,7 @@ def forget(user_ids: Iterable[int]) -> None:
 
 
 def pending_count() -> int:
-    return int(get_redis().scard(_pending()))
+    return int(reply(get_redis().scard(_pending())))
 
 
 def _rescored() -> str:
@@ -146,7 +146,7 @@ def count_rescored(users: int) -> None:
 
 
 def rescored_total() -> int:
-    return int(get_redis().get(_rescored()) or 0)
+    return int(reply(get_redis().get(_rescored())) or 0)
 
 
 # ----------------------------------------------------------------------------- durable pending (Postgres)

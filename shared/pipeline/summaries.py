@@ -34,16 +34,18 @@ the recount reads may be counted twice or not at all.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+from pymongo.database import Database
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared.contracts.event_time import to_milliseconds
-from shared.infra.mongo import EVENTS
+from shared.infra.db import rowcount
+from shared.infra.mongo import EVENTS, Document
 from shared.pipeline import activity, rescore
 
 PURCHASE = "user_purchase"
@@ -191,7 +193,7 @@ def prune_ledger(session: Session, retention_days: int) -> int:
         text("DELETE FROM applied_batches WHERE applied_at < now() - make_interval(days => :days)"),
         {"days": int(retention_days)},
     )
-    return result.rowcount
+    return rowcount(result)
 
 
 # ----------------------------------------------------------------------------- reading one customer
@@ -293,7 +295,12 @@ class Drift:
         return self.missing + self.extra + self.different
 
 
-def _load_events(db, session: Session, user_ids: Sequence[int] | None, progress=None) -> tuple[int, set[str]]:
+# Called with the number of events read so far, every 10,000 events.
+Progress = Callable[[int], None]
+
+
+def _load_events(db: Database[Document], session: Session, user_ids: Sequence[int] | None,
+                 progress: Progress | None = None) -> tuple[int, set[str]]:
     """Stream MongoDB `events` into the temporary tables `recount_events` and `recount_purchases`.
     Returns the number of events read and the batch ids they carry."""
     session.execute(text("DROP TABLE IF EXISTS recount_events, recount_raw_purchases, recount_purchases"))
@@ -308,6 +315,7 @@ def _load_events(db, session: Session, user_ids: Sequence[int] | None, progress=
     batches: set[str] = set()
     read = 0
     raw = session.connection().connection.driver_connection  # psycopg: COPY needs the DBAPI connection
+    assert raw is not None  # None only once a pooled connection is invalidated; this one is checked out
     with raw.cursor() as cursor:
         with cursor.copy("COPY recount_events (user_id, at) FROM STDIN") as events_copy, \
                 io.StringIO() as purchases_buffer:
@@ -346,7 +354,8 @@ def _scope(table: str, user_ids: Sequence[int] | None) -> tuple[str, dict[str, A
     return " WHERE user_id = ANY(CAST(:scope AS integer[]))", {"scope": [int(u) for u in user_ids]}
 
 
-def rebuild(db, session: Session, user_ids: Sequence[int] | None = None, progress=None) -> dict[str, int]:
+def rebuild(db: Database[Document], session: Session, user_ids: Sequence[int] | None = None,
+            progress: Progress | None = None) -> dict[str, int]:
     """Replace every table (or the given users' rows; category totals only on a full rebuild)
     with a recount from MongoDB `events`. Returns the rows written per table."""
     read, batches = _load_events(db, session, user_ids, progress)
@@ -359,7 +368,7 @@ def rebuild(db, session: Session, user_ids: Sequence[int] | None = None, progres
         session.execute(text(f"DELETE FROM {table}{where}"), params)  # nosec B608
         names = ", ".join((*keys, *columns))
         result = session.execute(text(f"INSERT INTO {table} ({names}) SELECT {names} FROM ({sql}) AS r"))  # nosec B608
-        written[table] = result.rowcount
+        written[table] = rowcount(result)
     # Every batch with stored events is now counted: its redelivery must not add it again.
     if batches:
         session.execute(
@@ -370,7 +379,8 @@ def rebuild(db, session: Session, user_ids: Sequence[int] | None = None, progres
     return written
 
 
-def check(db, session: Session, user_ids: Sequence[int] | None = None, progress=None,
+def check(db: Database[Document], session: Session, user_ids: Sequence[int] | None = None,
+          progress: Progress | None = None,
           examples: int = 5) -> list[Drift]:
     """Recount into temporary tables and compare with the stored ones, row by row."""
     _load_events(db, session, user_ids, progress)

@@ -98,6 +98,8 @@ def login():
     if decision.status != 200:
         detail = decision.detail if key else "Paste an API key with the read scope"
         return _form(target, detail, decision.status)
+    # A 200 for an endpoint that needs a key names the key's principal (access._decide).
+    assert decision.principal is not None
     session_id = secrets.token_urlsafe(32)
     ttl = get_settings().dashboard_session_seconds
     try:

@@ -36,10 +36,12 @@ Numerics
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
+import numpy.typing as npt
 from scipy import optimize, special
 
 from .errors import require_repeat_information
@@ -73,8 +75,15 @@ class BGNBDParams:
 
 PARAMETER_NAMES = names_of(BGNBDParams)
 
+_Floats = npt.NDArray[np.float64]
+# A fit's result, or (r, alpha, a, b).
+_Params = BGNBDParams | npt.ArrayLike
+# What a fit minimises: log-parameters -> (mean negative log-likelihood, its gradient).
+Objective = Callable[[_Floats], tuple[float, _Floats]]
 
-def _validate(frequency, recency, T):
+
+def _validate(frequency: npt.ArrayLike, recency: npt.ArrayLike, T: npt.ArrayLike
+              ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     x = np.asarray(frequency, dtype=np.float64)
     t_x = np.asarray(recency, dtype=np.float64)
     T = np.asarray(T, dtype=np.float64)
@@ -90,7 +99,7 @@ def _validate(frequency, recency, T):
     return x, t_x, T
 
 
-def fit_weights(weights, x: np.ndarray) -> np.ndarray:
+def fit_weights(weights: npt.ArrayLike | None, x: np.ndarray) -> np.ndarray:
     """The rows' multiplicities for a fit: ones, or ``weights`` checked (aligned, finite, >= 0)."""
     if weights is None:
         return np.ones_like(x)
@@ -125,7 +134,7 @@ def compress_rows(*columns: np.ndarray, weights: np.ndarray | None = None
     return [c[starts] for c in sorted_cols], np.add.reduceat(w[order], starts)
 
 
-def _loglik_terms(log_params, x, t_x, T):
+def _loglik_terms(log_params: _Floats, x: _Floats, t_x: _Floats, T: _Floats) -> tuple[_Floats, _Floats]:
     """Per-row log-likelihood (FHL eq. 6 in log form) and its gradient wrt log-parameters.
 
     ln L = A1 + A2 + ln(exp(A3) + [x>0] exp(A4)), with
@@ -158,7 +167,8 @@ def _loglik_terms(log_params, x, t_x, T):
     return ll, grad
 
 
-def bgnbd_log_likelihood(params, frequency, recency, T) -> np.ndarray:
+def bgnbd_log_likelihood(params: _Params, frequency: npt.ArrayLike, recency: npt.ArrayLike,
+                         T: npt.ArrayLike) -> np.ndarray:
     """Per-customer BG/NBD log-likelihood (FHL eq. 6) for ``params`` (BGNBDParams or r,alpha,a,b)."""
     if isinstance(params, BGNBDParams):
         params = (params.r, params.alpha, params.a, params.b)
@@ -176,7 +186,7 @@ class _Objective:
     are per row.  Rows with ``x = 0`` have a single branch and are kept apart.
     """
 
-    def __init__(self, x, t_x, T, w):
+    def __init__(self, x: _Floats, t_x: _Floats, T: _Floats, w: _Floats) -> None:
         self.ux, inv = np.unique(x, return_inverse=True)
         self.wx = np.bincount(inv, weights=w, minlength=self.ux.size)
         self.w_total = float(w.sum())
@@ -185,7 +195,7 @@ class _Objective:
         self.x1, self.tx1, self.T1, self.w1 = x[pos], t_x[pos], T[pos], w[pos]
         self.inv1 = inv[pos]
 
-    def __call__(self, theta):
+    def __call__(self, theta: _Floats) -> tuple[float, _Floats]:
         r, alpha, a, b = np.exp(theta)
         ux, wx = self.ux, self.wx
         # x-only terms (A1 + A2 without r*ln(alpha)), on distinct x
@@ -251,9 +261,9 @@ class Optimum:
     message: str
 
 
-def _pinned(objective, theta, free):
+def _pinned(objective: Objective, theta: _Floats, free: npt.NDArray[Any]) -> Objective:
     """The objective over the free coordinates, the others held at their values in ``theta``."""
-    def sub(u):
+    def sub(u: _Floats) -> tuple[float, _Floats]:
         full = theta.copy()
         full[free] = u
         f, g = objective(full)
@@ -261,12 +271,20 @@ def _pinned(objective, theta, free):
     return sub
 
 
-def _bfgs(fun, u0, callback=None):
+class _Watch(Protocol):
+    """A BFGS callback: scipy calls it with each iterate, by the name `xk`."""
+
+    def __call__(self, xk: _Floats) -> None: ...
+
+
+# Any: scipy's OptimizeResult is a dict read as attributes (x, fun, nit, ...), which its stub does not declare.
+def _bfgs(fun: Objective, u0: _Floats, callback: _Watch | None = None) -> Any:
     return optimize.minimize(fun, u0, jac=True, method="BFGS", callback=callback,
                              options={"maxiter": 1000, "gtol": 1e-7})
 
 
-def _maximise(objective, starts, bound: float = LOG_PARAM_BOUND, hold: tuple[int, ...] = (),
+def _maximise(objective: Objective, starts: Sequence[_Floats], bound: float = LOG_PARAM_BOUND,
+              hold: tuple[int, ...] = (),
               newton_only: bool = False) -> Optimum:
     """Minimise ``objective`` (mean negative log-likelihood over log-parameters) within the box
     ``[-bound, bound]``.
@@ -367,7 +385,7 @@ def _maximise(objective, starts, bound: float = LOG_PARAM_BOUND, hold: tuple[int
                    message)
 
 
-def _gradient_differences(objective, theta: np.ndarray, free: np.ndarray, h: float) -> np.ndarray:
+def _gradient_differences(objective: Objective, theta: np.ndarray, free: np.ndarray, h: float) -> np.ndarray:
     """The Hessian over the free coordinates by central differences of the gradient (step h),
     not yet symmetrised."""
     H = np.empty((free.size, free.size))
@@ -378,7 +396,8 @@ def _gradient_differences(objective, theta: np.ndarray, free: np.ndarray, h: flo
     return H
 
 
-def standard_errors_at(objective, optimum: Optimum, n_total: float, names, values) -> dict[str, float]:
+def standard_errors_at(objective: Objective, optimum: Optimum, n_total: float, names: Sequence[str],
+                       values: Sequence[float]) -> dict[str, float]:
     """Standard errors from the observed information at the optimum, in the natural parameters.
 
     ``objective`` is the mean negative log-likelihood over log-parameters (value, gradient), so
@@ -406,7 +425,8 @@ def standard_errors_at(objective, optimum: Optimum, n_total: float, names, value
     return {name: float(v) for name, v in zip(names, se, strict=True)}
 
 
-def fit_bgnbd(frequency, recency, T, *, weights=None, initial_params=None,
+def fit_bgnbd(frequency: npt.ArrayLike, recency: npt.ArrayLike, T: npt.ArrayLike, *,
+              weights: npt.ArrayLike | None = None, initial_params: Sequence[float] | None = None,
               compress: bool = True) -> BGNBDParams:
     """Maximum-likelihood BG/NBD fit.
 
@@ -436,7 +456,7 @@ def fit_bgnbd(frequency, recency, T, *, weights=None, initial_params=None,
     return fit_result(BGNBDParams, values, ll_total, n_customers, objective, optimum, objective.w_total)
 
 
-def beta_geometric_starts(initial_params, scale: float) -> list[np.ndarray]:
+def beta_geometric_starts(initial_params: Sequence[float] | None, scale: float) -> list[np.ndarray]:
     """Where a BG/NBD or MBG/NBD fit over log(r, alpha * scale, a, b) starts: the caller's
     parameters (in the original time unit) then the origin, or the origin then a typical point."""
     if initial_params is None:
@@ -451,7 +471,9 @@ def beta_geometric_values(optimum: Optimum, scale: float) -> tuple[float, float,
     return float(r), float(alpha_s / scale), float(a), float(b)
 
 
-def fit_population(model: str, frequency, recency, T, weights, compress: bool = True):
+def fit_population(model: str, frequency: npt.ArrayLike, recency: npt.ArrayLike, T: npt.ArrayLike,
+                   weights: npt.ArrayLike | None, compress: bool = True
+                   ) -> tuple[_Floats, _Floats, _Floats, _Floats, int, float]:
     """What a purchase-model fit works on: the rows validated and flattened, their weights, the
     population's size in customers, the rows collapsed where identical (exact), and the time
     scale that makes max T = 10. Refuses an empty population, and one without the repeat
@@ -470,8 +492,8 @@ def fit_population(model: str, frequency, recency, T, weights, compress: bool = 
     return x, t_x, T, w, n_customers, scale
 
 
-def fit_result(cls: type[_Fit], values: tuple[float, ...], log_likelihood: float, n_customers: int, objective,
-               optimum: Optimum, n_total: float, **extra) -> _Fit:
+def fit_result(cls: type[_Fit], values: tuple[float, ...], log_likelihood: float, n_customers: int,
+               objective: Objective, optimum: Optimum, n_total: float, **extra: Any) -> _Fit:
     """The fitted params of `cls` (stats.params.fitted_params) from the optimum: how it ended, and
     the standard errors from the objective's curvature there over `n_total` weighted rows."""
     names = names_of(cls)
@@ -482,11 +504,11 @@ def fit_result(cls: type[_Fit], values: tuple[float, ...], log_likelihood: float
                standard_errors=standard_errors_at(objective, optimum, n_total, names, values), **extra))
 
 
-def _unpack(params):
+def _unpack(params: _Params) -> tuple[float, ...]:
     return unpack(params, BGNBDParams)
 
 
-def _quadrature_rate(a, B, rho, theta):
+def _quadrature_rate(a: npt.ArrayLike, B: npt.ArrayLike, rho: npt.ArrayLike, theta: npt.ArrayLike) -> _Floats:
     """int_0^1 Beta(p; a, B) (1 - (1 + p theta)^-rho) / p dp, by the trapezoidal rule in logit(p).
 
     This is E[Y(t) | alive] of BG/NBD (FHL eq. 10 without P(alive); B = b+x, rho = r+x,
@@ -546,7 +568,7 @@ def _quadrature_rate(a, B, rho, theta):
     return out
 
 
-def rate_factor(r, alpha, a, b, x, T, t) -> np.ndarray:
+def rate_factor(r: float, alpha: float, a: float, b: float, x: _Floats, T: _Floats, t: _Floats) -> np.ndarray:
     """E[Y(t) | x, T, alive] = (a+b+x-1)/(a-1) [1 - ((alpha+T)/(alpha+T+t))^(r+x)
     2F1(r+x, b+x; a+b+x-1; z)], z = t/(alpha+T+t) (FHL eq. 10 without its P(alive) denominator;
     with x = T = 0 it is E[X(t)], eq. 9). Arrays ``x``, ``T``, ``t`` of one shape.
@@ -581,7 +603,8 @@ def rate_factor(r, alpha, a, b, x, T, t) -> np.ndarray:
     return np.where(t > 0, out, 0.0)
 
 
-def _unique_pairs(u, v):
+def _unique_pairs(u: npt.ArrayLike, v: npt.ArrayLike
+                  ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.intp]]:
     """Distinct (u, v) pairs and the inverse index, via one lexsort (for scoring dedup)."""
     u = np.ascontiguousarray(u, dtype=np.float64).ravel()
     v = np.ascontiguousarray(v, dtype=np.float64).ravel()
@@ -601,7 +624,8 @@ class _ConditionalCurve:
     (day-granular data has few) and broadcast back; P(alive) is computed once.
     """
 
-    def __init__(self, params: BGNBDParams, frequency, recency, T):
+    def __init__(self, params: BGNBDParams, frequency: npt.ArrayLike, recency: npt.ArrayLike,
+                 T: npt.ArrayLike) -> None:
         self.params = params
         x, t_x, T = _validate(frequency, recency, T)
         self.shape = x.shape
@@ -613,10 +637,11 @@ class _ConditionalCurve:
         if t < 0:
             raise ValueError("t must be non-negative")
         factor = rate_factor(r, alpha, a, b, self.ux, self.uT, np.full(self.ux.shape, float(t)))
-        return (self.p_alive * factor[self.inv]).reshape(self.shape)
+        expected: np.ndarray = (self.p_alive * factor[self.inv]).reshape(self.shape)
+        return expected
 
 
-def expected_purchases(params: BGNBDParams, t) -> np.ndarray:
+def expected_purchases(params: BGNBDParams, t: npt.ArrayLike) -> np.ndarray:
     """Unconditional E[X(t)] for a randomly chosen (new) customer, FHL eq. 9.
 
     E[X(t)] = (a+b-1)/(a-1) * [1 - (alpha/(alpha+t))^r 2F1(r, b; a+b-1; t/(alpha+t))],
@@ -631,7 +656,8 @@ def expected_purchases(params: BGNBDParams, t) -> np.ndarray:
     return rate_factor(r, alpha, a, b, zeros, zeros, tt).reshape(t.shape)
 
 
-def probability_alive(params: BGNBDParams, frequency, recency, T) -> np.ndarray:
+def probability_alive(params: BGNBDParams, frequency: npt.ArrayLike, recency: npt.ArrayLike,
+                      T: npt.ArrayLike) -> np.ndarray:
     """P(alive | x, t_x, T) (Fader, Hardie & Lee 2008, eq. 1 of note 021).
 
     P = 1 / (1 + [x>0] a/(b+x-1) * ((alpha+T)/(alpha+t_x))^(r+x)); evaluated as a logistic of
@@ -646,7 +672,8 @@ def probability_alive(params: BGNBDParams, frequency, recency, T) -> np.ndarray:
     return np.where(has, special.expit(-log_odds), 1.0)
 
 
-def conditional_expected_purchases(params: BGNBDParams, t, frequency, recency, T) -> np.ndarray:
+def conditional_expected_purchases(params: BGNBDParams, t: npt.ArrayLike, frequency: npt.ArrayLike,
+                                   recency: npt.ArrayLike, T: npt.ArrayLike) -> np.ndarray:
     """E[Y(t) | x, t_x, T]: expected repeat purchases in (T, T+t], FHL eq. 10.
 
     E = (a+b+x-1)/(a-1) * [1 - ((alpha+T)/(alpha+T+t))^(r+x) 2F1(r+x, b+x; a+b+x-1; z)]
@@ -670,4 +697,5 @@ def conditional_expected_purchases(params: BGNBDParams, t, frequency, recency, T
     p_alive = probability_alive(params, x, t_x, T)
     xb, Tb, tb = np.broadcast_arrays(x, T, t)
     factor = rate_factor(r, alpha, a, b, xb.ravel(), Tb.ravel(), tb.ravel()).reshape(xb.shape)
-    return factor * p_alive
+    expected: np.ndarray = factor * p_alive
+    return expected

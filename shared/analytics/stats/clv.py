@@ -18,6 +18,7 @@ is evaluated per distinct (x, T) pair.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from .bgnbd import BGNBDParams, _ConditionalCurve, _validate
 from .gamma_gamma import GammaGammaParams, conditional_expected_average_spend
@@ -30,10 +31,10 @@ WEEKS_PER_MONTH = 4.345
 def customer_lifetime_value(
     bgnbd: BGNBDParams,
     gg: GammaGammaParams,
-    frequency,
-    recency,
-    T,
-    monetary_value,
+    frequency: npt.ArrayLike,
+    recency: npt.ArrayLike,
+    T: npt.ArrayLike,
+    monetary_value: npt.ArrayLike,
     horizon_months: int = 12,
     monthly_discount_rate: float = 0.01,
 ) -> np.ndarray:

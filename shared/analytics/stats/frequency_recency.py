@@ -79,6 +79,10 @@ def _as_day(as_of: _dt.date | np.datetime64 | str) -> np.datetime64:
         return np.datetime64(as_of.date(), "D")
     if isinstance(as_of, _dt.date):
         return np.datetime64(as_of, "D")
+    if isinstance(as_of, np.datetime64):
+        # The same conversion as np.datetime64(as_of, "D"), which numpy's stubs do not offer for a datetime64.
+        day: np.datetime64 = as_of.astype("datetime64[D]")
+        return day
     return np.datetime64(as_of, "D")
 
 

@@ -25,6 +25,7 @@ problem well conditioned whatever the currency unit.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 from scipy import special
 
 from .bgnbd import _maximise, fit_result
@@ -36,6 +37,9 @@ __all__ = [
     "gamma_gamma_log_likelihood",
     "conditional_expected_average_spend",
 ]
+
+
+_Floats = npt.NDArray[np.float64]
 
 
 @fitted_params
@@ -52,7 +56,7 @@ class GammaGammaParams:
         return self.p * self.gamma / (self.q - 1.0) if self.q > 1.0 else float("inf")
 
 
-def _terms(log_params, x, m):
+def _terms(log_params: _Floats, x: _Floats, m: _Floats) -> tuple[_Floats, _Floats]:
     """Per-row log-density (note 025 eq. 1a) and gradient wrt log-parameters."""
     p, q, g = np.exp(log_params)
     px = p * x
@@ -68,7 +72,7 @@ def _terms(log_params, x, m):
     return ll, np.stack([d_p * p, d_q * q, d_g * g])
 
 
-def _repeat_rows(frequency, monetary_value):
+def _repeat_rows(frequency: npt.ArrayLike, monetary_value: npt.ArrayLike) -> tuple[_Floats, _Floats]:
     x = np.asarray(frequency, dtype=np.float64).ravel()
     m = np.asarray(monetary_value, dtype=np.float64).ravel()
     if x.shape != m.shape:
@@ -79,7 +83,8 @@ def _repeat_rows(frequency, monetary_value):
     return x[keep], m[keep]
 
 
-def gamma_gamma_log_likelihood(params, frequency, monetary_value) -> float:
+def gamma_gamma_log_likelihood(params: GammaGammaParams | npt.ArrayLike, frequency: npt.ArrayLike,
+                               monetary_value: npt.ArrayLike) -> float:
     """Total log-likelihood of the repeat buyers (``x > 0``, ``m > 0``) under ``params``."""
     if isinstance(params, GammaGammaParams):
         params = (params.p, params.q, params.gamma)
@@ -90,7 +95,7 @@ def gamma_gamma_log_likelihood(params, frequency, monetary_value) -> float:
 class _Objective:
     """Mean negative log-likelihood and gradient; ``x``-only special functions on distinct x."""
 
-    def __init__(self, x, m):
+    def __init__(self, x: _Floats, m: _Floats) -> None:
         self.ux, self.inv = np.unique(x, return_inverse=True)
         self.nx = np.bincount(self.inv, minlength=self.ux.size).astype(np.float64)
         self.n = float(x.size)
@@ -101,7 +106,7 @@ class _Objective:
         self.sum_x_lnm_lnx = float(np.dot(x, ln_m + ln_x))
         self.sum_lnm = float(ln_m.sum())
 
-    def __call__(self, theta):
+    def __call__(self, theta: _Floats) -> tuple[float, _Floats]:
         p, q, g = np.exp(theta)
         ux, nx = self.ux, self.nx
         pux = p * ux
@@ -124,7 +129,8 @@ class _Objective:
         return val, -grad / self.n
 
 
-def fit_gamma_gamma(frequency, monetary_value, *, initial_params=None) -> GammaGammaParams:
+def fit_gamma_gamma(frequency: npt.ArrayLike, monetary_value: npt.ArrayLike, *,
+                    initial_params: tuple[float, float, float] | None = None) -> GammaGammaParams:
     """Maximum-likelihood Gamma-Gamma fit on repeat buyers (rows with ``x > 0`` and ``m > 0``).
 
     Rows with ``x == 0`` are ignored (they carry no repeat-spend information), so the whole
@@ -150,8 +156,8 @@ def fit_gamma_gamma(frequency, monetary_value, *, initial_params=None) -> GammaG
     return fit_result(GammaGammaParams, values, ll, int(x.size), objective, optimum, objective.n)
 
 
-def conditional_expected_average_spend(params: GammaGammaParams, frequency,
-                                       monetary_value) -> np.ndarray:
+def conditional_expected_average_spend(params: GammaGammaParams, frequency: npt.ArrayLike,
+                                       monetary_value: npt.ArrayLike) -> np.ndarray:
     """E[M | p, q, gamma, m, x], note 025 eq. 5 (lifetimes' ``conditional_expected_average_profit``).
 
         E = (q-1)/(px+q-1) * p gamma/(q-1) + px/(px+q-1) * m  =  p (gamma + m x) / (p x + q - 1)

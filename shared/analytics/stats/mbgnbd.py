@@ -29,7 +29,10 @@ exact and fast whatever the parameters (Euler-transformed 2F1, or a quadrature w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import numpy.typing as npt
 from scipy import special
 
 from .bgnbd import (
@@ -67,22 +70,28 @@ class MBGNBDParams:
 
 PARAMETER_NAMES = names_of(MBGNBDParams)
 
+_Floats = npt.NDArray[np.float64]
+# A fit's result, or (r, alpha, a, b).
+_Params = MBGNBDParams | npt.ArrayLike
 
-def _unpack(params):
+
+def _unpack(params: _Params) -> tuple[float, ...]:
     return unpack(params, MBGNBDParams)
 
 
-def _loglik_rows(params, x, t_x, T):
+def _loglik_rows(params: Sequence[float], x: _Floats, t_x: _Floats, T: _Floats) -> _Floats:
     r, alpha, a, b = params
     rx = r + x
     A1 = special.gammaln(rx) - special.gammaln(r) + r * np.log(alpha)
     A2 = special.betaln(a, b + x + 1.0) - special.betaln(a, b)
     A3 = -rx * np.log(alpha + T)
     A4 = np.log(a) - np.log(b + x) - rx * np.log(alpha + t_x)
-    return A1 + A2 + np.logaddexp(A3, A4)
+    rows: _Floats = A1 + A2 + np.logaddexp(A3, A4)
+    return rows
 
 
-def mbgnbd_log_likelihood(params, frequency, recency, T) -> np.ndarray:
+def mbgnbd_log_likelihood(params: _Params, frequency: npt.ArrayLike, recency: npt.ArrayLike,
+                          T: npt.ArrayLike) -> np.ndarray:
     """Per-customer MBG/NBD log-likelihood for ``params`` (MBGNBDParams or r, alpha, a, b)."""
     x, t_x, T = _validate(frequency, recency, T)
     return _loglik_rows(_unpack(params), x, t_x, T)
@@ -95,13 +104,13 @@ class _Objective:
     branches (alive at T; dropped out right after t_x) are per row.
     """
 
-    def __init__(self, x, t_x, T, w):
+    def __init__(self, x: _Floats, t_x: _Floats, T: _Floats, w: _Floats) -> None:
         self.ux, self.inv = np.unique(x, return_inverse=True)
         self.wx = np.bincount(self.inv, weights=w, minlength=self.ux.size)
         self.w_total = float(w.sum())
         self.x, self.t_x, self.T, self.w = x, t_x, T, w
 
-    def __call__(self, theta):
+    def __call__(self, theta: _Floats) -> tuple[float, _Floats]:
         r, alpha, a, b = np.exp(theta)
         ux, wx, W = self.ux, self.wx, self.w_total
         ab = a + b
@@ -135,29 +144,32 @@ class _Objective:
         return val, -grad / W
 
 
-def fit_mbgnbd(frequency, recency, T, *, weights=None, initial_params=None) -> MBGNBDParams:
+def fit_mbgnbd(frequency: npt.ArrayLike, recency: npt.ArrayLike, T: npt.ArrayLike, *,
+               weights: npt.ArrayLike | None = None, initial_params: Sequence[float] | None = None) -> MBGNBDParams:
     """Maximum-likelihood MBG/NBD fit (BFGS + Newton polish on log-parameters).
 
     Raises ``UnidentifiedModel`` when nobody made a repeat purchase or every age is 0.
     """
-    x, t_x, T, w, n_customers, scale = fit_population("MBG/NBD", frequency, recency, T, weights)
-    objective = _Objective(x, t_x * scale, T * scale, w)
+    x, t_x, ages, w, n_customers, scale = fit_population("MBG/NBD", frequency, recency, T, weights)
+    objective = _Objective(x, t_x * scale, ages * scale, w)
     optimum = _maximise(objective, beta_geometric_starts(initial_params, scale))
     r, alpha, a, b = beta_geometric_values(optimum, scale)
     values = (r, alpha, a, b)
-    ll_total = float(np.dot(w, _loglik_rows(values, x, t_x, T)))
+    ll_total = float(np.dot(w, _loglik_rows(values, x, t_x, ages)))
     return fit_result(MBGNBDParams, values, ll_total, n_customers, objective, optimum, objective.w_total)
 
 
-def probability_alive(params, frequency, recency, T) -> np.ndarray:
+def probability_alive(params: _Params, frequency: npt.ArrayLike, recency: npt.ArrayLike,
+                      T: npt.ArrayLike) -> np.ndarray:
     """P(alive | x, t_x, T) = 1 / (1 + a/(b+x) ((alpha+T)/(alpha+t_x))^(r+x)), for every x."""
     r, alpha, a, b = _unpack(params)
     x, t_x, T = _validate(frequency, recency, T)
     log_odds = (r + x) * (np.log(alpha + T) - np.log(alpha + t_x)) + np.log(a) - np.log(b + x)
-    return special.expit(-log_odds)
+    alive: np.ndarray = special.expit(-log_odds)
+    return alive
 
 
-def expected_purchases(params, t) -> np.ndarray:
+def expected_purchases(params: _Params, t: npt.ArrayLike) -> np.ndarray:
     """E[X(t)] for a new customer (Batislam et al. 2007): b/(a+b) times BG/NBD's with b+1."""
     r, alpha, a, b = _unpack(params)
     t = np.asarray(t, dtype=np.float64)
@@ -169,7 +181,8 @@ def expected_purchases(params, t) -> np.ndarray:
     return out.reshape(shape)
 
 
-def conditional_expected_purchases(params, t, frequency, recency, T) -> np.ndarray:
+def conditional_expected_purchases(params: _Params, t: npt.ArrayLike, frequency: npt.ArrayLike,
+                                   recency: npt.ArrayLike, T: npt.ArrayLike) -> np.ndarray:
     """E[Y(t) | x, t_x, T]: expected repeat purchases in (T, T+t].
 
     ``t`` broadcasts against the customers; a column of k horizons (shape (k, 1)) against n
@@ -188,7 +201,9 @@ def conditional_expected_purchases(params, t, frequency, recency, T) -> np.ndarr
         # the rate factor depends on (x, T) only: evaluate it once per distinct pair
         ux, uT, inv = _unique_pairs(x, T)
         factor = rate_factor(r, alpha, a, b + 1.0, ux, uT, np.full(ux.shape, float(t)))[inv]
-        return factor.reshape(x.shape) * p_alive
+        expected: np.ndarray = factor.reshape(x.shape) * p_alive
+        return expected
     xb, Tb, tb = np.broadcast_arrays(x, T, t)
     factor = rate_factor(r, alpha, a, b + 1.0, xb.ravel(), Tb.ravel(), tb.ravel()).reshape(xb.shape)
-    return factor * np.broadcast_to(p_alive, xb.shape)
+    expected = factor * np.broadcast_to(p_alive, xb.shape)
+    return expected

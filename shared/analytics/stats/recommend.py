@@ -28,10 +28,12 @@ the one :func:`recommend` gives.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 from scipy import sparse
 
 __all__ = ["CoPurchases", "fit_co_purchases", "recommend"]
@@ -39,7 +41,8 @@ __all__ = ["CoPurchases", "fit_co_purchases", "recommend"]
 _MAX_BLOCK = 4_000_000  # max dense cells per chunk of targets
 
 
-def recommend(target_user_ids, user_ids, items, k: int = 5) -> dict[str, Any]:
+def recommend(target_user_ids: Iterable[Any], user_ids: npt.ArrayLike, items: npt.ArrayLike,
+              k: int = 5) -> dict[str, Any]:
     """Top-``k`` items per target user.
 
     Parameters
@@ -80,7 +83,7 @@ def recommend(target_user_ids, user_ids, items, k: int = 5) -> dict[str, Any]:
     tie_rank[tb_order] = np.arange(n_i)
 
     norms = np.sqrt(np.asarray(X.sum(axis=1)).ravel())
-    Xn = sparse.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ X
+    Xn = (sparse.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ X).tocsr()  # CSR already: tocsr() is a no-op
     XnT = Xn.T.tocsr()
 
     # Position of each target among known users (-1 when unknown).
@@ -102,9 +105,9 @@ def recommend(target_user_ids, user_ids, items, k: int = 5) -> dict[str, Any]:
             kr = rows[kn]
             S = (Xn[kr] @ XnT).tocoo()
             off_self = S.col != kr[S.row]  # drop each target's similarity to itself
-            S = sparse.csr_matrix((S.data[off_self], (S.row[off_self], S.col[off_self])),
-                                  shape=S.shape)
-            sc = (S @ X).toarray()
+            S_off = sparse.csr_matrix((S.data[off_self], (S.row[off_self], S.col[off_self])),
+                                      shape=S.shape)
+            sc = (S_off @ X).toarray()
             scores[kn] = np.round(sc, 12)  # stabilise float ties
             bought[kn] = X[kr].toarray() > 0
         key = np.where(bought, np.inf, -scores)
@@ -115,6 +118,8 @@ def recommend(target_user_ids, user_ids, items, k: int = 5) -> dict[str, Any]:
             result[targets[start + j].item()] = uniq_items[sel].tolist()
     return result
 
+
+_User = TypeVar("_User", bound=Hashable)
 
 MAX_ITEMS = 2_000  # the most popular items a fitted model keeps
 MAX_NEIGHBOURS = 200  # co-purchase weights kept per item (the largest)
@@ -132,6 +137,10 @@ class CoPurchases:
     items: np.ndarray  # sorted (the natural order breaks the last ties)
     popularity: np.ndarray  # distinct buyers per item
     weights: sparse.csr_matrix  # C without its diagonal, n_items x n_items
+    if TYPE_CHECKING:
+        # Set by __post_init__ (object.__setattr__: the class is frozen); not dataclass fields at run time.
+        _tie_rank: np.ndarray = field(init=False)
+        _position: dict[Any, int] = field(init=False)
 
     def __post_init__(self) -> None:
         order = np.lexsort((np.arange(self.items.size), -self.popularity))
@@ -140,7 +149,7 @@ class CoPurchases:
         object.__setattr__(self, "_tie_rank", tie_rank)
         object.__setattr__(self, "_position", {item: i for i, item in enumerate(self.items.tolist())})
 
-    def recommend(self, baskets: dict[str, Any], k: int = 5) -> dict[str, Any]:
+    def recommend(self, baskets: Mapping[_User, Iterable[Any]], k: int = 5) -> dict[_User, list[Any]]:
         """Top-``k`` items for each user of ``baskets`` (user -> the items that user bought)."""
         users = list(baskets)
         n_i = self.items.size
@@ -178,7 +187,7 @@ class CoPurchases:
         return cls(np.asarray(doc["items"], dtype=object), np.asarray(doc["popularity"], dtype=np.int64), weights)
 
 
-def fit_co_purchases(user_ids, items, *, max_items: int = MAX_ITEMS,
+def fit_co_purchases(user_ids: npt.ArrayLike, items: npt.ArrayLike, *, max_items: int = MAX_ITEMS,
                      max_neighbours: int = MAX_NEIGHBOURS) -> CoPurchases:
     """Fit :class:`CoPurchases` on a purchase log (aligned ``user_ids`` and ``items``; repeats and
     order do not matter)."""

@@ -36,8 +36,10 @@ days are clipped to 0, NaN counts as "nothing" (0 activity, or never active for 
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterable
 
 import numpy as np
+import numpy.typing as npt
 from scipy.special import expit
 
 __all__ = [
@@ -55,14 +57,14 @@ _FREQUENCY_SCALE = 5.0
 _MONETARY_SCALE = 500.0
 
 
-def days_since_last_purchase(purchase_dates, now: _dt.datetime) -> int:
+def days_since_last_purchase(purchase_dates: Iterable[_dt.datetime], now: _dt.datetime) -> int:
     """The guide's ``(now - max(dates or [now])).days``: 0 for a user without purchases."""
     dates = list(purchase_dates)
     last = max(dates) if dates else now
     return (now - last).days
 
 
-def segments(days_since_last_purchase, total_spent) -> np.ndarray:
+def segments(days_since_last_purchase: npt.ArrayLike, total_spent: npt.ArrayLike) -> np.ndarray:
     """The guide's segment of each user (``np.select`` keeps the guide's first-match order; see the
     module docstring); one user is an array of one."""
     d = np.asarray(days_since_last_purchase, dtype=np.float64)
@@ -75,15 +77,15 @@ def segments(days_since_last_purchase, total_spent) -> np.ndarray:
     ).astype("U7")
 
 
-def churn_risks(days_since_last_purchase) -> np.ndarray:
+def churn_risks(days_since_last_purchase: npt.ArrayLike) -> np.ndarray:
     """The guide's ``predict_churn`` of each user, in percent: 100 / (1 + exp(-(days - 30) / 20)),
     as ``scipy.special.expit``, which never overflows."""
     d = np.asarray(days_since_last_purchase, dtype=np.float64)
     return 100.0 * expit((d - 30.0) / 20.0)
 
 
-def engagement_scores(days_since_last_activity, events_last_30_days, n_purchases,
-                      total_spent) -> np.ndarray:
+def engagement_scores(days_since_last_activity: npt.ArrayLike, events_last_30_days: npt.ArrayLike,
+                      n_purchases: npt.ArrayLike, total_spent: npt.ArrayLike) -> np.ndarray:
     """Engagement 0..100 of each user (formula in the module docstring); NaN days (never active)
     give a recency term of 0."""
     d = np.asarray(days_since_last_activity, dtype=np.float64)
@@ -92,7 +94,7 @@ def engagement_scores(days_since_last_activity, events_last_30_days, n_purchases
     s = np.asarray(total_spent, dtype=np.float64)
     d, e, n, s = np.broadcast_arrays(d, e, n, s)
 
-    def clean(v):
+    def clean(v: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         return np.where(np.isnan(v) | (v < 0), 0.0, v)
 
     with np.errstate(over="ignore", invalid="ignore"):

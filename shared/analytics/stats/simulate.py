@@ -25,23 +25,26 @@ Gamma-Gamma (Fader & Hardie 2013): ``nu ~ Gamma(q, rate gamma)`` per customer, t
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["simulate_bgnbd", "simulate_gamma_gamma_spend", "simulate_mbgnbd", "simulate_pareto_nbd"]
 
 
-def _on_day_grid(t_x, T, has):
+def _on_day_grid(t_x: npt.NDArray[np.float64], T: npt.NDArray[np.float64],
+                 has: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
     """Round repeat-purchase times up to the next whole day (never day 0), within T."""
     t_x[has] = np.minimum(np.maximum(np.ceil(t_x[has] * 7.0 - 1e-9), 1.0), np.round(T[has] * 7.0)) / 7.0
     return t_x
 
 
-def simulate_bgnbd(r: float, alpha: float, a: float, b: float, T, rng: np.random.Generator,
+def simulate_bgnbd(r: float, alpha: float, a: float, b: float, T: npt.ArrayLike, rng: np.random.Generator,
                    *, day_resolution: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw ``(x, t_x, T)`` for ``len(T)`` customers (``T`` in weeks)."""
     return _beta_geometric(r, alpha, a, b, T, rng, day_resolution, drops_at_first_purchase=False)
 
 
-def _beta_geometric(r, alpha, a, b, T, rng: np.random.Generator, day_resolution: bool,
+def _beta_geometric(r: float, alpha: float, a: float, b: float, T: npt.ArrayLike, rng: np.random.Generator,
+                    day_resolution: bool,
                     drops_at_first_purchase: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """BG/NBD, or MBG/NBD where the customer may drop out at the first purchase (time 0) too.
     The draws come in the same order for both (seeded simulations stay the same)."""
@@ -60,7 +63,7 @@ def _beta_geometric(r, alpha, a, b, T, rng: np.random.Generator, day_resolution:
     return x, t_x, T
 
 
-def simulate_mbgnbd(r: float, alpha: float, a: float, b: float, T, rng: np.random.Generator,
+def simulate_mbgnbd(r: float, alpha: float, a: float, b: float, T: npt.ArrayLike, rng: np.random.Generator,
                     *, day_resolution: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """MBG/NBD (Batislam et al. 2007): as BG/NBD, but the customer may also drop out right after
     the first purchase at time 0, so the repeat purchases she would make before dropping out are
@@ -68,7 +71,7 @@ def simulate_mbgnbd(r: float, alpha: float, a: float, b: float, T, rng: np.rando
     return _beta_geometric(r, alpha, a, b, T, rng, day_resolution, drops_at_first_purchase=True)
 
 
-def simulate_pareto_nbd(r: float, alpha: float, s: float, beta: float, T, rng: np.random.Generator,
+def simulate_pareto_nbd(r: float, alpha: float, s: float, beta: float, T: npt.ArrayLike, rng: np.random.Generator,
                         *, day_resolution: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pareto/NBD (Schmittlein et al. 1987): ``lambda ~ Gamma(r, rate alpha)``, lifetime
     ``tau ~ Exponential(mu)``, ``mu ~ Gamma(s, rate beta)``. Purchases are Poisson(lambda) on
@@ -90,7 +93,7 @@ def simulate_pareto_nbd(r: float, alpha: float, s: float, beta: float, T, rng: n
     return x, t_x, T
 
 
-def simulate_gamma_gamma_spend(p: float, q: float, gamma: float, frequency,
+def simulate_gamma_gamma_spend(p: float, q: float, gamma: float, frequency: npt.ArrayLike,
                                rng: np.random.Generator) -> np.ndarray:
     """Mean repeat-transaction value per customer (0 where ``frequency == 0``)."""
     x = np.asarray(frequency, dtype=np.float64).ravel()
