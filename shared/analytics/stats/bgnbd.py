@@ -45,7 +45,7 @@ import numpy.typing as npt
 from scipy import optimize, special
 
 from .errors import require_repeat_information
-from .params import fitted_params, names_of, unpack
+from .params import Floats, fitted_params, names_of, unpack
 
 _Fit = TypeVar("_Fit")
 
@@ -75,11 +75,10 @@ class BGNBDParams:
 
 PARAMETER_NAMES = names_of(BGNBDParams)
 
-_Floats = npt.NDArray[np.float64]
 # A fit's result, or (r, alpha, a, b).
 _Params = BGNBDParams | npt.ArrayLike
 # What a fit minimises: log-parameters -> (mean negative log-likelihood, its gradient).
-Objective = Callable[[_Floats], tuple[float, _Floats]]
+Objective = Callable[[Floats], tuple[float, Floats]]
 
 
 def _validate(frequency: npt.ArrayLike, recency: npt.ArrayLike, T: npt.ArrayLike
@@ -134,7 +133,7 @@ def compress_rows(*columns: np.ndarray, weights: np.ndarray | None = None
     return [c[starts] for c in sorted_cols], np.add.reduceat(w[order], starts)
 
 
-def _loglik_terms(log_params: _Floats, x: _Floats, t_x: _Floats, T: _Floats) -> tuple[_Floats, _Floats]:
+def _loglik_terms(log_params: Floats, x: Floats, t_x: Floats, T: Floats) -> tuple[Floats, Floats]:
     """Per-row log-likelihood (FHL eq. 6 in log form) and its gradient wrt log-parameters.
 
     ln L = A1 + A2 + ln(exp(A3) + [x>0] exp(A4)), with
@@ -186,7 +185,7 @@ class _Objective:
     are per row.  Rows with ``x = 0`` have a single branch and are kept apart.
     """
 
-    def __init__(self, x: _Floats, t_x: _Floats, T: _Floats, w: _Floats) -> None:
+    def __init__(self, x: Floats, t_x: Floats, T: Floats, w: Floats) -> None:
         self.ux, inv = np.unique(x, return_inverse=True)
         self.wx = np.bincount(inv, weights=w, minlength=self.ux.size)
         self.w_total = float(w.sum())
@@ -195,7 +194,7 @@ class _Objective:
         self.x1, self.tx1, self.T1, self.w1 = x[pos], t_x[pos], T[pos], w[pos]
         self.inv1 = inv[pos]
 
-    def __call__(self, theta: _Floats) -> tuple[float, _Floats]:
+    def __call__(self, theta: Floats) -> tuple[float, Floats]:
         r, alpha, a, b = np.exp(theta)
         ux, wx = self.ux, self.wx
         # x-only terms (A1 + A2 without r*ln(alpha)), on distinct x
@@ -261,9 +260,9 @@ class Optimum:
     message: str
 
 
-def _pinned(objective: Objective, theta: _Floats, free: npt.NDArray[Any]) -> Objective:
+def _pinned(objective: Objective, theta: Floats, free: npt.NDArray[Any]) -> Objective:
     """The objective over the free coordinates, the others held at their values in ``theta``."""
-    def sub(u: _Floats) -> tuple[float, _Floats]:
+    def sub(u: Floats) -> tuple[float, Floats]:
         full = theta.copy()
         full[free] = u
         f, g = objective(full)
@@ -274,16 +273,16 @@ def _pinned(objective: Objective, theta: _Floats, free: npt.NDArray[Any]) -> Obj
 class _Watch(Protocol):
     """A BFGS callback: scipy calls it with each iterate, by the name `xk`."""
 
-    def __call__(self, xk: _Floats) -> None: ...
+    def __call__(self, xk: Floats) -> None: ...
 
 
 # Any: scipy's OptimizeResult is a dict read as attributes (x, fun, nit, ...), which its stub does not declare.
-def _bfgs(fun: Objective, u0: _Floats, callback: _Watch | None = None) -> Any:
+def _bfgs(fun: Objective, u0: Floats, callback: _Watch | None = None) -> Any:
     return optimize.minimize(fun, u0, jac=True, method="BFGS", callback=callback,
                              options={"maxiter": 1000, "gtol": 1e-7})
 
 
-def _maximise(objective: Objective, starts: Sequence[_Floats], bound: float = LOG_PARAM_BOUND,
+def _maximise(objective: Objective, starts: Sequence[Floats], bound: float = LOG_PARAM_BOUND,
               hold: tuple[int, ...] = (),
               newton_only: bool = False) -> Optimum:
     """Minimise ``objective`` (mean negative log-likelihood over log-parameters) within the box
@@ -473,7 +472,7 @@ def beta_geometric_values(optimum: Optimum, scale: float) -> tuple[float, float,
 
 def fit_population(model: str, frequency: npt.ArrayLike, recency: npt.ArrayLike, T: npt.ArrayLike,
                    weights: npt.ArrayLike | None, compress: bool = True
-                   ) -> tuple[_Floats, _Floats, _Floats, _Floats, int, float]:
+                   ) -> tuple[Floats, Floats, Floats, Floats, int, float]:
     """What a purchase-model fit works on: the rows validated and flattened, their weights, the
     population's size in customers, the rows collapsed where identical (exact), and the time
     scale that makes max T = 10. Refuses an empty population, and one without the repeat
@@ -508,7 +507,7 @@ def _unpack(params: _Params) -> tuple[float, ...]:
     return unpack(params, BGNBDParams)
 
 
-def _quadrature_rate(a: npt.ArrayLike, B: npt.ArrayLike, rho: npt.ArrayLike, theta: npt.ArrayLike) -> _Floats:
+def _quadrature_rate(a: npt.ArrayLike, B: npt.ArrayLike, rho: npt.ArrayLike, theta: npt.ArrayLike) -> Floats:
     """int_0^1 Beta(p; a, B) (1 - (1 + p theta)^-rho) / p dp, by the trapezoidal rule in logit(p).
 
     This is E[Y(t) | alive] of BG/NBD (FHL eq. 10 without P(alive); B = b+x, rho = r+x,
@@ -568,7 +567,7 @@ def _quadrature_rate(a: npt.ArrayLike, B: npt.ArrayLike, rho: npt.ArrayLike, the
     return out
 
 
-def rate_factor(r: float, alpha: float, a: float, b: float, x: _Floats, T: _Floats, t: _Floats) -> np.ndarray:
+def rate_factor(r: float, alpha: float, a: float, b: float, x: Floats, T: Floats, t: Floats) -> np.ndarray:
     """E[Y(t) | x, T, alive] = (a+b+x-1)/(a-1) [1 - ((alpha+T)/(alpha+T+t))^(r+x)
     2F1(r+x, b+x; a+b+x-1; z)], z = t/(alpha+T+t) (FHL eq. 10 without its P(alive) denominator;
     with x = T = 0 it is E[X(t)], eq. 9). Arrays ``x``, ``T``, ``t`` of one shape.

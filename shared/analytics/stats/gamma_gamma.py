@@ -29,7 +29,7 @@ import numpy.typing as npt
 from scipy import special
 
 from .bgnbd import _maximise, fit_result
-from .params import fitted_params
+from .params import Floats, fitted_params
 
 __all__ = [
     "GammaGammaParams",
@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 
-_Floats = npt.NDArray[np.float64]
 
 
 @fitted_params
@@ -56,7 +55,7 @@ class GammaGammaParams:
         return self.p * self.gamma / (self.q - 1.0) if self.q > 1.0 else float("inf")
 
 
-def _terms(log_params: _Floats, x: _Floats, m: _Floats) -> tuple[_Floats, _Floats]:
+def _terms(log_params: Floats, x: Floats, m: Floats) -> tuple[Floats, Floats]:
     """Per-row log-density (note 025 eq. 1a) and gradient wrt log-parameters."""
     p, q, g = np.exp(log_params)
     px = p * x
@@ -72,7 +71,7 @@ def _terms(log_params: _Floats, x: _Floats, m: _Floats) -> tuple[_Floats, _Float
     return ll, np.stack([d_p * p, d_q * q, d_g * g])
 
 
-def _repeat_rows(frequency: npt.ArrayLike, monetary_value: npt.ArrayLike) -> tuple[_Floats, _Floats]:
+def _repeat_rows(frequency: npt.ArrayLike, monetary_value: npt.ArrayLike) -> tuple[Floats, Floats]:
     x = np.asarray(frequency, dtype=np.float64).ravel()
     m = np.asarray(monetary_value, dtype=np.float64).ravel()
     if x.shape != m.shape:
@@ -95,7 +94,7 @@ def gamma_gamma_log_likelihood(params: GammaGammaParams | npt.ArrayLike, frequen
 class _Objective:
     """Mean negative log-likelihood and gradient; ``x``-only special functions on distinct x."""
 
-    def __init__(self, x: _Floats, m: _Floats) -> None:
+    def __init__(self, x: Floats, m: Floats) -> None:
         self.ux, self.inv = np.unique(x, return_inverse=True)
         self.nx = np.bincount(self.inv, minlength=self.ux.size).astype(np.float64)
         self.n = float(x.size)
@@ -106,7 +105,7 @@ class _Objective:
         self.sum_x_lnm_lnx = float(np.dot(x, ln_m + ln_x))
         self.sum_lnm = float(ln_m.sum())
 
-    def __call__(self, theta: _Floats) -> tuple[float, _Floats]:
+    def __call__(self, theta: Floats) -> tuple[float, Floats]:
         p, q, g = np.exp(theta)
         ux, nx = self.ux, self.nx
         pux = p * ux

@@ -45,7 +45,7 @@ from .bgnbd import (
     fit_result,
     rate_factor,
 )
-from .params import fitted_params, names_of, unpack
+from .params import Floats, fitted_params, names_of, unpack
 
 __all__ = [
     "MBGNBDParams",
@@ -70,7 +70,6 @@ class MBGNBDParams:
 
 PARAMETER_NAMES = names_of(MBGNBDParams)
 
-_Floats = npt.NDArray[np.float64]
 # A fit's result, or (r, alpha, a, b).
 _Params = MBGNBDParams | npt.ArrayLike
 
@@ -79,14 +78,14 @@ def _unpack(params: _Params) -> tuple[float, ...]:
     return unpack(params, MBGNBDParams)
 
 
-def _loglik_rows(params: Sequence[float], x: _Floats, t_x: _Floats, T: _Floats) -> _Floats:
+def _loglik_rows(params: Sequence[float], x: Floats, t_x: Floats, T: Floats) -> Floats:
     r, alpha, a, b = params
     rx = r + x
     A1 = special.gammaln(rx) - special.gammaln(r) + r * np.log(alpha)
     A2 = special.betaln(a, b + x + 1.0) - special.betaln(a, b)
     A3 = -rx * np.log(alpha + T)
     A4 = np.log(a) - np.log(b + x) - rx * np.log(alpha + t_x)
-    rows: _Floats = A1 + A2 + np.logaddexp(A3, A4)
+    rows: Floats = A1 + A2 + np.logaddexp(A3, A4)
     return rows
 
 
@@ -104,13 +103,13 @@ class _Objective:
     branches (alive at T; dropped out right after t_x) are per row.
     """
 
-    def __init__(self, x: _Floats, t_x: _Floats, T: _Floats, w: _Floats) -> None:
+    def __init__(self, x: Floats, t_x: Floats, T: Floats, w: Floats) -> None:
         self.ux, self.inv = np.unique(x, return_inverse=True)
         self.wx = np.bincount(self.inv, weights=w, minlength=self.ux.size)
         self.w_total = float(w.sum())
         self.x, self.t_x, self.T, self.w = x, t_x, T, w
 
-    def __call__(self, theta: _Floats) -> tuple[float, _Floats]:
+    def __call__(self, theta: Floats) -> tuple[float, Floats]:
         r, alpha, a, b = np.exp(theta)
         ux, wx, W = self.ux, self.wx, self.w_total
         ab = a + b

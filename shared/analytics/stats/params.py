@@ -7,10 +7,13 @@ from dataclasses import MISSING, dataclass, field
 from typing import Any, TypeVar, cast
 
 import numpy as np
+import numpy.typing as npt
 
 # (name, annotation, default) in constructor order, after the model's parameters: positional
 # construction `BGNBDParams(r, alpha, a, b, log_likelihood, n_customers)` keeps working.
 _Params = TypeVar("_Params")
+# The arrays the models compute on, one entry per customer.
+Floats = npt.NDArray[np.float64]
 
 _FIT_REPORT: tuple[tuple[str, str, Any], ...] = (
     ("log_likelihood", "float", MISSING),
