@@ -69,7 +69,15 @@ class NotReady(TimeoutError, AssertionError):
     (`except AssertionError`) still catch it."""
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.1,
+# The default deadline of a poll: long enough for what the pipeline promises to recover from by
+# itself. After Redis is rolled back (tests/adversarial/test_cache_freshness.py does it to the
+# run's Redis), a restored "drain scheduled" flag whose message already ran holds rescoring back
+# for up to shared.pipeline.rescore.SCHEDULED_TTL_SECONDS (120 s); a profile that a later test
+# waits for comes after that. A poll returns as soon as its condition holds.
+WAIT_SECONDS = 180.0
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = WAIT_SECONDS, interval: float = 0.1,
              what: str = "condition"):
     """Poll until `predicate()` is truthy and return that value; raise NotReady naming `what` (and
     the last exception the predicate raised) when `timeout` seconds pass first."""

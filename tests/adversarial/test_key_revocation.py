@@ -63,11 +63,11 @@ def cached_user(two_apis, mongo):
     user_id = requests.post(f"{first}/api/users/signup", json=signup_body(), headers=admin(), timeout=30).json()["id"]
     # The worker has stored the signup (a new cache version) and analytics profiled it: nothing
     # changes the user's version any more.
-    wait_for(lambda: mongo.profiles.find_one({"user_id": user_id, "segment": {"$ne": None}}), timeout=60,
+    wait_for(lambda: mongo.profiles.find_one({"user_id": user_id, "segment": {"$ne": None}}),
              what="the user's first profile")
     for api in two_apis:
         wait_for(lambda api=api: requests.get(f"{api.url}/api/users/{user_id}/profile", headers=admin(), timeout=30)
-                 .headers.get("X-Cache") == "HIT", timeout=60, what="a cached profile")
+                 .headers.get("X-Cache") == "HIT", what="a cached profile")
     return user_id
 
 
