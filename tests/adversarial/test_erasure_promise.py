@@ -66,7 +66,7 @@ def test_an_erasure_whose_message_never_did_its_work_is_completed_by_the_reconci
                         {"id": person["id"]})
     assert traces_in_mongodb(mongo, person)  # the worker never heard of it
     celery.send_task(RECONCILE_ERASURES)
-    wait_for(lambda: not anything_left(mongo, person), timeout=60,
+    wait_for(lambda: not anything_left(mongo, person),
              what="the reconciliation to forget the person and close the erasure")
 
 
@@ -78,7 +78,7 @@ def test_a_person_deleted_in_postgres_behind_pulses_back_is_forgotten_by_the_swe
                                   {"id": person["id"]}).scalar()
         session.execute(text("DELETE FROM addresses WHERE id = :a"), {"a": address})
     celery.send_task(RECONCILE_ERASURES)
-    wait_for(lambda: not anything_left(mongo, person), timeout=60,
+    wait_for(lambda: not anything_left(mongo, person),
              what="the sweep to forget the person in MongoDB, Redis, the outbox and task_failures")
     assert not anything_left(mongo, person)
     assert mongo.events.count_documents({"user_id": bystander["id"]}) == 2
