@@ -33,7 +33,7 @@ def keys(services) -> dict[str, dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def person(api, keys, pipeline) -> dict:
+def person(api, keys, pipeline, mongo) -> dict:
     """A person with a distinctive name, e-mail and street, at the top of the score table."""
     from shared.contracts.tables import ProfileVersion, User
     from shared.infra.db import session_scope
@@ -55,6 +55,10 @@ def person(api, keys, pipeline) -> dict:
             return session.get(ProfileVersion, user_id) is not None
 
     wait_for(signup_stored, timeout=60, what="the signup stored by the worker")
+    # ...and after analytics' first profile of the person: a rescoring landing between two reads
+    # of a test caches a newer `computed_at` (CI saw .708 then .715 for one person).
+    wait_for(lambda: mongo.profiles.find_one({"user_id": user_id, "totals.events": {"$gte": 1}}),
+             what="the person's first profile")
     return {**body, "id": user_id, "tag": tag}
 
 
@@ -139,6 +143,9 @@ def test_the_cached_profile_gives_each_key_only_what_it_may_see(api, keys, perso
     full = json.loads(answers[1][1].text if answers[0][0] == "read" else answers[0][1].text)
     for field in PERSONAL_FIELDS:
         full["user"].pop(field)
+    # The first answer may be a miss computed just before a run's analytics worker cached its own
+    # rescoring of the same data: the same profile, a few milliseconds apart.
+    read.pop("computed_at"), full.pop("computed_at")
     full["user"]["address"].pop("street")
     assert read == full
 
