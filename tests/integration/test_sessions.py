@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from shared.analytics.sessions import NO_SESSIONS, Sessions, load, window_events
 from tests.fixtures import wait_for
 from tests.helpers import signup_body
 
@@ -66,3 +67,26 @@ def test_a_profile_without_events_in_the_window_has_only_the_signups_session(cli
     # user_created is the person's first step on the site: a session like any other (0 min long).
     wait_for(lambda: sessions(client, user_id)["sessions"] == {"last_30_days": 1, "average_minutes_30d": 0.0},
              what="the signup's session")
+
+
+def test_a_profiles_sessions_read_only_that_persons_events_of_the_window(mongo):
+    """The cost: the person's events of the window, through ix_user_time; not their older events,
+    not anyone else's."""
+    now = datetime.now(UTC)
+    person, others = 2_000_000_001, range(2_000_000_100, 2_000_000_120)
+    docs = [{"event_id": f"w{i}", "user_id": person, "event_type": "page_view", "metadata": {},
+             "timestamp": now - timedelta(hours=i)} for i in range(12)]
+    docs += [{"event_id": f"old{i}", "user_id": person, "event_type": "page_view", "metadata": {},
+              "timestamp": now - timedelta(days=40 + i)} for i in range(50)]
+    docs += [{"event_id": f"o{i}", "user_id": other, "event_type": "page_view", "metadata": {},
+              "timestamp": now - timedelta(hours=i)} for other in others for i in range(20)]
+    mongo.events.insert_many(docs)
+    try:
+        stats = window_events(mongo, [person], now).explain()["executionStats"]
+        assert stats["nReturned"] == 12
+        assert stats["totalDocsExamined"] == 12
+        # 12 one-hour gaps of 30 minutes or more: 12 sessions of one event.
+        assert load(mongo, [person, 2_000_000_002], now, 30.0) == {
+            person: Sessions(12, 0.0), 2_000_000_002: NO_SESSIONS}
+    finally:
+        mongo.events.delete_many({"user_id": {"$in": [person, *others]}})
