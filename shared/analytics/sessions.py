@@ -26,8 +26,12 @@ import numpy as np
 import numpy.typing as npt
 from pymongo.cursor import Cursor
 from pymongo.database import Database
+from pymongo.errors import OperationFailure
 
+from shared.infra.logging import get_logger
 from shared.infra.mongo import EVENTS, Document
+
+log = get_logger(__name__)
 
 WINDOW_DAYS = 30
 
@@ -79,14 +83,16 @@ def window_start(now: datetime) -> datetime:
     return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=WINDOW_DAYS)
 
 
-def window_events(db: Database[Document], user_ids: list[int], now: datetime) -> Cursor[Document]:
+def window_events(db: Database[Document], user_ids: list[int], now: datetime,
+                  hinted: bool = True) -> Cursor[Document]:
     """The users' events of the window, (user id, instant) only: one range of `ix_user_time`
     per user. Hinted: a planner that sees a small collection may prefer a scan, and a profile's
     cost must not depend on the planner's guess about everyone else's events."""
-    return db[EVENTS].find(
+    cursor = db[EVENTS].find(
         {"user_id": {"$in": [int(u) for u in user_ids]}, "timestamp": {"$gte": window_start(now)}},
         {"_id": 0, "user_id": 1, "timestamp": 1},
-    ).hint("ix_user_time")
+    )
+    return cursor.hint("ix_user_time") if hinted else cursor
 
 
 def load(db: Database[Document], user_ids: list[int], now: datetime, idle_minutes: float) -> dict[int, Sessions]:
@@ -95,7 +101,14 @@ def load(db: Database[Document], user_ids: list[int], now: datetime, idle_minute
         return {}
     people: list[int] = []
     instants: list[float] = []
-    for doc in window_events(db, user_ids, now):
+    try:
+        documents = list(window_events(db, user_ids, now))
+    except OperationFailure as exc:
+        # The index is made when a worker first starts (shared.infra.mongo.prepare_database); an
+        # API answering before that, against a store without it, reads unhinted rather than fail.
+        log.warning("sessions_index_missing", error=str(exc))
+        documents = list(window_events(db, user_ids, now, hinted=False))
+    for doc in documents:
         people.append(int(doc["user_id"]))
         instants.append(doc["timestamp"].timestamp())  # the client is tz-aware: UTC instants
     found = sessions_of(np.array(people, dtype=np.int64), np.array(instants, dtype=np.float64), idle_minutes * 60.0)

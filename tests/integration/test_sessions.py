@@ -90,3 +90,17 @@ def test_a_profiles_sessions_read_only_that_persons_events_of_the_window(mongo):
             person: Sessions(12, 0.0), 2_000_000_002: NO_SESSIONS}
     finally:
         mongo.events.delete_many({"user_id": {"$in": [person, *others]}})
+
+
+def test_sessions_are_read_before_any_worker_has_made_the_index(mongo):
+    """The API may answer before a worker has first started (and made ix_user_time): the read
+    goes unhinted rather than failing the profile."""
+    scratch = mongo.client[f"{mongo.name}_unindexed"]
+    now = datetime.now(UTC)
+    scratch.events.insert_many([{"event_id": f"e{i}", "user_id": 5, "timestamp": now - timedelta(minutes=10 * i)}
+                                for i in range(3)])
+    try:
+        assert "ix_user_time" not in scratch.events.index_information()
+        assert load(scratch, [5], now, 30.0) == {5: Sessions(1, 20.0)}
+    finally:
+        mongo.client.drop_database(scratch.name)
