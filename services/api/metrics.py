@@ -7,7 +7,8 @@
   it, emptied at each start) every process writes its figures there and a scrape adds them up.
 * The profile cache: hits, misses, bypasses (shared.pipeline.profile_cache counts them).
 * The pipeline and the domain, read from the stores at scrape time: outbox pending and the age
-  of its oldest row, events stored and duplicates skipped (shared.infra.counters), users awaiting
+  of its oldest row, events stored and duplicates skipped (shared.infra.counters), the ingestion
+  lag histogram (shared.infra.ingestion_lag), users awaiting
   rescoring, profiles rescored, tasks waiting to retry (the retry backlog: event batches, erasures,
   signups retrying while a store is down), dead letters, the current model (version, age, convergence,
   customers), and each purchase model's newest rolling-holdout check (`pulse_model_holdout_*`). A store that does not
@@ -37,7 +38,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 from sqlalchemy import text
 
 from services.api.contract import openapi_path
@@ -45,7 +47,7 @@ from services.api.shared_reads import SharedRead
 from shared.analytics import fitted_models, holdouts
 from shared.contracts.settings import get_settings
 from shared.contracts.topology import ERASE_USER, STORE_EVENTS, USER_CREATED
-from shared.infra import counters
+from shared.infra import counters, ingestion_lag
 from shared.infra.db import session_scope
 from shared.infra.logging import get_logger
 from shared.infra.mongo import get_database
@@ -209,6 +211,11 @@ class PipelineCollector:
                                   value=totals[counters.EVENTS_STORED])
         yield CounterMetricFamily("pulse_events_duplicate", "Events the worker skipped as stored already "
                                   "(a re-sent event_id, a redelivered batch)", value=totals[counters.EVENTS_DUPLICATE])
+        lag = ingestion_lag.read()
+        yield HistogramMetricFamily(
+            "pulse_ingestion_lag_seconds", "Seconds from the API receiving an event to the worker storing and "
+            "counting it, per stored event (kept in Redis by every worker process)",
+            buckets=[(floatToGoString(bound), count) for bound, count in lag.buckets], sum_value=lag.sum)
         yield CounterMetricFamily("pulse_profiles_rescored", "Profiles the analytics workers computed",
                                   value=rescore.rescored_total())
         yield GaugeMetricFamily("pulse_rescore_queued_users",

@@ -26,6 +26,17 @@ class QueueOut(BaseModel):
     consumers: int | None
 
 
+class LagBucketOut(BaseModel):
+    le: str = Field(description='Upper bound in seconds ("+Inf" last), as Prometheus\' `le`')
+    count: float = Field(description="Events with at most that lag (cumulative)")
+
+
+class IngestionLagOut(BaseModel):
+    count: float = Field(description="Events measured (those stored and counted since Redis started)")
+    sum: float = Field(description="Their lags added up, seconds")
+    buckets: list[LagBucketOut]
+
+
 class PipelineOut(BaseModel):
     signups_total: float | None = Field(description="Signups this API answered 201 since it started (null with "
                                         "METRICS_ENABLED=false)")
@@ -33,6 +44,9 @@ class PipelineOut(BaseModel):
     events_stored_total: float | None = Field(description="Events the workers inserted into MongoDB")
     events_duplicate_total: float | None = Field(description="Events skipped as stored already")
     profiles_rescored_total: float | None
+    ingestion_lag: IngestionLagOut | None = Field(
+        description="The ingestion lag histogram (`pulse_ingestion_lag_seconds`): received by the API → stored "
+        "and counted by the worker; null when Redis did not answer")
     outbox_pending: float | None
     outbox_oldest_pending_age_seconds: float | None
     rescore_pending_users: float | None = Field(description="Users awaiting a rescoring (Postgres, durable)")
@@ -53,6 +67,14 @@ def _total(found: dict[str, Any], name: str, **labels: str) -> float | None:
     values = [value for sample_labels, value in found.get(name, ())
               if all(sample_labels.get(k) == v for k, v in labels.items())]
     return sum(values) if values else None
+
+
+def _lag(found: dict[str, Any]) -> dict[str, Any] | None:
+    name = "pulse_ingestion_lag_seconds"
+    if f"{name}_count" not in found:
+        return None
+    return {"count": _total(found, f"{name}_count"), "sum": _total(found, f"{name}_sum"),
+            "buckets": [{"le": labels["le"], "count": value} for labels, value in found.get(f"{name}_bucket", ())]}
 
 
 def _requests(found: dict[str, Any], routes: tuple[str, ...], status: str) -> float | None:
@@ -100,6 +122,7 @@ def pipeline():
         "events_stored_total": _total(found, "pulse_events_stored_total"),
         "events_duplicate_total": _total(found, "pulse_events_duplicate_total"),
         "profiles_rescored_total": _total(found, "pulse_profiles_rescored_total"),
+        "ingestion_lag": _lag(found),
         "outbox_pending": _total(found, "pulse_outbox_pending"),
         "outbox_oldest_pending_age_seconds": _total(found, "pulse_outbox_oldest_pending_age_seconds"),
         "rescore_pending_users": _total(found, "pulse_rescore_pending_users", store="postgres"),

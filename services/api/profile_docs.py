@@ -31,6 +31,17 @@ class TotalsOut(BaseModel):
     last_activity_at: str | None
 
 
+class SessionsOut(BaseModel):
+    last_30_days: int = Field(
+        description="Sessions in the last 30 days: runs of the user's events with gaps shorter than "
+        "SESSION_IDLE_MINUTES (default 30), formed from the events `totals.events_last_30_days` counts "
+        "(since the start of the UTC day 30 days ago; a session begun earlier counts from its first event "
+        "inside). Every event type counts, `user_created` too. Exact whatever order the events arrived in")
+    average_minutes_30d: float | None = Field(
+        description="Mean length of those sessions in minutes (last event − first event; a one-event session "
+        "lasts 0); null without a session")
+
+
 class ProfileOut(BaseModel):
     user_id: int
     user: UserOut
@@ -57,6 +68,7 @@ class ProfileOut(BaseModel):
     )
     rfm: RFMOut | None
     totals: TotalsOut
+    sessions: SessionsOut
     recommendations: list[str] = Field(
         description="Categories that users with similar purchases bought and this user has not"
     )

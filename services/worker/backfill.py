@@ -129,7 +129,7 @@ def _ndjson(path: Path, plan: Plan) -> Iterator[Record]:
                 plan.problems.extend(_problems(number, exc))
                 continue
             event_id = event.event_id or _derived_id("ndjson", raw.strip())
-            message = EventMessage.of(event, event_id, undated)
+            message = EventMessage.of(event, event_id, undated, received=False)
             yield Record(number, str(username).lower() if username is not None else event.user_id, message)
 
 
@@ -215,7 +215,7 @@ def _csv(path: Path, plan: Plan, args: argparse.Namespace) -> Iterator[Record]:
             elif when < (plan.users[username][1] or when):
                 plan.users[username] = (plan.users[username][0], when)
             assert event.event_id is not None  # validated from the event_id derived above
-            yield Record(number, username, EventMessage.of(event, event.event_id, when))
+            yield Record(number, username, EventMessage.of(event, event.event_id, when, received=False))
 
 
 def records(path: Path, plan: Plan, args: argparse.Namespace) -> Iterator[Record]:

@@ -6,13 +6,14 @@ backfill all call `store_batch`, so counters and summaries are right whichever w
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
 from shared.contracts import event_identity
-from shared.infra import counters
+from shared.infra import counters, ingestion_lag
 from shared.infra.db import session_scope
 from shared.infra.mongo import EVENTS
 from shared.pipeline import erasure, profile_cache, rescore, summaries
@@ -128,6 +129,9 @@ def store_batch(db, batch_id: str, docs: list[dict[str, Any]], schedule_rescore:
     if gone:
         erasure.forget(db, gone)
     counters.add(**{counters.EVENTS_STORED: len(inserted), counters.EVENTS_DUPLICATE: len(docs) - len(inserted)})
+    # Received (by the API; else by the worker) to stored and counted: the events just counted, so
+    # the histogram's count grows as pulse_events_stored does.
+    ingestion_lag.observe(ingestion_lag.lags(inserted, datetime.now(UTC)))
     # Every user of the batch, not only the newly counted: a redelivery after a crash between the
     # summaries and this call must still get those users rescored.
     rescore.mark_changed([u for u in user_ids if u not in gone], schedule_rescore)

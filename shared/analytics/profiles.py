@@ -20,6 +20,7 @@ from pymongo.database import Database
 from sqlalchemy.orm import Session
 
 from shared.analytics import fitted_models
+from shared.analytics import sessions as person_sessions
 from shared.analytics.fitted_models import FittedModel
 from shared.analytics.stats import (
     WEEKS_PER_MONTH,
@@ -115,6 +116,8 @@ def compute_profiles(
         return {}
     facts = clock("purchases", load_purchase_facts, db, session, ids, now)
     activity = clock("activity", activity_counters.load, session, ids, now)
+    # Those users' events of the window only (ix_user_time), sorted here: exact in any arrival order.
+    sessions = clock("sessions", person_sessions.load, db, ids, now, get_settings().session_idle_minutes)
     model = clock("model", fitted_models.current.get, db)
     customers = [u for u in ids if u in facts]
     scored = clock("scoring", _score_customers, model, [facts[u] for u in customers], now.date())
@@ -162,6 +165,7 @@ def compute_profiles(
                 "last_purchase_at": _iso(bought.last_purchase_at) if bought else None,
                 "last_activity_at": act.last_activity_at.isoformat() if act and act.last_activity_at else None,
             },
+            "sessions": sessions.get(user_id, person_sessions.NO_SESSIONS).as_profile(),
             "recommendations": [str(item) for item in recommendations.get(user_id, [])],
             "model_version": model.version if model else None,
             # Which purchase model gave p_alive, expected_purchases_90d and predicted_ltv.

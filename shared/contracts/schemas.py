@@ -253,43 +253,53 @@ class EventMessage(BaseModel):
     timestamp: datetime
     metadata: dict[str, Any] = Field(default_factory=dict)
     geo: dict[str, Any] | None = None
+    # When the API received the event (not what the client said: no part of its content,
+    # shared.contracts.event_identity). None in the messages queued before it existed, and in the
+    # backfill's: the worker then stores its own time of receipt. Ingestion lag is measured from it.
+    received_at: datetime | None = None
 
-    _timestamp_is_text = field_validator("timestamp", mode="before")(lambda value: iso_text(value, "timestamp"))
+    _timestamp_is_text = field_validator("timestamp", "received_at", mode="before")(
+        lambda value, info: iso_text(value, info.field_name))
 
-    @field_serializer("timestamp", when_used="json")
-    def _iso(self, value: datetime) -> str:
+    @field_serializer("timestamp", "received_at", when_used="json")
+    def _iso(self, value: datetime | None) -> str | None:
         # The text messages have always carried (`+00:00`, not pydantic's `Z`).
-        return value.isoformat()
+        return value.isoformat() if value is not None else None
 
     @staticmethod
     def _fields(event: PurchaseEvent | CartEvent | ActivityEvent, event_id: str,
-                received_at: datetime) -> dict[str, Any]:
+                received_at: datetime, received: bool) -> dict[str, Any]:
         metadata = event.metadata.model_dump(exclude_none=True) if isinstance(event.metadata, BaseModel) \
             else dict(event.metadata)
         return {"event_id": event_id, "user_id": event.user_id, "event_type": event.event_type,
                 "timestamp": event.timestamp or received_at, "metadata": metadata,
-                "geo": event.geo.model_dump(exclude_none=True) if event.geo else None}
+                "geo": event.geo.model_dump(exclude_none=True) if event.geo else None,
+                "received_at": received_at if received else None}
 
     @classmethod
     def of(cls, event: PurchaseEvent | CartEvent | ActivityEvent, event_id: str,
-           received_at: datetime) -> "EventMessage":
-        """A validated event, dated `received_at` when it has no timestamp of its own."""
+           received_at: datetime, *, received: bool = True) -> "EventMessage":
+        """A validated event, dated `received_at` when it has no timestamp of its own. `received`:
+        the API received it at `received_at` (kept as the message's `received_at`); the backfill
+        passes False, its `received_at` only dating the undated events."""
         # Built, not validated again: the event was, by the stricter request models.
-        return cls.model_construct(**cls._fields(event, event_id, received_at))
+        return cls.model_construct(**cls._fields(event, event_id, received_at, received))
 
     @classmethod
     def wire(cls, event: PurchaseEvent | CartEvent | ActivityEvent, event_id: str,
              received_at: datetime) -> dict[str, Any]:
         """`of(...).model_dump(mode="json")` without the model in between: the API builds one for
         every event it accepts, and a model per event, dumped, cost it twice the old dict's time."""
-        fields = cls._fields(event, event_id, received_at)
+        fields = cls._fields(event, event_id, received_at, True)
         fields["timestamp"] = fields["timestamp"].isoformat()
+        fields["received_at"] = received_at.isoformat()
         return fields
 
     def document(self, received_at: datetime) -> dict[str, Any]:
+        """The stored document; `received_at` (the worker's time) when the message has none."""
         return event_document(event_id=self.event_id, user_id=self.user_id, event_type=self.event_type,
                               timestamp=self.timestamp, metadata=self.metadata, geo=self.geo,
-                              received_at=received_at)
+                              received_at=self.received_at or received_at)
 
 
 class StoreEventsMessage(BaseModel):

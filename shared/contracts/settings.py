@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         description="Every so many seconds (beat), users pending rescoring for longer than that are queued "
         "again: what a Redis restart or a killed analytics worker lost is rescored within about twice this.",
     )
+    session_idle_minutes: float = Field(
+        30.0, gt=0,
+        description="A gap between one person's events of at least this many minutes ends a session "
+        "(the profile's `sessions`).",
+    )
     applied_batches_retention_days: int = Field(
         30,
         description="Days the worker remembers which event batches it has counted (a redelivery within "

@@ -237,6 +237,22 @@ def test_dashboard_draws_what_the_api_reports(browser, server, customers, client
     assert ratio.endswith(" %") and float(ratio[:-2]) == pytest.approx(100 * hits / reads, abs=0.051)
     queues = chart(browser, "queues-chart")
     assert set(queues["labels"]) == {q["name"] for q in pipeline["queues"]}
+    # The ingestion lag as the page read it (one reading: the tile and the chart agree with each
+    # other, and with the histogram's buckets): the fixture's signups and purchases are measured.
+    lag = chart(browser, "lag-chart")
+    assert lag["labels"] == [f"≤ {b['le']} s" if b["le"] != "+Inf" else "> 60 s"
+                             for b in pipeline["ingestion_lag"]["buckets"]]
+    per_bucket = lag["data"][0]
+    measured = sum(per_bucket)
+    assert 20 <= measured <= pipeline["ingestion_lag"]["count"]  # 5 signups and 15 purchases at least
+    detail = browser.find_element("id", "lag-detail").text  # "median ≤ <le> s, mean <s> s over <n> events"
+    assert detail.endswith(f" over {measured:,.0f} events"), detail
+    running, p95 = 0, None
+    for label, count in zip(lag["labels"], per_bucket, strict=True):
+        running += count
+        if p95 is None and running >= 0.95 * measured:
+            p95 = label
+    assert browser.find_element("id", "lag-p95").text == p95
     top = client.get("/api/users/top?min_score=0&limit=10").get_json()["items"]
     links = [a.text for a in browser.find_elements("css selector", "#top-users a")]
     assert links == [str(u["id"]) for u in top]
@@ -261,6 +277,11 @@ def test_user_page_shows_the_profile_and_purchase_timeline(browser, server, cust
     assert browser.find_element("id", "p-churn").text == f"{profile['churn_risk']:.1f} %"
     assert browser.find_element("id", "p-alive").text == f"{profile['p_alive']:.3f}"
     assert profile["user"]["username"] in browser.find_element("id", "user-name").text
+    facts = {e.get_attribute("data-field"): e.text for e in browser.find_elements("css selector", "#profile-facts dd")}
+    # Of the five purchases (23 to 91 days ago) one is in the window; with the signup (now): two
+    # one-event sessions of 0 minutes.
+    assert profile["sessions"] == {"last_30_days": 2, "average_minutes_30d": 0.0}
+    assert facts["sessions (30 days)"] == "2, 0.0 min on average"
 
     browser.get(f"{server}/dashboard/users/999999999")
     loaded(browser, "the page of nobody")

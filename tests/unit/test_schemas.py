@@ -6,6 +6,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from services.api.problems import error_field, field_path
+from shared.contracts import event_identity
 from shared.contracts.schemas import Event, EventBatch, EventMessage, SignupRequest, StoreEventsMessage
 
 EVENT = TypeAdapter(Event)
@@ -115,7 +116,10 @@ def test_event_document_maps_the_guide_fields():
         "timestamp": received.isoformat(),
         "metadata": {"product_id": "P1", "price": 9.5, "category": "books"},
         "geo": {"country": "Ukraine", "city": "Kyiv", "coordinates": [50.45, 30.52]},
+        "received_at": received.isoformat(),
     }
+    # The backfill's date for undated events is no time of receipt: the worker stamps its own.
+    assert EventMessage.of(event, "e-1", received, received=False).received_at is None
 
 
 @pytest.mark.parametrize("body", [
@@ -141,22 +145,30 @@ def test_the_message_the_api_publishes_is_the_models_json(body):
 
 def test_a_store_events_message_round_trips_to_the_stored_document():
     """What the API publishes, read back by the worker, gives the document MongoDB stores: the
-    instant as a UTC datetime, the time of receipt added, no `geo` when there is none."""
+    instant as a UTC datetime, the API's time of receipt kept (the worker's own time for a message
+    without one: those queued before it existed), no `geo` when there is none."""
     received = datetime(2024, 1, 15, tzinfo=UTC)
-    events = [EventMessage.of(EVENT.validate_python(purchase()), "e-1", received),
+    events = [EventMessage.of(EVENT.validate_python(purchase()), "e-1", received, received=False),
               EventMessage.of(EVENT.validate_python({**purchase(), "geo": {"city": "Kyiv"}}), "e-2", received)]
     wire = StoreEventsMessage(events=events).model_dump(mode="json")
     assert list(wire) == ["events"]  # the keys of the messages queued before the model existed
+    assert wire["events"][1]["received_at"] == "2024-01-15T00:00:00+00:00"
+    old_message = {k: v for k, v in wire["events"][0].items() if k != "received_at"}
+    wire["events"][0] = old_message  # as queued before `received_at` existed: still valid
     stored_at = datetime(2024, 1, 16, tzinfo=UTC)
     docs = [e.document(stored_at) for e in StoreEventsMessage.model_validate(wire).events]
     assert docs == [
         {"event_id": "e-1", "user_id": 1, "event_type": "user_purchase", "timestamp": received,
          "metadata": {"product_id": "P1", "price": 9.5, "category": "books"}, "received_at": stored_at},
         {"event_id": "e-2", "user_id": 1, "event_type": "user_purchase", "timestamp": received,
-         "metadata": {"product_id": "P1", "price": 9.5, "category": "books"}, "received_at": stored_at,
+         "metadata": {"product_id": "P1", "price": 9.5, "category": "books"}, "received_at": received,
          "geo": {"city": "Kyiv"}},
     ]
     assert docs[0]["timestamp"].tzinfo is UTC
+    # The time of receipt is not what the client said: two deliveries of one event received at
+    # different times are the same event (shared.contracts.event_identity).
+    later = {**wire["events"][1], "received_at": "2024-01-15T00:00:09+00:00"}
+    assert event_identity.content(later) == event_identity.content(wire["events"][1])
 
 
 @pytest.mark.parametrize("message", [

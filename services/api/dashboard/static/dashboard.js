@@ -146,8 +146,41 @@ const Pulse = (() => {
       },
       options: { indexAxis: "y", plugins: { legend: { display: false } }, scales: { x: { beginAtZero: true, ticks: { precision: 0 } } } },
     });
+    drawLag(data.ingestion_lag);
     const down = Object.entries(data.sources || {}).filter(([, up]) => !up).map(([name]) => name);
     return down;
+  }
+
+  // The smallest bucket bound holding the q-th share of the events (the histogram's resolution).
+  function lagQuantile(lag, q) {
+    const rank = q * lag.count;
+    const bucket = lag.buckets.find((b) => b.count >= rank);
+    return bucket ? bucket.le : null;
+  }
+
+  function seconds(le) {
+    return le === "+Inf" ? "> 60 s" : `≤ ${le} s`;
+  }
+
+  function drawLag(lag) {
+    if (!lag) {
+      text("lag-p95", "–");
+      text("lag-detail", "Redis unreachable");
+      return;
+    }
+    text("lag-p95", lag.count ? seconds(lagQuantile(lag, 0.95)) : "–");
+    text("lag-detail", lag.count
+      ? `median ${seconds(lagQuantile(lag, 0.5))}, mean ${number(lag.sum / lag.count, 3)} s over ${number(lag.count)} events`
+      : "no events stored yet");
+    let below = 0;
+    draw("lag-chart", {
+      type: "bar",
+      data: {
+        labels: lag.buckets.map((b) => seconds(b.le)),
+        datasets: [{ label: "events", data: lag.buckets.map((b) => { const n = b.count - below; below = b.count; return n; }), backgroundColor: palette[1] }],
+      },
+      options: { plugins: { legend: { display: false } }, scales: { y: { beginAtZero: true, ticks: { precision: 0 } } } },
+    });
   }
 
   // ---------------------------------------------------------------- the customers, every 30 s
@@ -459,6 +492,9 @@ const Pulse = (() => {
       ["repeat purchase days", profile.totals.repeat_purchase_days],
       ["days since last purchase", profile.totals.days_since_last_purchase ?? "–"],
       ["events (30 days)", `${profile.totals.events} (${profile.totals.events_last_30_days})`],
+      ["sessions (30 days)", profile.sessions
+        ? `${profile.sessions.last_30_days}` + (profile.sessions.average_minutes_30d === null ? "" : `, ${number(profile.sessions.average_minutes_30d, 1)} min on average`)
+        : "–"],
       ["expected purchases, 90 days", profile.expected_purchases_90d === null ? "–" : profile.expected_purchases_90d.toFixed(2)],
       ["expected average spend", profile.expected_average_spend === null ? "–" : number(profile.expected_average_spend, 2)],
       ["recommendations", profile.recommendations.join(", ") || "–"],
