@@ -209,6 +209,13 @@ class PipelineCollector:
                                   value=totals[counters.EVENTS_STORED])
         yield CounterMetricFamily("pulse_events_duplicate", "Events the worker skipped as stored already "
                                   "(a re-sent event_id, a redelivered batch)", value=totals[counters.EVENTS_DUPLICATE])
+        violations = CounterMetricFamily("pulse_tracking_violations", "Custom events that broke the tracking plan, "
+                                         "by event type ((unplanned): types with no entry) and action",
+                                         labels=["event_type", "action"])
+        for label, value in sorted(counters.read_labelled(counters.TRACKING_VIOLATIONS).items()):
+            event_type, _, action = label.rpartition("|")
+            violations.add_metric([event_type, action], value)
+        yield violations
         yield CounterMetricFamily("pulse_profiles_rescored", "Profiles the analytics workers computed",
                                   value=rescore.rescored_total())
         yield GaugeMetricFamily("pulse_rescore_queued_users",
