@@ -56,7 +56,7 @@ tracking_plan_bp = APIBlueprint("tracking_plan", __name__, url_prefix="/api/trac
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 # A schema is a description, not data: these bound what one entry costs to store, compile and keep.
 MAX_SCHEMA_BYTES = 64 * 1024
-MAX_SCHEMA_DEPTH = 32
+MAX_SCHEMA_DEPTH = 20  # under the request body's own bound (services.api.json_body), so that this one names `schema`
 # A validator's compiled patterns: enough for any real pattern, not for a pattern built to fill memory.
 _REGEX_SIZE_LIMIT = 1 << 20
 # What one event reports: a metadata object can break a schema in many places at once.
