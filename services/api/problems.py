@@ -71,7 +71,9 @@ def field_path(loc: tuple[Any, ...]) -> str:
         elif part in UNION_TAGS:  # the discriminated union's tag, not a field of the request
             continue
         else:
-            path += f".{part}" if path else str(part)
+            # A key the client sent may hold a lone surrogate (a JSON "\udfff" escape), which no UTF-8 answer can carry.
+            part = str(part).encode("utf-8", "backslashreplace").decode()
+            path += f".{part}" if path else part
     return path or "body"
 
 

@@ -90,6 +90,26 @@ def _field(parts: Iterator[str | int] | list[str | int], root: str) -> str:
     return path
 
 
+def _bad_text(value: Any, path: list[str | int]) -> tuple[list[str | int], str] | None:
+    """Where `value` holds a key or string Postgres' jsonb cannot store (a NUL, a lone surrogate), if anywhere."""
+    stack: list[tuple[Any, list[str | int]]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        texts = [item] if isinstance(item, str) else list(item) if isinstance(item, dict) else []
+        for text in texts:
+            if "\x00" in text:
+                return where, "must not hold a NUL character"
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                return where, "must be valid Unicode (no lone surrogates)"
+        if isinstance(item, dict):
+            stack.extend((child, [*where, name]) for name, child in item.items())
+        elif isinstance(item, list):
+            stack.extend((child, [*where, index]) for index, child in enumerate(item))
+    return None
+
+
 def _depth(value: Any, limit: int) -> bool:
     """Whether `value` nests no deeper than `limit` (without recursing past it)."""
     stack = [(value, 1)]
@@ -112,6 +132,8 @@ def compile_schema(schema: Any) -> jsonschema_rs.Validator:
         raise SchemaProblem("schema", f"at most {MAX_SCHEMA_BYTES} bytes as JSON")
     if not _depth(schema, MAX_SCHEMA_DEPTH):
         raise SchemaProblem("schema", f"nested deeper than {MAX_SCHEMA_DEPTH} levels")
+    if (bad := _bad_text(schema, [])) is not None:
+        raise SchemaProblem(_field(bad[0], "schema"), bad[1])
     if "$schema" in schema and schema["$schema"] != DRAFT_2020_12:
         raise SchemaProblem("schema.$schema", f"must be {DRAFT_2020_12} (or absent)")
     try:

@@ -229,8 +229,9 @@ def _custom_value_problem(value: Any, path: str, depth: int) -> str | None:
         for name, item in value.items():
             # MongoDB reads a key starting with `$` as an operator and a `.` as a path; NUL ends a C string.
             if not isinstance(name, str) or not 1 <= len(name) <= 64 or name[0] == "$" or "." in name \
-                    or "\x00" in name:
-                return f"{path}: key {name!r} must be 1-64 characters, not start with '$', hold no '.' or NUL"
+                    or "\x00" in name or (problem := _custom_value_problem(name, path, depth)) is not None:
+                return f"{path}: key {name!r} must be 1-64 characters of valid Unicode, not start with '$', " \
+                    "hold no '.' or NUL"
             if (problem := _custom_value_problem(item, f"{path}.{name}", depth + 1)) is not None:
                 return problem
     elif isinstance(value, list):
@@ -239,7 +240,12 @@ def _custom_value_problem(value: Any, path: str, depth: int) -> str | None:
         for index, item in enumerate(value):
             if (problem := _custom_value_problem(item, f"{path}[{index}]", depth + 1)) is not None:
                 return problem
-    elif isinstance(value, bool) or value is None or isinstance(value, str):
+    elif isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return f"{path}: text must be valid Unicode (no lone surrogates)"
+    elif isinstance(value, bool) or value is None:
         return None
     elif isinstance(value, int):
         if not _INT64[0] <= value < _INT64[1]:

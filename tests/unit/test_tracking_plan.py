@@ -49,9 +49,18 @@ def test_built_in_types_keep_their_strict_models():
     {"$where": 1}, {"a": {"$gt": 1}}, {"a.b": 1}, {"": 1}, {"k" * 65: 1}, {"a\x00": 1},
     {"a": {"b": {"c": {"d": {"e": {}}}}}}, {"a": [[[[[1]]]]]},
     {"n": 2**63}, {f"k{i}": i for i in range(51)}, {"s": "x" * 33_000}, {"a": [{"$set": 1}]},
+    {"s": "\ud800"},
 ])
 def test_metadata_no_store_should_hold_is_refused_naming_metadata(metadata):
     assert fields_of({"events": [event("x", metadata)]}) == ["events[0].metadata"]
+
+
+def test_a_key_no_utf_8_can_carry_is_named_in_text_an_answer_can_carry():
+    [field] = fields_of({"events": [event("x", {"\udfff": 1})]})
+    assert field.startswith("events[0].metadata.")
+    field.encode()  # no UnicodeEncodeError: the problem document can be written
+    from services.api.problems import field_path
+    assert field_path(("metadata", "\udfff")) == "metadata.\\udfff"
 
 
 def test_the_deepest_metadata_allowed_is_five_levels():
@@ -84,6 +93,8 @@ def test_violations_ride_the_message_only_when_there_are_some():
     ({"pattern": "(?<=a)b"}, "schema"),
     ({"pattern": "(a)\\1"}, "schema"),
     ([], "schema"),
+    ({"properties": {"a": {"const": "x\x00"}}}, "schema.properties.a.const"),
+    ({"properties": {"a\ud800": {}}}, "schema.properties"),
 ])
 def test_bad_schemas_name_where(schema, field):
     with pytest.raises(tracking_plan.SchemaProblem) as caught:
