@@ -314,9 +314,11 @@ def check(messages: list[dict[str, Any]], unique: list[dict[str, Any]]) -> None:
             refusals.extend(FieldProblem(field=prefix + v.field, message=v.message) for v in broken)
         else:
             message["violations"] = [f"{v.field}: {v.message}" for v in broken]
-    _record(seen)
     if refusals:
+        # The request is refused as a whole: its flagged events are not stored, so not counted as flagged.
+        _record([item for item in seen if item.action == "refused"])
         raise ProblemError(422, "Events break the tracking plan", refusals)
+    _record(seen)
 
 
 def _record(seen: list[_Seen]) -> None:

@@ -182,3 +182,15 @@ def test_built_in_entries_are_their_models_schemas():
     assert tracking_plan.BUILT_IN_SCHEMAS["user_purchase"]["required"] == ["product_id", "price", "category"]
     assert set(tracking_plan.BUILT_IN_SCHEMAS) == {"user_purchase", "add_to_cart", "page_view", "login", "logout",
                                                   "search"}
+
+
+def test_a_refused_request_counts_no_flagged_event(plan):
+    entries, recorded = plan
+    entries["video_played"] = entry("refuse")
+    entries["trial_started"] = entry("flag", name="trial_started")
+    batch = messages({"video_id": 1}) + messages({"video_id": 2}, event_type="trial_started")
+    batch[1]["event_id"] = "e1"
+    with pytest.raises(ProblemError) as caught:
+        tracking_plan.check(batch, batch)
+    assert [e.field for e in caught.value.errors or []] == ["events[0].metadata.video_id"]
+    assert [(r.event_type, r.action) for r in recorded] == [("video_played", "refused")]
