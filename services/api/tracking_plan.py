@@ -308,8 +308,9 @@ def check(messages: list[dict[str, Any]], unique: list[dict[str, Any]]) -> None:
         outcome: Literal["refused", "flagged"] = "refused" if action == "refuse" else "flagged"
         for violation in broken:
             example = {"event_id": message["event_id"], "field": violation.field, "message": violation.message}
+            # A visitor's event may reach here without a user id (0: no user row; its anonymous id names it).
             seen.append(_Seen(message["event_type"], violation.reason, outcome, label, example,
-                              int(message["user_id"]), message.get("anonymous_id")))
+                              int(message.get("user_id") or 0), message.get("anonymous_id")))
         if outcome == "refused":
             refusals.extend(FieldProblem(field=prefix + v.field, message=v.message) for v in broken)
         else:
@@ -352,7 +353,8 @@ def _upsert(seen: list[_Seen]) -> None:
             row[item.action] += 1
             # Visitors (not-positive ids) have no user row; their examples are cleared by their anonymous id.
             if item.user_id in present or item.user_id <= 0:
-                row.update(example=item.example, example_user_id=item.user_id, example_anonymous_id=item.anonymous_id)
+                row.update(example=item.example, example_user_id=item.user_id or None,
+                           example_anonymous_id=item.anonymous_id)
         # In key order, as every request writes them: two requests never wait for each other in a cycle.
         values = [rows[k] for k in sorted(rows)]
         statement = insert(TrackingViolation).values(values)
