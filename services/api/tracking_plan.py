@@ -149,7 +149,8 @@ def compile_schema(schema: Any) -> jsonschema_rs.Validator:
         )
     except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError, ValueError) as exc:
         message = getattr(exc, "message", None) or str(exc)
-        raise SchemaProblem("schema", message.split("\n", 1)[0][:EXAMPLE_MESSAGE_MAX]) from None
+        where = _field(list(getattr(exc, "instance_path", None) or []), "schema")
+        raise SchemaProblem(where, message.split("\n", 1)[0][:EXAMPLE_MESSAGE_MAX]) from None
 
 
 def _built_in_schemas() -> dict[str, dict[str, Any]]:

@@ -90,9 +90,10 @@ def test_violations_ride_the_message_only_when_there_are_some():
     ({"properties": {"a": {"maxLength": -1}}}, "schema.properties.a.maxLength"),
     ({"$schema": "http://json-schema.org/draft-07/schema#"}, "schema.$schema"),
     ({"$ref": "https://example.com/s.json"}, "schema"),
-    ({"pattern": "(?<=a)b"}, "schema"),
-    ({"pattern": "(a)\\1"}, "schema"),
+    ({"pattern": "(?<=a)b"}, "schema.pattern"),
+    ({"pattern": "(a)\\1"}, "schema.pattern"),
     ([], "schema"),
+    ({"pattern": "(a{1000}){1000}"}, "schema.pattern"),  # a pattern compiled to gigabytes
     ({"properties": {"a": {"const": "x\x00"}}}, "schema.properties.a.const"),
     ({"properties": {"a\ud800": {}}}, "schema.properties"),
 ])
@@ -102,8 +103,9 @@ def test_bad_schemas_name_where(schema, field):
     assert caught.value.field == field
 
 
-def test_patterns_run_in_linear_time():
-    validator = tracking_plan.compile_schema({"type": "string", "pattern": "^(a+)+$"})
+@pytest.mark.parametrize("pattern", ["^(a+)+$", "((((a*)*)*)*)*b", "^(a|aa)+$"])
+def test_patterns_run_in_linear_time(pattern):
+    validator = tracking_plan.compile_schema({"type": "string", "pattern": pattern})
     started = time.monotonic()
     assert not validator.is_valid("a" * 100_000 + "!")
     assert time.monotonic() - started < 1.0
@@ -176,6 +178,14 @@ def test_built_in_events_never_read_the_plan(plan, monkeypatch):
     monkeypatch.setattr(tracking_plan.PLAN, "current", lambda: pytest.fail("read the plan"))
     batch = messages({}, event_type="page_view")
     tracking_plan.check(batch, batch)
+
+
+@pytest.mark.parametrize("schema", [{"$ref": "#"}, {"allOf": [{"$ref": "#"}]},
+                                    {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}},
+                                     "$ref": "#/$defs/a"}])
+def test_a_schema_that_refers_to_itself_ends(schema):
+    validator = tracking_plan.compile_schema(schema)
+    assert list(validator.iter_errors({"a": {"b": {"c": {"d": {"e": 1}}}}})) == []
 
 
 def test_built_in_entries_are_their_models_schemas():
