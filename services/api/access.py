@@ -69,6 +69,9 @@ REQUIRED_SCOPE: dict[str, str] = {
     "analytics.list_validations": READ,
     "analytics.holdout_history": READ,
     "pipeline.pipeline": READ,
+    "tracking_plan.get_plan": READ,
+    "tracking_plan.get_entry": READ,
+    "tracking_plan.list_violations": READ,
     # The dashboard's pages need what its charts read; its login form and its scripts are open.
     "dashboard.index": READ,
     "dashboard.user_page": READ,
@@ -83,6 +86,8 @@ REQUIRED_SCOPE: dict[str, str] = {
     "keys.create_key": ADMIN,
     "keys.list_keys": ADMIN,
     "keys.revoke_key": ADMIN,
+    "tracking_plan.put_entry": ADMIN,
+    "tracking_plan.delete_entry": ADMIN,
 }
 # Endpoints whose answer is a person's data as a whole need the personal scope as well as their own
 # (shared.contracts.personal); the reads of people above leave the personal fields out without it.

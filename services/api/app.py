@@ -19,6 +19,7 @@ from services.api.profile_hits import ProfileHits
 from services.api.proxies import trusted_networks
 from services.api.request_context import ENVIRON_KEY as REQUEST_ID_ENVIRON_KEY
 from services.api.request_context import RequestIds
+from services.api.tracking_plan import tracking_plan_bp
 from services.api.users import users_bp
 from shared.contracts.settings import get_settings
 from shared.infra import tracing
@@ -81,7 +82,8 @@ def create_app() -> PulseOpenAPI:
     init_access(app)  # before the body checks: a caller without a key learns nothing else
     register_problem_handlers(app)
     init_celery(app)
-    for blueprint in (health_bp, users_bp, privacy_bp, events_bp, analytics_bp, pipeline_bp, keys_bp):
+    for blueprint in (health_bp, users_bp, privacy_bp, events_bp, analytics_bp, pipeline_bp, keys_bp,
+                      tracking_plan_bp):
         app.register_api(blueprint)
     app.register_blueprint(dashboard_bp)  # HTML pages: not part of the API document
     if traced:

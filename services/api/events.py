@@ -16,6 +16,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from services.api import tracking_plan
 from services.api.problems import FieldProblem, Problem, ProblemError, problem_response
 from shared.contracts import event_identity
 from shared.contracts.schemas import EventBatch, EventMessage, SingleEvent
@@ -163,6 +164,7 @@ def _accept(events) -> tuple[list[dict[str, Any]], int]:
             for first, later in conflicts
         ])
     _check_users_exist(events)
+    tracking_plan.check(messages, unique)  # refuses (422) or flags custom events that break the plan
     _publish(unique)
     if repeated:
         counters.add(**{counters.EVENTS_DUPLICATE: len(repeated)})

@@ -7,7 +7,8 @@ would accept and then choke on:
 
 * nesting deeper than MAX_DEPTH. Python's parser recurses once per level: 100,000 `[` raise a
   RecursionError (a 500), and a few hundred levels pass the parser and then cost every later step
-  (validation, MongoDB's 100-level document limit). No request Pulse accepts nests past 4 levels.
+  (validation, MongoDB's 100-level document limit). No event request Pulse accepts nests past 8
+  levels (a custom event's 5-level metadata in a batch); a tracking plan's schema may nest 20 (a 422 past it).
 * NaN, Infinity and -Infinity, which RFC 8259 does not allow and which would be stored as numbers
   no JSON reader can read back.
 * integers of more than 4300 digits (Python's own limit raises a ValueError already; named here).

@@ -216,6 +216,13 @@ class PipelineCollector:
             "pulse_ingestion_lag_seconds", "Seconds from the API receiving an event to the worker storing and "
             "counting it, per stored event (kept in Redis by every worker process)",
             buckets=[(floatToGoString(bound), count) for bound, count in lag.buckets], sum_value=lag.sum)
+        violations = CounterMetricFamily("pulse_tracking_violations", "Custom events that broke the tracking plan, "
+                                         "by event type ((unplanned): types with no entry) and action",
+                                         labels=["event_type", "action"])
+        for label, value in sorted(counters.read_labelled(counters.TRACKING_VIOLATIONS).items()):
+            event_type, _, action = label.rpartition("|")
+            violations.add_metric([event_type, action], value)
+        yield violations
         yield CounterMetricFamily("pulse_profiles_rescored", "Profiles the analytics workers computed",
                                   value=rescore.rescored_total())
         yield GaugeMetricFamily("pulse_rescore_queued_users",

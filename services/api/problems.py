@@ -7,7 +7,7 @@ from flask import Flask, Response, request
 from pydantic import BaseModel, Field, ValidationError
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from shared.contracts.schemas import EVENT_TYPES
+from shared.contracts.schemas import UNION_TAGS
 from shared.infra import request_ids
 from shared.infra.logging import get_logger
 from shared.infra.retry import TRANSIENT_ERRORS
@@ -61,17 +61,19 @@ UNION_MEMBER_TAGS = {"int", "float", "str", "bool", "none"}
 
 
 def field_path(loc: tuple[Any, ...]) -> str:
-    """('events', 3, 'user_purchase', 'metadata', 'price') → 'events[3].metadata.price'."""
+    """('events', 3, '(user_purchase)', 'metadata', 'price') → 'events[3].metadata.price'."""
     path = ""
     if loc and isinstance(loc[-1], str) and ("-" in loc[-1] or "[" in loc[-1] or loc[-1] in UNION_MEMBER_TAGS):
         loc = loc[:-1]  # e.g. ('metadata', 'n', 'constrained-int'): the field is metadata.n
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in EVENT_TYPES:  # the discriminated union's tag, not a field of the request
+        elif part in UNION_TAGS:  # the discriminated union's tag, not a field of the request
             continue
         else:
-            path += f".{part}" if path else str(part)
+            # A key the client sent may hold a lone surrogate (a JSON "\udfff" escape), which no UTF-8 answer can carry.
+            part = str(part).encode("utf-8", "backslashreplace").decode()
+            path += f".{part}" if path else part
     return path or "body"
 
 

@@ -10,6 +10,12 @@ An event's *content* is what the client said happened (type, instant, metadata, 
 of one key with the same content are the same event sent twice; with different content they are
 a client error (the API answers 422) or, arriving in different requests, a late copy that loses
 to the first (first copy wins).
+
+A flagged custom event's `violations` (services.api.tracking_plan) are not content: they are the
+tracking plan's verdict when the event was received, not anything the client said. The same event
+re-sent after the plan changed is still the same event: counting its verdict in would make a retry
+"different content" (a 422 in one request, a lost-conflict warning across requests) for a change
+the client never made.
 """
 from __future__ import annotations
 

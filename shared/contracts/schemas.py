@@ -3,6 +3,8 @@
 The API validates with these models, the OpenAPI spec is generated from them, and the worker
 re-validates the messages it consumes with them, so there is no second description to drift.
 """
+import json
+import math
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -12,10 +14,12 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     EmailStr,
     Field,
     RootModel,
     StringConstraints,
+    Tag,
     WithJsonSchema,
     field_serializer,
     field_validator,
@@ -206,7 +210,112 @@ class ActivityEvent(_EventBase):
 
 EVENT_TYPES = ("user_purchase", "add_to_cart", "page_view", "login", "logout", "search")
 
-Event = Annotated[PurchaseEvent | CartEvent | ActivityEvent, Field(discriminator="event_type")]
+# ------------------------------------------------------------------- custom events (the tracking plan)
+
+CUSTOM_EVENT_TYPE = r"^[a-z][a-z0-9_]{0,63}$"
+# Bounds of a custom event's metadata (what MongoDB can store and a document should hold): the
+# tracking plan's schema says what the keys mean, these say what any metadata may be.
+CUSTOM_METADATA_DEPTH = 5  # the metadata object is level 1; each object or array inside it one more
+CUSTOM_METADATA_BYTES = 32 * 1024  # serialized as compact JSON, UTF-8
+CUSTOM_KEY_PATTERN = r"^[^$.\x00][^.\x00]{0,63}$"
+_INT64 = (-(2**63), 2**63)
+
+
+def _custom_value_problem(value: Any, path: str, depth: int) -> str | None:
+    """What is wrong with a custom metadata value, naming where (None: nothing)."""
+    if isinstance(value, dict):
+        if depth > CUSTOM_METADATA_DEPTH:
+            return f"{path}: nested deeper than {CUSTOM_METADATA_DEPTH} levels"
+        for name, item in value.items():
+            # MongoDB reads a key starting with `$` as an operator and a `.` as a path; NUL ends a C string.
+            if not isinstance(name, str) or not 1 <= len(name) <= 64 or name[0] == "$" or "." in name \
+                    or "\x00" in name or (problem := _custom_value_problem(name, path, depth)) is not None:
+                return f"{path}: key {name!r} must be 1-64 characters of valid Unicode, not start with '$', " \
+                    "hold no '.' or NUL"
+            if (problem := _custom_value_problem(item, f"{path}.{name}", depth + 1)) is not None:
+                return problem
+    elif isinstance(value, list):
+        if depth > CUSTOM_METADATA_DEPTH:
+            return f"{path}: nested deeper than {CUSTOM_METADATA_DEPTH} levels"
+        for index, item in enumerate(value):
+            if (problem := _custom_value_problem(item, f"{path}[{index}]", depth + 1)) is not None:
+                return problem
+    elif isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return f"{path}: text must be valid Unicode (no lone surrogates)"
+    elif isinstance(value, bool) or value is None:
+        return None
+    elif isinstance(value, int):
+        if not _INT64[0] <= value < _INT64[1]:
+            return f"{path}: integer outside the 64-bit range MongoDB stores"
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return f"{path}: number must be finite"
+    else:
+        return f"{path}: not a JSON value"
+    return None
+
+
+def _custom_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    if len(value) > MAX_METADATA_KEYS:
+        raise ValueError(f"at most {MAX_METADATA_KEYS} keys")
+    if (problem := _custom_value_problem(value, "metadata", 1)) is not None:
+        raise ValueError(problem)
+    if len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()) > CUSTOM_METADATA_BYTES:
+        raise ValueError(f"at most {CUSTOM_METADATA_BYTES} bytes as JSON")
+    return value
+
+
+CustomMetadata = Annotated[
+    dict[str, Any], AfterValidator(_custom_metadata),
+    # What a schema can say of the bounds above (depth and size it cannot: those answer a 422 naming `metadata`).
+    WithJsonSchema({"type": "object", "maxProperties": MAX_METADATA_KEYS, "additionalProperties": True,
+                    "propertyNames": {"pattern": CUSTOM_KEY_PATTERN, "minLength": 1, "maxLength": 64},
+                    "description": "Any JSON object (nested up to 5 levels, at most 32 KiB as JSON); "
+                    "the tracking plan's schema for the event type, if any, says what it must hold"}),
+]
+# Any name of the pattern but the built-ins': in the document too, so that exactly one member of
+# the union matches an event (its oneOf holds).
+CustomEventType = Annotated[
+    str, StringConstraints(pattern=CUSTOM_EVENT_TYPE),
+    WithJsonSchema({"type": "string", "pattern": CUSTOM_EVENT_TYPE, "not": {"enum": list(EVENT_TYPES)}}),
+]
+
+
+class CustomEvent(_EventBase):
+    """An event type the client defines; the tracking plan (services.api.tracking_plan) decides
+    whether its metadata is accepted, flagged or refused."""
+
+    event_type: CustomEventType = Field(description="Any name matching ^[a-z][a-z0-9_]{0,63}$ other than the "
+                                        "built-in types")
+    metadata: CustomMetadata = Field(default_factory=dict)
+
+
+# pydantic's location of an error inside an event carries its member's tag (services.api.problems
+# leaves it out of the field's name): in parentheses, which no field's name can hold.
+CUSTOM_EVENT_TAG = "(custom)"
+_BUILT_IN_TAGS = {"user_purchase": "(user_purchase)", "add_to_cart": "(add_to_cart)", "page_view": "(activity)",
+                  "login": "(activity)", "logout": "(activity)", "search": "(activity)"}
+UNION_TAGS = frozenset({CUSTOM_EVENT_TAG, *_BUILT_IN_TAGS.values()})
+
+
+def _event_tag(value: Any) -> str | None:
+    """The union member an event is validated by: its built-in type's model, or the custom model
+    for any other name (which then checks the name's pattern, naming `event_type` if it fails)."""
+    event_type = value.get("event_type") if isinstance(value, dict) else getattr(value, "event_type", None)
+    if not isinstance(event_type, str):
+        return None  # pydantic answers union_tag_not_found: services.api.problems names `event_type`
+    return _BUILT_IN_TAGS.get(event_type, CUSTOM_EVENT_TAG)
+
+
+AnyEvent = PurchaseEvent | CartEvent | ActivityEvent | CustomEvent
+Event = Annotated[
+    Annotated[PurchaseEvent, Tag("(user_purchase)")] | Annotated[CartEvent, Tag("(add_to_cart)")]
+    | Annotated[ActivityEvent, Tag("(activity)")] | Annotated[CustomEvent, Tag(CUSTOM_EVENT_TAG)],
+    Discriminator(_event_tag),
+]
 
 
 class EventBatch(StrictModel):
@@ -221,7 +330,8 @@ class SingleEvent(RootModel[Event]):
 
 
 def event_document(*, event_id: str, user_id: int, event_type: str, timestamp: datetime, metadata: dict[str, Any],
-                   geo: dict[str, Any] | None, received_at: datetime) -> dict[str, Any]:
+                   geo: dict[str, Any] | None, received_at: datetime,
+                   violations: list[str] | None = None) -> dict[str, Any]:
     """An event as MongoDB `events` stores it (services.worker.storage adds `batch_id`): the one
     builder of that shape, for the API's events, the signup's `user_created` and the backfill."""
     document = {
@@ -235,6 +345,8 @@ def event_document(*, event_id: str, user_id: int, event_type: str, timestamp: d
     if geo is not None:
         document["geo"] = geo
     document["received_at"] = received_at
+    if violations:  # a flagged custom event: what it broke of the tracking plan (services.api.tracking_plan)
+        document["violations"] = violations
     return document
 
 
@@ -257,6 +369,11 @@ class EventMessage(BaseModel):
     # shared.contracts.event_identity). None in the messages queued before it existed, and in the
     # backfill's: the worker then stores its own time of receipt. Ingestion lag is measured from it.
     received_at: datetime | None = None
+    # What a custom event broke of the tracking plan, when its entry says `flag` (or an unplanned
+    # type, with TRACKING_PLAN_UNPLANNED=flag): stored on the document. Not part of the event's
+    # content (shared.contracts.event_identity.content): it is the plan's verdict at receipt.
+    # Left out of the message when None (exclude_if): the messages of events that broke nothing stay as they were.
+    violations: list[str] | None = Field(None, exclude_if=lambda value: value is None)
 
     _timestamp_is_text = field_validator("timestamp", "received_at", mode="before")(
         lambda value, info: iso_text(value, info.field_name))
@@ -267,7 +384,7 @@ class EventMessage(BaseModel):
         return value.isoformat() if value is not None else None
 
     @staticmethod
-    def _fields(event: PurchaseEvent | CartEvent | ActivityEvent, event_id: str,
+    def _fields(event: AnyEvent, event_id: str,
                 received_at: datetime, received: bool) -> dict[str, Any]:
         metadata = event.metadata.model_dump(exclude_none=True) if isinstance(event.metadata, BaseModel) \
             else dict(event.metadata)
@@ -277,7 +394,7 @@ class EventMessage(BaseModel):
                 "received_at": received_at if received else None}
 
     @classmethod
-    def of(cls, event: PurchaseEvent | CartEvent | ActivityEvent, event_id: str,
+    def of(cls, event: AnyEvent, event_id: str,
            received_at: datetime, *, received: bool = True) -> "EventMessage":
         """A validated event, dated `received_at` when it has no timestamp of its own. `received`:
         the API received it at `received_at` (kept as the message's `received_at`); the backfill
@@ -286,7 +403,7 @@ class EventMessage(BaseModel):
         return cls.model_construct(**cls._fields(event, event_id, received_at, received))
 
     @classmethod
-    def wire(cls, event: PurchaseEvent | CartEvent | ActivityEvent, event_id: str,
+    def wire(cls, event: AnyEvent, event_id: str,
              received_at: datetime) -> dict[str, Any]:
         """`of(...).model_dump(mode="json")` without the model in between: the API builds one for
         every event it accepts, and a model per event, dumped, cost it twice the old dict's time."""
@@ -299,7 +416,7 @@ class EventMessage(BaseModel):
         """The stored document; `received_at` (the worker's time) when the message has none."""
         return event_document(event_id=self.event_id, user_id=self.user_id, event_type=self.event_type,
                               timestamp=self.timestamp, metadata=self.metadata, geo=self.geo,
-                              received_at=self.received_at or received_at)
+                              received_at=self.received_at or received_at, violations=self.violations)
 
 
 class StoreEventsMessage(BaseModel):

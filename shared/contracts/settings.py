@@ -141,6 +141,14 @@ class Settings(BaseSettings):
         description="Per client IP address: keys looked up in Postgres and not found. Over it, requests with a key "
         "this process does not know answer 429 without a lookup.",
     )
+    tracking_plan_refresh_seconds: float = Field(
+        2.0, ge=0, description="Each API process asks Postgres at most this often whether the tracking plan changed "
+        "(one cheap query) and re-reads it when it did: a plan change applies everywhere within about this long.",
+    )
+    tracking_plan_unplanned: Literal["accept", "flag", "refuse"] = Field(
+        "accept", description="What happens to a custom event whose type has no tracking-plan entry: accept it, "
+        "store it flagged (listed in GET /api/tracking-plan/violations), or refuse it (422).",
+    )
     metrics_enabled: bool = Field(
         True, description="Count requests and cache reads for GET /metrics (bench/metrics_cost.py measures the cost)."
     )

@@ -344,3 +344,37 @@ class ModelHoldout(Base):
     rmse: Mapped[float] = mapped_column(Float)
     # by_calibration_frequency and weekly, as a validation shows them
     detail: Mapped[dict[str, Any]] = mapped_column(JSONB)
+
+
+class TrackingPlanEntry(Base):
+    """A custom event type's entry in the tracking plan (services.api.tracking_plan): the JSON Schema
+    its metadata must satisfy and what happens to an event that does not. `version` counts the
+    entry's changes; `updated_at` (the clock at the change) is what API processes compare, with
+    the count of entries, to see that the plan changed."""
+
+    __tablename__ = "tracking_plan"
+
+    event_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    schema: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    on_violation: Mapped[str] = mapped_column(String(8))  # refuse | flag
+    version: Mapped[int] = mapped_column(Integer, server_default=text("1"), default=1)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.clock_timestamp())
+
+
+class TrackingViolation(Base):
+    """Custom events that broke the tracking plan, one row per (type, reason): how many were refused
+    and flagged, when, and one example. The reason names the field and the rule, never a value, so
+    rows do not multiply with what clients send. The example (the field, the message, the event's
+    id) names its person in `example_user_id`: erasing them clears it (shared.pipeline.erasure)."""
+
+    __tablename__ = "tracking_violations"
+
+    event_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(300), primary_key=True)
+    refused: Mapped[int] = mapped_column(BigInteger, server_default=text("0"), default=0)
+    flagged: Mapped[int] = mapped_column(BigInteger, server_default=text("0"), default=0)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    example: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    example_user_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    example_anonymous_id: Mapped[str | None] = mapped_column(String(200), index=True)

@@ -14,6 +14,8 @@ log = get_logger(__name__)
 EVENTS_STORED = "events_stored"
 EVENTS_DUPLICATE = "events_duplicate"
 NAMES = (EVENTS_STORED, EVENTS_DUPLICATE)
+# Totals by label (a Redis hash): custom events that broke the tracking plan, by "<event type>|<refused|flagged>".
+TRACKING_VIOLATIONS = "tracking_violations"
 
 
 def _key(name: str) -> str:
@@ -35,3 +37,20 @@ def add(**amounts: int) -> None:
 def read() -> dict[str, int]:
     values = reply(get_redis().mget([_key(name) for name in NAMES]))
     return {name: int(value or 0) for name, value in zip(NAMES, values, strict=True)}
+
+
+def add_labelled(name: str, amounts: dict[str, int]) -> None:
+    """Add to a labelled total (one hash field per label); an outage loses the addition, as `add`."""
+    try:
+        pipe = get_redis().pipeline(transaction=False)
+        for label, amount in amounts.items():
+            if amount:
+                pipe.hincrby(_key(name), label, amount)
+        pipe.execute()
+    except RedisError as exc:
+        log.warning("counters_unavailable", error=type(exc).__name__)
+
+
+def read_labelled(name: str) -> dict[str, int]:
+    values = reply(get_redis().hgetall(_key(name)))
+    return {label.decode(): int(value) for label, value in values.items()}

@@ -52,7 +52,7 @@ from decimal import Decimal
 from typing import Any
 
 from pymongo.database import Database
-from sqlalchemy import Integer, delete, select, text
+from sqlalchemy import Integer, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -65,13 +65,14 @@ from shared.contracts.tables import (
     OutboxMessage,
     PurchaseDay,
     SweepCursor,
+    TrackingViolation,
     User,
 )
 from shared.contracts.topology import ERASE_USER
 from shared.contracts.users import UserOut, with_address
 from shared.infra import request_ids, task_failures, tracing
 from shared.infra.cache import get_redis, key, reply
-from shared.infra.db import session_scope
+from shared.infra.db import rowcount, session_scope
 from shared.infra.mongo import EVENTS, PROFILES, WELCOME_EMAILS, Document
 from shared.pipeline import rescore
 
@@ -116,6 +117,23 @@ def _forget_task_failures(session: Session, user: User, address_id: int | None) 
     task_failures.forget_people(session, [user.id])
 
 
+def _clear_violation_examples(session: Session, user: User, address_id: int | None) -> None:
+    # The tracking plan's violations keep counts and rules, never a person; their example (an event's
+    # id, field, message) names one and goes with them (services.api.tracking_plan records it while
+    # holding the user row this erasure locked first, so none is written after this).
+    forget_violation_examples(session, user_ids=[user.id])
+
+
+def forget_violation_examples(session: Session, user_ids: Iterable[int] = (), anonymous_ids: Iterable[str] = ()) -> int:
+    """Clear the tracking-plan violation examples of these people (users' ids, visitors' anonymous ids)."""
+    users, visitors = list(user_ids), list(anonymous_ids)
+    if not users and not visitors:
+        return 0
+    cleared = {"example": None, "example_user_id": None, "example_anonymous_id": None}
+    whose = TrackingViolation.example_user_id.in_(users) | TrackingViolation.example_anonymous_id.in_(visitors)
+    return rowcount(session.execute(update(TrackingViolation).where(whose).values(**cleared)))
+
+
 def _write_ledger(session: Session, user: User, address_id: int | None) -> None:
     # The ledger the reconciliation completes from, should the message below never do its work.
     session.execute(insert(Erasure).values(user_id=user.id).on_conflict_do_nothing())
@@ -135,13 +153,15 @@ def _write_erase_message(session: Session, user: User, address_id: int | None) -
 #   them too, is written;
 # - an address is deleted only when no user lives there any more: after the user row.
 # The ledger row and the message commit with the user row's deletion, or none of them does.
-IN_POSTGRES = ("category_sales", "outbox_messages", "user", "address", "task_failures", "ledger", "erase_message")
+IN_POSTGRES = ("category_sales", "outbox_messages", "user", "address", "task_failures", "violation_examples", "ledger",
+               "erase_message")
 _IN_POSTGRES_STEPS = {
     "category_sales": _subtract_category_sales,
     "outbox_messages": _delete_outbox_messages,
     "user": _delete_user,
     "address": _delete_address,
     "task_failures": _forget_task_failures,
+    "violation_examples": _clear_violation_examples,
     "ledger": _write_ledger,
     "erase_message": _write_erase_message,
 }

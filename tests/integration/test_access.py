@@ -11,7 +11,8 @@ from shared.infra.db import session_scope
 from tests.fixtures import wait_for
 from tests.helpers import purchase, signup_body
 
-PLACEHOLDERS = {"user_id": "1", "key_id": "0123456789ab", "job_id": "00000000-0000-4000-8000-000000000000"}
+PLACEHOLDERS = {"user_id": "1", "key_id": "0123456789ab", "job_id": "00000000-0000-4000-8000-000000000000",
+                "name": "video_played"}
 
 
 def make_key(scopes, expires_at=None) -> str:
@@ -44,9 +45,10 @@ def test_every_secured_route_refuses_missing_unknown_wrong_scope_revoked_and_exp
     operations = secured_operations(app)
     secured = {(m, p) for m, p, _ in operations}
     # Everything but signup and health is secured, and the document says so.
-    assert len(operations) == 24, operations
+    assert len(operations) == 29, operations
     assert ("GET", "/api/users/1/profile") in secured and ("POST", "/api/events") in secured
     assert ("DELETE", "/api/users/1") in secured and ("POST", "/api/keys") in secured
+    assert ("PUT", "/api/tracking-plan/event-types/video_played") in secured
 
     revoked = make_key(api_keys.SCOPES)
     with session_scope() as session:

@@ -17,6 +17,7 @@ FAMILIES = [
     "pulse_rescore_queued_users", "pulse_events_stored", "pulse_events_duplicate", "pulse_profiles_rescored",
     "pulse_dead_letters", "pulse_model_version", "pulse_model_age_seconds", "pulse_model_converged",
     "pulse_model_customers", "pulse_metrics_source_up", "pulse_task_retry_backlog", "pulse_ingestion_lag_seconds",
+    "pulse_tracking_violations",
 ]
 
 
