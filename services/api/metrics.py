@@ -209,6 +209,9 @@ class PipelineCollector:
                                   value=totals[counters.EVENTS_STORED])
         yield CounterMetricFamily("pulse_events_duplicate", "Events the worker skipped as stored already "
                                   "(a re-sent event_id, a redelivered batch)", value=totals[counters.EVENTS_DUPLICATE])
+        yield CounterMetricFamily("pulse_segment_messages_refused", "Messages of a Segment /v1 batch that were "
+                                  "refused while the rest were accepted (docs/segment.md)",
+                                  value=totals[counters.SEGMENT_REFUSED])
         yield CounterMetricFamily("pulse_profiles_rescored", "Profiles the analytics workers computed",
                                   value=rescore.rescored_total())
         yield GaugeMetricFamily("pulse_rescore_queued_users",
