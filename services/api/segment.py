@@ -299,7 +299,8 @@ _ANY_ID: dict[str, Any] = {"anyOf": [{"type": "string", "pattern": "^ *[0-9]{1,1
                                      {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}, {"type": "null"}]}
 _COMMON: dict[str, Any] = {
     "userId": {**_ANY_ID, "description": "A Pulse user id (digits)"},
-    "anonymousId": {"anyOf": [{"type": "string"}, {"type": "null"}], "description": "The visitor's id (issue 23's anonymous_id)"},
+    "anonymousId": {"anyOf": [{"type": "string"}, {"type": "null"}],
+                    "description": "The visitor's id (Pulse's anonymous_id)"},
     "messageId": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$", "description": "The event id"},
     "timestamp": {"type": "string", "format": "date-time"},
     "sentAt": {"type": "string", "format": "date-time"},
