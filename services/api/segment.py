@@ -91,11 +91,55 @@ class Link:
     user_id: int
 
 
+# The fields Pulse reads or checks in a message, by kind ("*": every kind), and what each must be
+# when present and not null (the SDKs send null for what is absent). The OpenAPI document is made
+# from the same table (`_request_body`).
+FIELDS: dict[str, dict[str, str]] = {
+    "*": {"type": "string", "anonymousId": "visitor", "messageId": "message_id", "timestamp": "instant",
+          "sentAt": "instant", "context": "object", "integrations": "object", "writeKey": "string"},
+    "track": {"event": "string", "properties": "object"},
+    "page": {"name": "string", "category": "string", "properties": "object"},
+    "screen": {"name": "string", "category": "string", "properties": "object"},
+    "identify": {"traits": "object"},
+    "alias": {"previousId": "visitor"},
+    "group": {"groupId": "string", "traits": "object"},
+}
+VISITOR_TEXT = re.compile(r"[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*")
+MESSAGE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+USER_ID_TEXT = re.compile(r"^ *([0-9]{1,10}) *$")
+SCHEMA_OF: dict[str, dict[str, Any]] = {
+    "string": {"type": "string"}, "object": {"type": "object"},
+    "instant": {"type": "string", "format": "date-time"},
+    "visitor": {"type": "string", "maxLength": 200, "pattern": f"^{VISITOR_TEXT.pattern}$"},
+    "message_id": {"type": "string", "pattern": f"^{MESSAGE_ID.pattern}$"},
+}
+NOTES = {"anonymousId": "The visitor's id (Pulse's anonymous_id)", "messageId": "The event id",
+         "context": "Read for context.page only; ip, userAgent and the rest are not stored",
+         "traits": "Not stored: personal data", "writeKey": "The API key, when not sent as the Basic user name"}
+
+
+def _check_fields(message: dict[str, Any], kind: str) -> None:
+    for name, kind_of in {**FIELDS["*"], **FIELDS[kind]}.items():
+        value = message.get(name)
+        if value is None:
+            continue
+        if kind_of == "object" and not isinstance(value, dict):
+            raise Refused(name, "must be an object")
+        if kind_of != "object" and not isinstance(value, str):
+            raise Refused(name, "must be a string")
+        if kind_of == "instant":
+            _instant(value, name)
+        if kind_of == "visitor" and (len(value) > 200 or not VISITOR_TEXT.fullmatch(value)):
+            raise Refused(name, "must be 1 to 200 printable characters")
+        if kind_of == "message_id" and not MESSAGE_ID.fullmatch(value):
+            raise Refused(name, "must be 1 to 64 letters, digits, '_', '.', ':' or '-'")
+
+
 def _user_id(value: Any, field: str = "userId") -> int | None:
     if value is None:
         return None
-    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 10:
-        return int(value.strip())
+    if isinstance(value, str) and (digits := USER_ID_TEXT.fullmatch(value)):
+        return int(digits.group(1))
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise Refused(field, "must be a Pulse user id (digits); an e-mail address or another system's id is not")
@@ -164,8 +208,11 @@ def translate(message: Any, kind: str | None, received_at: datetime, sent_at: da
     kind = message.get("type") if kind is None else kind
     if kind not in KINDS:
         raise Refused("type", f"must be one of {', '.join(KINDS)}")
+    _check_fields(message, kind)
     user_id = _user_id(message.get("userId"))
     anonymous_id = _text(message, "anonymousId")
+    if user_id is None and anonymous_id is None and kind != "alias":
+        raise Refused("userId", "a message needs userId or anonymousId")
     if kind == "group":
         raise Refused("type", "group calls are not stored: Pulse has no accounts or companies")
     if kind == "alias":
@@ -186,8 +233,7 @@ def translate(message: Any, kind: str | None, received_at: datetime, sent_at: da
     if anonymous_id is not None and anonymous_visitors():
         event["anonymous_id"] = anonymous_id
     elif user_id is None:
-        raise Refused("userId", "needed: this Pulse does not store events of anonymous visitors yet"
-                      if anonymous_id is not None else "a message needs userId or anonymousId")
+        raise Refused("userId", "needed: this Pulse does not store events of anonymous visitors yet")
     if message.get("messageId") is not None:
         event["event_id"] = message["messageId"]
     timestamp = _instant(message.get("timestamp"), "timestamp")
@@ -295,38 +341,32 @@ def _answer(outcome: Outcome) -> tuple[dict[str, Any], int]:
                            refused=outcome.refused).model_dump(), 200
 
 
-_ANY_ID: dict[str, Any] = {"anyOf": [{"type": "string", "pattern": "^ *[0-9]{1,10} *$"},
-                                     {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}, {"type": "null"}]}
-_COMMON: dict[str, Any] = {
-    "userId": {**_ANY_ID, "description": "A Pulse user id (digits)"},
-    "anonymousId": {"anyOf": [{"type": "string"}, {"type": "null"}],
-                    "description": "The visitor's id (Pulse's anonymous_id)"},
-    "messageId": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$", "description": "The event id"},
-    "timestamp": {"type": "string", "format": "date-time"},
-    "sentAt": {"type": "string", "format": "date-time"},
-    "context": {"type": "object", "description": "Read for context.page only; ip and userAgent are not stored"},
-    "writeKey": {"type": "string", "description": "The API key, when not sent as the Basic user name"},
-}
-_SCHEMAS: dict[str, dict[str, Any]] = {
-    "track": {"event": {"type": "string", "pattern": "[A-Za-z]"}, "properties": {"type": "object"}},
-    "page": {"name": {"type": "string"}, "properties": {"type": "object"}},
-    "screen": {"name": {"type": "string"}, "properties": {"type": "object"}},
-    "identify": {"traits": {"type": "object", "description": "Not stored: personal data"}},
-    "alias": {"previousId": {"type": "string", "minLength": 1}},
-    "group": {"groupId": {"type": "string"}, "traits": {"type": "object"}},
-}
+def _nullable(schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+    described = {"description": description} if description else {}
+    return {"anyOf": [schema, {"type": "null"}], **described}
 
 
 def _request_body(kind: str) -> dict[str, Any]:
+    """The OpenAPI body of each /v1 operation, from FIELDS (what `_check_fields` enforces)."""
     if kind == "batch":
         schema: dict[str, Any] = {"type": "object", "required": ["batch"], "properties": {
             "batch": {"type": "array", "items": {"type": "object"}, "description": "Segment messages, each with "
                       "its `type`; one that Pulse does not take is listed in `refused`, the others accepted"},
-            "sentAt": {"type": "string", "format": "date-time"},
-            "writeKey": {"type": "string"}, "context": {"type": "object"}}}
+            "sentAt": _nullable(SCHEMA_OF["instant"]), "writeKey": _nullable(SCHEMA_OF["string"])}}
     else:
-        schema = {"type": "object", "properties": {**_COMMON, **_SCHEMAS[kind]}}
-        schema["required"] = {"track": ["event", "userId"], "alias": ["previousId", "userId"]}.get(kind, ["userId"])
+        fields = {**FIELDS["*"], **FIELDS[kind]}
+        schema = {"type": "object", "properties": {
+            "userId": _nullable({"anyOf": [{"type": "string", "pattern": USER_ID_TEXT.pattern},
+                                           {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}]},
+                                "A Pulse user id (digits)"),
+            **{name: _nullable(SCHEMA_OF[kind_of], NOTES.get(name)) for name, kind_of in fields.items()}}}
+        if kind == "alias":
+            schema["required"] = ["previousId", "userId"]
+        else:  # a user, a visitor, or both
+            schema["anyOf"] = [{"required": ["userId"], "properties": {"userId": {"not": {"type": "null"}}}},
+                               {"required": ["anonymousId"], "properties": {"anonymousId": {"type": "string"}}}]
+        if kind == "track":
+            schema["required"] = ["event"]
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
@@ -355,6 +395,9 @@ def _view(kind: str):
 
 
 def _sent_at(body: dict[str, Any]) -> datetime | None:
+    if body.get("writeKey") is not None and not isinstance(body["writeKey"], str):
+        raise ProblemError(400, "writeKey must be a string",
+                           [FieldProblem(field="writeKey", message="must be a string")])
     try:
         return _instant(body.get("sentAt"), "sentAt")
     except Refused as refused:

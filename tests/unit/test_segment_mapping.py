@@ -188,3 +188,19 @@ def test_the_preflight_short_paths_and_metrics():
     assert status == "200 OK" and inner.environ is None and json.loads(data) == {"success": True}
     _, headers, _, inner = call("/api/events", body=b"{}", HTTP_CONTENT_ENCODING="gzip")
     assert inner.environ is not None and "Access-Control-Allow-Origin" not in headers  # not /v1: untouched
+
+
+@pytest.mark.parametrize(("message", "field"), [
+    ({"type": "identify", "userId": 1, "traits": "x"}, "traits"),
+    ({"type": "identify", "userId": 1, "messageId": "has space"}, "messageId"),
+    ({"type": "identify", "userId": 1, "anonymousId": "a\x00b"}, "anonymousId"),
+    ({"type": "identify", "userId": 1, "anonymousId": "a" * 201}, "anonymousId"),
+    ({"type": "track", "userId": 1, "event": "search", "context": 5}, "context"),
+    ({"type": "page", "userId": 1, "name": 5}, "name"),
+    ({"type": "track", "userId": 1, "event": "search", "writeKey": 5}, "writeKey"),
+    ({"type": "identify", "traits": {}}, "userId"),
+    ({"type": "track", "userId": "\t5", "event": "search"}, "userId"),
+    ({"type": "track", "userId": "\u0665", "event": "search"}, "userId"),  # a digit, but not 0-9
+])
+def test_what_the_document_says_each_field_is_is_enforced(message, field):
+    assert refused(message).field == field
