@@ -240,7 +240,10 @@ def translate(message: Any, kind: str | None, received_at: datetime, sent_at: da
     sent = _instant(message.get("sentAt"), "sentAt") or sent_at
     if timestamp is not None:
         # Segment's clock rule: the client's clock may be wrong, the interval it measured is not.
-        event["timestamp"] = (received_at - (sent - timestamp) if sent is not None else timestamp).isoformat()
+        try:
+            event["timestamp"] = (received_at - (sent - timestamp) if sent is not None else timestamp).isoformat()
+        except OverflowError:  # a sentAt and timestamp millennia apart
+            raise Refused("timestamp", "is too far from sentAt to be dated") from None
     try:
         return _events.validate_python(event)
     except ValidationError as invalid:
@@ -299,11 +302,17 @@ def process(messages: list[Any], kind: str | None, sent_at: datetime | None, sin
     for index, item in links:
         try:
             outcome.linked += link(item.anonymous_id, item.user_id)
-        except (Refused, ProblemError) as refused:
+        except Refused as refused:
             if single:
+                raise ProblemError(422, f"The message was refused: {refused.reason}",
+                                   [FieldProblem(field=refused.field, message=refused.reason)]) from None
+            outcome.refuse(index, refused.field, refused.reason)
+        except ProblemError as problem:  # 409: the anonymous id is another user's; 422: no such user
+            if single or problem.status not in (409, 422):
                 raise
-            reason = refused.reason if isinstance(refused, Refused) else refused.detail
-            outcome.refuse(index, refused.field if isinstance(refused, Refused) else "userId", reason)
+            named = problem.errors[0].field if problem.errors else ("anonymousId" if problem.status == 409
+                                                                    else "userId")
+            outcome.refuse(index, _segment_field(named), problem.detail)
     if outcome.refused:
         counters.add(**{counters.SEGMENT_REFUSED: len(outcome.refused)})
         log.warning("segment_messages_refused", count=len(outcome.refused),
@@ -384,6 +393,11 @@ def _view(kind: str):
             if not isinstance(messages, list):
                 raise ProblemError(400, "`batch` must be a list of messages",
                                    [FieldProblem(field="batch", message="must be a list")])
+            if not all(isinstance(message, dict) for message in messages):
+                # Not a message at all: the request is malformed (no SDK sends one), not one message.
+                first = next(i for i, message in enumerate(messages) if not isinstance(message, dict))
+                raise ProblemError(400, "Each member of `batch` must be a JSON object",
+                                   [FieldProblem(field=f"batch[{first}]", message="must be a JSON object")])
             limit = get_settings().events_batch_max
             if len(messages) > limit:
                 raise ProblemError(413, f"A batch holds at most {limit} messages; got {len(messages)}")

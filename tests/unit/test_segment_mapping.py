@@ -79,6 +79,8 @@ def test_the_client_clock_is_corrected_by_sent_at():
     del message["sentAt"]
     assert translate(message, "track", NOW, None).timestamp == client_now - timedelta(seconds=5)
     assert refused({**message, "timestamp": "yesterday"}).field == "timestamp"
+    assert refused({**message, "timestamp": "0186-12-17T14:17:46Z", "sentAt": "6132-08-03T22:47:19Z"}).field \
+        == "timestamp"
 
 
 def test_page_and_screen_are_page_views_with_the_page_fields():
