@@ -328,6 +328,8 @@ def _segment_field(pulse_field: str) -> str:
 def _body() -> dict[str, Any]:
     """The request's JSON object, whatever its Content-Type (analytics.js sends text/plain, to
     spare the browser a preflight when it sends no Authorization header)."""
+    if len(request.get_data(cache=True)) > BATCH_MAX_BYTES:  # a chunked body: no Content-Length to check before
+        raise ProblemError(413, f"A request body holds at most {BATCH_MAX_BYTES} bytes")
     try:
         body = request.get_json(force=True)
     except Exception:  # werkzeug's BadRequest, or json_body's limits: a malformed body

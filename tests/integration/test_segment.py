@@ -127,6 +127,11 @@ def test_redelivered_message_ids_store_nothing_twice(api, client, write_key, mon
     assert errors.seen == []
     wait_stored(mongo, user_id, again, sentinel)
     assert len(stored(mongo, user_id, again)) == 1
+    # Another user's message with the same messageId is another event (an event is (user_id, event_id)).
+    other = signed_up(client)
+    segment(api, write_key, errors).track(user_id=other, event="search", message_id=again)
+    wait_stored(mongo, other, again)
+    assert len(stored(mongo, user_id, again)) == 1 and len(stored(mongo, other, again)) == 1
 
 
 def test_a_wrong_write_key_is_a_401_the_sdk_sees_and_nothing_is_stored(api, client, write_key, mongo):
@@ -183,6 +188,10 @@ def test_a_batch_with_bad_messages_stores_the_others_and_answers_200(api, client
     body = answer.json()
     assert body["success"] is True and body["accepted"] == 1
     assert [r["field"] for r in body["refused"]] == ["batch[1].userId", "batch[2].type", "batch[3].userId"]
+    # Counted where an operator looks (three refused by the SDK's batch, three by this one).
+    metrics = requests.get(f"{api}/metrics", timeout=10).text
+    counted = next(line for line in metrics.splitlines() if line.startswith("pulse_segment_messages_refused_total"))
+    assert float(counted.split()[-1]) >= 6, counted
 
 
 def test_request_level_errors_carry_code_and_message(api, write_key):
@@ -191,6 +200,9 @@ def test_request_level_errors_carry_code_and_message(api, write_key):
     too_big = requests.post(f"{api}/v1/batch", auth=(write_key, ""), timeout=10,
                             json={"batch": [{"type": "track", "userId": 1, "event": "x" * 600_000}]})
     assert too_big.status_code == 413 and too_big.json()["code"] == "payload_too_large", too_big.text
+    chunked = requests.post(f"{api}/v1/batch", auth=(write_key, ""), timeout=10,
+                            data=iter([b'{"batch": [', b" " * 600_000, b"]}"]))  # no Content-Length
+    assert chunked.status_code == 413 and chunked.json()["code"] == "payload_too_large", chunked.text
     # A gzip bomb: a few hundred bytes inflating past the limit is refused without inflating it all.
     import gzip
 
