@@ -138,10 +138,12 @@ def _check_fields(message: dict[str, Any], kind: str) -> None:
 def _user_id(value: Any, field: str = "userId") -> int | None:
     if value is None:
         return None
-    if isinstance(value, str) and (digits := USER_ID_TEXT.fullmatch(value)):
-        return int(digits.group(1))
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
+    number = int(digits.group(1)) if isinstance(value, str) and (digits := USER_ID_TEXT.fullmatch(value)) \
+        else value if isinstance(value, int) and not isinstance(value, bool) else None
+    if number is not None:
+        if not 0 < number < 2**31:  # users.id is a Postgres integer; identify and alias query it as one
+            raise Refused(field, "must be a user id from 1 to 2147483647")
+        return number
     raise Refused(field, "must be a Pulse user id (digits); an e-mail address or another system's id is not")
 
 

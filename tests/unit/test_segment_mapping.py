@@ -61,7 +61,8 @@ def test_built_in_types_keep_their_strict_models():
     assert problem.field == "properties" and "product_id" in problem.reason
 
 
-@pytest.mark.parametrize("user_id", ["alice@example.com", "12a", True, 1.5, {"id": 1}, "99999999999"])
+@pytest.mark.parametrize("user_id", ["alice@example.com", "12a", True, 1.5, {"id": 1}, "99999999999", "0", 0,
+                                     2**31, "4596040344", -3])
 def test_a_user_id_must_be_a_pulse_user_id(user_id):
     assert refused({"type": "track", "userId": user_id, "event": "search"}).field == "userId"
 
@@ -102,6 +103,8 @@ def test_identify_and_alias_are_links_and_traits_are_not_kept():
                      None, NOW, None) == Link("a-1", 7)
     assert translate({"type": "identify", "userId": 7, "traits": {"email": "x@y.z"}}, None, NOW, None) is None
     assert translate({"type": "alias", "previousId": "a-2", "userId": 7}, None, NOW, None) == Link("a-2", 7)
+    # Out of a user id's range: refused before any link is looked up.
+    assert refused({"type": "identify", "userId": 2**31, "anonymousId": "a-1"}).field == "userId"
     assert refused({"type": "alias", "userId": 7}).field == "previousId"
     assert refused({"type": "group", "userId": 7, "groupId": "acme"}).field == "type"
     assert refused({"type": "launch", "userId": 7}).field == "type"
