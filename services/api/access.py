@@ -33,7 +33,7 @@ from cachetools import LRUCache, TTLCache
 from flask import Flask, g, redirect, request, url_for
 from werkzeug.http import parse_cookie
 
-from services.api import proxies, rate_limits
+from services.api import proxies, rate_limits, segment
 from services.api.problems import problem_response
 from shared.contracts.settings import get_settings
 from shared.infra import api_keys
@@ -55,6 +55,14 @@ REQUIRED_SCOPE: dict[str, str] = {
     "metrics": PUBLIC,  # counts and timings, no personal data (services.api.metrics)
     "events.publish_event": INGEST,
     "events.publish_batch": INGEST,
+    # Segment's tracking API (services.api.segment): the write key is an API key with the ingest scope.
+    "segment.batch": INGEST,
+    "segment.track": INGEST,
+    "segment.page": INGEST,
+    "segment.screen": INGEST,
+    "segment.identify": INGEST,
+    "segment.alias": INGEST,
+    "segment.group": INGEST,
     "users.get_user": READ,
     "users.list_users": READ,
     "users.top_users": READ,
@@ -373,8 +381,11 @@ def init_access(app: Flask) -> None:
     def _authorize():
         if request.endpoint is None:
             return None  # 404 or 405: nothing to protect
+        # Segment's SDKs send the key as the Basic user name or as `writeKey` in the body.
+        credentials = segment.credentials() if request.blueprint == segment.BLUEPRINT \
+            else authorization(request.environ, request.endpoint)
         decision = request.environ.get(DECIDED) or decide(
-            request.endpoint, authorization(request.environ, request.endpoint), proxies.client_address(request))
+            request.endpoint, credentials, proxies.client_address(request))
         if decision.status == 401 and request.blueprint == "dashboard":
             # A person at a browser: to the login form, and back here after it.
             return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")), code=303)

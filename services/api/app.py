@@ -19,6 +19,7 @@ from services.api.profile_hits import ProfileHits
 from services.api.proxies import trusted_networks
 from services.api.request_context import ENVIRON_KEY as REQUEST_ID_ENVIRON_KEY
 from services.api.request_context import RequestIds
+from services.api.segment import SegmentTransport, segment_bp
 from services.api.tracking_plan import tracking_plan_bp
 from services.api.users import users_bp
 from shared.contracts.settings import get_settings
@@ -83,12 +84,13 @@ def create_app() -> PulseOpenAPI:
     register_problem_handlers(app)
     init_celery(app)
     for blueprint in (health_bp, users_bp, privacy_bp, events_bp, analytics_bp, pipeline_bp, keys_bp,
-                      tracking_plan_bp):
+                      tracking_plan_bp, segment_bp):
         app.register_api(blueprint)
     app.register_blueprint(dashboard_bp)  # HTML pages: not part of the API document
     if traced:
         init_tracing(app)  # wraps Flask's own wsgi_app: inside the middlewares below
     app.wsgi_app = ProfileHits(app.wsgi_app)  # cache hits skip Flask (see profile_hits)
+    app.wsgi_app = SegmentTransport(app.wsgi_app)  # Segment's gzip, CORS and short paths (/v1 only)
     if metrics:
         app.wsgi_app = RequestMetrics(app.wsgi_app)  # counts the fast path too
     app.wsgi_app = RequestIds(app.wsgi_app)  # outermost: every answer and log line has the id

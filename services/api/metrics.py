@@ -223,6 +223,9 @@ class PipelineCollector:
             event_type, _, action = label.rpartition("|")
             violations.add_metric([event_type, action], value)
         yield violations
+        yield CounterMetricFamily("pulse_segment_messages_refused", "Messages of a Segment /v1 batch that were "
+                                  "refused while the rest were accepted (docs/segment.md)",
+                                  value=totals[counters.SEGMENT_REFUSED])
         yield CounterMetricFamily("pulse_profiles_rescored", "Profiles the analytics workers computed",
                                   value=rescore.rescored_total())
         yield GaugeMetricFamily("pulse_rescore_queued_users",

@@ -106,10 +106,12 @@ def register_problem_handlers(app: Flask) -> None:
     def _reject_malformed_json():
         # flask-openapi3 reads bodies with get_json(silent=True): without this check a syntax
         # error would surface as a vague 422 instead of saying the JSON itself is broken.
-        # The dashboard's HTML forms (login, logout) post form data, not JSON.
+        # The dashboard's HTML forms (login, logout) post form data, not JSON. Segment's /v1 API
+        # reads JSON whatever the Content-Type: analytics.js sends it as text/plain.
         if request.method in ("POST", "PUT", "PATCH") and request.content_length != 0 \
                 and request.blueprint != "dashboard":
-            if not request.is_json:
+            any_type = request.blueprint == "segment"
+            if not (request.is_json or any_type):
                 return problem_response(415, "Send the body as application/json")
             limit = app.config.get("MAX_CONTENT_LENGTH")
             if request.content_length is None and limit and len(request.get_data(cache=True)) >= limit:
@@ -117,7 +119,7 @@ def register_problem_handlers(app: Flask) -> None:
                 # error; what was cut off must not go unnoticed (or parse as a shorter document).
                 return problem_response(413, f"The body is larger than {limit} bytes")
             try:
-                request.get_json()  # parsed once; Flask caches it for the view's validation
+                request.get_json(force=any_type)  # parsed once; Flask caches it for the view's validation
             except BadRequest as exc:
                 # Flask hides the parser's reason outside debug mode; it is about the client's own
                 # bytes (a position, "nested more than 32 levels deep"), so it is said.

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     events_batch_max: int = Field(
         1000, description="Largest number of events POST /api/events/batch accepts (larger: 413)."
     )
+    segment_cors_origin: str = Field(
+        "*", description="The Access-Control-Allow-Origin of Segment's /v1 API (analytics.js in pages of that origin)."
+    )
     events_chunk_size: int = Field(
         1000, description="Events per RabbitMQ message when a batch is published."
     )

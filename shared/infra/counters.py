@@ -13,7 +13,9 @@ from shared.infra.logging import get_logger
 log = get_logger(__name__)
 EVENTS_STORED = "events_stored"
 EVENTS_DUPLICATE = "events_duplicate"
-NAMES = (EVENTS_STORED, EVENTS_DUPLICATE)
+# Messages of Segment's /v1 API that Pulse refused inside an accepted batch (services.api.segment).
+SEGMENT_REFUSED = "segment_messages_refused"
+NAMES = (EVENTS_STORED, EVENTS_DUPLICATE, SEGMENT_REFUSED)
 # Totals by label (a Redis hash): custom events that broke the tracking plan, by "<event type>|<refused|flagged>".
 TRACKING_VIOLATIONS = "tracking_violations"
 
