@@ -55,6 +55,7 @@ REQUIRED_SCOPE: dict[str, str] = {
     "metrics": PUBLIC,  # counts and timings, no personal data (services.api.metrics)
     "events.publish_event": INGEST,
     "events.publish_batch": INGEST,
+    "identify.identify": INGEST,
     "users.get_user": READ,
     "users.list_users": READ,
     "users.top_users": READ,

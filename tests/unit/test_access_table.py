@@ -22,7 +22,8 @@ PUBLIC = access.PUBLIC
 NEEDS: dict[str, frozenset[str]] = {
     **{e: frozenset() for e in ("users.signup", "health.health", "health.ready", "metrics", "dashboard.login",
                                 "dashboard.logout", "dashboard.static", "openapi.openapi_json", "swagger.swagger")},
-    **{e: frozenset({INGEST}) for e in ("events.publish_event", "events.publish_batch")},
+    **{e: frozenset({INGEST}) for e in ("events.publish_event", "events.publish_batch",
+                                                    "identify.identify")},
     **{e: frozenset({READ}) for e in (
         "users.get_user", "users.list_users", "users.top_users", "users.get_profile", "users.purchase_timeline",
         "analytics.top_categories", "analytics.segments", "analytics.country_stats", "analytics.latest_model",
