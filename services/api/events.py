@@ -243,7 +243,9 @@ def _person(message: dict[str, Any]) -> str:
     description="`user_purchase` needs `metadata.product_id`, a non-negative `metadata.price` and "
     "`metadata.category`. An event is identified by `(user_id, event_id)`: the same user's "
     "`event_id` sent again is a retry (the first copy is kept, the event is never stored or counted "
-    "twice); another user's event with the same `event_id` is a different event.",
+    "twice); another user's event with the same `event_id` is a different event. An event names "
+    "`user_id`, `anonymous_id` (a visitor: `(anonymous_id, event_id)` until identified) or both "
+    "(which links the visitor to the user; 422 naming `anonymous_id` when it is another user's).",
     responses={202: EventAccepted, 413: Problem, 422: Problem, 503: Problem},
 )
 def publish_event(body: SingleEvent):
@@ -258,7 +260,9 @@ def publish_event(body: SingleEvent):
     "Either every event is accepted or none is. An event is identified by `(user_id, event_id)`: "
     "identical copies of one event in the request are stored and counted once (`duplicates` says "
     "how many were collapsed); copies of one event with different content answer 422 naming "
-    "`events[i].event_id` of each later copy.",
+    "`events[i].event_id` of each later copy. With `sent_at`, every timestamp is corrected by "
+    "(time of receipt − `sent_at`) and the stated one kept as `original_timestamp`; the "
+    "one-day-ahead bound applies to the corrected instant (422 naming `events[i].timestamp`).",
     responses={202: BatchAccepted, 413: Problem, 422: Problem, 503: Problem},
 )
 def publish_batch(body: EventBatch):

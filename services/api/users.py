@@ -134,7 +134,8 @@ def register_user(session: Session, body: SignupRequest) -> User:
     summary="Register a user",
     description="Stores the user with address, city and country, and queues `user.created` in the "
     "same transaction (transactional outbox). Answers at once; the welcome e-mail and the profile "
-    "follow asynchronously.",
+    "follow asynchronously. With `anonymous_id`, the visitor is linked to the new user in the same "
+    "transaction (its events become the user's); 409 naming `anonymous_id` when it is another user's.",
     responses={201: SignupCreated, 409: Problem, 422: Problem},
 )
 def signup(body: SignupRequest):

@@ -15,10 +15,10 @@ from pydantic import (
     EmailStr,
     Field,
     RootModel,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     WithJsonSchema,
     field_serializer,
-    SerializerFunctionWrapHandler,
     field_validator,
     model_serializer,
 )
