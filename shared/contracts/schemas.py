@@ -165,10 +165,19 @@ class ProductMetadata(StrictModel):
     price: Price | None = None
 
 
+def _not_nullable(schema: dict[str, Any]) -> None:
+    """The document's form of an optional id: the member that is not `null` (with the field's own
+    title, description and default kept)."""
+    members = [m for m in schema.pop("anyOf", []) if m.get("type") != "null"]
+    if members:
+        schema.update(members[0])
+    schema.pop("default", None)
+
+
 class _EventBase(StrictModel):
-    # At least one of the two ids: said in the document; the API's accept path enforces it with a 422
-    # naming `user_id` (services.api.events), since a model-level error would name no field.
-    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["user_id"]}, {"required": ["anonymous_id"]}]})
+    # At least one of the two ids: the API's accept path enforces it with a 422 naming `user_id`
+    # (services.api.events), as a model-level error would name no field. Not an `anyOf` in the
+    # document: inside the event union it left schemathesis unable to generate a batch at all.
 
     event_id: EventId | None = Field(
         None, description="Idempotency key within the person: an event is `(user_id, event_id)`, or "
@@ -176,11 +185,15 @@ class _EventBase(StrictModel):
         "re-sending an id never duplicates (the first copy wins); another person's event with the same id is a "
         "different event."
     )
-    user_id: int | None = Field(None, gt=0, lt=2**31, strict=True,
-                                description="The user (signed up). `user_id`, `anonymous_id` or both.")
+    # Optional, not nullable: absent when the event is a visitor's (an explicit null is refused, as
+    # the document says; `_not_null`).
+    user_id: Annotated[int, Field(gt=0, lt=2**31, strict=True)] | None = Field(
+        None, description="The user (signed up). `user_id`, `anonymous_id` or both.",
+        json_schema_extra=lambda schema: _not_nullable(schema))
     anonymous_id: AnonymousId | None = Field(
         None, description="A visitor not (yet) signed up, as its tracker names it (1–200 printable characters). "
-        "With `user_id` too, the event links the visitor to the user (as POST /api/identify does).")
+        "With `user_id` too, the event links the visitor to the user (as POST /api/identify does).",
+        json_schema_extra=lambda schema: _not_nullable(schema))
     timestamp: datetime | None = Field(
         None, description="ISO 8601; without an offset it is read as UTC; default: time of receipt. "
         "From 1970-01-01 to a day after receipt (clock skew), after the batch's `sent_at` correction."
@@ -188,6 +201,14 @@ class _EventBase(StrictModel):
     geo: Geo | None = None
 
     _timestamp_is_text = field_validator("timestamp", mode="before")(lambda value: iso_text(value, "timestamp"))
+
+    @field_validator("user_id", "anonymous_id", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Runs only for a value sent (an absent field keeps its default): null is not an id.
+        if value is None:
+            raise ValueError("must not be null (leave it out instead)")
+        return value
 
     @field_validator("timestamp")
     @classmethod
