@@ -63,6 +63,7 @@ REQUIRED_SCOPE: dict[str, str] = {
     "segment.identify": INGEST,
     "segment.alias": INGEST,
     "segment.group": INGEST,
+    "identify.identify": INGEST,
     "users.get_user": READ,
     "users.list_users": READ,
     "users.top_users": READ,

@@ -9,6 +9,7 @@ from services.api.contract import PulseOpenAPI
 from services.api.dashboard import dashboard_bp
 from services.api.events import events_bp
 from services.api.health import health_bp
+from services.api.identify import identify_bp
 from services.api.json_body import LimitedJSONProvider
 from services.api.keys import keys_bp
 from services.api.metrics import RequestMetrics, init_metrics
@@ -83,7 +84,7 @@ def create_app() -> PulseOpenAPI:
     init_access(app)  # before the body checks: a caller without a key learns nothing else
     register_problem_handlers(app)
     init_celery(app)
-    for blueprint in (health_bp, users_bp, privacy_bp, events_bp, analytics_bp, pipeline_bp, keys_bp,
+    for blueprint in (health_bp, users_bp, privacy_bp, events_bp, identify_bp, analytics_bp, pipeline_bp, keys_bp,
                       tracking_plan_bp, segment_bp):
         app.register_api(blueprint)
     app.register_blueprint(dashboard_bp)  # HTML pages: not part of the API document

@@ -19,13 +19,14 @@ from sqlalchemy import select
 from services.api import tracking_plan
 from services.api.problems import FieldProblem, Problem, ProblemError, problem_response
 from shared.contracts import event_identity
-from shared.contracts.schemas import EventBatch, EventMessage, SingleEvent
+from shared.contracts.schemas import EARLIEST_TIMESTAMP, MAX_CLOCK_SKEW, EventBatch, EventMessage, SingleEvent
 from shared.contracts.settings import get_settings
 from shared.contracts.tables import User
 from shared.contracts.topology import STORE_EVENTS
 from shared.infra import counters
 from shared.infra.cache import get_redis, key, reply
 from shared.infra.db import session_scope
+from shared.pipeline import visitors
 
 events_bp = APIBlueprint("events", __name__, url_prefix="/api/events", abp_tags=[Tag(name="events")])
 
@@ -105,10 +106,16 @@ def _limit_batch_size():
     return None
 
 
+def _field(events, index: int, name: str) -> str:
+    """How a problem names an event's field: bare for the one event of POST /api/events."""
+    single = len(events) == 1 and bool(request.endpoint) and str(request.endpoint).endswith("publish_event")
+    return name if single else f"events[{index}].{name}"
+
+
 def _check_users_exist(events) -> None:
     token = _erasure_token()
     with _known_lock:
-        wanted = {e.user_id for e in events} - _known_users
+        wanted = {e.user_id for e in events if e.user_id is not None} - _known_users
     if wanted:
         with session_scope() as session:
             found = set(session.scalars(select(User.id).where(User.id.in_(wanted))))
@@ -118,11 +125,8 @@ def _check_users_exist(events) -> None:
                     _known_users.update(found)
         missing = wanted - found
         if missing:
-            assert request.endpoint is not None  # set for a request routed to a view, as this one is
-            single = len(events) == 1 and request.endpoint.endswith("publish_event")
             errors = [
-                FieldProblem(field="user_id" if single else f"events[{i}].user_id",
-                             message=f"no user with id {e.user_id}")
+                FieldProblem(field=_field(events, i, "user_id"), message=f"no user with id {e.user_id}")
                 for i, e in enumerate(events)
                 if e.user_id in missing
             ]
@@ -144,31 +148,95 @@ def _publish(events: list[dict[str, Any]]) -> None:
         ) from exc
 
 
-def _accept(events) -> tuple[list[dict[str, Any]], int]:
+def _check_someone(events) -> None:
+    """Every event names a person: a user, a visitor, or both (the document's anyOf)."""
+    errors = [FieldProblem(field=_field(events, i, "user_id"), message="user_id or anonymous_id is required")
+              for i, e in enumerate(events) if e.user_id is None and e.anonymous_id is None]
+    if errors:
+        raise ProblemError(422, "An event names its user_id, its anonymous_id or both", errors)
+
+
+def _check_links(events) -> None:
+    """An event with both ids links the visitor to the user (at store time, services.worker.storage):
+    refused here when the anonymous id is linked to another user already, or claimed for two users
+    in this request (no silent merge of two people). A link committed after this read is the
+    worker's to see: it stores such an event as the given user's without linking."""
+    both = [(i, e) for i, e in enumerate(events) if e.user_id is not None and e.anonymous_id is not None]
+    if not both:
+        return
+    with session_scope() as session:
+        linked = visitors.linked_to(session, [e.anonymous_id for _, e in both])
+    claimed: dict[str, int] = {}
+    errors = []
+    for i, e in both:
+        owner = linked.get(e.anonymous_id, claimed.setdefault(e.anonymous_id, e.user_id))
+        if owner != e.user_id:
+            errors.append(FieldProblem(field=_field(events, i, "anonymous_id"),
+                                       message=f"anonymous id {e.anonymous_id!r} belongs to another user"))
+    if errors:
+        raise ProblemError(422, "An anonymous_id of another user", errors)
+
+
+def _correct_clock(events, messages: list[dict[str, Any]], received_at: datetime,
+                   sent_at: datetime | None) -> None:
+    """Segment's and PostHog's rule: a client's clock is off by (its sent_at − our received_at),
+    so each stated timestamp moves by received_at − sent_at; the stated one stays as
+    `original_timestamp`. Then the skew bound, on the corrected instant: at most a day ahead of
+    receipt (a client whose clock runs two days fast is corrected, not refused)."""
+    errors = []
+    for i, (event, message) in enumerate(zip(events, messages, strict=True)):
+        if event.timestamp is None:
+            continue  # dated received_at already
+        moment = event.timestamp
+        if sent_at is not None:
+            moment = moment + (received_at - sent_at)
+            message["original_timestamp"] = event.timestamp.isoformat()
+            message["timestamp"] = moment.isoformat()
+        if moment > received_at + MAX_CLOCK_SKEW:
+            errors.append(FieldProblem(field=_field(events, i, "timestamp"),
+                                       message="timestamp is more than a day in the future"))
+        elif moment < EARLIEST_TIMESTAMP:
+            errors.append(FieldProblem(field=_field(events, i, "timestamp"), message="timestamp is before 1970-01-01"))
+    if errors:
+        raise ProblemError(422, "Invalid fields: timestamp", errors)
+
+
+def _accept(events, sent_at: datetime | None = None) -> tuple[list[dict[str, Any]], int]:
     """Publish the request's events; returns every event's message (`EventMessage.wire`), in
     request order, and how many copies were collapsed.
 
-    An event is `(user_id, event_id)` (shared.contracts.event_identity). Copies of one event inside one
+    An event is `(user_id, event_id)` (shared.contracts.event_identity), or `(anonymous_id,
+    event_id)` for a visitor's event without a user. Copies of one event inside one
     request are decided here, before anything is stored: identical copies (a client re-sending
     from its own buffer) are the same event, published once and counted as duplicates; copies
     that differ in content are refused with a 422 naming both positions, since whichever one we
-    kept would silently drop what the client meant by the other."""
+    kept would silently drop what the client meant by the other. `sent_at` (the batch's, by the
+    client's clock) corrects every timestamp (`_correct_clock`)."""
     received_at = datetime.now(UTC)
+    _check_someone(events)
     messages = [EventMessage.wire(e, e.event_id or uuid.uuid4().hex, received_at) for e in events]
+    _correct_clock(events, messages, received_at, sent_at)
     unique, repeated, conflicts = event_identity.collapse(messages)
     if conflicts:
         raise ProblemError(422, "Conflicting copies of an event", [
             FieldProblem(field=f"events[{later}].event_id",
-                         message=f"user {messages[later]['user_id']}'s event {messages[later]['event_id']!r} is "
+                         message=f"{_person(messages[later])}'s event {messages[later]['event_id']!r} is "
                                  f"also events[{first}], with different content: one id, one event")
             for first, later in conflicts
         ])
     _check_users_exist(events)
+    _check_links(events)
     tracking_plan.check(messages, unique)  # refuses (422) or flags custom events that break the plan
     _publish(unique)
     if repeated:
         counters.add(**{counters.EVENTS_DUPLICATE: len(repeated)})
     return messages, len(repeated)
+
+
+def _person(message: dict[str, Any]) -> str:
+    if message.get("user_id") is not None:
+        return f"user {message['user_id']}"
+    return f"visitor {message['anonymous_id']!r}"
 
 
 @events_bp.post(
@@ -177,7 +245,9 @@ def _accept(events) -> tuple[list[dict[str, Any]], int]:
     description="`user_purchase` needs `metadata.product_id`, a non-negative `metadata.price` and "
     "`metadata.category`. An event is identified by `(user_id, event_id)`: the same user's "
     "`event_id` sent again is a retry (the first copy is kept, the event is never stored or counted "
-    "twice); another user's event with the same `event_id` is a different event.",
+    "twice); another user's event with the same `event_id` is a different event. An event names "
+    "`user_id`, `anonymous_id` (a visitor: `(anonymous_id, event_id)` until identified) or both "
+    "(which links the visitor to the user; 422 naming `anonymous_id` when it is another user's).",
     responses={202: EventAccepted, 413: Problem, 422: Problem, 503: Problem},
 )
 def publish_event(body: SingleEvent):
@@ -192,10 +262,12 @@ def publish_event(body: SingleEvent):
     "Either every event is accepted or none is. An event is identified by `(user_id, event_id)`: "
     "identical copies of one event in the request are stored and counted once (`duplicates` says "
     "how many were collapsed); copies of one event with different content answer 422 naming "
-    "`events[i].event_id` of each later copy.",
+    "`events[i].event_id` of each later copy. With `sent_at`, every timestamp is corrected by "
+    "(time of receipt − `sent_at`) and the stated one kept as `original_timestamp`; the "
+    "one-day-ahead bound applies to the corrected instant (422 naming `events[i].timestamp`).",
     responses={202: BatchAccepted, 413: Problem, 422: Problem, 503: Problem},
 )
 def publish_batch(body: EventBatch):
-    messages, duplicates = _accept(body.events)
+    messages, duplicates = _accept(body.events, body.sent_at)
     return {"accepted": len(messages) - duplicates, "duplicates": duplicates,
             "event_ids": [m["event_id"] for m in messages]}, 202

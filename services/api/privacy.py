@@ -32,6 +32,7 @@ class ErasureAccepted(BaseModel):
 class UserExport(BaseModel):
     exported_at: str
     user: UserOut
+    anonymous_ids: list[str] = Field(description="The visitors (devices) linked to the user by identify")
     profile: dict[str, Any] | None = Field(description="The stored profile document")
     events: list[dict[str, Any]] = Field(description="Every stored event, oldest first")
     activity_days: list[dict[str, Any]] = Field(description="Events per UTC day")

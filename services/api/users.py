@@ -11,6 +11,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager
 
+from services.api import identify
 from services.api.problems import FieldProblem, Problem, ProblemError
 from services.api.profile_docs import PROFILE_DOC, ProfileOut
 from shared.analytics.profiles import LAST_PHASES, compute_profiles
@@ -122,6 +123,9 @@ def register_user(session: Session, body: SignupRequest) -> User:
     with tracing.outbox_write(USER_CREATED) as traceparent:  # the relay continues this trace
         session.add(OutboxMessage(id=outbox_id, task_name=USER_CREATED, payload=message.model_dump(mode="json"),
                                   request_id=request_ids.current(), traceparent=traceparent))
+    if body.anonymous_id is not None:
+        # In this transaction: a 409 (the visitor is another user's) leaves nothing written.
+        identify.link_in(session, body.anonymous_id, user.id)
     return user
 
 
@@ -130,7 +134,8 @@ def register_user(session: Session, body: SignupRequest) -> User:
     summary="Register a user",
     description="Stores the user with address, city and country, and queues `user.created` in the "
     "same transaction (transactional outbox). Answers at once; the welcome e-mail and the profile "
-    "follow asynchronously.",
+    "follow asynchronously. With `anonymous_id`, the visitor is linked to the new user in the same "
+    "transaction (its events become the user's); 409 naming `anonymous_id` when it is another user's.",
     responses={201: SignupCreated, 409: Problem, 422: Problem},
 )
 def signup(body: SignupRequest):

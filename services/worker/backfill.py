@@ -5,7 +5,8 @@ Two formats:
 * NDJSON (`.ndjson`, `.jsonl`): one JSON object per line, either a user (the signup fields
   `username`, `email`, `full_name`, `address`, and optionally `created_at`) or an event (the
   fields of `POST /api/events`, with the user given as `user_id` or as the `username` of a user
-  in the file or already in Pulse).
+  in the file or already in Pulse), or as an `anonymous_id` (a visitor: stored under it as the API
+  stores it, and linked to the user when the line has both).
 * CSV of transactions (`.csv`), columns `customer_id,date,quantity,amount` (header required,
   extra columns ignored; `date` as `YYYY-MM-DD`, `YYYYMMDD` or an ISO 8601 instant): every row is a
   purchase of `amount` by the user `<--username-prefix><customer_id>`, created when missing with
@@ -96,7 +97,7 @@ def _derived_id(*parts: object) -> str:
 @dataclass
 class Record:
     line: int
-    user: str | int  # lower-case username, or a Pulse user id
+    user: str | int | None  # lower-case username, or a Pulse user id; None: a visitor's event (anonymous_id)
     event: EventMessage  # validated event, as the API publishes it
 
 
@@ -127,6 +128,9 @@ def _ndjson(path: Path, plan: Plan) -> Iterator[Record]:
                 event = SingleEvent.model_validate(obj).root
             except ValidationError as exc:
                 plan.problems.extend(_problems(number, exc))
+                continue
+            if username is None and event.user_id is None and event.anonymous_id is None:
+                plan.problems.append(Problem(number, "user_id", "user_id, username or anonymous_id is required"))
                 continue
             event_id = event.event_id or _derived_id("ndjson", raw.strip())
             message = EventMessage.of(event, event_id, undated, received=False)
@@ -232,7 +236,7 @@ def validate(path: Path, args: argparse.Namespace) -> Plan:
         plan.events += 1
         if isinstance(record.user, int):
             plan.user_ids.add(record.user)
-        else:
+        elif record.user is not None:
             plan.usernames.add(record.user)
     return plan
 
@@ -322,7 +326,8 @@ def import_events(path: Path, args: argparse.Namespace, plan: Plan, users: dict[
         if not pending:
             return
         # From the events' identities (user and id: two users' chunks may share every event id).
-        batch_id = _derived_id("batch", *(f"{e.user_id}:{e.event_id}" for e in pending))
+        batch_id = _derived_id("batch", *(f"{e.user_id if e.user_id is not None else 'a:' + str(e.anonymous_id)}"
+                                          f":{e.event_id}" for e in pending))
         received_at = datetime.now(UTC)
         stored = store_batch(db, batch_id, [e.document(received_at) for e in pending], schedule)
         counts["stored"] += stored.inserted
@@ -333,6 +338,12 @@ def import_events(path: Path, args: argparse.Namespace, plan: Plan, users: dict[
     with tqdm(total=plan.events, desc="events", unit=" events", unit_scale=True, file=sys.stderr,
               disable=args.quiet) as bar:
         for record in records(path, ignored, args):
+            if record.user is None:  # a visitor's event: the storage path resolves its person
+                pending.append(record.event)
+                if len(pending) == CHUNK:
+                    flush()
+                bar.update(1)
+                continue
             user_id = record.user if isinstance(record.user, int) else users.get(record.user)
             if user_id is None or (isinstance(record.user, int) and user_id not in known):
                 counts["skipped"] += 1  # reported by validation (--skip-invalid)

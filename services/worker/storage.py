@@ -11,12 +11,13 @@ from typing import Any
 
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
+from sqlalchemy.orm import Session
 
 from shared.contracts import event_identity
 from shared.infra import counters, ingestion_lag
 from shared.infra.db import session_scope
 from shared.infra.mongo import EVENTS
-from shared.pipeline import erasure, profile_cache, rescore, summaries
+from shared.pipeline import erasure, profile_cache, rescore, summaries, visitors
 
 DUPLICATE_KEY = 11000
 
@@ -30,6 +31,11 @@ class Stored:
     gone: list[int]  # users erased while the batch was stored: what it wrote for them is deleted again
     mongo_ms: float
     postgres_ms: float
+    user_ids: tuple[int, ...] = ()  # the users of the batch (positive ids)
+    # Seconds from receipt (by the API; else by the worker) to stored and counted, of each event
+    # this call inserted: observed once the batch committed, so the histogram's count grows as
+    # pulse_events_stored does.
+    lags: tuple[float, ...] = ()
 
 
 def insert_events(
@@ -107,33 +113,75 @@ def owned(unique: list[dict], duplicates: set[int], stored: dict[event_identity.
     return Ownership(new, ours, theirs)
 
 
-def store_batch(db, batch_id: str, docs: list[dict[str, Any]], schedule_rescore: Callable[[float], None]) -> Stored:
+def store_batch(db, batch_id: str, docs: list[dict[str, Any]], schedule_rescore: Callable[[float], None],
+                resolve_visitors: bool = True) -> Stored:
     """Store event documents (`event_id`, `user_id`, `event_type`, `timestamp` as a datetime, ...)
     as one batch. Safe to repeat with the same `batch_id` and documents: nothing is stored or
-    counted twice, and what a killed attempt left half-done is completed."""
-    user_ids = sorted({int(doc["user_id"]) for doc in docs})
-    gone: list[int] = []
+    counted twice, and what a killed attempt left half-done is completed.
+
+    Documents with an `anonymous_id` are visitors' events (shared.pipeline.visitors): in the batch's
+    Postgres transaction their visitors' rows are locked BEFORE the MongoDB insert and stay locked
+    until the summaries commit, so an identify waits for this batch, and a batch after it reads its
+    link. An anonymous-only event is stored as its visitor's user's when linked, else under the
+    negative of the visitor's id; an event with both ids links an unlinked visitor to its user.
+    `resolve_visitors=False` (the merge: its copies carry their user already) skips all of that."""
+    anonymous = sorted({str(doc["anonymous_id"]) for doc in docs if doc.get("anonymous_id") is not None}) \
+        if resolve_visitors else []
+    if not anonymous:
+        return _store(db, batch_id, docs, schedule_rescore, None)
+    with session_scope() as session:
+        visitors.ensure(session, anonymous)  # committed on its own: the batch's transaction only locks
+    with session_scope() as session:
+        linking = any(doc.get("user_id") is not None and doc.get("anonymous_id") is not None for doc in docs)
+        rows = visitors.lock(session, anonymous, for_update=linking)
+        for anonymous_id, user_id in visitors.plan_links(docs, rows).items():
+            if visitors.link_locked(session, rows[anonymous_id], user_id):
+                rows[anonymous_id] = visitors.VisitorRow(rows[anonymous_id].id, user_id)
+        result = _store(db, batch_id, visitors.resolve(docs, rows), schedule_rescore, session)
+    return _after_commit(db, result, schedule_rescore)
+
+
+def _store(db, batch_id: str, docs: list[dict[str, Any]], schedule_rescore: Callable[[float], None],
+           session: Session | None) -> Stored:
+    """Insert and apply the resolved documents (every `user_id` an int), in `session` (the caller
+    commits, then calls `_after_commit`) or in a transaction of its own."""
+    # Only users enter the summaries, the profile versions and the rescoring: a visitor's events
+    # (negative ids) are stored and deduplicated, and counted for its user once merged.
+    user_ids = sorted({int(doc["user_id"]) for doc in docs if int(doc["user_id"]) > 0})
     started = time.perf_counter()
     inserted, owned = insert_events(db[EVENTS], docs, batch_id)
     stored = time.perf_counter()
-    with session_scope() as session:
-        applied = summaries.record_batch(session, batch_id, owned)
-        # Profiles are computed from the summaries: new cache versions in the same transaction,
-        # so no profile cached before it commits is served after (shared.pipeline.profile_cache). Every
-        # user of the batch, also on a redelivery (harmless: one more miss).
-        profile_cache.bump(session, user_ids)
-        # After the insert: an erasure that committed before this read is undone below, one
-        # that commits after it deletes these events itself (shared.pipeline.erasure).
-        gone = erasure.missing_users(session, user_ids)
+    users_owned = [doc for doc in owned if int(doc["user_id"]) > 0]
+    if session is None:
+        with session_scope() as own:
+            applied, gone = _apply(own, batch_id, users_owned, user_ids)
+    else:
+        applied, gone = _apply(session, batch_id, users_owned, user_ids)
     counted = time.perf_counter()
-    if gone:
-        erasure.forget(db, gone)
-    counters.add(**{counters.EVENTS_STORED: len(inserted), counters.EVENTS_DUPLICATE: len(docs) - len(inserted)})
-    # Received (by the API; else by the worker) to stored and counted: the events just counted, so
-    # the histogram's count grows as pulse_events_stored does.
-    ingestion_lag.observe(ingestion_lag.lags(inserted, datetime.now(UTC)))
+    result = Stored(len(docs), len(inserted), applied, len(user_ids), gone,
+                    round((stored - started) * 1000, 1), round((counted - stored) * 1000, 1), tuple(user_ids),
+                    tuple(ingestion_lag.lags(inserted, datetime.now(UTC))))
+    return result if session is not None else _after_commit(db, result, schedule_rescore)
+
+
+def _apply(session: Session, batch_id: str, owned: list[dict[str, Any]], user_ids: list[int]) -> tuple[bool, list[int]]:
+    applied = summaries.record_batch(session, batch_id, owned)
+    # Profiles are computed from the summaries: new cache versions in the same transaction,
+    # so no profile cached before it commits is served after (shared.pipeline.profile_cache). Every
+    # user of the batch, also on a redelivery (harmless: one more miss).
+    profile_cache.bump(session, user_ids)
+    # After the insert: an erasure that committed before this read is undone below, one
+    # that commits after it deletes these events itself (shared.pipeline.erasure).
+    return applied, erasure.missing_users(session, user_ids)
+
+
+def _after_commit(db, result: Stored, schedule_rescore: Callable[[float], None]) -> Stored:
+    if result.gone:
+        erasure.forget(db, result.gone)
+    counters.add(**{counters.EVENTS_STORED: result.inserted,
+                    counters.EVENTS_DUPLICATE: result.received - result.inserted})
+    ingestion_lag.observe(result.lags)
     # Every user of the batch, not only the newly counted: a redelivery after a crash between the
     # summaries and this call must still get those users rescored.
-    rescore.mark_changed([u for u in user_ids if u not in gone], schedule_rescore)
-    return Stored(len(docs), len(inserted), applied, len(user_ids), gone,
-                  round((stored - started) * 1000, 1), round((counted - stored) * 1000, 1))
+    rescore.mark_changed([u for u in result.user_ids if u not in result.gone], schedule_rescore)
+    return result

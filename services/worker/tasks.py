@@ -13,6 +13,7 @@ from sqlalchemy import delete
 
 from services.worker import mailer
 from services.worker.main import app
+from services.worker.merge import merge_visitor as merge_visitor_events
 from services.worker.storage import store_batch
 from shared.contracts.schemas import StoreEventsMessage, UserCreatedMessage, event_document
 from shared.contracts.settings import get_settings
@@ -20,6 +21,7 @@ from shared.contracts.tables import OutboxMessage
 from shared.contracts.topology import (
     COMPUTE_PROFILES,
     ERASE_USER,
+    MERGE_VISITOR,
     PRUNE_LEDGER,
     RECONCILE_ERASURES,
     SEND_WELCOME,
@@ -118,18 +120,19 @@ def send_welcome_once(db, user: UserCreatedMessage) -> bool:
 
 
 @app.task(name=ERASE_USER, bind=True, **RETRY_UNTIL_DONE)
-def erase_user(self, user_id: int, second_pass: bool = False) -> dict[str, Any]:
+def erase_user(self, user_id: int, second_pass: bool = False, visitor_ids: list[int] | None = None) -> dict[str, Any]:
     """Forget an erased user in MongoDB and Redis (shared.pipeline.erasure), and the outbox message that
-    named them; the first pass queues the second."""
+    named them; the first pass queues the second. `visitor_ids`: the user's visitors, whose events
+    a merge has not reached yet are still stored under their negative ids."""
     db = get_database()
     with session_scope() as session:
         if not erasure.missing_users(session, [user_id]):
             # Only an erasure the API committed deletes anything: this user still exists.
             log.warning("erase_refused_user_exists", user_id=user_id, task_id=self.request.id)
             return {"user_id": user_id, "erased": False}
-    removed = erasure.forget(db, [user_id])
+    removed = erasure.forget(db, [user_id, *erasure.visitor_people(visitor_ids or [])])
     if not second_pass:
-        app.send_task(ERASE_USER, kwargs={"user_id": user_id, "second_pass": True},
+        app.send_task(ERASE_USER, kwargs={"user_id": user_id, "second_pass": True, "visitor_ids": visitor_ids or []},
                       countdown=erasure.ERASURE_SECOND_PASS_SECONDS, task_id=f"{self.request.id}.second-pass")
         try:
             outbox_id = uuid.UUID(self.request.id)
@@ -162,6 +165,14 @@ def store_events(self, **message) -> dict:
     log.info("events_stored", batch_id=self.request.id, received=stored.received, inserted=stored.inserted,
              applied=stored.applied, users=stored.users, mongo_ms=stored.mongo_ms, postgres_ms=stored.postgres_ms)
     return {"received": stored.received, "inserted": stored.inserted, "users": stored.users}
+
+
+@app.task(name=MERGE_VISITOR, bind=True, **RETRY_UNTIL_DONE)  # a committed link: merged, however long the outage
+def merge_visitor(self, visitor_id: int, user_id: int) -> dict[str, Any]:
+    """An identified visitor's events become the user's (services.worker.merge), exactly once."""
+    merged = merge_visitor_events(get_database(), int(visitor_id), int(user_id), _schedule_rescore)
+    log.info("visitor_merged", visitor_id=visitor_id, user_id=user_id, task_id=self.request.id, **merged)
+    return {"visitor_id": visitor_id, "user_id": user_id, **merged}
 
 
 @app.task(name=PRUNE_LEDGER, **RETRY_POLICY)

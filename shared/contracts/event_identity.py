@@ -11,6 +11,16 @@ of one key with the same content are the same event sent twice; with different c
 a client error (the API answers 422) or, arriving in different requests, a late copy that loses
 to the first (first copy wins).
 
+A visitor (issue 23) is a person too: before the worker resolves it (services.worker.storage), an
+event sent with an `anonymous_id` only is keyed by `(anonymous_id, event_id)`; once stored it carries
+the person as an int (the user it is linked to, or the negative of the visitor's id), so two visitors
+using the same `event_id` are two events, and a visitor's retry is a duplicate.
+
+The content is what the client *stated*: when a batch's `sent_at` corrected an event's clock, the
+digest takes its `original_timestamp`, not the corrected instant. The correction depends on when
+each attempt was received (received_at − sent_at), which a retry of the same event changes by its
+network delay; the stated instant does not, so a retry stays recognisable as one.
+
 A flagged custom event's `violations` (services.api.tracking_plan) are not content: they are the
 tracking plan's verdict when the event was received, not anything the client said. The same event
 re-sent after the plan changed is still the same event: counting its verdict in would make a retry
@@ -27,11 +37,18 @@ from typing import Any
 
 from shared.contracts.event_time import to_milliseconds
 
-EventKey = tuple[int, str]
+EventKey = tuple[int | str, str]
+
+
+def person(event: dict[str, Any]) -> int | str:
+    """The user id (an int; negative for a stored visitor's event), or for an event not yet
+    resolved to one, `anonymous_id` (a str, so it never equals a user id)."""
+    user_id = event.get("user_id")
+    return int(user_id) if user_id is not None else str(event["anonymous_id"])
 
 
 def key(event: dict[str, Any]) -> EventKey:
-    return int(event["user_id"]), str(event["event_id"])
+    return person(event), str(event["event_id"])
 
 
 def _instant(value: Any) -> str:
@@ -45,15 +62,16 @@ def _instant(value: Any) -> str:
 def content(event: dict[str, Any]) -> str:
     """A digest of the event's identity and content, comparable between a message's form (ISO
     text, tuples from JSON lists) and a stored document's (datetimes, BSON values)."""
+    identity: dict[str, Any] = {
+        "user_id": person(event),
+        "event_id": str(event["event_id"]),
+        "event_type": event.get("event_type"),
+        "timestamp": _instant(event.get("original_timestamp") or event["timestamp"]),
+        "metadata": event.get("metadata") or {},
+        "geo": event.get("geo") or None,
+    }
     canonical = json.dumps(
-        {
-            "user_id": int(event["user_id"]),
-            "event_id": str(event["event_id"]),
-            "event_type": event.get("event_type"),
-            "timestamp": _instant(event["timestamp"]),
-            "metadata": event.get("metadata") or {},
-            "geo": event.get("geo") or None,
-        },
+        identity,
         sort_keys=True, separators=(",", ":"), default=str,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()

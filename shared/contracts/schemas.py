@@ -18,11 +18,13 @@ from pydantic import (
     EmailStr,
     Field,
     RootModel,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     Tag,
     WithJsonSchema,
     field_serializer,
     field_validator,
+    model_serializer,
 )
 
 
@@ -41,6 +43,8 @@ NonBlank = Annotated[
                       pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"),
     AfterValidator(_printable),
 ]
+# A visitor's id as its tracker chose it (a cookie, a device id): printable, at most 200 characters.
+AnonymousId = Annotated[NonBlank, StringConstraints(max_length=200)]
 MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 
 
@@ -102,6 +106,9 @@ class SignupRequest(StrictModel):
         examples=["Ivan Ivanov"]
     )
     address: AddressIn
+    anonymous_id: AnonymousId | None = Field(
+        None, description="The visitor who signed up (issue 23): linked to the new user in the signup's "
+        "transaction, so the visits before the signup become the user's. 409 when it belongs to another user.")
 
     @field_validator("email")
     @classmethod
@@ -162,32 +169,63 @@ class ProductMetadata(StrictModel):
     price: Price | None = None
 
 
+def _not_nullable(schema: dict[str, Any]) -> None:
+    """The document's form of an optional id: the member that is not `null` (with the field's own
+    title, description and default kept)."""
+    members = [m for m in schema.pop("anyOf", []) if m.get("type") != "null"]
+    if members:
+        schema.update(members[0])
+    schema.pop("default", None)
+
+
 class _EventBase(StrictModel):
+    # At least one of the two ids: the API's accept path enforces it with a 422 naming `user_id`
+    # (services.api.events), as a model-level error would name no field. Not an `anyOf` in the
+    # document: inside the event union it left schemathesis unable to generate a batch at all.
+
     event_id: EventId | None = Field(
-        None, description="Idempotency key within the user: an event is `(user_id, event_id)`. Generated when "
-        "absent. The same user re-sending an id never duplicates (the first copy wins); another user's "
-        "event with the same id is a different event."
+        None, description="Idempotency key within the person: an event is `(user_id, event_id)`, or "
+        "`(anonymous_id, event_id)` for a visitor not yet identified. Generated when absent. The same person "
+        "re-sending an id never duplicates (the first copy wins); another person's event with the same id is a "
+        "different event."
     )
-    user_id: int = Field(gt=0, lt=2**31, strict=True)
+    # Optional, not nullable: absent when the event is a visitor's (an explicit null is refused, as
+    # the document says; `_not_null`).
+    user_id: Annotated[int, Field(gt=0, lt=2**31, strict=True)] | None = Field(
+        None, description="The user (signed up). `user_id`, `anonymous_id` or both.",
+        json_schema_extra=lambda schema: _not_nullable(schema))
+    anonymous_id: AnonymousId | None = Field(
+        None, description="A visitor not (yet) signed up, as its tracker names it (1–200 printable characters). "
+        "With `user_id` too, the event links the visitor to the user (as POST /api/identify does).",
+        json_schema_extra=lambda schema: _not_nullable(schema))
     timestamp: datetime | None = Field(
         None, description="ISO 8601; without an offset it is read as UTC; default: time of receipt. "
-        "From 1970-01-01 to a day after receipt (clock skew)."
+        "From 1970-01-01 to a day after receipt (clock skew), after the batch's `sent_at` correction."
     )
     geo: Geo | None = None
 
     _timestamp_is_text = field_validator("timestamp", mode="before")(lambda value: iso_text(value, "timestamp"))
 
+    @field_validator("user_id", "anonymous_id", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Runs only for a value sent (an absent field keeps its default): null is not an id.
+        if value is None:
+            raise ValueError("must not be null (leave it out instead)")
+        return value
+
     @field_validator("timestamp")
     @classmethod
     def _as_utc(cls, value: datetime | None) -> datetime | None:
+        # The "more than a day in the future" check is the API's (services.api.events), made after
+        # the batch's clock correction: a client whose clock runs two days ahead states such instants.
         if value is None:
             return None
         value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        if value > datetime.now(UTC) + MAX_CLOCK_SKEW:
-            raise ValueError("timestamp is more than a day in the future")
         if value < EARLIEST_TIMESTAMP:
             raise ValueError("timestamp is before 1970-01-01")
         return value
+
 
 
 class PurchaseEvent(_EventBase):
@@ -320,6 +358,18 @@ Event = Annotated[
 
 class EventBatch(StrictModel):
     events: list[Event] = Field(min_length=1)
+    sent_at: datetime | None = Field(
+        None, description="ISO 8601: when the client sent the batch, by its own clock. Each event's timestamp is "
+        "then corrected by (time of receipt − sent_at), the raw one kept as `original_timestamp`.")
+
+    _sent_at_is_text = field_validator("sent_at", mode="before")(lambda value: iso_text(value, "sent_at"))
+
+    @field_validator("sent_at")
+    @classmethod
+    def _sent_at_utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class SingleEvent(RootModel[Event]):
@@ -329,12 +379,15 @@ class SingleEvent(RootModel[Event]):
 # --------------------------------------------------------------------------- event messages and documents
 
 
-def event_document(*, event_id: str, user_id: int, event_type: str, timestamp: datetime, metadata: dict[str, Any],
-                   geo: dict[str, Any] | None, received_at: datetime,
+def event_document(*, event_id: str, user_id: int | None, event_type: str, timestamp: datetime,
+                   metadata: dict[str, Any], geo: dict[str, Any] | None, received_at: datetime,
+                   anonymous_id: str | None = None, original_timestamp: datetime | None = None,
                    violations: list[str] | None = None) -> dict[str, Any]:
     """An event as MongoDB `events` stores it (services.worker.storage adds `batch_id`): the one
-    builder of that shape, for the API's events, the signup's `user_created` and the backfill."""
-    document = {
+    builder of that shape, for the API's events, the signup's `user_created` and the backfill.
+    `user_id` None: a visitor's event, whose person services.worker.storage resolves from
+    `anonymous_id` (the user it is linked to, or the negative of the visitor's id)."""
+    document: dict[str, Any] = {
         "event_id": event_id,
         "user_id": user_id,
         "event_type": event_type,
@@ -345,9 +398,17 @@ def event_document(*, event_id: str, user_id: int, event_type: str, timestamp: d
     if geo is not None:
         document["geo"] = geo
     document["received_at"] = received_at
+    # Only when present: the documents of known users' events keep their shape.
+    if anonymous_id is not None:
+        document["anonymous_id"] = anonymous_id
+    if original_timestamp is not None:
+        document["original_timestamp"] = original_timestamp.astimezone(UTC)
     if violations:  # a flagged custom event: what it broke of the tracking plan (services.api.tracking_plan)
         document["violations"] = violations
     return document
+
+
+_OPTIONAL_MESSAGE_KEYS = ("anonymous_id", "original_timestamp", "violations")
 
 
 class EventMessage(BaseModel):
@@ -360,7 +421,7 @@ class EventMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     event_id: str
-    user_id: int
+    user_id: int | None
     event_type: str
     timestamp: datetime
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -369,29 +430,45 @@ class EventMessage(BaseModel):
     # shared.contracts.event_identity). None in the messages queued before it existed, and in the
     # backfill's: the worker then stores its own time of receipt. Ingestion lag is measured from it.
     received_at: datetime | None = None
+    # Issue 23; each None by default, so that messages queued before still validate.
+    anonymous_id: str | None = None
+    original_timestamp: datetime | None = None  # the client's own instant, when `sent_at` corrected it
     # What a custom event broke of the tracking plan, when its entry says `flag` (or an unplanned
     # type, with TRACKING_PLAN_UNPLANNED=flag): stored on the document. Not part of the event's
     # content (shared.contracts.event_identity.content): it is the plan's verdict at receipt.
-    # Left out of the message when None (exclude_if): the messages of events that broke nothing stay as they were.
-    violations: list[str] | None = Field(None, exclude_if=lambda value: value is None)
+    violations: list[str] | None = None
 
-    _timestamp_is_text = field_validator("timestamp", "received_at", mode="before")(
+    _timestamp_is_text = field_validator("timestamp", "received_at", "original_timestamp", mode="before")(
         lambda value, info: iso_text(value, info.field_name))
 
-    @field_serializer("timestamp", "received_at", when_used="json")
+    @field_serializer("timestamp", "received_at", "original_timestamp", when_used="json")
     def _iso(self, value: datetime | None) -> str | None:
         # The text messages have always carried (`+00:00`, not pydantic's `Z`).
         return value.isoformat() if value is not None else None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_optional_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # As `wire` builds it: the issue-23 keys only when set, so a known user's message keeps the
+        # keys every message queued before has (a worker not yet upgraded still takes it).
+        dumped: dict[str, Any] = handler(self)
+        for name in _OPTIONAL_MESSAGE_KEYS:
+            if dumped.get(name) is None:
+                dumped.pop(name, None)
+        return dumped
 
     @staticmethod
     def _fields(event: AnyEvent, event_id: str,
                 received_at: datetime, received: bool) -> dict[str, Any]:
         metadata = event.metadata.model_dump(exclude_none=True) if isinstance(event.metadata, BaseModel) \
             else dict(event.metadata)
-        return {"event_id": event_id, "user_id": event.user_id, "event_type": event.event_type,
-                "timestamp": event.timestamp or received_at, "metadata": metadata,
-                "geo": event.geo.model_dump(exclude_none=True) if event.geo else None,
-                "received_at": received_at if received else None}
+        fields = {"event_id": event_id, "user_id": event.user_id, "event_type": event.event_type,
+                  "timestamp": event.timestamp or received_at, "metadata": metadata,
+                  "geo": event.geo.model_dump(exclude_none=True) if event.geo else None,
+                  "received_at": received_at if received else None}
+        # Only when set: a known user's message keeps the keys every message already queued has.
+        if event.anonymous_id is not None:
+            fields["anonymous_id"] = event.anonymous_id
+        return fields
 
     @classmethod
     def of(cls, event: AnyEvent, event_id: str,
@@ -416,7 +493,8 @@ class EventMessage(BaseModel):
         """The stored document; `received_at` (the worker's time) when the message has none."""
         return event_document(event_id=self.event_id, user_id=self.user_id, event_type=self.event_type,
                               timestamp=self.timestamp, metadata=self.metadata, geo=self.geo,
-                              received_at=self.received_at or received_at, violations=self.violations)
+                              received_at=self.received_at or received_at, anonymous_id=self.anonymous_id,
+                              original_timestamp=self.original_timestamp, violations=self.violations)
 
 
 class StoreEventsMessage(BaseModel):

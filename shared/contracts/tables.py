@@ -378,3 +378,19 @@ class TrackingViolation(Base):
     example: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     example_user_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     example_anonymous_id: Mapped[str | None] = mapped_column(String(200), index=True)
+
+
+class Visitor(Base):
+    """Someone who sent events with an `anonymous_id` (issue 23). Until identify links it to a user,
+    its events are stored in MongoDB under `user_id = -id` (the one unique index `(user_id, event_id)`
+    dedups them); the link moves them to the user (services.worker.merge). Its row is the lock that
+    serialises a link against the batches storing the visitor's events (services.worker.storage)."""
+
+    __tablename__ = "visitors"
+    __table_args__ = (UniqueConstraint("anonymous_id", name="uq_visitors_anonymous_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    anonymous_id: Mapped[str] = mapped_column(Text)
+    user_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    linked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -15,6 +15,8 @@ from kombu import Exchange, Queue
 # Task names (stable wire contract).
 USER_CREATED = "pulse.worker.user_created"
 STORE_EVENTS = "pulse.worker.store_events"
+# An identified visitor's events become the user's (services.worker.merge); published by the outbox relay.
+MERGE_VISITOR = "pulse.worker.merge_visitor"
 SEND_WELCOME = "pulse.worker.send_welcome"
 ERASE_USER = "pulse.worker.erase_user"
 PRUNE_LEDGER = "pulse.worker.prune_applied_batches"
@@ -30,6 +32,7 @@ RK_USER_CREATED = "user.created"
 RK_USER_ERASE = "user.erase"
 RK_USER_RECONCILE = "user.reconcile"
 RK_EVENTS_INGEST = "events.ingest"
+RK_EVENTS_MERGE = "events.merge"
 RK_EMAIL_WELCOME = "email.welcome"
 RK_EVENTS_PRUNE = "events.prune"
 RK_ANALYTICS_PROFILES = "analytics.profiles"
@@ -63,6 +66,7 @@ class Topology:
             ERASE_USER: (self.users, RK_USER_ERASE),
             RECONCILE_ERASURES: (self.users, RK_USER_RECONCILE),
             STORE_EVENTS: (self.events, RK_EVENTS_INGEST),
+            MERGE_VISITOR: (self.events, RK_EVENTS_MERGE),
             SEND_WELCOME: (self.email, RK_EMAIL_WELCOME),
             PRUNE_LEDGER: (self.events, RK_EVENTS_PRUNE),
             COMPUTE_PROFILES: (self.analytics, RK_ANALYTICS_PROFILES),

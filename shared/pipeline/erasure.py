@@ -74,7 +74,7 @@ from shared.infra import request_ids, task_failures, tracing
 from shared.infra.cache import get_redis, key, reply
 from shared.infra.db import rowcount, session_scope
 from shared.infra.mongo import EVENTS, PROFILES, WELCOME_EMAILS, Document
-from shared.pipeline import rescore
+from shared.pipeline import rescore, visitors
 
 # Long enough for any request or task that was computing the person's profile when the first pass
 # ran to have written it (a miss takes milliseconds; its cache lock lasts 10 s), short enough that
@@ -102,6 +102,22 @@ def _delete_outbox_messages(session: Session, user: User, address_id: int | None
     session.execute(delete(OutboxMessage).where(OutboxMessage.payload["user_id"].astext == str(user.id)))
 
 
+_ERASED_VISITORS = "erased_visitors"
+_ERASED_ANONYMOUS_IDS = "erased_anonymous_ids"
+
+
+def _delete_visitors(session: Session, user: User, address_id: int | None) -> None:
+    # Their rows would go with the user's (ON DELETE CASCADE), but their ids are what names their
+    # events still stored under negative ids (a merge not done yet): kept for the erase message.
+    # Deleting them waits for any batch storing their events (it holds them FOR SHARE).
+    rows = session.execute(text("DELETE FROM visitors WHERE user_id = :user_id RETURNING id, anonymous_id"),
+                           {"user_id": user.id}).all()
+    session.info[_ERASED_VISITORS] = sorted(int(row.id) for row in rows)
+    # The tracking plan's violation examples of the visitor's events (before the link) name the
+    # anonymous id, not the user: cleared with the user's (the next step).
+    session.info[_ERASED_ANONYMOUS_IDS] = sorted(str(row.anonymous_id) for row in rows)
+
+
 def _delete_user(session: Session, user: User, address_id: int | None) -> None:
     session.delete(user)
     session.flush()
@@ -121,7 +137,7 @@ def _clear_violation_examples(session: Session, user: User, address_id: int | No
     # The tracking plan's violations keep counts and rules, never a person; their example (an event's
     # id, field, message) names one and goes with them (services.api.tracking_plan records it while
     # holding the user row this erasure locked first, so none is written after this).
-    forget_violation_examples(session, user_ids=[user.id])
+    forget_violation_examples(session, user_ids=[user.id], anonymous_ids=session.info.pop(_ERASED_ANONYMOUS_IDS, []))
 
 
 def forget_violation_examples(session: Session, user_ids: Iterable[int] = (), anonymous_ids: Iterable[str] = ()) -> int:
@@ -141,7 +157,10 @@ def _write_ledger(session: Session, user: User, address_id: int | None) -> None:
 
 def _write_erase_message(session: Session, user: User, address_id: int | None) -> None:
     with tracing.outbox_write(ERASE_USER) as traceparent:  # the relay continues this trace
-        session.add(OutboxMessage(id=uuid.uuid4(), task_name=ERASE_USER, payload={"user_id": user.id},
+        payload: dict[str, Any] = {"user_id": user.id}
+        if visitor_ids := session.info.pop(_ERASED_VISITORS, []):
+            payload["visitor_ids"] = visitor_ids
+        session.add(OutboxMessage(id=uuid.uuid4(), task_name=ERASE_USER, payload=payload,
                                   request_id=request_ids.current(), traceparent=traceparent))
 
 
@@ -151,13 +170,16 @@ def _write_erase_message(session: Session, user: User, address_id: int | None) -
 #   row (ON DELETE CASCADE): subtracted first;
 # - the outbox messages naming the person are deleted before the `user.erase` message, which names
 #   them too, is written;
-# - an address is deleted only when no user lives there any more: after the user row.
+# - an address is deleted only when no user lives there any more: after the user row;
+# - the visitors' ids are read (as their rows are deleted) before the erase message that names them.
 # The ledger row and the message commit with the user row's deletion, or none of them does.
-IN_POSTGRES = ("category_sales", "outbox_messages", "user", "address", "task_failures", "violation_examples", "ledger",
+IN_POSTGRES = ("category_sales", "outbox_messages", "visitors", "user", "address", "task_failures", "violation_examples",
+               "ledger",
                "erase_message")
 _IN_POSTGRES_STEPS = {
     "category_sales": _subtract_category_sales,
     "outbox_messages": _delete_outbox_messages,
+    "visitors": _delete_visitors,
     "user": _delete_user,
     "address": _delete_address,
     "task_failures": _forget_task_failures,
@@ -202,9 +224,15 @@ def forget_in_redis(user_ids: Iterable[int]) -> int:
 IN_MONGODB = ((EVENTS, "user_id"), (PROFILES, "_id"), (WELCOME_EMAILS, "_id"))
 
 
+def visitor_people(visitor_ids: Iterable[int]) -> list[int]:
+    """The `user_id`s an erased user's visitors' events not merged yet are stored under."""
+    return [-int(v) for v in visitor_ids]
+
+
 def forget(db: Database[Document], user_ids: Iterable[int]) -> dict[str, int]:
     """Step 2: delete everything MongoDB and Redis hold about these (erased) users, and the task
-    failures recorded about them since step 1. Idempotent."""
+    failures recorded about them since step 1. Idempotent. (An erased user's visitors come as
+    their negative ids, `visitor_people`: their events go the same way.)"""
     ids = sorted(set(int(u) for u in user_ids))
     if not ids:
         return {}
@@ -364,6 +392,7 @@ def export(db: Database[Document], session: Session, user_id: int) -> dict[str, 
     return {
         "exported_at": datetime.now(UTC).isoformat(),
         "user": UserOut.of(user).model_dump(mode="json") | {"segment": user.segment},
+        "anonymous_ids": [anonymous_id for _, anonymous_id in visitors.of_user(session, user_id)],
         "profile": _plain(profile) if profile else None,
         "events": [_plain(event) for event in events],
         "activity_days": _rows(session, ActivityDay, user_id, ActivityDay.day),

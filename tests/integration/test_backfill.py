@@ -128,3 +128,29 @@ def test_an_invalid_line_is_named_and_nothing_is_imported(tmp_path, mongo):
     skipped = backfill(path, "--skip-invalid")
     assert skipped.returncode == 1 and "1 created" in skipped.stdout
     assert mongo.events.count_documents({"event_id": f"neg-{tag}"}) == 0
+
+
+def test_ndjson_lines_with_anonymous_ids_are_visitors_and_link_when_both_ids_are_given(tmp_path, client, mongo):
+    tag = uuid.uuid4().hex[:6]
+    user = client.post("/api/users/signup", json={
+        "username": f"vis_{tag}", "email": f"vis.{tag}@example.com", "full_name": "Visiting Buyer",
+        "address": {"street": "Sumska Street", "city": "Kharkiv", "country_code": "UA"}}).get_json()["id"]
+    guest, stranger = f"guest-{tag}", f"stranger-{tag}"
+    lines = [
+        {"anonymous_id": guest, "event_type": "user_purchase", "timestamp": "2025-02-01T10:00:00Z",
+         "metadata": {"product_id": "B-1", "price": 10, "category": "books"}},
+        {"anonymous_id": stranger, "event_type": "page_view", "timestamp": "2025-02-02T10:00:00Z"},
+        {"anonymous_id": guest, "user_id": user, "event_type": "login", "timestamp": "2025-02-03T10:00:00Z"},
+    ]
+    path = tmp_path / "visitors.ndjson"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    first = backfill(path)
+    assert first.returncode == 0, first.stderr
+    assert "3 stored" in first.stdout and "0 skipped" in first.stdout
+    assert mongo.events.find_one({"anonymous_id": stranger})["user_id"] < 0
+    # The line with both ids linked the guest: its purchase becomes the user's (the merge).
+    wait_for(lambda: (s := summary(user)) is not None and s.purchases == 1, what="the guest purchase merged")
+    assert mongo.events.count_documents({"anonymous_id": guest, "user_id": user}) == 2
+    again = backfill(path)
+    assert again.returncode == 0 and "0 stored" in again.stdout, again.stdout + again.stderr
+    assert summary(user).purchases == 1

@@ -22,7 +22,8 @@ PUBLIC = access.PUBLIC
 NEEDS: dict[str, frozenset[str]] = {
     **{e: frozenset() for e in ("users.signup", "health.health", "health.ready", "metrics", "dashboard.login",
                                 "dashboard.logout", "dashboard.static", "openapi.openapi_json", "swagger.swagger")},
-    **{e: frozenset({INGEST}) for e in ("events.publish_event", "events.publish_batch")},
+    **{e: frozenset({INGEST}) for e in ("events.publish_event", "events.publish_batch",
+                                                    "identify.identify")},
     # Segment's tracking API: the SDKs' write key is a key with the ingest scope.
     **{f"segment.{kind}": frozenset({INGEST})
        for kind in ("batch", "track", "page", "screen", "identify", "alias", "group")},

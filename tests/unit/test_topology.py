@@ -5,6 +5,7 @@ from shared.contracts.topology import (
     CUSTOMER_STATS,
     ERASE_USER,
     FIT_MODELS,
+    MERGE_VISITOR,
     PRUNE_LEDGER,
     RECONCILE_ERASURES,
     SEND_WELCOME,
@@ -21,7 +22,7 @@ def test_every_task_routes_to_a_durable_dead_lettered_queue():
     topology = build_topology("pulse")
     routes = topology.routes()
     assert {USER_CREATED, ERASE_USER, STORE_EVENTS, SEND_WELCOME, PRUNE_LEDGER, COMPUTE_PROFILES, FIT_MODELS,
-            SWEEP_RESCORING, CUSTOMER_STATS, RECONCILE_ERASURES, VALIDATE_MODELS} == set(routes)
+            SWEEP_RESCORING, CUSTOMER_STATS, RECONCILE_ERASURES, VALIDATE_MODELS, MERGE_VISITOR} == set(routes)
     queues = {q.name: q for q in topology.work_queues}
     for route in routes.values():
         queue = queues[route["queue"]]

@@ -1,16 +1,16 @@
 """The tracking plan (custom event types' JSON Schemas) and the violations recorded against it
 (services.api.tracking_plan).
 
-Revision ID: 0011_i23_tracking_plan
-Revises: 0008_i21_api_jobs
+Revision ID: 0012_i23_tracking_plan
+Revises: 0011_i23_visitors
 Create Date: 2026-12-07
 """
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0011_i23_tracking_plan"
-down_revision = "0008_i21_api_jobs"
+revision = "0012_i23_tracking_plan"
+down_revision = "0011_i23_visitors"
 branch_labels = None
 depends_on = None
 
