@@ -173,9 +173,8 @@ def _write_erase_message(session: Session, user: User, address_id: int | None) -
 # - an address is deleted only when no user lives there any more: after the user row;
 # - the visitors' ids are read (as their rows are deleted) before the erase message that names them.
 # The ledger row and the message commit with the user row's deletion, or none of them does.
-IN_POSTGRES = ("category_sales", "outbox_messages", "visitors", "user", "address", "task_failures", "violation_examples",
-               "ledger",
-               "erase_message")
+IN_POSTGRES = ("category_sales", "outbox_messages", "visitors", "user", "address", "task_failures",
+               "violation_examples", "ledger", "erase_message")
 _IN_POSTGRES_STEPS = {
     "category_sales": _subtract_category_sales,
     "outbox_messages": _delete_outbox_messages,
