@@ -47,7 +47,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
-from shared.contracts.schemas import EventMessage, SignupRequest, SingleEvent
+from shared.contracts.schemas import UNION_TAGS, EventMessage, SignupRequest, SingleEvent
 from shared.contracts.topology import COMPUTE_PROFILES
 from shared.infra.celery_app import create_celery_app
 from shared.infra.db import rowcount, session_scope
@@ -82,10 +82,13 @@ class Plan:
 
 
 def _problems(line: int, error: ValidationError) -> list[Problem]:
-    return [Problem(line, ".".join(str(p) for p in e["loc"] if p not in _EVENT_TAGS) or "line", e["msg"])
+    return [Problem(line, ".".join(str(p) for p in e["loc"] if p not in _EVENT_TAGS and p not in UNION_TAGS) or "line",
+                    e["msg"])
             for e in error.errors(include_url=False)]
 
 
+# The union's member tags (schemas.UNION_TAGS, e.g. "(user_purchase)") and, in the line models, the
+# event types themselves: neither is a field of the line.
 _EVENT_TAGS = {"user_purchase", "add_to_cart", "page_view", "login", "logout", "search"}
 
 
