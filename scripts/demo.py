@@ -14,7 +14,9 @@ Steps:
   3. wait until the worker has stored them and analytics has rescored the users, fit the population
      models (POST /api/analytics/models/fit: a job, polled at its Location) and wait until the profiles carry the model
      version;
-  4. print the guide's scenarios [1]..[7] from the live API.
+  4. print the guide's scenarios [1]..[7] from the live API;
+  5. [8] a visitor browses and buys as a guest (`anonymous_id`), then signs up with the same id: the
+     profile shows the visits, the sessions and the purchase (issue 23's open event model).
 """
 from __future__ import annotations
 
@@ -437,6 +439,57 @@ def scenarios(persons: list[Person], fitted: dict) -> None:
     print(f"    fitted from the customer summaries in {fitted['timings_ms']['total']:.0f} ms")
 
 
+VISITOR = Person(username="olena_visitor", email="olena.visitor@example.com", full_name="Olena Visitor",
+                 street="Sumska Street", city="Kharkiv", country_code="UA", kind="visitor")
+
+
+def visitor_becomes_customer(now: datetime) -> None:
+    """[8] Issue 23's story: a visitor browses and buys as a guest, then signs up with the same
+    `anonymous_id`; the profile shows those visits, sessions and the purchase, exactly once."""
+    print("\n[8] A visitor becomes a customer (anonymous_id, identify at signup)")
+    anonymous_id = f"{EVENT_PREFIX}-device-olena"
+    day3 = (now - timedelta(days=3)).replace(hour=9, minute=0, second=0)
+    day1 = (now - timedelta(days=1)).replace(hour=18, minute=0, second=0)
+    # Two visits: pricing, features, a trial (a custom event), then a guest checkout.
+    visits: list[tuple[datetime, str, dict[str, object]]] = [
+        (day3, "page_view", {"path": "/pricing"}),
+        (day3 + timedelta(minutes=5), "page_view", {"path": "/features"}),
+        (day3 + timedelta(minutes=12), "trial_started", {"plan": "pro"}),
+        (day1, "page_view", {"path": "/checkout"}),
+        (day1 + timedelta(minutes=3), "user_purchase", {"product_id": "PROD-HOME-7", "price": 149.0,
+                                                         "category": "home"}),
+    ]
+    events = [{"event_id": f"{anonymous_id}-{i}", "anonymous_id": anonymous_id, "event_type": kind,
+               "timestamp": at.isoformat(), "metadata": metadata} for i, (at, kind, metadata) in enumerate(visits)]
+    call("POST", "/api/events/batch", expect=(202,), json={"events": events})
+    print(f"  {len(events)} events as visitor {anonymous_id!r}: "
+          + ", ".join(f"{kind} {metadata.get('path', '')}".strip() for _, kind, metadata in visits))
+    p = VISITOR
+    response = call("POST", "/api/users/signup", expect=(201, 409), json={
+        "username": p.username, "email": p.email, "full_name": p.full_name, "anonymous_id": anonymous_id,
+        "address": {"street": p.street, "city": p.city, "country_code": p.country_code}})
+    if response.status_code == 201:
+        p.id = response.json()["id"]
+        print(f"  Signed up as user {p.id} with the same anonymous_id: the visitor's history becomes theirs")
+    else:  # a re-run: signed up (and linked) by an earlier run
+        p.id = existing_users()[p.username]["id"]
+        print(f"  User {p.id} signed up with it in an earlier run (the link stays; nothing is counted twice)")
+    user_id: int = p.id
+
+    def merged():
+        data = profile(user_id).json()
+        return data["totals"]["purchases"] >= 1 and data["totals"]["events"] >= len(events) + 1, data["totals"]
+
+    wait_for("the visitor's events to become the customer's", merged, timeout=120)
+    data = profile(user_id).json()
+    totals, sessions = data["totals"], data["sessions"]
+    print(f"    Segment: {data['segment'].lower()}; first purchase (as a guest): {totals['last_purchase_at']}")
+    print(f"    Totals: ${totals['total_spent']:.2f} over {totals['purchases']} purchase(s), "
+          f"{totals['events']} events (the visitor's {len(events)} and the signup)")
+    average = "n/a" if sessions["average_minutes_30d"] is None else f"{sessions['average_minutes_30d']:.1f} min"
+    print(f"    Sessions (30 days): {sessions['last_30_days']}, average {average}")
+
+
 def fit_state(params: dict) -> str:
     state = "converged" if params["converged"] else "did NOT converge"
     return state + (f", at a bound: {', '.join(params['at_bounds'])}" if params["at_bounds"] else "")
@@ -477,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         fitted = fit_and_wait(persons)
         print(f"Model v{fitted['version']} fitted and every profile rescored in {time.monotonic() - t0:.1f}s.")
         scenarios(persons, fitted)
+        visitor_becomes_customer(datetime.now(UTC))
         print(f"\nThe same, drawn: {API}/dashboard (log in with the development key, {key_file()}).")
         return 0
     except StackError as exc:
