@@ -76,7 +76,7 @@ from shared.infra import request_ids, task_failures, tracing
 from shared.infra.cache import get_redis, key, reply
 from shared.infra.db import rowcount, session_scope
 from shared.infra.mongo import EVENTS, PROFILES, WELCOME_EMAILS, Document
-from shared.pipeline import rescore, visitors
+from shared.pipeline import profile_cache, rescore, visitors
 
 # Long enough for any request or task that was computing the person's profile when the first pass
 # ran to have written it (a miss takes milliseconds; its cache lock lasts 10 s), short enough that
@@ -206,10 +206,11 @@ def erase_in_postgres(session: Session, user_id: int) -> bool:
 
 
 def _redis_keys(user_id: int) -> list[str]:
-    # The cached profile, and "ver": the version counter Redis held before the versions moved to
+    # The cached profile in every shape (one cached before a deploy that changed the shape lives
+    # until its TTL), and "ver": the version counter Redis held before the versions moved to
     # Postgres (migration 0008). It had no expiry, so a Redis upgraded along the README's path for
     # 0008-0010 still holds it. (Its companion "writing" expired within ten minutes: none is left.)
-    return [key("profile", user_id), key("profile", "ver", user_id)]
+    return [*profile_cache.shape_keys(user_id), key("profile", "ver", user_id)]
 
 
 def forget_in_redis(user_ids: Iterable[int]) -> int:
