@@ -111,6 +111,33 @@ def test_segment_python_sdk_tracks_and_pages_a_user_into_events_and_profile(api,
     assert profile["totals"]["total_spent"] == 42.5
 
 
+def test_an_sdk_whose_clock_runs_ahead_is_corrected_and_its_stated_time_kept(api, client, write_key, mongo,
+                                                                            monkeypatch):
+    # The SDK's machine runs two days fast: its timestamp and the sentAt it stamps on the batch
+    # (segment.analytics.request, by that clock) both say so.
+    import segment.analytics.request as sdk_request
+
+    ahead = timedelta(days=2)
+
+    class FastClock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) + ahead
+
+    monkeypatch.setattr(sdk_request, "datetime", FastClock)
+    user_id = signed_up(client)
+    errors = Errors()
+    stated = datetime.now(UTC) + ahead - timedelta(minutes=5)
+    message_id = str(uuid.uuid4())
+    segment(api, write_key, errors).track(user_id=str(user_id), event="search", message_id=message_id,
+                                          timestamp=stated, properties={"query": "socks"})
+    assert errors.seen == []
+    document = wait_stored(mongo, user_id, message_id)[message_id]
+    corrected = document["timestamp"].replace(tzinfo=UTC)
+    assert abs(corrected - (datetime.now(UTC) - timedelta(minutes=5))) < timedelta(seconds=30)
+    assert abs(document["original_timestamp"].replace(tzinfo=UTC) - stated) < timedelta(milliseconds=1)
+
+
 def test_redelivered_message_ids_store_nothing_twice(api, client, write_key, mongo):
     user_id = signed_up(client)
     errors = Errors()
