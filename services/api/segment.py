@@ -304,6 +304,9 @@ def process(messages: list[Any], kind: str | None, sent_at: datetime | None, sin
             # dropped and the rest accepted. Nothing was published: the refusal comes first.
             at_fault = {int(found.group(1)): error for error in problem.errors or ()
                         if (found := re.match(r"events\[(\d+)\]", error.field))}
+            if single and problem.status == 422 and at_fault:  # named as the message names them
+                raise ProblemError(422, problem.detail, [FieldProblem(field=_segment_field(error.field),
+                                   message=error.message) for error in problem.errors or ()]) from None
             if single or problem.status != 422 or not at_fault:
                 raise
             for position, error in at_fault.items():
@@ -335,6 +338,8 @@ def process(messages: list[Any], kind: str | None, sent_at: datetime | None, sin
 
 def _segment_field(pulse_field: str) -> str:
     field = re.sub(r"^events\[\d+\]\.?", "", pulse_field)
+    # A field of the metadata (the tracking plan's refusals name them) is one of the message's properties.
+    field = re.sub(r"^metadata(?=\.|\[|$)", "properties", field)
     return {"user_id": "userId", "event_id": "messageId", "anonymous_id": "anonymousId"}.get(field, field or "body")
 
 

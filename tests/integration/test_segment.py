@@ -400,3 +400,11 @@ def test_a_message_refused_by_the_tracking_plan_is_listed_among_its_violations(a
               if v["event_type"] == event_type}
     assert listed["metadata.video_id: required"]["refused"] == 1, listed
     assert listed["metadata.video_id: required"]["example"]["event_id"] == bad
+    # The answer names the field as the message has it: `properties`, which is Pulse's metadata.
+    answer = requests.post(f"{api}/v1/batch", auth=(write_key, ""), timeout=10, json={"batch": [
+        {"type": "track", "userId": user_id, "event": event_type, "properties": {"seconds": 3}}]})
+    assert answer.status_code == 200, answer.text
+    assert [r["field"] for r in answer.json()["refused"]] == ["batch[0].properties.video_id"]
+    single = requests.post(f"{api}/v1/track", auth=(write_key, ""), timeout=10,
+                           json={"userId": user_id, "event": event_type, "properties": {"seconds": 3}})
+    assert single.status_code == 422 and [e["field"] for e in single.json()["errors"]] == ["properties.video_id"]
