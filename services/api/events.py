@@ -7,6 +7,7 @@ is 503 and the client retries: with its own `event_id`s a retry can never duplic
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
@@ -204,7 +205,8 @@ def _correct_clock(events, messages: list[dict[str, Any]], received_at: datetime
         raise ProblemError(422, "Invalid fields: timestamp", errors)
 
 
-def _accept(events, sent_at: datetime | None = None) -> tuple[list[dict[str, Any]], int]:
+def _accept(events, sent_at: datetime | None = None,
+            stated: Sequence[datetime | None] | None = None) -> tuple[list[dict[str, Any]], int]:
     """Publish the request's events; returns every event's message (`EventMessage.wire`), in
     request order, and how many copies were collapsed.
 
@@ -214,11 +216,18 @@ def _accept(events, sent_at: datetime | None = None) -> tuple[list[dict[str, Any
     from its own buffer) are the same event, published once and counted as duplicates; copies
     that differ in content are refused with a 422 naming both positions, since whichever one we
     kept would silently drop what the client meant by the other. `sent_at` (the batch's, by the
-    client's clock) corrects every timestamp (`_correct_clock`)."""
+    client's clock) corrects every timestamp (`_correct_clock`). `stated`: for a caller that corrected
+    the timestamps itself (Segment's /v1, whose sentAt may be each message's), each event's timestamp
+    as the client stated it (None: not corrected), kept as `original_timestamp` as `sent_at` keeps it."""
     received_at = datetime.now(UTC)
     _check_someone(events)
     messages = [EventMessage.wire(e, e.event_id or uuid.uuid4().hex, received_at) for e in events]
     _correct_clock(events, messages, received_at, sent_at)
+    for message, original in zip(messages, stated if stated is not None else [None] * len(messages), strict=True):
+        if original is not None:
+            # Before the copies are collapsed: their digest is of the stated time (a retry re-stamps
+            # sentAt, and so moves the corrected one), shared.contracts.event_identity.content.
+            message["original_timestamp"] = original.isoformat()
     unique, repeated, conflicts = event_identity.collapse(messages)
     if conflicts:
         raise ProblemError(422, "Conflicting copies of an event", [

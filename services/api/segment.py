@@ -200,6 +200,15 @@ def _page_metadata(message: dict[str, Any], kind: str) -> dict[str, Any]:
     return metadata
 
 
+def stated_timestamp(message: dict[str, Any], sent_at: datetime | None) -> datetime | None:
+    """The message's timestamp as its client stated it, when `translate` corrected it by a sentAt
+    (the message's own or the batch's): kept as the event's `original_timestamp`, as the JSON API
+    keeps it (docs/api.md, Client clocks). None when nothing was corrected."""
+    timestamp = _instant(message.get("timestamp"), "timestamp")
+    sent = _instant(message.get("sentAt"), "sentAt") or sent_at
+    return timestamp if timestamp is not None and sent is not None else None
+
+
 def translate(message: Any, kind: str | None, received_at: datetime, sent_at: datetime | None) -> Any:
     """One Segment message as a validated Pulse event, a Link (identify, alias), or None (an
     identify with nothing to link: its traits are personal data Pulse does not keep). Raises Refused."""
@@ -270,6 +279,7 @@ def process(messages: list[Any], kind: str | None, sent_at: datetime | None, sin
     received_at = datetime.now(UTC)
     outcome = Outcome()
     events: list[tuple[int, Any]] = []
+    stated: dict[int, datetime | None] = {}  # by message index: the client's own timestamp, when corrected
     links: list[tuple[int, Link]] = []
     for index, message in enumerate(messages):
         try:
@@ -284,15 +294,19 @@ def process(messages: list[Any], kind: str | None, sent_at: datetime | None, sin
             links.append((index, item))
         elif item is not None:
             events.append((index, item))
+            stated[index] = stated_timestamp(message, sent_at)  # translate has checked both instants
     while events:
         try:
-            _accept([event for _, event in events])
+            _accept([event for _, event in events], stated=[stated[index] for index, _ in events])
         except ProblemError as problem:
             # _accept refuses a request as a whole, naming `events[i]...` of each event at fault
             # (an unknown user, conflicting copies of one messageId, the tracking plan): those are
             # dropped and the rest accepted. Nothing was published: the refusal comes first.
             at_fault = {int(found.group(1)): error for error in problem.errors or ()
                         if (found := re.match(r"events\[(\d+)\]", error.field))}
+            if single and problem.status == 422 and at_fault:  # named as the message names them
+                raise ProblemError(422, problem.detail, [FieldProblem(field=_segment_field(error.field),
+                                   message=error.message) for error in problem.errors or ()]) from None
             if single or problem.status != 422 or not at_fault:
                 raise
             for position, error in at_fault.items():
@@ -324,6 +338,8 @@ def process(messages: list[Any], kind: str | None, sent_at: datetime | None, sin
 
 def _segment_field(pulse_field: str) -> str:
     field = re.sub(r"^events\[\d+\]\.?", "", pulse_field)
+    # A field of the metadata (the tracking plan's refusals name them) is one of the message's properties.
+    field = re.sub(r"^metadata(?=\.|\[|$)", "properties", field)
     return {"user_id": "userId", "event_id": "messageId", "anonymous_id": "anonymousId"}.get(field, field or "body")
 
 

@@ -207,12 +207,14 @@ class Erasure(Base):
     """A person erased (shared.pipeline.erasure) whose erasure is not yet confirmed done in MongoDB and
     Redis: the reconciliation (beat) does the worker's part again for every row, and the row goes
     once MongoDB answers that nothing of the person is left, so in the end not even the id stays.
-    Holds the id only (ids are never reused)."""
+    Holds the ids only (ids are never reused): the user's, and its visitors' (their events not merged
+    yet are stored under the negatives of these; None: no visitors)."""
 
     __tablename__ = "erasures"
 
     user_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
+    visitor_ids: Mapped[list[int] | None] = mapped_column(ARRAY(BigInteger))
 
 
 class SweepCursor(Base):

@@ -29,8 +29,10 @@ and RFM breakpoints are fitted from the customer summaries, where the person no 
 Nothing may make an erasure undone or forgotten:
 
 - `user.erase` retries until it succeeds (shared.infra.retry.UntilDone: never dead-lettered by an outage).
-- Step 1 also writes the id into `erasures`; the worker deletes that row once its first pass is
-  done and the second queued (`confirm`: MongoDB answers that nothing of the person is left). The
+- Step 1 also writes the id into `erasures` (with the ids of the user's visitors, whose events not
+  merged yet are stored under their negatives: the reconciliation's only way to find them); the
+  worker deletes that row once its first pass is done and the second queued (`confirm`: MongoDB
+  answers that nothing of the person, visitors included, is left). The
   reconciliation (`reconcile`, beat every ERASURE_RECONCILE_SECONDS) does step 2 again for every
   row still there after the second pass's window, and confirms the same way. Its cost is the
   unconfirmed erasures, a batch at a time, never a scan of `events`; in the end not even the id
@@ -74,7 +76,7 @@ from shared.infra import request_ids, task_failures, tracing
 from shared.infra.cache import get_redis, key, reply
 from shared.infra.db import rowcount, session_scope
 from shared.infra.mongo import EVENTS, PROFILES, WELCOME_EMAILS, Document
-from shared.pipeline import rescore, visitors
+from shared.pipeline import profile_cache, rescore, visitors
 
 # Long enough for any request or task that was computing the person's profile when the first pass
 # ran to have written it (a miss takes milliseconds; its cache lock lasts 10 s), short enough that
@@ -108,7 +110,8 @@ _ERASED_ANONYMOUS_IDS = "erased_anonymous_ids"
 
 def _delete_visitors(session: Session, user: User, address_id: int | None) -> None:
     # Their rows would go with the user's (ON DELETE CASCADE), but their ids are what names their
-    # events still stored under negative ids (a merge not done yet): kept for the erase message.
+    # events still stored under negative ids (a merge not done yet): kept for the ledger row and the
+    # erase message (the ledger's copy is what the reconciliation finds them by if the message is lost).
     # Deleting them waits for any batch storing their events (it holds them FOR SHARE).
     rows = session.execute(text("DELETE FROM visitors WHERE user_id = :user_id RETURNING id, anonymous_id"),
                            {"user_id": user.id}).all()
@@ -151,8 +154,10 @@ def forget_violation_examples(session: Session, user_ids: Iterable[int] = (), an
 
 
 def _write_ledger(session: Session, user: User, address_id: int | None) -> None:
-    # The ledger the reconciliation completes from, should the message below never do its work.
-    session.execute(insert(Erasure).values(user_id=user.id).on_conflict_do_nothing())
+    # The ledger the reconciliation completes from, should the message below never do its work:
+    # the visitors' ids too, since their rows are gone with this transaction.
+    visitor_ids = session.info.get(_ERASED_VISITORS) or None
+    session.execute(insert(Erasure).values(user_id=user.id, visitor_ids=visitor_ids).on_conflict_do_nothing())
 
 
 def _write_erase_message(session: Session, user: User, address_id: int | None) -> None:
@@ -171,7 +176,8 @@ def _write_erase_message(session: Session, user: User, address_id: int | None) -
 # - the outbox messages naming the person are deleted before the `user.erase` message, which names
 #   them too, is written;
 # - an address is deleted only when no user lives there any more: after the user row;
-# - the visitors' ids are read (as their rows are deleted) before the erase message that names them.
+# - the visitors' ids are read (as their rows are deleted) before the ledger row and the erase
+#   message that name them.
 # The ledger row and the message commit with the user row's deletion, or none of them does.
 IN_POSTGRES = ("category_sales", "outbox_messages", "visitors", "user", "address", "task_failures",
                "violation_examples", "ledger", "erase_message")
@@ -200,10 +206,11 @@ def erase_in_postgres(session: Session, user_id: int) -> bool:
 
 
 def _redis_keys(user_id: int) -> list[str]:
-    # The cached profile, and "ver": the version counter Redis held before the versions moved to
+    # The cached profile in every shape (one cached before a deploy that changed the shape lives
+    # until its TTL), and "ver": the version counter Redis held before the versions moved to
     # Postgres (migration 0008). It had no expiry, so a Redis upgraded along the README's path for
     # 0008-0010 still holds it. (Its companion "writing" expired within ten minutes: none is left.)
-    return [key("profile", user_id), key("profile", "ver", user_id)]
+    return [*profile_cache.shape_keys(user_id), key("profile", "ver", user_id)]
 
 
 def forget_in_redis(user_ids: Iterable[int]) -> int:
@@ -245,7 +252,8 @@ def forget(db: Database[Document], user_ids: Iterable[int]) -> dict[str, int]:
 
 def left_in_mongodb(db: Database[Document], user_ids: list[int]) -> set[int]:
     """Which of these users MongoDB still holds anything of, asked through indexes only
-    (`ix_user_time` of events, `_id` of the others)."""
+    (`ix_user_time` of events, `_id` of the others). An erased user's visitors are asked about by
+    their negative ids (`visitor_people`): `ledger_people` gives them with the user's."""
     if not user_ids:
         return set()
     found: set[int] = set()
@@ -254,9 +262,27 @@ def left_in_mongodb(db: Database[Document], user_ids: list[int]) -> set[int]:
     return {int(u) for u in found}
 
 
-def closable(user_ids: Iterable[int], left: set[int]) -> list[int]:
-    """The erasures that may be closed: those of the users MongoDB holds nothing of any more."""
-    return sorted(set(user_ids) - left)
+def closable(user_ids: Iterable[int], left: set[int], visitors_of: dict[int, list[int]] | None = None) -> list[int]:
+    """The erasures that may be closed: those of the users MongoDB holds nothing of any more, nor
+    of any of their visitors (`visitors_of`: user id -> visitor ids, from the ledger)."""
+    visitors_of = visitors_of or {}
+    return sorted(u for u in set(user_ids)
+                  if u not in left and not left.intersection(visitor_people(visitors_of.get(u, []))))
+
+
+def ledger_visitors(session: Session, user_ids: Iterable[int]) -> dict[int, list[int]]:
+    """The visitor ids the `erasures` rows of these users keep (users without visitors absent)."""
+    ids = sorted(set(int(u) for u in user_ids))
+    if not ids:
+        return {}
+    rows = session.execute(select(Erasure.user_id, Erasure.visitor_ids).where(Erasure.user_id.in_(ids)))
+    return {int(user_id): [int(v) for v in visitor_ids] for user_id, visitor_ids in rows if visitor_ids}
+
+
+def ledger_people(user_ids: Iterable[int], visitors_of: dict[int, list[int]]) -> list[int]:
+    """The ids MongoDB names these erased users and their visitors by."""
+    ids = sorted(set(int(u) for u in user_ids))
+    return ids + visitor_people(v for u in ids for v in visitors_of.get(u, []))
 
 
 # How many unconfirmed erasures one reconciliation run takes on: bounded work per run whatever
@@ -277,14 +303,20 @@ def reconcile(db: Database[Document], batch: int = RECONCILE_BATCH) -> dict[str,
     # Only people still without a user row: an id in `erasures` is never reused, but be exact.
     with session_scope() as session:
         ids = missing_users(session, ids)
-    forget(db, ids)
+        visitors_of = ledger_visitors(session, ids)
+    # The visitors' events not merged yet, by the ids the ledger kept: the message that named them
+    # may be the one that was lost.
+    forget(db, ledger_people(ids, visitors_of))
     return {"erasures": len(ids), "confirmed": len(confirm(db, ids))}
 
 
 def confirm(db: Database[Document], user_ids: list[int]) -> list[int]:
     """Close the erasures of those of these users MongoDB holds nothing of any more (the worker,
-    and the reconciliation): their `erasures` rows go. Returns them."""
-    confirmed = closable(user_ids, left_in_mongodb(db, list(user_ids)))
+    and the reconciliation): their `erasures` rows go. Returns them. Their visitors count: an
+    erasure is open while MongoDB holds an event of one of the visitor ids its row keeps."""
+    with session_scope() as session:
+        visitors_of = ledger_visitors(session, user_ids)
+    confirmed = closable(user_ids, left_in_mongodb(db, ledger_people(user_ids, visitors_of)), visitors_of)
     if confirmed:
         with session_scope() as session:
             session.execute(delete(Erasure).where(Erasure.user_id.in_(confirmed)))

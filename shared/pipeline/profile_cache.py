@@ -5,8 +5,8 @@ Each user has a version in Postgres (`profile_versions`): a random token, replac
 transaction as every change to the data a profile is computed from (the worker's event batches,
 `bump`), and deleted with the user (ON DELETE CASCADE). A user whose data has not changed since
 they were created has no row yet, and the version INITIAL: it can occur only before their first
-change, so it never repeats either. Redis holds
-``<prefix>profile:<id>`` = ``<version>:<JSON profile>`` (TTL one hour): a profile and the version
+change, so it never repeats either. Redis holds ``<prefix>profile:<shape>:<id>`` =
+``<version>:<JSON profile>`` (TTL one hour; the shape: `PROFILE_SHAPE`): a profile and the version
 read *before* its data was read. A cached profile is served only when its version is the user's
 current one in Postgres, read on every hit (one primary-key read over a pooled connection).
 
@@ -69,8 +69,24 @@ def _count(name: str) -> None:
         REQUESTS.labels(name).inc()
 
 
+# The shape of the cached profile. Bump it when the profile's fields change (added, removed,
+# renamed, a different meaning): a profile cached by the code before a deploy carries the user's
+# current version all the same (no data of theirs changed), so only its key can tell it apart;
+# under the new key it is a miss, and it expires with its TTL. Erasure deletes every shape's key
+# (`shape_keys`). "s2": issue 23 added `sessions` (s1 was the unversioned key("profile", id)).
+PROFILE_SHAPE = "s2"
+_OLDER_SHAPES: tuple[str, ...] = ()  # besides the unversioned key
+
+
 def _profile_key(user_id: int) -> str:
-    return key("profile", user_id)
+    return key("profile", PROFILE_SHAPE, user_id)
+
+
+def shape_keys(user_id: int) -> list[str]:
+    """Every key the user's profile may be cached under: the current shape's, the older shapes',
+    and the unversioned one of the code before shapes (cached up to a TTL before a deploy)."""
+    return [_profile_key(user_id), *(key("profile", shape, user_id) for shape in _OLDER_SHAPES),
+            key("profile", user_id)]
 
 
 # ----------------------------------------------------------------------------- versions (Postgres)

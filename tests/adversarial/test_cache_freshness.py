@@ -14,6 +14,7 @@ import redis as redis_lib
 import requests
 
 from scripts.private_servers import ApiServer, PrivateRedis
+from shared.pipeline.profile_cache import PROFILE_SHAPE
 from tests.adversarial.redis_snapshots import roll_back, snapshot
 from tests.conftest import TEST_ENV
 from tests.fixtures import wait_for
@@ -98,7 +99,7 @@ def test_a_redis_restored_from_an_older_snapshot_never_serves_a_stale_profile(se
     buy(http, server, user_id, 250.0, spent=350.0)
     cached_hit(http, server, user_id, 350.0)
     roll_back(redis, taken)  # the profile that says 100 is back, with whatever was beside it
-    assert redis.get(f"{TEST_ENV['CACHE_PREFIX']}profile:{user_id}") is not None
+    assert redis.get(f"{TEST_ENV['CACHE_PREFIX']}profile:{PROFILE_SHAPE}:{user_id}") is not None
 
     # The restored profile is not current: computed again (or the one analytics cached since, a
     # rescoring may land meanwhile), never the one that says 100.
@@ -110,7 +111,7 @@ def test_a_redis_restored_from_an_older_snapshot_never_serves_a_stale_profile(se
 def test_an_erased_person_is_never_served_from_a_restored_cache(server, http, redis, mongo):
     user_id = customer(http, server, 120.0)
     cached_hit(http, server, user_id, 120.0)
-    key = f"{TEST_ENV['CACHE_PREFIX']}profile:{user_id}"
+    key = f"{TEST_ENV['CACHE_PREFIX']}profile:{PROFILE_SHAPE}:{user_id}"
     taken = snapshot(redis)
     assert key.encode() in taken  # the snapshot holds their cached profile
 
@@ -174,7 +175,7 @@ def test_flushall_a_restart_without_persistence_and_a_failover_never_serve_a_sta
     # and so misses the writes that come next: the cached profile that says 350.
     replica, replica_client = private_redis()
     replica_client.replicaof("127.0.0.1", primary.port)
-    key = f"{TEST_ENV['CACHE_PREFIX']}profile:{user_id}"
+    key = f"{TEST_ENV['CACHE_PREFIX']}profile:{PROFILE_SHAPE}:{user_id}"
     wait_for(lambda: replica_client.get(key) == primary_client.get(key), timeout=30, what="the replica in sync")
     replica_client.replicaof("NO", "ONE")
     buy(http, api.url, user_id, 250.0, spent=350.0)

@@ -227,3 +227,28 @@ def test_cache_hits_are_served_before_flask_with_the_views_response(services, pi
     missing = client.get("/api/users/999999999/profile")
     assert missing.status_code == 404 and missing.mimetype == "application/problem+json"
     assert len(reached_flask) == 4
+
+
+def test_a_profile_cached_in_an_older_shape_is_not_served_and_erasure_removes_every_shape(client, mongo, user_id):
+    # A deploy that adds a field to the profile (issue 23 added `sessions`) finds profiles cached by
+    # the code before it, under the user's current version: they must not be served without it.
+    import redis as redis_lib
+
+    from shared.contracts.settings import get_settings
+    from shared.infra.cache import key
+
+    wait_for(lambda: mongo.profiles.find_one({"user_id": user_id, "segment": {"$ne": None}}), what="first profile")
+    assert client.get(f"/api/users/{user_id}/profile").status_code == 200
+    version = profile_cache.current_version(user_id)
+    redis = redis_lib.Redis.from_url(get_settings().redis_url)
+    legacy = key("profile", user_id)  # where the code before the shape version cached it
+    redis.set(legacy, f"{version}:" + profile_cache.dumps({"user_id": user_id, "cached_by": "an older deploy"}))
+    for _ in range(2):
+        answer = client.get(f"/api/users/{user_id}/profile")
+        assert answer.status_code == 200 and "cached_by" not in answer.get_json()
+        assert "sessions" in answer.get_json()
+    assert redis.exists(profile_cache.profile_key(user_id)) and profile_cache.profile_key(user_id) != legacy
+
+    assert client.delete(f"/api/users/{user_id}").status_code == 202
+    wait_for(lambda: not redis.exists(legacy, profile_cache.profile_key(user_id)),
+             what="the erasure to delete the profile cached in every shape")

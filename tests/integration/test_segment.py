@@ -111,6 +111,33 @@ def test_segment_python_sdk_tracks_and_pages_a_user_into_events_and_profile(api,
     assert profile["totals"]["total_spent"] == 42.5
 
 
+def test_an_sdk_whose_clock_runs_ahead_is_corrected_and_its_stated_time_kept(api, client, write_key, mongo,
+                                                                            monkeypatch):
+    # The SDK's machine runs two days fast: its timestamp and the sentAt it stamps on the batch
+    # (segment.analytics.request, by that clock) both say so.
+    import segment.analytics.request as sdk_request
+
+    ahead = timedelta(days=2)
+
+    class FastClock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) + ahead
+
+    monkeypatch.setattr(sdk_request, "datetime", FastClock)
+    user_id = signed_up(client)
+    errors = Errors()
+    stated = datetime.now(UTC) + ahead - timedelta(minutes=5)
+    message_id = str(uuid.uuid4())
+    segment(api, write_key, errors).track(user_id=str(user_id), event="search", message_id=message_id,
+                                          timestamp=stated, properties={"query": "socks"})
+    assert errors.seen == []
+    document = wait_stored(mongo, user_id, message_id)[message_id]
+    corrected = document["timestamp"].replace(tzinfo=UTC)
+    assert abs(corrected - (datetime.now(UTC) - timedelta(minutes=5))) < timedelta(seconds=30)
+    assert abs(document["original_timestamp"].replace(tzinfo=UTC) - stated) < timedelta(milliseconds=1)
+
+
 def test_redelivered_message_ids_store_nothing_twice(api, client, write_key, mongo):
     user_id = signed_up(client)
     errors = Errors()
@@ -340,3 +367,44 @@ def test_a_visitor_tracked_by_the_segment_sdk_then_identified_is_the_users(api, 
         return profile if profile["totals"]["purchases"] == 1 and profile["totals"]["events"] >= 4 else None
 
     wait_for(profile_shows_the_visits, timeout=60, what="the profile showing the visitor's history")
+
+
+def test_a_message_refused_by_the_tracking_plan_is_listed_among_its_violations(api, client, write_key, mongo):
+    # An accepted batch answers 200 whatever it refused: the plan's violations list is where its
+    # owner sees an SDK's events that break a `refuse` entry.
+    user_id = signed_up(client)
+    event_type, probe = (f"video_{uuid.uuid4().hex[:10]}" for _ in range(2))
+    schema = {"type": "object", "required": ["video_id"], "properties": {"video_id": {"type": "string"}}}
+    for name in (event_type, probe):
+        response = client.put(f"/api/tracking-plan/event-types/{name}", json={"schema": schema,
+                                                                             "on_violation": "refuse"})
+        assert response.status_code == 201, response.get_json()
+
+    def plan_applied() -> bool:  # the API process re-reads the plan within TRACKING_PLAN_REFRESH_SECONDS
+        answer = requests.post(f"{api}/v1/track", auth=(write_key, ""), timeout=10,
+                               json={"userId": user_id, "event": probe, "properties": {}})
+        return answer.status_code == 422
+
+    wait_for(plan_applied, timeout=30, what="the API process applying the plan")
+    errors = Errors()
+    sdk = segment(api, write_key, errors, sync_mode=False, upload_size=100)
+    good, bad = str(uuid.uuid4()), str(uuid.uuid4())
+    sdk.track(user_id=str(user_id), event=event_type, message_id=good, properties={"video_id": "v1"})
+    sdk.track(user_id=str(user_id), event=event_type, message_id=bad, properties={"seconds": 3})
+    sdk.flush()
+    sdk.join()
+    assert errors.seen == []
+    wait_stored(mongo, user_id, good)
+    assert stored(mongo, user_id, bad) == []
+    listed = {v["reason"]: v for v in client.get("/api/tracking-plan/violations").get_json()["items"]
+              if v["event_type"] == event_type}
+    assert listed["metadata.video_id: required"]["refused"] == 1, listed
+    assert listed["metadata.video_id: required"]["example"]["event_id"] == bad
+    # The answer names the field as the message has it: `properties`, which is Pulse's metadata.
+    answer = requests.post(f"{api}/v1/batch", auth=(write_key, ""), timeout=10, json={"batch": [
+        {"type": "track", "userId": user_id, "event": event_type, "properties": {"seconds": 3}}]})
+    assert answer.status_code == 200, answer.text
+    assert [r["field"] for r in answer.json()["refused"]] == ["batch[0].properties.video_id"]
+    single = requests.post(f"{api}/v1/track", auth=(write_key, ""), timeout=10,
+                           json={"userId": user_id, "event": event_type, "properties": {"seconds": 3}})
+    assert single.status_code == 422 and [e["field"] for e in single.json()["errors"]] == ["properties.video_id"]

@@ -67,3 +67,6 @@ def test_an_erasure_is_closed_only_when_nothing_of_the_person_is_left():
     assert closable([1, 2], {1, 2}) == []
     assert closable([], {5}) == []
     assert closable([4, 4, 1], {9}) == [1, 4]  # each once, whatever else is left
+    # An erased user's visitors' events (not merged yet) are under the negatives of their ids.
+    assert closable([1, 2], {-7}, {1: [7, 8], 2: [9]}) == [2]
+    assert closable([1], {-9}, {1: [7]}) == [1]

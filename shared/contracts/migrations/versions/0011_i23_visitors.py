@@ -2,6 +2,8 @@
 
 A visitor's events are stored under the negative of its id until it is linked (shared.contracts.
 schemas, services.worker.storage); erasing the user erases its visitors (ON DELETE CASCADE).
+An erasure's ledger row (`erasures`) keeps the ids of the user's visitors: the reconciliation finds
+their events not merged yet by them, should the erase message never do its work.
 
 Revision ID: 0011_i23_visitors
 Revises: 0008_i21_api_jobs
@@ -9,6 +11,7 @@ Create Date: 2026-12-07
 """
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision = "0011_i23_visitors"
 down_revision = "0008_i21_api_jobs"
@@ -28,8 +31,10 @@ def upgrade() -> None:
     )
     # A user's devices (export, erasure) without a scan.
     op.create_index("ix_visitors_user_id", "visitors", ["user_id"])
+    op.add_column("erasures", sa.Column("visitor_ids", postgresql.ARRAY(sa.BigInteger()), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("erasures", "visitor_ids")
     op.drop_index("ix_visitors_user_id", table_name="visitors")
     op.drop_table("visitors")
