@@ -45,9 +45,15 @@ def assert_body_problem(response: requests.Response, status: int = 400) -> None:
 
 @pytest.mark.parametrize("opener,closer", [("[", "]"), ('{"a":', "}")], ids=["arrays", "objects"])
 def test_json_nested_100000_deep_is_a_400_on_every_json_route(api, json_routes, opener, closer):
+    from services.api.segment import BATCH_MAX_BYTES
+
     body = (opener * DEEP + "1" + closer * DEEP).encode()
     for method, path in json_routes:
         response = send(api, method, path, body)
+        if path.startswith("/v1/") and len(body) > BATCH_MAX_BYTES:
+            # Segment's API takes at most 500 KiB a request (docs/segment.md): too big before too deep.
+            assert_body_problem(response, 413)
+            continue
         assert_body_problem(response)
         assert "nested more than" in response.json()["detail"], (path, response.json())
 
