@@ -87,3 +87,109 @@ def test_segment_a_timestamp_off_the_calendar_is_refused_naming_it(http, timesta
     # A batch answers 200 with what it refused (docs/segment.md): the rest of the batch is kept.
     assert batch.status_code == 200, batch.text
     assert [r["field"] for r in batch.json()["refused"]] == ["batch[0].timestamp"]
+
+
+# --------------------------------------------------------------------------- identify, exactly once
+
+def anonymous_purchase(anonymous_id: str, price: float = 1.0, **extra) -> dict:
+    return {"event_id": extra.pop("event_id", uuid.uuid4().hex), "anonymous_id": anonymous_id,
+            "event_type": "user_purchase",
+            "metadata": {"product_id": "P-attack", "price": price, "category": "attack"}, **extra}
+
+
+def purchases_counted(user_id: int) -> int:
+    with session_scope() as session:
+        row = session.execute(text("SELECT purchases FROM customer_summaries WHERE user_id = :u"),
+                              {"u": user_id}).first()
+    return int(row.purchases) if row else 0
+
+
+def visitor_owner(anonymous_id: str) -> int | None:
+    with session_scope() as session:
+        return session.scalar(text("SELECT user_id FROM visitors WHERE anonymous_id = :a"), {"a": anonymous_id})
+
+
+def drifted(mongo, user_id: int) -> dict[str, int]:
+    """The summary tables whose rows for the user differ from a recount of its stored events."""
+    from shared.pipeline import summaries
+
+    with session_scope() as session:
+        found = {d.table: d.rows for d in summaries.check(mongo, session, [user_id]) if d.rows}
+        session.rollback()
+    return found
+
+
+@pytest.mark.parametrize("seen_before", [False, True], ids=["new-visitor", "visitor-with-events"])
+def test_one_visitor_identified_as_two_users_at_once_goes_to_exactly_one(http, mongo, seen_before):
+    """Two tabs of two people (or an attacker) identify one anonymous id at the same instant:
+    exactly one link is made, the other is a 409, and the visitor's events go to the winner only."""
+    first, second = signed_up(http), signed_up(http)
+    for _ in range(6):
+        anonymous_id = f"race-{uuid.uuid4().hex}"
+        if seen_before:
+            sent = post(http, "/api/events/batch", {"events": [anonymous_purchase(anonymous_id) for _ in range(3)]})
+            assert sent.status_code == 202, sent.text
+            wait_for(lambda: mongo.events.count_documents({"anonymous_id": anonymous_id}) == 3, timeout=60,
+                     what="the visitor's events stored")
+        barrier = threading.Barrier(4)
+        answers: list[tuple[int, requests.Response]] = []
+
+        def identify(user_id: int) -> None:
+            barrier.wait()
+            answer = post(http, "/api/identify", {"anonymous_id": anonymous_id, "user_id": user_id})
+            answers.append((user_id, answer))
+
+        threads = [threading.Thread(target=identify, args=(u,)) for u in (first, second, first, second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        codes = sorted(a.status_code for _, a in answers)
+        assert codes == [200, 200, 409, 409], [(u, a.status_code, a.text) for u, a in answers]
+        winners = {u for u, a in answers if a.status_code == 200}
+        assert len(winners) == 1
+        winner = winners.pop()
+        assert sum(a.json()["linked"] for _, a in answers if a.status_code == 200) == 1
+        assert visitor_owner(anonymous_id) == winner
+        if seen_before:
+            wait_for(lambda: mongo.events.count_documents({"anonymous_id": anonymous_id, "user_id": winner}) == 3
+                     and mongo.events.count_documents({"anonymous_id": anonymous_id}) == 3,
+                     timeout=60, what="the visitor's events merged to the winner")
+    wait_for(lambda: not drifted(mongo, first) and not drifted(mongo, second), timeout=60, what="summaries settled")
+
+
+def test_identify_racing_the_visitors_stream_counts_every_event_once(http, mongo):
+    """A visitor keeps sending purchases (anonymous only, and some carrying both ids) while it is
+    identified mid-stream: at the end every purchase is the user's, counted once, and no document
+    of the visitor is left under a negative id."""
+    user = signed_up(http)
+    anonymous_id = f"stream-{uuid.uuid4().hex}"
+    batches, per_batch = 24, 20
+    started = threading.Event()
+    failures: list[str] = []
+
+    def stream() -> None:
+        for number in range(batches):
+            events = [anonymous_purchase(anonymous_id) for _ in range(per_batch)]
+            if number % 6 == 5:  # now and then the tracker knows the user too
+                events[0] = {**events[0], "user_id": user}
+            answer = post(http, "/api/events/batch", {"events": events})
+            if answer.status_code != 202:
+                failures.append(answer.text)
+            if number == 3:
+                started.set()
+
+    sender = threading.Thread(target=stream)
+    sender.start()
+    assert started.wait(60)
+    identified = post(http, "/api/identify", {"anonymous_id": anonymous_id, "user_id": user})
+    sender.join(120)
+    assert identified.status_code == 200, identified.text
+    assert not failures, failures
+    total = batches * per_batch
+    wait_for(lambda: mongo.events.count_documents({"anonymous_id": anonymous_id, "user_id": user}) == total
+             and purchases_counted(user) == total, timeout=120,
+             what=f"{total} purchases the user's, counted")
+    assert mongo.events.count_documents({"anonymous_id": anonymous_id, "user_id": {"$lt": 0}}) == 0
+    assert purchases_counted(user) == total
+    assert not drifted(mongo, user)
