@@ -193,3 +193,197 @@ def test_identify_racing_the_visitors_stream_counts_every_event_once(http, mongo
     assert mongo.events.count_documents({"anonymous_id": anonymous_id, "user_id": {"$lt": 0}}) == 0
     assert purchases_counted(user) == total
     assert not drifted(mongo, user)
+
+
+# --------------------------------------------------------------------------- odd ids, never a 500
+
+ODD_ANONYMOUS_IDS = ["12", "-1", "0", "1e3", "١٢", "x" * 200, "émilie 🍪", "a\u2028b", "$where", "a.b",
+                     "  padded  ", "null", "true", "[]"]
+
+
+@pytest.mark.parametrize("anonymous_id", ODD_ANONYMOUS_IDS)
+def test_an_odd_but_printable_anonymous_id_is_its_own_visitor(http, mongo, anonymous_id):
+    """An anonymous id that looks like a number, a user id, an operator or a path is just text: its
+    events are stored under its own visitor (never as user 12), identify links it, and it merges."""
+    stem = f"{anonymous_id}"[:150] + uuid.uuid4().hex[:8] if len(anonymous_id) > 190 else anonymous_id
+    event_id = uuid.uuid4().hex
+    sent = post(http, "/api/events/batch", {"events": [anonymous_purchase(stem, event_id=event_id)]})
+    assert sent.status_code == 202, sent.text
+    stripped = stem.strip()
+    wait_for(lambda: mongo.events.find_one({"event_id": event_id}), timeout=60, what="stored")
+    stored = mongo.events.find_one({"event_id": event_id})
+    assert stored["anonymous_id"] == stripped
+    assert stored["user_id"] < 0 or visitor_owner(stripped) == stored["user_id"]
+
+
+@pytest.mark.parametrize("anonymous_id", ["", "   ", "x" * 201, "a\x00b", "a\nb", "\x7f", "a\tb"])
+def test_an_unusable_anonymous_id_is_a_422_naming_it(http, anonymous_id):
+    user = signed_up(http)
+    for path, body, where in [
+        ("/api/events", {"event_type": "page_view", "anonymous_id": anonymous_id}, "anonymous_id"),
+        ("/api/events/batch", {"events": [{"event_type": "page_view", "anonymous_id": anonymous_id}]},
+         "events[0].anonymous_id"),
+        ("/api/identify", {"anonymous_id": anonymous_id, "user_id": user}, "anonymous_id"),
+    ]:
+        answer = post(http, path, body)
+        assert answer.status_code == 422, (path, answer.text)
+        assert any(where in f for f in fields(answer)), (path, answer.text)
+
+
+@pytest.mark.parametrize("user_id", ["0", "-1", "1e3", "١٢", "12.0", "0x1f", 2**31, 0, -5, 12.5, True, "99999999999"])
+def test_segment_a_user_id_that_is_not_a_pulse_id_is_refused_naming_userid(http, user_id):
+    answer = post(http, "/v1/track", {"userId": user_id, "event": "Odd User"})
+    assert answer.status_code == 422, answer.text
+    assert fields(answer) == {"userId"}, answer.text
+
+
+def test_segment_a_batch_repeating_message_ids_with_other_content_stores_the_first_only(http, mongo):
+    user = signed_up(http)
+    message_id = f"m-{uuid.uuid4().hex}"
+    batch = [{"type": "track", "userId": str(user), "event": "Repeat", "messageId": message_id,
+              "properties": {"n": n}} for n in range(100)]
+    answer = post(http, "/v1/batch", {"batch": batch})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"] == 1, answer.text
+    assert len(answer.json()["refused"]) == 99
+    wait_for(lambda: mongo.events.find_one({"user_id": user, "event_id": message_id}), timeout=60, what="stored")
+    assert [d["metadata"] for d in mongo.events.find({"user_id": user, "event_id": message_id})] == [{"n": 0}]
+
+
+@pytest.mark.parametrize("metadata", [
+    {"$where": "1"}, {"a.b": 1}, {"a": {"$gt": 1}}, {"a": {"b.c": 1}}, {"": 1}, {"k" * 65: 1},
+    {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}, {f"k{i}": i for i in range(51)},
+    {"big": "x" * 33_000}, {"a\x00": 1},
+], ids=["dollar", "dot", "nested-dollar", "nested-dot", "empty", "long-key", "depth-6", "51-keys", "over-32k", "nul"])
+def test_custom_metadata_that_could_steer_mongodb_is_a_422(http, metadata):
+    answer = post(http, "/api/events/batch", {"events": [
+        {"event_type": "odd_metadata", "anonymous_id": "meta-attack", "metadata": metadata}]})
+    assert answer.status_code == 422, answer.text
+    assert any(f.startswith("events[0].metadata") for f in fields(answer)), answer.text
+
+
+def test_custom_metadata_at_the_limits_is_stored_as_sent(http, mongo):
+    event_id = uuid.uuid4().hex
+    nested = {"a": {"b": {"c": {"d": {"e": 1}}}}, "arr": [[1] * 1000], "long": list(range(1000)), "u": "é🍪"}
+    answer = post(http, "/api/events/batch", {"events": [
+        {"event_id": event_id, "event_type": "odd_metadata", "anonymous_id": "meta-limits", "metadata": nested}]})
+    assert answer.status_code == 202, answer.text
+    wait_for(lambda: mongo.events.find_one({"event_id": event_id}), timeout=60, what="stored")
+    assert mongo.events.find_one({"event_id": event_id})["metadata"] == nested
+
+
+# --------------------------------------------------------------------------- the merge, killed
+
+MANY = 2_500  # three merge pages of 1,000
+
+
+def visitor_with_purchases(http, mongo, count: int) -> tuple[str, int]:
+    """A visitor with `count` stored purchases, under its negative id: (anonymous id, visitor id)."""
+    anonymous_id = f"many-{uuid.uuid4().hex}"
+    for start in range(0, count, 1000):
+        sent = post(http, "/api/events/batch", {"events": [
+            anonymous_purchase(anonymous_id, event_id=f"e{n:06d}", timestamp="2026-05-01T10:00:00+00:00")
+            for n in range(start, min(start + 1000, count))]})
+        assert sent.status_code == 202, sent.text
+    wait_for(lambda: mongo.events.count_documents({"anonymous_id": anonymous_id, "user_id": {"$lt": 0}}) == count,
+             timeout=120, what="the visitor's events stored")
+    with session_scope() as session:
+        visitor_id = int(session.scalar(text("SELECT id FROM visitors WHERE anonymous_id = :a"), {"a": anonymous_id}))
+    return anonymous_id, visitor_id
+
+
+def link_without_merge(anonymous_id: str, user_id: int) -> None:
+    """The link as identify commits it, without its outbox row: the test delivers the merge itself,
+    to a worker it can kill (the run's workers never see it)."""
+    with session_scope() as session:
+        session.execute(text("UPDATE visitors SET user_id = :u, linked_at = now() WHERE anonymous_id = :a"),
+                        {"u": user_id, "a": anonymous_id})
+
+
+def blocked_counting(observer) -> bool:
+    return observer.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                            "AND query LIKE 'INSERT INTO applied_batches%%'").fetchone()[0] >= 1
+
+
+@pytest.fixture()
+def killable():
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from shared.contracts.settings import Settings
+    from shared.infra.celery_app import create_celery_app
+    from tests.conftest import TEST_ENV
+    from tests.helpers import KillableWorker
+
+    pg = make_url(TEST_ENV["DATABASE_URL"]).set(drivername="postgresql").render_as_string(hide_password=False)
+    publisher = create_celery_app("pulse-test-merge-kill", settings=Settings(queue_prefix=KillableWorker.prefix))
+    worker = KillableWorker()
+    try:
+        yield worker, publisher, lambda: psycopg.connect(pg)
+    finally:
+        worker.stop()
+
+
+def test_a_merge_of_several_pages_killed_and_redelivered_counts_each_event_once(http, mongo, killable):
+    """The worker merging a visitor of 2,500 events is SIGKILLed after storing the user's copies of
+    the first page, before counting them; the broker redelivers the merge, and later a second copy of
+    the message arrives too. Every purchase ends the user's, counted once; none is left under the
+    visitor's negative id."""
+    from shared.contracts.topology import MERGE_VISITOR, STORE_EVENTS
+
+    worker, publisher, connect = killable
+    user = signed_up(http)
+    anonymous_id, visitor_id = visitor_with_purchases(http, mongo, MANY)
+    link_without_merge(anonymous_id, user)
+    with connect() as blocker, connect() as observer:
+        blocker.execute("LOCK TABLE applied_batches IN ACCESS EXCLUSIVE MODE")
+        worker.start(publisher)
+        try:
+            publisher.send_task(MERGE_VISITOR, kwargs={"visitor_id": visitor_id, "user_id": user})
+            wait_for(lambda: mongo.events.count_documents({"user_id": user, "anonymous_id": anonymous_id}) == 1000
+                     and blocked_counting(observer), timeout=60, what="the first page's copies stored, not counted")
+            worker.kill()
+        finally:
+            blocker.rollback()
+    assert purchases_counted(user) == 0
+    worker.start(publisher)  # the broker redelivers the unacknowledged merge
+    wait_for(lambda: purchases_counted(user) == MANY, timeout=120, what="the redelivered merge counted")
+    publisher.send_task(MERGE_VISITOR, kwargs={"visitor_id": visitor_id, "user_id": user})  # a second delivery
+    marker = {"event_id": "marker", "user_id": user, "event_type": "user_purchase",
+              "timestamp": "2026-05-02T10:00:00+00:00", "received_at": None,
+              "metadata": {"product_id": "P-attack", "price": 1.0, "category": "attack"}, "geo": None}
+    publisher.send_task(STORE_EVENTS, kwargs={"events": [marker]})  # behind it, in the same queue
+    wait_for(lambda: purchases_counted(user) == MANY + 1, timeout=60, what="the marker counted")
+    assert mongo.events.count_documents({"user_id": -visitor_id}) == 0
+    assert mongo.events.count_documents({"user_id": user, "anonymous_id": anonymous_id}) == MANY
+    assert not drifted(mongo, user)
+
+
+def test_erasing_the_user_while_its_visitors_merge_is_in_flight_leaves_nothing(http, mongo, killable):
+    """The erasure commits while a merge holds the user's copies of a page, uncounted: once both are
+    done nothing of the person is left, neither under the user nor under the visitor's negative id,
+    nor a `visitors` row."""
+    from shared.contracts.topology import MERGE_VISITOR
+
+    worker, publisher, connect = killable
+    user = signed_up(http)
+    anonymous_id, visitor_id = visitor_with_purchases(http, mongo, 1_500)
+    link_without_merge(anonymous_id, user)
+    with connect() as blocker, connect() as observer:
+        blocker.execute("LOCK TABLE applied_batches IN ACCESS EXCLUSIVE MODE")
+        worker.start(publisher)
+        publisher.send_task(MERGE_VISITOR, kwargs={"visitor_id": visitor_id, "user_id": user})
+        try:
+            wait_for(lambda: mongo.events.count_documents({"user_id": user, "anonymous_id": anonymous_id}) == 1000
+                     and blocked_counting(observer), timeout=60, what="the merge's first page stored, not counted")
+            erased = http.delete(f"{http.base}/api/users/{user}", timeout=60)
+        finally:
+            blocker.rollback()
+    assert erased.status_code in (200, 202, 204), erased.text
+    wait_for(lambda: mongo.events.count_documents({"anonymous_id": anonymous_id}) == 0
+             and mongo.events.count_documents({"user_id": user}) == 0, timeout=120,
+             what="every event of the person gone")
+    assert visitor_owner(anonymous_id) is None
+    with session_scope() as session:
+        assert session.scalar(text("SELECT count(*) FROM visitors WHERE anonymous_id = :a"), {"a": anonymous_id}) == 0
+    assert purchases_counted(user) == 0
