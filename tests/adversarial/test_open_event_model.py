@@ -119,42 +119,51 @@ def drifted(mongo, user_id: int) -> dict[str, int]:
     return found
 
 
+def identify_at_once(http, anonymous_id: str, user_ids: list[int]) -> list[tuple[int, requests.Response]]:
+    """POST /api/identify of `anonymous_id` for each user, from as many threads released together."""
+    barrier = threading.Barrier(len(user_ids))
+    answers: list[tuple[int, requests.Response]] = []
+
+    def identify(user_id: int) -> None:
+        barrier.wait()
+        answers.append((user_id, post(http, "/api/identify", {"anonymous_id": anonymous_id, "user_id": user_id})))
+
+    threads = [threading.Thread(target=identify, args=(u,)) for u in user_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return answers
+
+
+def race_round(http, mongo, first: int, second: int, seen_before: bool) -> None:
+    anonymous_id = f"race-{uuid.uuid4().hex}"
+    if seen_before:
+        sent = post(http, "/api/events/batch", {"events": [anonymous_purchase(anonymous_id) for _ in range(3)]})
+        assert sent.status_code == 202, sent.text
+        wait_for(lambda: mongo.events.count_documents({"anonymous_id": anonymous_id}) == 3, timeout=60,
+                 what="the visitor's events stored")
+    answers = identify_at_once(http, anonymous_id, [first, second, first, second])
+    codes = sorted(a.status_code for _, a in answers)
+    assert codes == [200, 200, 409, 409], [(u, a.status_code, a.text) for u, a in answers]
+    winners = {u for u, a in answers if a.status_code == 200}
+    assert len(winners) == 1
+    winner = winners.pop()
+    assert sum(a.json()["linked"] for _, a in answers if a.status_code == 200) == 1
+    assert visitor_owner(anonymous_id) == winner
+    if seen_before:
+        wait_for(lambda: mongo.events.count_documents({"anonymous_id": anonymous_id, "user_id": winner}) == 3
+                 and mongo.events.count_documents({"anonymous_id": anonymous_id}) == 3,
+                 timeout=60, what="the visitor's events merged to the winner")
+
+
 @pytest.mark.parametrize("seen_before", [False, True], ids=["new-visitor", "visitor-with-events"])
 def test_one_visitor_identified_as_two_users_at_once_goes_to_exactly_one(http, mongo, seen_before):
     """Two tabs of two people (or an attacker) identify one anonymous id at the same instant:
     exactly one link is made, the other is a 409, and the visitor's events go to the winner only."""
     first, second = signed_up(http), signed_up(http)
     for _ in range(6):
-        anonymous_id = f"race-{uuid.uuid4().hex}"
-        if seen_before:
-            sent = post(http, "/api/events/batch", {"events": [anonymous_purchase(anonymous_id) for _ in range(3)]})
-            assert sent.status_code == 202, sent.text
-            wait_for(lambda: mongo.events.count_documents({"anonymous_id": anonymous_id}) == 3, timeout=60,
-                     what="the visitor's events stored")
-        barrier = threading.Barrier(4)
-        answers: list[tuple[int, requests.Response]] = []
-
-        def identify(user_id: int) -> None:
-            barrier.wait()
-            answer = post(http, "/api/identify", {"anonymous_id": anonymous_id, "user_id": user_id})
-            answers.append((user_id, answer))
-
-        threads = [threading.Thread(target=identify, args=(u,)) for u in (first, second, first, second)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-        codes = sorted(a.status_code for _, a in answers)
-        assert codes == [200, 200, 409, 409], [(u, a.status_code, a.text) for u, a in answers]
-        winners = {u for u, a in answers if a.status_code == 200}
-        assert len(winners) == 1
-        winner = winners.pop()
-        assert sum(a.json()["linked"] for _, a in answers if a.status_code == 200) == 1
-        assert visitor_owner(anonymous_id) == winner
-        if seen_before:
-            wait_for(lambda: mongo.events.count_documents({"anonymous_id": anonymous_id, "user_id": winner}) == 3
-                     and mongo.events.count_documents({"anonymous_id": anonymous_id}) == 3,
-                     timeout=60, what="the visitor's events merged to the winner")
+        race_round(http, mongo, first, second, seen_before)
     wait_for(lambda: not drifted(mongo, first) and not drifted(mongo, second), timeout=60, what="summaries settled")
 
 
@@ -387,3 +396,33 @@ def test_erasing_the_user_while_its_visitors_merge_is_in_flight_leaves_nothing(h
     with session_scope() as session:
         assert session.scalar(text("SELECT count(*) FROM visitors WHERE anonymous_id = :a"), {"a": anonymous_id}) == 0
     assert purchases_counted(user) == 0
+
+
+# --------------------------------------------------------------------------- the tracking plan's violations
+
+def violation_reasons(http, event_type: str) -> list[str]:
+    answer = http.get(f"{http.base}/api/tracking-plan/violations", timeout=60)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    rows = body if isinstance(body, list) else next(v for v in body.values() if isinstance(v, list))
+    return [row["reason"] for row in rows if row["event_type"] == event_type]
+
+
+def test_violation_reasons_do_not_multiply_with_the_keys_a_client_makes_up(http):
+    """docs/tracking-plan.md: a reason is "never a value a client sent, so rows do not multiply with
+    traffic". A plan whose properties are open (`additionalProperties`, `patternProperties`) puts
+    the client's own keys on the error path: a key per person (a name, an e-mail turned into a key)
+    or a key per request would make a row per key, kept for ever and not erasable."""
+    event_type = f"open_{uuid.uuid4().hex[:8]}"
+    put = http.put(f"{http.base}/api/tracking-plan/event-types/{event_type}", timeout=60, json={
+        "schema": {"type": "object", "additionalProperties": {"type": "integer"},
+                   "patternProperties": {"^p_": {"type": "object", "additionalProperties": {"type": "integer"}}}},
+        "on_violation": "flag"})
+    assert put.status_code in (200, 201), put.text
+    events = [{"event_type": event_type, "anonymous_id": f"keys-{n}",
+               "metadata": {f"ivan_petrov_{n}_example_com": "x", "p_x": {f"olena_{n}": "y"}}} for n in range(20)]
+    sent = post(http, "/api/events/batch", {"events": events})
+    assert sent.status_code == 202, sent.text
+    reasons = violation_reasons(http, event_type)
+    assert len(reasons) <= 2, reasons
+    assert sorted(reasons) == ["metadata.*.*: type", "metadata.*: type"], reasons
