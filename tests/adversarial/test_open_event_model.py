@@ -426,3 +426,99 @@ def test_violation_reasons_do_not_multiply_with_the_keys_a_client_makes_up(http)
     reasons = violation_reasons(http, event_type)
     assert len(reasons) <= 2, reasons
     assert sorted(reasons) == ["metadata.*.*: type", "metadata.*: type"], reasons
+
+
+def test_an_erased_persons_visitor_leaves_no_example_of_its_violations(http, mongo):
+    """A visitor's flagged event quotes what it sent in the violation's example; the visitor is
+    identified, the user erased: the example must go with the person (docs/erasure.md,
+    docs/tracking-plan.md), as must every event of the visitor."""
+    event_type = f"quote_{uuid.uuid4().hex[:8]}"
+    put = http.put(f"{http.base}/api/tracking-plan/event-types/{event_type}", timeout=60, json={
+        "schema": {"type": "object", "properties": {"code": {"type": "integer"}}}, "on_violation": "flag"})
+    assert put.status_code in (200, 201), put.text
+    secret = f"olena.{uuid.uuid4().hex[:6]}@example.com"
+    anonymous_id = f"quoted-{uuid.uuid4().hex}"
+    sent = post(http, "/api/events/batch", {"events": [
+        {"event_type": event_type, "anonymous_id": anonymous_id, "metadata": {"code": secret}}]})
+    assert sent.status_code == 202, sent.text
+    wait_for(lambda: mongo.events.find_one({"anonymous_id": anonymous_id}), timeout=60, what="stored")
+    assert secret in str(http.get(f"{http.base}/api/tracking-plan/violations", timeout=60).json())
+    user = signed_up(http)
+    assert post(http, "/api/identify", {"anonymous_id": anonymous_id, "user_id": user}).status_code == 200
+    wait_for(lambda: mongo.events.find_one({"anonymous_id": anonymous_id, "user_id": user}), timeout=60,
+             what="merged")
+    erased = http.delete(f"{http.base}/api/users/{user}", timeout=60)
+    assert erased.status_code in (200, 202, 204), erased.text
+    wait_for(lambda: secret not in str(http.get(f"{http.base}/api/tracking-plan/violations", timeout=60).json())
+             and not mongo.events.find_one({"anonymous_id": anonymous_id}), timeout=60,
+             what="the example and the events erased")
+
+
+# --------------------------------------------------------------------------- Segment's /v1, the edges
+
+def key_with(scopes: list[str]) -> tuple[str, str]:
+    from shared.infra import api_keys
+
+    with session_scope() as session:
+        created, secret = api_keys.create(session, scopes, name="attack")
+        return str(getattr(created, "id", created)), secret
+
+
+def test_segment_basic_auth_with_a_read_key_or_a_revoked_key_stores_nothing(api, pipeline, http, mongo):
+    user = signed_up(http)
+    _, read_key = key_with(["read"])
+    key_id, ingest_key = key_with(["ingest"])
+    message_id = f"m-{uuid.uuid4().hex}"
+    message = {"userId": str(user), "event": "Scoped", "messageId": message_id}
+    read = requests.post(f"{api}/v1/track", auth=(read_key, ""), json=message, timeout=30)
+    assert read.status_code == 403, read.text
+    assert read.json().get("code"), read.text
+    revoked = http.delete(f"{http.base}/api/keys/{key_id}", timeout=30)
+    assert revoked.status_code in (200, 204), revoked.text
+    after = requests.post(f"{api}/v1/batch", auth=(ingest_key, ""), json={"batch": [message]}, timeout=30)
+    assert after.status_code == 401, after.text
+    in_body = requests.post(f"{api}/v1/batch", json={"batch": [message], "writeKey": ingest_key}, timeout=30)
+    assert in_body.status_code == 401, in_body.text
+    assert mongo.events.find_one({"event_id": message_id}) is None
+
+
+def test_segment_text_plain_with_a_bom_is_read_as_json(api, pipeline, http, mongo):
+    """analytics.js sends text/plain; a proxy or an old client may prefix a UTF-8 BOM: read it, or
+    refuse it as a 400, never a 500."""
+    user = signed_up(http)
+    _, key = key_with(["ingest"])
+    message_id = f"m-{uuid.uuid4().hex}"
+    body = ("\ufeff" + f'{{"userId": "{user}", "event": "Bom", "messageId": "{message_id}"}}').encode()
+    answer = requests.post(f"{api}/v1/t", auth=(key, ""), data=body, timeout=30,
+                           headers={"Content-Type": "text/plain;charset=UTF-8"})
+    assert answer.status_code in (200, 400), answer.text
+    latin = requests.post(f"{api}/v1/t", auth=(key, ""), data=b'{"userId": "\xff\xfe"}', timeout=30,
+                          headers={"Content-Type": "text/plain"})
+    assert 400 <= latin.status_code < 500, latin.text
+
+
+# --------------------------------------------------------------------------- the merge is not an ingestion
+
+def test_a_merge_is_not_ingested_again_in_the_lag_histogram_or_the_stored_total(http, mongo):
+    """docs/metrics.md: the ingestion lag is, per stored event, the time from the API receiving it to
+    the worker storing it, and `_count` grows as `pulse_events_stored_total`. A visitor's events are
+    observed when first stored; the merge that moves them to the user (maybe days later, at the
+    signup) must not observe them again: 1,000 events of a week-old visitor would each add a lag of
+    a week, and the stored total would count them twice."""
+    from shared.infra import counters, ingestion_lag
+
+    user = signed_up(http)
+    anonymous_id = f"lag-{uuid.uuid4().hex}"
+    sent = post(http, "/api/events/batch", {"events": [anonymous_purchase(anonymous_id) for _ in range(40)]})
+    assert sent.status_code == 202, sent.text
+    wait_for(lambda: mongo.events.count_documents({"anonymous_id": anonymous_id}) == 40
+             and mongo.events.find_one({"user_id": user, "event_type": "user_created"})
+             and purchases_counted(user) == 0 and not drifted(mongo, user), timeout=60, what="stored")
+
+    def totals() -> tuple[int, int]:
+        return ingestion_lag.read().count, counters.read().get(counters.EVENTS_STORED, 0)
+
+    before = totals()
+    assert post(http, "/api/identify", {"anonymous_id": anonymous_id, "user_id": user}).status_code == 200
+    wait_for(lambda: purchases_counted(user) == 40, timeout=60, what="merged and counted")
+    assert totals() == before
