@@ -522,3 +522,30 @@ def test_a_merge_is_not_ingested_again_in_the_lag_histogram_or_the_stored_total(
     assert post(http, "/api/identify", {"anonymous_id": anonymous_id, "user_id": user}).status_code == 200
     wait_for(lambda: purchases_counted(user) == 40, timeout=60, what="merged and counted")
     assert totals() == before
+
+
+def test_one_event_id_from_a_visitor_its_user_and_a_second_device_is_one_event(http, mongo):
+    """A tracker counting its own ids (`order-1` on every device) sends `order-1` as a visitor, as the
+    user, and from a second device; both devices are identified to the user. The user has one
+    `order-1`, counted once, and nothing is left under either visitor's negative id."""
+    user = signed_up(http)
+    phone, laptop = f"phone-{uuid.uuid4().hex}", f"laptop-{uuid.uuid4().hex}"
+    for body in ({"events": [anonymous_purchase(phone, 100.0, event_id="order-1")]},
+                 {"events": [anonymous_purchase(laptop, 7.0, event_id="order-1")]},
+                 {"events": [{**anonymous_purchase(phone, 5.0, event_id="order-1"), "anonymous_id": None}]}):
+        events = [{k: v for k, v in e.items() if v is not None} for e in body["events"]]
+        if "anonymous_id" not in events[0]:
+            events[0]["user_id"] = user
+        answer = post(http, "/api/events/batch", {"events": events})
+        assert answer.status_code == 202, answer.text
+    wait_for(lambda: mongo.events.count_documents({"event_id": "order-1", "$or": [
+        {"anonymous_id": {"$in": [phone, laptop]}}, {"user_id": user}]}) == 3 and purchases_counted(user) == 1,
+        timeout=60, what="all three stored, the user's counted")
+    for anonymous_id in (phone, laptop):
+        assert post(http, "/api/identify", {"anonymous_id": anonymous_id, "user_id": user}).status_code == 200
+    wait_for(lambda: mongo.events.count_documents({"anonymous_id": {"$in": [phone, laptop]},
+                                                   "user_id": {"$lt": 0}}) == 0,
+             timeout=60, what="both visitors merged")
+    assert mongo.events.count_documents({"user_id": user, "event_id": "order-1"}) == 1
+    assert purchases_counted(user) == 1
+    wait_for(lambda: not drifted(mongo, user), timeout=30, what="no drift")
