@@ -133,16 +133,32 @@ def store_batch(db, batch_id: str, docs: list[dict[str, Any]], schedule_rescore:
         if resolve_visitors else []
     if not anonymous:
         return _store(db, batch_id, docs, schedule_rescore, None, ingested)
-    with session_scope() as session:
-        visitors.ensure(session, anonymous)  # committed on its own: the batch's transaction only locks
-    with session_scope() as session:
-        linking = any(doc.get("user_id") is not None and doc.get("anonymous_id") is not None for doc in docs)
-        rows = visitors.lock(session, anonymous, for_update=linking)
-        for anonymous_id, user_id in visitors.plan_links(docs, rows).items():
-            if visitors.link_locked(session, rows[anonymous_id], user_id):
-                rows[anonymous_id] = visitors.VisitorRow(rows[anonymous_id].id, user_id)
-        result = _store(db, batch_id, visitors.resolve(docs, rows), schedule_rescore, session, ingested)
+    linking = any(doc.get("user_id") is not None and doc.get("anonymous_id") is not None for doc in docs)
+    for attempt in range(1, _ENSURE_ATTEMPTS + 1):
+        with session_scope() as session:
+            visitors.ensure(session, anonymous)  # committed on its own: the batch's transaction only locks
+        with session_scope() as session:
+            rows = visitors.lock(session, anonymous, for_update=linking)
+            if len(rows) == len(anonymous):
+                for anonymous_id, user_id in visitors.plan_links(docs, rows).items():
+                    if visitors.link_locked(session, rows[anonymous_id], user_id):
+                        rows[anonymous_id] = visitors.VisitorRow(rows[anonymous_id].id, user_id)
+                result = _store(db, batch_id, visitors.resolve(docs, rows), schedule_rescore, session, ingested)
+                break
+        # An erasure of a visitor's user deleted its row between the two transactions: ensure it
+        # again (a new, unlinked visitor, as an id sent after the erasure is), rather than a
+        # KeyError, which dead-lettered the whole batch and other people's events with it.
+        if attempt == _ENSURE_ATTEMPTS:
+            raise VisitorRowsVanished(sorted(set(anonymous) - set(rows)))
     return _after_commit(db, result, schedule_rescore)
+
+
+# Each lost row is one erasure of the user it was linked to, and a row made again is unlinked.
+_ENSURE_ATTEMPTS = 3
+
+
+class VisitorRowsVanished(RuntimeError):
+    """Visitors' rows deleted again and again between ensure and lock."""
 
 
 def _store(db, batch_id: str, docs: list[dict[str, Any]], schedule_rescore: Callable[[float], None],
