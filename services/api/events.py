@@ -193,7 +193,12 @@ def _correct_clock(events, messages: list[dict[str, Any]], received_at: datetime
             continue  # dated received_at already
         moment = event.timestamp
         if sent_at is not None:
-            moment = moment + (received_at - sent_at)
+            try:
+                moment = moment + (received_at - sent_at)
+            except OverflowError:  # a sent_at and a timestamp millennia apart leave the calendar
+                errors.append(FieldProblem(field=_field(events, i, "timestamp"),
+                                           message="timestamp is too far from sent_at to be dated"))
+                continue
             message["original_timestamp"] = event.timestamp.isoformat()
             message["timestamp"] = moment.isoformat()
         if moment > received_at + MAX_CLOCK_SKEW:

@@ -249,15 +249,22 @@ def _violations(entry: PlanEntry, metadata: dict[str, Any]) -> list[Violation]:
     found: list[Violation] = []
     for error in entry.validator.iter_errors(metadata):
         parts: list[str | int] = list(error.instance_path)
-        keyword = str(error.schema_path[-1]) if error.schema_path else "schema"
+        schema_path = [str(step) for step in error.schema_path]
+        keyword = schema_path[-1] if schema_path else "schema"
+        # The keys the plan names (`properties`, `required`): only those appear in the reason.
+        named = {step for before, step in zip(schema_path, schema_path[1:], strict=False) if before == "properties"}
         if keyword == "required":
             # The error is reported at the object; the field is the property that is missing.
             missing = getattr(error.kind, "property", None)
             if isinstance(missing, str):
                 parts.append(missing)
+                named.add(missing)
         field = _field(parts, "metadata")
-        # Indices as [*]: the reason is a rule of the plan, not one per position a client sent.
-        general = "metadata" + "".join("[*]" if isinstance(part, int) else f".{part}" for part in parts)
+        # Indices as [*], and keys the plan does not name (`additionalProperties`, `patternProperties`:
+        # the client's own, a person's name turned into a key) as .*: the reason is a rule of the
+        # plan, not one row per position or key a client sent, and never the client's text.
+        general = "metadata" + "".join(
+            "[*]" if isinstance(part, int) else f".{part}" if part in named else ".*" for part in parts)
         found.append(Violation(field, f"{general}: {keyword}"[:REASON_MAX], error.message[:EXAMPLE_MESSAGE_MAX]))
         if len(found) == MAX_VIOLATIONS_PER_EVENT:
             break

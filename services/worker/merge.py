@@ -59,8 +59,10 @@ def merge_visitor(db: Database[Document], visitor_id: int, user_id: int, schedul
         page = list(db[EVENTS].find({"user_id": -visitor_id}).sort("event_id", 1).limit(page_size))
         if not page:
             break
+        # Not an ingestion: the visitor's events were counted as stored, and their lag observed,
+        # when they arrived; their copies count in the summaries only.
         stored = store_batch(db, batch_id(visitor_id, page), copies(page, user_id), schedule_rescore,
-                             resolve_visitors=False)
+                             resolve_visitors=False, ingested=False)
         if stored.gone:
             # The user was erased meanwhile: store_batch deleted the copies; the visitor's own
             # documents go too (the erasure's message names the visitor as well).

@@ -36,6 +36,9 @@ class Stored:
     # this call inserted: observed once the batch committed, so the histogram's count grows as
     # pulse_events_stored does.
     lags: tuple[float, ...] = ()
+    # False for the merge's copies (services.worker.merge): events stored and observed already,
+    # under their visitor; moving them is not an ingestion (neither stored total nor lag again).
+    ingested: bool = True
 
 
 def insert_events(
@@ -114,7 +117,7 @@ def owned(unique: list[dict], duplicates: set[int], stored: dict[event_identity.
 
 
 def store_batch(db, batch_id: str, docs: list[dict[str, Any]], schedule_rescore: Callable[[float], None],
-                resolve_visitors: bool = True) -> Stored:
+                resolve_visitors: bool = True, ingested: bool = True) -> Stored:
     """Store event documents (`event_id`, `user_id`, `event_type`, `timestamp` as a datetime, ...)
     as one batch. Safe to repeat with the same `batch_id` and documents: nothing is stored or
     counted twice, and what a killed attempt left half-done is completed.
@@ -124,25 +127,42 @@ def store_batch(db, batch_id: str, docs: list[dict[str, Any]], schedule_rescore:
     until the summaries commit, so an identify waits for this batch, and a batch after it reads its
     link. An anonymous-only event is stored as its visitor's user's when linked, else under the
     negative of the visitor's id; an event with both ids links an unlinked visitor to its user.
-    `resolve_visitors=False` (the merge: its copies carry their user already) skips all of that."""
+    `resolve_visitors=False` (the merge: its copies carry their user already) skips all of that;
+    `ingested=False` (the merge too) keeps the copies out of the stored total and the ingestion lag."""
     anonymous = sorted({str(doc["anonymous_id"]) for doc in docs if doc.get("anonymous_id") is not None}) \
         if resolve_visitors else []
     if not anonymous:
-        return _store(db, batch_id, docs, schedule_rescore, None)
-    with session_scope() as session:
-        visitors.ensure(session, anonymous)  # committed on its own: the batch's transaction only locks
-    with session_scope() as session:
-        linking = any(doc.get("user_id") is not None and doc.get("anonymous_id") is not None for doc in docs)
-        rows = visitors.lock(session, anonymous, for_update=linking)
-        for anonymous_id, user_id in visitors.plan_links(docs, rows).items():
-            if visitors.link_locked(session, rows[anonymous_id], user_id):
-                rows[anonymous_id] = visitors.VisitorRow(rows[anonymous_id].id, user_id)
-        result = _store(db, batch_id, visitors.resolve(docs, rows), schedule_rescore, session)
+        return _store(db, batch_id, docs, schedule_rescore, None, ingested)
+    linking = any(doc.get("user_id") is not None and doc.get("anonymous_id") is not None for doc in docs)
+    for attempt in range(1, _ENSURE_ATTEMPTS + 1):
+        with session_scope() as session:
+            visitors.ensure(session, anonymous)  # committed on its own: the batch's transaction only locks
+        with session_scope() as session:
+            rows = visitors.lock(session, anonymous, for_update=linking)
+            if len(rows) == len(anonymous):
+                for anonymous_id, user_id in visitors.plan_links(docs, rows).items():
+                    if visitors.link_locked(session, rows[anonymous_id], user_id):
+                        rows[anonymous_id] = visitors.VisitorRow(rows[anonymous_id].id, user_id)
+                result = _store(db, batch_id, visitors.resolve(docs, rows), schedule_rescore, session, ingested)
+                break
+        # An erasure of a visitor's user deleted its row between the two transactions: ensure it
+        # again (a new, unlinked visitor, as an id sent after the erasure is), rather than a
+        # KeyError, which dead-lettered the whole batch and other people's events with it.
+        if attempt == _ENSURE_ATTEMPTS:
+            raise VisitorRowsVanished(sorted(set(anonymous) - set(rows)))
     return _after_commit(db, result, schedule_rescore)
 
 
+# Each lost row is one erasure of the user it was linked to, and a row made again is unlinked.
+_ENSURE_ATTEMPTS = 3
+
+
+class VisitorRowsVanished(RuntimeError):
+    """Visitors' rows deleted again and again between ensure and lock."""
+
+
 def _store(db, batch_id: str, docs: list[dict[str, Any]], schedule_rescore: Callable[[float], None],
-           session: Session | None) -> Stored:
+           session: Session | None, ingested: bool = True) -> Stored:
     """Insert and apply the resolved documents (every `user_id` an int), in `session` (the caller
     commits, then calls `_after_commit`) or in a transaction of its own."""
     # Only users enter the summaries, the profile versions and the rescoring: a visitor's events
@@ -160,7 +180,7 @@ def _store(db, batch_id: str, docs: list[dict[str, Any]], schedule_rescore: Call
     counted = time.perf_counter()
     result = Stored(len(docs), len(inserted), applied, len(user_ids), gone,
                     round((stored - started) * 1000, 1), round((counted - stored) * 1000, 1), tuple(user_ids),
-                    tuple(ingestion_lag.lags(inserted, datetime.now(UTC))))
+                    tuple(ingestion_lag.lags(inserted, datetime.now(UTC))) if ingested else (), ingested)
     return result if session is not None else _after_commit(db, result, schedule_rescore)
 
 
@@ -178,9 +198,10 @@ def _apply(session: Session, batch_id: str, owned: list[dict[str, Any]], user_id
 def _after_commit(db, result: Stored, schedule_rescore: Callable[[float], None]) -> Stored:
     if result.gone:
         erasure.forget(db, result.gone)
-    counters.add(**{counters.EVENTS_STORED: result.inserted,
-                    counters.EVENTS_DUPLICATE: result.received - result.inserted})
-    ingestion_lag.observe(result.lags)
+    if result.ingested:
+        counters.add(**{counters.EVENTS_STORED: result.inserted,
+                        counters.EVENTS_DUPLICATE: result.received - result.inserted})
+        ingestion_lag.observe(result.lags)
     # Every user of the batch, not only the newly counted: a redelivery after a crash between the
     # summaries and this call must still get those users rescored.
     rescore.mark_changed([u for u in result.user_ids if u not in result.gone], schedule_rescore)

@@ -52,6 +52,18 @@ def _collapse_spaces(value: str) -> str:
     return " ".join(value.split())
 
 
+def in_utc(value: datetime) -> datetime:
+    """The instant in UTC (read as UTC without an offset). A ValueError, so a 422 naming the field,
+    when UTC leaves the calendar: "0001-01-01T00:00:00+01:00" is in year 0, "9999-12-31T23:59:59-01:00"
+    in year 10000 (astimezone's OverflowError was a 500)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is outside the years 1 to 9999 in UTC") from None
+
+
 def iso_text(value: object, field: str) -> object:
     """The document says an ISO 8601 string: a number is not read as seconds since 1970."""
     if value is not None and not isinstance(value, str | date | datetime):
@@ -221,7 +233,7 @@ class _EventBase(StrictModel):
         # the batch's clock correction: a client whose clock runs two days ahead states such instants.
         if value is None:
             return None
-        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        value = in_utc(value)
         if value < EARLIEST_TIMESTAMP:
             raise ValueError("timestamp is before 1970-01-01")
         return value
@@ -369,7 +381,7 @@ class EventBatch(StrictModel):
     def _sent_at_utc(cls, value: datetime | None) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return in_utc(value)
 
 
 class SingleEvent(RootModel[Event]):
