@@ -40,6 +40,19 @@ def link_in(session: Session, anonymous_id: str, user_id: int) -> bool:
             field="anonymous_id", message=f"anonymous id {anonymous_id!r} is linked to another user")]) from exc
 
 
+def link_unless_taken(session: Session, anonymous_id: str, user_id: int) -> bool:
+    """The signup's link, in its transaction: False, and nothing written, when the anonymous id is
+    another user's. A signup is not refused for it: the id is usually a browser's cookie, and a
+    second person signing up in a browser where someone else was identified (a shared computer)
+    must still get an account; their new history starts without the other person's visits. Two
+    people are still never merged: the visitor stays its first user's."""
+    try:
+        visitors.link(session, anonymous_id, user_id)  # only a lock was taken when it raises
+    except visitors.LinkConflict:
+        return False
+    return True
+
+
 def link(anonymous_id: str, user_id: int) -> bool:
     """Link the visitor to the user: True when this made the link, False when the same link existed.
     Raises ProblemError 409 when the anonymous id belongs to another user, 422 when the user does

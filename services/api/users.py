@@ -33,6 +33,9 @@ class SignupCreated(BaseModel):
     id: int
     username: str
     email: str
+    anonymous_id_linked: bool | None = Field(
+        None, description="Only with `anonymous_id`: true when the visitor's history became this user's; "
+        "false when the anonymous id is another user's (the account is created; the visitor stays theirs)")
 
 
 class UserPath(BaseModel):
@@ -82,7 +85,7 @@ def _conflict(problems: list[FieldProblem]) -> ProblemError:
     return ProblemError(409, "A user with this " + " and ".join(p.field for p in problems) + " exists", problems)
 
 
-def register_user(session: Session, body: SignupRequest) -> User:
+def register_user(session: Session, body: SignupRequest) -> tuple[User, bool | None]:
     """Write user, address (city, country) and the `user.created` outbox row in one transaction."""
     country = country_by_code(body.address.country_code)
     if country is None:
@@ -123,10 +126,11 @@ def register_user(session: Session, body: SignupRequest) -> User:
     with tracing.outbox_write(USER_CREATED) as traceparent:  # the relay continues this trace
         session.add(OutboxMessage(id=outbox_id, task_name=USER_CREATED, payload=message.model_dump(mode="json"),
                                   request_id=request_ids.current(), traceparent=traceparent))
+    linked = None
     if body.anonymous_id is not None:
-        # In this transaction: a 409 (the visitor is another user's) leaves nothing written.
-        identify.link_in(session, body.anonymous_id, user.id)
-    return user
+        # In this transaction: the visitor's history and the account commit together.
+        linked = identify.link_unless_taken(session, body.anonymous_id, user.id)
+    return user, linked
 
 
 @users_bp.post(
@@ -135,14 +139,15 @@ def register_user(session: Session, body: SignupRequest) -> User:
     description="Stores the user with address, city and country, and queues `user.created` in the "
     "same transaction (transactional outbox). Answers at once; the welcome e-mail and the profile "
     "follow asynchronously. With `anonymous_id`, the visitor is linked to the new user in the same "
-    "transaction (its events become the user's); 409 naming `anonymous_id` when it is another user's.",
+    "transaction (its events become the user's); when it is another user's, the account is still created, "
+    "unlinked (`anonymous_id_linked`: false).",
     responses={201: SignupCreated, 409: Problem, 422: Problem},
 )
 def signup(body: SignupRequest):
     with session_scope() as session:
-        user = register_user(session, body)
-        created = SignupCreated(id=user.id, username=user.username, email=user.email)
-    return created.model_dump(), 201, {"Location": f"/api/users/{created.id}"}
+        user, linked = register_user(session, body)
+        created = SignupCreated(id=user.id, username=user.username, email=user.email, anonymous_id_linked=linked)
+    return created.model_dump(exclude_none=True), 201, {"Location": f"/api/users/{created.id}"}
 
 
 @users_bp.get(

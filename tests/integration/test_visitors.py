@@ -39,6 +39,8 @@ def visitor(anonymous_id: str) -> tuple[int, int | None] | None:
 def signup(client, **overrides) -> int:
     response = client.post("/api/users/signup", json=signup_body(**overrides))
     assert response.status_code == 201, response.get_json()
+    if "anonymous_id" in overrides:  # a fresh visitor or one of no one: linked
+        assert response.get_json()["anonymous_id_linked"] is True, response.get_json()
     return int(response.get_json()["id"])
 
 
@@ -104,12 +106,14 @@ def test_identify_repeated_is_200_unchanged_another_user_is_409_an_unknown_user_
     assert ghost.status_code == 422 and ghost.get_json()["errors"][0]["field"] == "user_id"
     # Several devices for one user.
     assert client.post("/api/identify", json={"anonymous_id": anonymous(), "user_id": first}).status_code == 200
-    # Signing up with another user's anonymous id writes nothing.
+    # Signing up with another user's anonymous id (a shared computer's cookie) creates the account,
+    # unlinked: the visitor stays its first user's.
     body = signup_body(anonymous_id=anon)
     taken = client.post("/api/users/signup", json=body)
-    assert taken.status_code == 409 and taken.get_json()["errors"][0]["field"] == "anonymous_id"
+    assert taken.status_code == 201 and taken.get_json()["anonymous_id_linked"] is False, taken.get_json()
+    assert visitor(anon)[1] == first
     with session_scope() as session:
-        assert session.scalar(text("SELECT count(*) FROM users WHERE username = :u"), {"u": body["username"]}) == 0
+        assert session.scalar(text("SELECT count(*) FROM users WHERE username = :u"), {"u": body["username"]}) == 1
     # An event with both ids naming another user's visitor is refused where the API can see it.
     both = client.post("/api/events", json={**page_view(anon), "user_id": second})
     assert both.status_code == 422 and both.get_json()["errors"][0]["field"] == "anonymous_id"
