@@ -34,7 +34,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from services.api.events import _accept
-from services.api.problems import PROBLEM_JSON, FieldProblem, ProblemError, error_field
+from services.api.problems import PROBLEM_JSON, FieldProblem, Problem, ProblemError, error_field
 from shared.contracts.schemas import Event, _EventBase
 from shared.contracts.settings import get_settings
 from shared.infra import counters
@@ -444,7 +444,8 @@ for _kind in ("batch", *KINDS):
         summary=f"Segment {_kind}" + (" (many messages)" if _kind == "batch" else ""),
         description=_DESCRIPTION + ("Refused messages do not fail the batch: it answers 200 and lists them."
                                     if _kind == "batch" else "A message Pulse does not take answers 422."),
-        responses={200: SegmentAccepted},
+        # identify and alias link an anonymous id: 409 when it is another user's (services.api.identify).
+        responses={200: SegmentAccepted, **({409: Problem} if _kind in ("identify", "alias") else {})},
         openapi_extensions=_request_body(_kind),
     )(_view(_kind))
 
