@@ -62,17 +62,21 @@ def anything_left(mongo, person) -> list[str]:
     return traces_in_postgres(person) + traces_in_mongodb(mongo, person) + traces_in_redis(person)
 
 
-def test_an_erasure_whose_message_never_did_its_work_is_completed_by_the_reconciliation(client, mongo, services,
-                                                                                          celery):
-    person = person_with_history(client, mongo, services)
+def erase_losing_the_message(user_id: int) -> None:
     with session_scope() as session:
-        assert erasure.erase_in_postgres(session, person["id"])
+        assert erasure.erase_in_postgres(session, user_id)
         # The message is lost (purged from the dead letters, a broker that lost its disk): gone
         # before the relay saw it. And the second pass's window is long over.
         session.execute(OutboxMessage.__table__.delete().where(OutboxMessage.task_name == ERASE_USER,
-                        OutboxMessage.payload["user_id"].astext == str(person["id"])))
+                        OutboxMessage.payload["user_id"].astext == str(user_id)))
         session.execute(text("UPDATE erasures SET erased_at = now() - interval '1 hour' WHERE user_id = :id"),
-                        {"id": person["id"]})
+                        {"id": user_id})
+
+
+def test_an_erasure_whose_message_never_did_its_work_is_completed_by_the_reconciliation(client, mongo, services,
+                                                                                          celery):
+    person = person_with_history(client, mongo, services)
+    erase_losing_the_message(person["id"])
     assert traces_in_mongodb(mongo, person)  # the worker never heard of it
     celery.send_task(RECONCILE_ERASURES)
     wait_for(lambda: not anything_left(mongo, person),
@@ -90,12 +94,7 @@ def test_a_lost_erasure_message_leaves_nothing_of_the_users_unmerged_visitor(cli
         visitor_id = int(session.scalar(text("UPDATE visitors SET user_id = :u, linked_at = now() "
                                              "WHERE anonymous_id = :a RETURNING id"), {"u": person["id"], "a": anon}))
     assert mongo.events.count_documents({"user_id": -visitor_id}) == 1
-    with session_scope() as session:
-        assert erasure.erase_in_postgres(session, person["id"])
-        session.execute(OutboxMessage.__table__.delete().where(OutboxMessage.task_name == ERASE_USER,
-                        OutboxMessage.payload["user_id"].astext == str(person["id"])))
-        session.execute(text("UPDATE erasures SET erased_at = now() - interval '1 hour' WHERE user_id = :id"),
-                        {"id": person["id"]})
+    erase_losing_the_message(person["id"])
     celery.send_task(RECONCILE_ERASURES)
     wait_for(lambda: not anything_left(mongo, person), what="the reconciliation to close the erasure")
     assert mongo.events.count_documents({"$or": [{"user_id": -visitor_id}, {"anonymous_id": anon}]}) == 0
