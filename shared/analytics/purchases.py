@@ -29,10 +29,14 @@ class PurchaseLog:
 
 
 def load_purchases(db: Database[dict[str, Any]], user_ids: list[int] | None = None) -> PurchaseLog:
-    """Every purchase event (of the given users, or of everyone): one query."""
+    """Every purchase event (of the given users, or of every user): one query. Users only: a
+    visitor's guest purchase, stored under its negative id until identified, is nobody's as a
+    customer yet; it counts once merged into its user, as in the summaries."""
     query: dict[str, Any] = {"event_type": "user_purchase"}
     if user_ids is not None:
         query["user_id"] = {"$in": [int(u) for u in user_ids]}
+    else:
+        query["user_id"] = {"$gt": 0}
     cursor = db[EVENTS].find(
         query,
         {"_id": 0, "user_id": 1, "timestamp": 1, "metadata.price": 1, "metadata.category": 1},
