@@ -7,6 +7,7 @@ from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from services.api import access
 from services.api.problems import Problem, ProblemError
+from shared.contracts.schemas import Printable
 from shared.contracts.tables import ApiKey
 from shared.infra import api_keys
 from shared.infra.db import session_scope
@@ -17,7 +18,7 @@ keys_bp = APIBlueprint("keys", __name__, url_prefix="/api/keys", abp_tags=[Tag(n
 class KeyRequest(BaseModel):
     scopes: list[api_keys.Scope] = Field(min_length=1, max_length=len(api_keys.SCOPES),
                                          description="Any of ingest, read, admin, personal (see docs/keys.md)")
-    name: str = Field("", max_length=100, description="What the key is for")
+    name: Printable = Field("", max_length=100, description="What the key is for")
     expires_at: AwareDatetime | None = Field(None, description="When the key stops working (ISO 8601 with an offset)")
 
     @field_validator("expires_at")

@@ -16,7 +16,7 @@ from services.api.problems import FieldProblem, Problem, ProblemError
 from services.api.profile_docs import PROFILE_DOC, ProfileOut
 from shared.analytics.profiles import LAST_PHASES, compute_profiles
 from shared.contracts import personal
-from shared.contracts.schemas import SignupRequest, UserCreatedMessage
+from shared.contracts.schemas import Printable, SignupRequest, UserCreatedMessage
 from shared.contracts.tables import Address, City, Country, OutboxMessage, PurchaseDay, User
 from shared.contracts.topology import USER_CREATED
 from shared.contracts.users import UserOut, with_address
@@ -167,7 +167,7 @@ def get_user(path: UserPath):
 
 class UserListQuery(BaseModel):
     country: str | None = Field(None, description="ISO code, e.g. UA", pattern=r"^[A-Za-z]{2}$")
-    city: str | None = Field(None, max_length=100)
+    city: Printable | None = Field(None, max_length=100)
     page: int = Field(1, ge=1, le=1_000_000)
     per_page: int = Field(50, ge=1, le=500)
 

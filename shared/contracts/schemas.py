@@ -43,6 +43,8 @@ NonBlank = Annotated[
                       pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"),
     AfterValidator(_printable),
 ]
+# Free text that may be empty (a filter, a label): no control characters, so Postgres never sees a NUL.
+Printable = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]*$"), AfterValidator(_printable)]
 # A visitor's id as its tracker chose it (a cookie, a device id): printable, at most 200 characters.
 AnonymousId = Annotated[NonBlank, StringConstraints(max_length=200)]
 MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]

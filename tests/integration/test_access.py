@@ -139,6 +139,7 @@ def test_a_key_stops_working_when_it_expires(client, anonymous_client):
     ({"scopes": ["read"], "expires_at": "2020-01-01T00:00:00+00:00"}, "expires_at"),
     ({"scopes": ["read"], "expires_at": "2099-01-01T00:00:00"}, "expires_at"),  # no offset: ambiguous
     ({}, "scopes"),
+    ({"scopes": ["read"], "name": "ci\u0000key"}, "name"),  # Postgres text cannot hold a NUL
 ])
 def test_a_bad_key_request_names_the_field(client, body, field):
     response = client.post("/api/keys", json=body)

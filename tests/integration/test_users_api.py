@@ -138,6 +138,13 @@ def test_list_users_by_city_is_one_query_whatever_the_page_size(client):
     assert len(small["items"]) == 1
 
 
+def test_a_city_filter_with_a_control_character_is_a_422_naming_city(client):
+    # Schemathesis' stateful phase sent a NUL inside the city: Postgres refused the text and the API said 500.
+    response = client.get("/api/users?country=UA&city=Ky%00iv&page=190271&per_page=1")
+    assert response.status_code == 422 and response.mimetype == "application/problem+json"
+    assert [e["field"] for e in response.get_json()["errors"]] == ["city"]
+
+
 def test_health_reports_each_dependency(client):
     assert client.get("/health").get_json() == {"status": "ok"}
     ready = client.get("/health/ready")
