@@ -396,3 +396,40 @@ class Visitor(Base):
     user_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     linked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PersonEvent(Base):
+    """One stored event as the insight queries read it (issue 24): who, what, when, and the event's
+    top-level scalar metadata (what a funnel step's `where` matches). A person is a user (positive
+    id) or a visitor not yet identified (negative: `-visitors.id`), as in MongoDB `events`.
+
+    Kept by the worker in the transaction that applies the batch (shared.pipeline.summaries), so
+    exactly once like the summaries; the merge moves a visitor's rows to its user; erasure deletes a
+    person's rows; `pulse summaries rebuild` recounts them from `events`, the source of truth. Funnels,
+    retention and lifecycle read it through its indexes (a step's events in a time range, a person's
+    events of a type), never the raw event log."""
+
+    __tablename__ = "person_events"
+    __table_args__ = (
+        Index("ix_person_events_type_at", "event_type", "at", "person_id"),
+        Index("ix_person_events_person_type_at", "person_id", "event_type", "at"),
+    )
+
+    person_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event_type: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    properties: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"), default=dict)
+
+
+class Cohort(Base):
+    """A saved cohort (issue 24): a named filter over persons (segment, country, RFM code, a funnel
+    step reached, an event in the last N days), evaluated when a query uses it, so its members are
+    always today's."""
+
+    __tablename__ = "cohorts"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    definition: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
