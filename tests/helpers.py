@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from werkzeug.serving import make_server
 
-from shared.infra.db import get_engine
+from shared.infra.db import get_engine, session_scope
 from tests.conftest import RUN_ID, TEST_ENV, free_port
 from tests.fixtures import spawn, stop, wait_for
 
@@ -54,6 +54,12 @@ def count_statements():
         yield statements
     finally:
         event.remove(engine, "before_cursor_execute", record)
+
+
+def no_rescoring_pending(user_id: int) -> bool:
+    """Whether no rescoring of the user is still to come (its `rescore_pending` row is gone)."""
+    with session_scope() as session:
+        return session.scalar(text("SELECT count(*) FROM rescore_pending WHERE user_id = :id"), {"id": user_id}) == 0
 
 
 def tasks_held(control, nodes: list[str] | None = None) -> list:

@@ -24,7 +24,7 @@ from shared.infra.db import session_scope
 from shared.infra.dead_letters import DeadLetterQueue
 from shared.pipeline import erasure
 from tests.fixtures import ROOT, spawn, stop, wait_for
-from tests.helpers import purchase, signup_body
+from tests.helpers import no_rescoring_pending, purchase, signup_body
 from tests.integration.test_erasure import traces_in_mongodb, traces_in_postgres, traces_in_redis
 
 pytestmark = pytest.mark.usefixtures("pipeline")
@@ -46,14 +46,9 @@ def person_with_history(client, mongo, services, **overrides) -> dict:
     wait_for(lambda: ((mongo.profiles.find_one({"_id": user_id}) or {}).get("totals") or {}).get("purchases") == 1,
              what="the stored profile")
 
-    def nothing_pending() -> bool:
-        # A rescoring still to come would find the person erased and forget them itself (the
-        # analytics worker forgets whoever it cannot find): the tests below erase with no such helper.
-        with session_scope() as session:
-            return session.scalar(text("SELECT count(*) FROM rescore_pending WHERE user_id = :id"),
-                                  {"id": user_id}) == 0
-
-    wait_for(nothing_pending, what="no rescoring pending for the person")
+    # A rescoring still to come would find the person erased and forget them itself (the
+    # analytics worker forgets whoever it cannot find): the tests below erase with no such helper.
+    wait_for(lambda: no_rescoring_pending(user_id), what="no rescoring pending for the person")
     wait_for(lambda: client.get(f"/api/users/{user_id}/profile").headers["X-Cache"] == "HIT", what="a cached profile")
     return {"id": user_id, "username": body["username"], "email": body["email"]}
 

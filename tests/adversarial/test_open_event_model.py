@@ -196,10 +196,11 @@ def test_identify_racing_the_visitors_stream_counts_every_event_once(http, mongo
     assert identified.status_code == 200, identified.text
     assert not failures, failures
     total = batches * per_batch
+    # The merge deletes a page's negative-id documents after its copies commit: wait for both.
     wait_for(lambda: mongo.events.count_documents({"anonymous_id": anonymous_id, "user_id": user}) == total
-             and purchases_counted(user) == total, timeout=120,
-             what=f"{total} purchases the user's, counted")
-    assert mongo.events.count_documents({"anonymous_id": anonymous_id, "user_id": {"$lt": 0}}) == 0
+             and purchases_counted(user) == total
+             and mongo.events.count_documents({"anonymous_id": anonymous_id, "user_id": {"$lt": 0}}) == 0,
+             timeout=120, what=f"{total} purchases the user's, counted, none left under the visitor")
     assert purchases_counted(user) == total
     assert not drifted(mongo, user)
 

@@ -9,7 +9,7 @@ from shared.contracts.settings import get_settings
 from shared.infra import api_keys
 from shared.infra.db import session_scope
 from tests.fixtures import wait_for
-from tests.helpers import purchase, signup_body
+from tests.helpers import no_rescoring_pending, purchase, signup_body
 
 PLACEHOLDERS = {"user_id": "1", "key_id": "0123456789ab", "job_id": "00000000-0000-4000-8000-000000000000",
                 "name": "video_played"}
@@ -167,6 +167,9 @@ def test_fast_signups_from_one_address_hit_the_limit(anonymous_client, client):
 def test_a_read_key_is_limited_on_every_read_path_and_an_admin_key_is_not(client, anonymous_client, monkeypatch):
     monkeypatch.setattr(get_settings(), "rate_limit_read", "3/minute")
     user_id = client.post("/api/users/signup", json=signup_body()).get_json()["id"]
+    # The first rescoring (asked for at signup) replaces the profile: wait for it, or on a busy
+    # machine it lands between the cached answer below and the read key's request (CI saw a MISS).
+    wait_for(lambda: no_rescoring_pending(user_id), what="the first rescoring done")
     wait_for(lambda: client.get(f"/api/users/{user_id}/profile").headers.get("X-Cache") == "HIT",
              what="a cached profile")
     key = bearer(make_key(["read"]))
