@@ -18,6 +18,7 @@ from flask import request
 from flask_openapi3 import APIBlueprint, Tag
 from psycopg.errors import QueryCanceled
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -54,10 +55,21 @@ WHERE_KEY_PATTERN = r"^[^$.\x00-\x1f\x7f][^.\x00-\x1f\x7f]{0,63}$"
 EARLIEST, LATEST = date(1970, 1, 1), date(2999, 12, 31)
 MAX_WHERE_KEYS = 20
 
+
+
+def _encodable(value: str) -> str:
+    # A JSON "\udfff" escape is a lone surrogate: no UTF-8 (and no jsonb) can hold it.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from exc
+    return value
+
+
 EventType = Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)]
 CohortName = Annotated[str, StringConstraints(pattern=COHORT_NAME_PATTERN)]
-WhereKey = Annotated[str, StringConstraints(pattern=WHERE_KEY_PATTERN)]
-WhereText = Annotated[Printable, StringConstraints(max_length=200)]
+WhereKey = Annotated[str, StringConstraints(pattern=WHERE_KEY_PATTERN), AfterValidator(_encodable)]
+WhereText = Annotated[Printable, StringConstraints(max_length=200), AfterValidator(_encodable)]
 WhereNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 WhereInt = Annotated[StrictInt, Field(ge=-(2**63), lt=2**63)]
 WhereValue = StrictBool | WhereInt | WhereNumber | WhereText
@@ -310,7 +322,7 @@ def retention_view(query: RetentionQueryIn):
     resolved = retention.resolved(retention.RetentionQuery(
         query.cohort, query.period, query.periods, query.event_type, query.from_, query.to, query.in_cohort))
     assert resolved.start is not None and resolved.end is not None
-    _check_span(resolved.start, resolved.end, query.period, "to")
+    _check_span(resolved.start, resolved.end, query.period, "to" if query.to is not None else "from")
     return _run(insights.RETENTION, retention.to_params(resolved))
 
 
