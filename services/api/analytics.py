@@ -196,7 +196,7 @@ class JobError(BaseModel):
 
 class JobOut(BaseModel):
     id: str
-    kind: str = Field(description="fit or validation")
+    kind: str = Field(description="fit, validation, or an insight query run as a job: funnel, retention, lifecycle")
     status: str = Field(description="queued, running, done or failed")
     params: dict[str, Any] = Field(description="What the job was asked to do (the request's fields)")
     submitted_at: str
@@ -400,7 +400,7 @@ def _submit(kind: str, task: str, params: dict[str, Any]):
 
 @analytics_bp.get(
     "/analytics/jobs/<job_id>",
-    summary="A fit or validation job: its status and, when done, its result",
+    summary="A fit, validation or insight job: its status and, when done, its result",
     description="`status` is `queued`, `running`, `done` (then `result` holds the answer) or `failed` (then "
     "`error.detail` says why and `error.field` names the request field it is about, when one is). 404 for an id "
     "that names no job.",
@@ -412,7 +412,7 @@ def get_job(path: JobPath):
         job = jobs.get(session, job_id) if job_id is not None else None
         if job is None:
             raise ProblemError(404, f"No job {path.job_id[:100]!r}: jobs are made by POST /api/analytics/models/fit "
-                               "and POST /api/analytics/models/validate")
+                               "and /validate, and by insight queries run as jobs")
         return jobs.describe(job)
 
 
