@@ -364,7 +364,7 @@ def fit_models():
     except ValidationError as exc:
         return validation_problem(exc)
     as_of = body.as_of or datetime.now(UTC).date()
-    return _submit(jobs.FIT, FIT_MODELS, {"as_of": as_of.isoformat()})
+    return submit_job(jobs.FIT, FIT_MODELS, {"as_of": as_of.isoformat()})
 
 
 @analytics_bp.post(
@@ -379,11 +379,11 @@ def fit_models():
     responses={202: JobOut, 422: Problem},
 )
 def validate_models(body: ValidateRequest):
-    return _submit(jobs.VALIDATION, VALIDATE_MODELS, {"calibration_end": body.calibration_end.isoformat(),
+    return submit_job(jobs.VALIDATION, VALIDATE_MODELS, {"calibration_end": body.calibration_end.isoformat(),
                                                       "holdout_end": body.holdout_end.isoformat()})
 
 
-def _submit(kind: str, task: str, params: dict[str, Any]):
+def submit_job(kind: str, task: str, params: dict[str, Any]):
     """Write the job (queued) and the message that runs it in one transaction: the outbox relay
     publishes it (shared.contracts.tables.OutboxMessage, as a signup's), so a job is never lost nor left
     without its task, even while the broker is down; the client polls the job."""

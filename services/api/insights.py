@@ -31,8 +31,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from services.api.analytics import JobOut
-from services.api.analytics import _submit as submit_job
+from services.api.analytics import JobOut, submit_job
 from services.api.problems import FieldProblem, Problem, ProblemError
 from shared.analytics import insights
 from shared.analytics.insights import cohorts, funnels, lifecycle, periods, retention
