@@ -13,11 +13,19 @@ from sqlalchemy import func, select, text
 from services.analytics import customer_stats, validation
 from services.analytics.fitting import fit_population, last_complete_day
 from services.analytics.main import app
-from shared.analytics import fitted_models
+from shared.analytics import fitted_models, insights
+from shared.analytics.insights.cohorts import UnknownCohort
 from shared.analytics.profiles import compute_profiles
 from shared.contracts.settings import get_settings
 from shared.contracts.tables import User
-from shared.contracts.topology import COMPUTE_PROFILES, CUSTOMER_STATS, FIT_MODELS, SWEEP_RESCORING, VALIDATE_MODELS
+from shared.contracts.topology import (
+    COMPUTE_PROFILES,
+    CUSTOMER_STATS,
+    FIT_MODELS,
+    RUN_INSIGHT,
+    SWEEP_RESCORING,
+    VALIDATE_MODELS,
+)
 from shared.infra.db import session_scope
 from shared.infra.logging import get_logger
 from shared.infra.mongo import PROFILES, get_database
@@ -249,6 +257,29 @@ def validate_models_task(job_id: str) -> dict[str, Any]:
              holdout_end=params["holdout_end"], customers=result["holdout"]["customers"],
              total_ms=result["timings_ms"]["total"])
     return {"customers": result["holdout"]["customers"]}
+
+
+@app.task(name=RUN_INSIGHT, base=JobTask, ignore_result=True, **RETRY_POLICY)
+def run_insight_task(job_id: str) -> dict[str, Any]:
+    """A funnel, retention or lifecycle query run as a job (shared.analytics.insights): without the
+    API's time limit; its answer is the job's result and is cached as the API's would be."""
+    with session_scope() as session:
+        job = jobs.start(session, jobs.parse_id(job_id))
+        if job is None:
+            return {"skipped": "job finished already"}
+        kind, params = job.kind, dict(job.params)
+    try:
+        with session_scope() as session:
+            result, cache = insights.answer(session, kind, params)
+    except UnknownCohort as exc:
+        # Deleted between the request and the job: an answer to the client, not a failure to retry.
+        with session_scope() as session:
+            jobs.fail(session, jobs.parse_id(job_id), str(exc), exc.field)
+        return {"error": str(exc)}
+    with session_scope() as session:
+        jobs.finish(session, jobs.parse_id(job_id), result)
+    log.info("insight_computed", job_id=job_id, kind=kind, cache=cache)
+    return {"kind": kind}
 
 
 @app.task(name=CUSTOMER_STATS, **RETRY_POLICY)

@@ -77,6 +77,13 @@ REQUIRED_SCOPE: dict[str, str] = {
     "analytics.get_job": READ,
     "analytics.list_validations": READ,
     "analytics.holdout_history": READ,
+    # Insight queries read aggregates (counts, rates), no person; saving or deleting a cohort changes
+    # what every reader's queries mean.
+    "insights.funnels_view": READ,
+    "insights.retention_view": READ,
+    "insights.lifecycle_view": READ,
+    "insights.list_cohorts": READ,
+    "insights.get_cohort": READ,
     "pipeline.pipeline": READ,
     "tracking_plan.get_plan": READ,
     "tracking_plan.get_entry": READ,
@@ -97,6 +104,8 @@ REQUIRED_SCOPE: dict[str, str] = {
     "keys.revoke_key": ADMIN,
     "tracking_plan.put_entry": ADMIN,
     "tracking_plan.delete_entry": ADMIN,
+    "insights.put_cohort": ADMIN,
+    "insights.delete_cohort": ADMIN,
 }
 # Endpoints whose answer is a person's data as a whole need the personal scope as well as their own
 # (shared.contracts.personal); the reads of people above leave the personal fields out without it.

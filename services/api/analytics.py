@@ -196,7 +196,7 @@ class JobError(BaseModel):
 
 class JobOut(BaseModel):
     id: str
-    kind: str = Field(description="fit or validation")
+    kind: str = Field(description="fit, validation, or an insight query run as a job: funnel, retention, lifecycle")
     status: str = Field(description="queued, running, done or failed")
     params: dict[str, Any] = Field(description="What the job was asked to do (the request's fields)")
     submitted_at: str
@@ -364,7 +364,7 @@ def fit_models():
     except ValidationError as exc:
         return validation_problem(exc)
     as_of = body.as_of or datetime.now(UTC).date()
-    return _submit(jobs.FIT, FIT_MODELS, {"as_of": as_of.isoformat()})
+    return submit_job(jobs.FIT, FIT_MODELS, {"as_of": as_of.isoformat()})
 
 
 @analytics_bp.post(
@@ -379,11 +379,11 @@ def fit_models():
     responses={202: JobOut, 422: Problem},
 )
 def validate_models(body: ValidateRequest):
-    return _submit(jobs.VALIDATION, VALIDATE_MODELS, {"calibration_end": body.calibration_end.isoformat(),
+    return submit_job(jobs.VALIDATION, VALIDATE_MODELS, {"calibration_end": body.calibration_end.isoformat(),
                                                       "holdout_end": body.holdout_end.isoformat()})
 
 
-def _submit(kind: str, task: str, params: dict[str, Any]):
+def submit_job(kind: str, task: str, params: dict[str, Any]):
     """Write the job (queued) and the message that runs it in one transaction: the outbox relay
     publishes it (shared.contracts.tables.OutboxMessage, as a signup's), so a job is never lost nor left
     without its task, even while the broker is down; the client polls the job."""
@@ -400,7 +400,7 @@ def _submit(kind: str, task: str, params: dict[str, Any]):
 
 @analytics_bp.get(
     "/analytics/jobs/<job_id>",
-    summary="A fit or validation job: its status and, when done, its result",
+    summary="A fit, validation or insight job: its status and, when done, its result",
     description="`status` is `queued`, `running`, `done` (then `result` holds the answer) or `failed` (then "
     "`error.detail` says why and `error.field` names the request field it is about, when one is). 404 for an id "
     "that names no job.",
@@ -412,7 +412,7 @@ def get_job(path: JobPath):
         job = jobs.get(session, job_id) if job_id is not None else None
         if job is None:
             raise ProblemError(404, f"No job {path.job_id[:100]!r}: jobs are made by POST /api/analytics/models/fit "
-                               "and POST /api/analytics/models/validate")
+                               "and /validate, and by insight queries run as jobs")
         return jobs.describe(job)
 
 

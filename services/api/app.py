@@ -10,6 +10,7 @@ from services.api.dashboard import dashboard_bp
 from services.api.events import events_bp
 from services.api.health import health_bp
 from services.api.identify import identify_bp
+from services.api.insights import insights_bp
 from services.api.json_body import LimitedJSONProvider
 from services.api.keys import keys_bp
 from services.api.metrics import RequestMetrics, init_metrics
@@ -85,7 +86,7 @@ def create_app() -> PulseOpenAPI:
     register_problem_handlers(app)
     init_celery(app)
     for blueprint in (health_bp, users_bp, privacy_bp, events_bp, identify_bp, analytics_bp, pipeline_bp, keys_bp,
-                      tracking_plan_bp, segment_bp):
+                      tracking_plan_bp, segment_bp, insights_bp):
         app.register_api(blueprint)
     app.register_blueprint(dashboard_bp)  # HTML pages: not part of the API document
     if traced:

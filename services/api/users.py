@@ -7,13 +7,14 @@ from flask import Response, g
 from flask_openapi3 import APIBlueprint, Tag
 from psycopg.errors import UniqueViolation
 from pydantic import BaseModel, Field
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager
 
 from services.api import identify
 from services.api.problems import FieldProblem, Problem, ProblemError
 from services.api.profile_docs import PROFILE_DOC, ProfileOut
+from shared.analytics.insights import cohorts
 from shared.analytics.profiles import LAST_PHASES, compute_profiles
 from shared.contracts import personal
 from shared.contracts.schemas import Printable, SignupRequest, UserCreatedMessage
@@ -168,6 +169,8 @@ def get_user(path: UserPath):
 class UserListQuery(BaseModel):
     country: str | None = Field(None, description="ISO code, e.g. UA", pattern=r"^[A-Za-z]{2}$")
     city: Printable | None = Field(None, max_length=100)
+    cohort: str | None = Field(None, pattern=r"^[a-z][a-z0-9_-]{0,63}$",
+                               description="A saved cohort (PUT /api/cohorts/<name>): its users only")
     page: int = Field(1, ge=1, le=1_000_000)
     per_page: int = Field(50, ge=1, le=500)
 
@@ -198,8 +201,9 @@ class TopQuery(BaseModel):
 @users_bp.get(
     "",
     summary="Users by country and city, with their addresses (one SQL query per page)",
-    description=PERSONAL_READ,
-    responses={200: UserPage, 422: Problem},
+    description=PERSONAL_READ + " `cohort`: a saved cohort's users (its visitors are no users); 404 naming "
+    "`cohort` when no such cohort is saved.",
+    responses={200: UserPage, 404: Problem, 422: Problem},
 )
 def list_users(query: UserListQuery):
     # Joined for the filter and eager-loaded from the same join; the total rides along as a
@@ -219,6 +223,12 @@ def list_users(query: UserListQuery):
     if query.city:
         statement = statement.where(func.lower(City.name) == query.city.strip().lower())
     with session_scope() as session:
+        if query.cohort:
+            try:
+                members, params = cohorts.members_of(session, query.cohort, "cohort")
+            except cohorts.UnknownCohort as exc:
+                raise ProblemError(404, str(exc), [FieldProblem(field="cohort", message=str(exc))]) from exc
+            statement = statement.where(text(f"users.id IN ({members})").bindparams(**params))
         rows = session.execute(statement).all()
         items = [UserOut.of(row.User).model_dump(mode="json") for row in rows]
     total = rows[0].total if rows else 0

@@ -105,6 +105,14 @@ class Settings(BaseSettings):
     model_refit_cron_hour: int = Field(
         3, description="Hour (UTC) at which Celery beat refits the population models daily."
     )
+    insight_cache_seconds: int = Field(
+        300, description="Seconds a funnel, retention or lifecycle answer stays cached in Redis (each answer is "
+        "cached per query and data version: new events change the version at once; the time bounds the answers "
+        "of a cohort with `event_in_last_days`, which move with the clock).")
+    insight_inline_timeout_ms: int = Field(
+        5000, description="How long (Postgres statement_timeout, milliseconds) the API computes an insight query "
+        "itself; a query still running then is cancelled and run as a job by the analytics worker (202 with "
+        "Location).")
     customer_stats_seconds: float = Field(
         60.0,
         description="Every so many seconds (beat), the analytics worker recomputes the customer distributions "

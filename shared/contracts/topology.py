@@ -26,6 +26,8 @@ FIT_MODELS = "pulse.analytics.fit_models"
 SWEEP_RESCORING = "pulse.analytics.sweep_rescoring"
 CUSTOMER_STATS = "pulse.analytics.customer_stats"
 VALIDATE_MODELS = "pulse.analytics.validate_models"
+# A funnel, retention or lifecycle query run as a job (past the API's inline time limit, or asked so).
+RUN_INSIGHT = "pulse.analytics.run_insight"
 
 # Routing keys.
 RK_USER_CREATED = "user.created"
@@ -40,6 +42,7 @@ RK_ANALYTICS_FIT = "analytics.fit"
 RK_ANALYTICS_SWEEP = "analytics.sweep"
 RK_ANALYTICS_CUSTOMER_STATS = "analytics.customer_stats"
 RK_ANALYTICS_VALIDATE = "analytics.validate"
+RK_ANALYTICS_INSIGHT = "analytics.insight"
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class Topology:
             SWEEP_RESCORING: (self.analytics, RK_ANALYTICS_SWEEP),
             CUSTOMER_STATS: (self.analytics, RK_ANALYTICS_CUSTOMER_STATS),
             VALIDATE_MODELS: (self.analytics, RK_ANALYTICS_VALIDATE),
+            RUN_INSIGHT: (self.analytics, RK_ANALYTICS_INSIGHT),
         }
         return {
             task: {"queue": queue.name, "exchange": self.exchange.name, "routing_key": key}

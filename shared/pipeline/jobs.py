@@ -1,4 +1,5 @@
-"""Jobs: population-wide work asked for through the API (a fit, a validation), run in the background.
+"""Jobs: population-wide work asked for through the API (a fit, a validation, a long insight query), run in
+the background.
 
 The API writes a `jobs` row (queued) and sends the task that runs it, and answers 202 with
 `Location: /api/analytics/jobs/<id>` at once: no web thread waits for a result. The task moves the
@@ -21,7 +22,9 @@ from shared.infra.db import rowcount
 
 FIT = "fit"
 VALIDATION = "validation"
-KINDS = (FIT, VALIDATION)
+# Insight queries that ran past the API's inline time limit (shared.analytics.insights).
+FUNNEL, RETENTION, LIFECYCLE = "funnel", "retention", "lifecycle"
+KINDS = (FIT, VALIDATION, FUNNEL, RETENTION, LIFECYCLE)
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 FINISHED = (DONE, FAILED)
 

@@ -45,10 +45,15 @@ def test_every_secured_route_refuses_missing_unknown_wrong_scope_revoked_and_exp
     operations = secured_operations(app)
     secured = {(m, p) for m, p, _ in operations}
     # Everything but signup and health is secured, and the document says so.
-    assert len(operations) == 37, operations  # 29, identify and Segment's seven /v1 calls
+    # 29, identify, Segment's seven /v1 calls, and the insights: funnels, retention, lifecycle, four on cohorts.
+    assert len(operations) == 44, operations
     assert ("GET", "/api/users/1/profile") in secured and ("POST", "/api/events") in secured
     assert ("DELETE", "/api/users/1") in secured and ("POST", "/api/keys") in secured
     assert ("PUT", "/api/tracking-plan/event-types/video_played") in secured
+    assert ("POST", "/api/analytics/funnels") in secured and ("DELETE", "/api/cohorts/video_played") in secured
+    assert {(m, p, s) for m, p, s in operations if "cohorts" in p} == {
+        ("GET", "/api/cohorts", "read"), ("GET", "/api/cohorts/video_played", "read"),
+        ("PUT", "/api/cohorts/video_played", "admin"), ("DELETE", "/api/cohorts/video_played", "admin")}
 
     revoked = make_key(api_keys.SCOPES)
     with session_scope() as session:

@@ -32,11 +32,13 @@ NEEDS: dict[str, frozenset[str]] = {
         "analytics.top_categories", "analytics.segments", "analytics.country_stats", "analytics.latest_model",
         "analytics.customer_stats", "analytics.get_job", "analytics.list_validations", "analytics.holdout_history",
         "pipeline.pipeline", "dashboard.index", "dashboard.user_page",
-        "tracking_plan.get_plan", "tracking_plan.get_entry", "tracking_plan.list_violations")},
+        "tracking_plan.get_plan", "tracking_plan.get_entry", "tracking_plan.list_violations",
+        "insights.funnels_view", "insights.retention_view", "insights.lifecycle_view", "insights.list_cohorts",
+        "insights.get_cohort")},
     **{e: frozenset({ADMIN}) for e in (
         "analytics.fit_models", "analytics.validate_models", "analytics.cache_stats", "privacy.erase_user",
         "keys.create_key", "keys.list_keys", "keys.revoke_key",
-        "tracking_plan.put_entry", "tracking_plan.delete_entry",
+        "tracking_plan.put_entry", "tracking_plan.delete_entry", "insights.put_cohort", "insights.delete_cohort",
         # Not in the table: a route added without a thought there is closed.
         "users.some_new_route", "nobody.knows")},
     # A person's data as a whole: the personal scope as well as admin.

@@ -8,6 +8,7 @@ from shared.contracts.topology import (
     MERGE_VISITOR,
     PRUNE_LEDGER,
     RECONCILE_ERASURES,
+    RUN_INSIGHT,
     SEND_WELCOME,
     STORE_EVENTS,
     SWEEP_RESCORING,
@@ -22,7 +23,8 @@ def test_every_task_routes_to_a_durable_dead_lettered_queue():
     topology = build_topology("pulse")
     routes = topology.routes()
     assert {USER_CREATED, ERASE_USER, STORE_EVENTS, SEND_WELCOME, PRUNE_LEDGER, COMPUTE_PROFILES, FIT_MODELS,
-            SWEEP_RESCORING, CUSTOMER_STATS, RECONCILE_ERASURES, VALIDATE_MODELS, MERGE_VISITOR} == set(routes)
+            SWEEP_RESCORING, CUSTOMER_STATS, RECONCILE_ERASURES, VALIDATE_MODELS, MERGE_VISITOR,
+            RUN_INSIGHT} == set(routes)
     queues = {q.name: q for q in topology.work_queues}
     for route in routes.values():
         queue = queues[route["queue"]]
