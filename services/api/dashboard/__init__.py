@@ -1,4 +1,5 @@
-"""The dashboard: `/dashboard` (the pipeline live and the customers) and `/dashboard/users/<id>`.
+"""The dashboard: `/dashboard` (the pipeline live and the customers), `/dashboard/users/<id>` and
+`/dashboard/insights` (a funnel, the retention triangle and the lifecycle, each from a form).
 
 The pages are small HTML shells; their script reads the API's own JSON (`/api/pipeline`,
 `/api/analytics/...`, a user's profile and purchases) and draws it with Chart.js, served from
@@ -59,6 +60,11 @@ def index():
 @dashboard_bp.get("/users/<int:user_id>")
 def user_page(user_id: int):
     return render_template("dashboard/user.html", user_id=user_id)
+
+
+@dashboard_bp.get("/insights")
+def insights():
+    return render_template("dashboard/insights.html")
 
 
 def _local(target: str | None) -> str:
