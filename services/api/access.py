@@ -317,8 +317,8 @@ def _reads(environ: dict[str, Any]) -> bool:
 
 
 def _same_origin(environ: dict[str, Any]) -> bool:
-    origin, host = environ.get("HTTP_ORIGIN"), environ.get("HTTP_HOST")
-    return bool(origin and host) and origin.partition("://")[2] == host
+    origin, host = environ.get("HTTP_ORIGIN") or "", environ.get("HTTP_HOST") or ""
+    return bool(host) and origin.partition("://")[2] == host
 
 
 def _unauthorized(detail: str, error: str | None = None) -> Decision:

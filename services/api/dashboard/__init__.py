@@ -10,8 +10,9 @@ key with the read scope, checks it, and exchanges it for a session: a random id 
 HttpOnly, SameSite=Strict cookie (Secure when the request came over HTTPS, as a trusted proxy
 says: services.api.proxies), kept in Redis under its hash with the id of the key, expiring after
 DASHBOARD_SESSION_SECONDS. The key itself is never sent back to the browser. The session stands
-for the key with the read scope only, for GET and HEAD of the pages and the read endpoints
-(services.api.access.authorization), and only while the key is usable: a revoked or expired key
+for the key with the read scope only, for GET and HEAD of the pages and the read endpoints (and the
+funnel's POST from this origin, a read whose question is a body: services.api.access.authorization),
+and only while the key is usable: a revoked or expired key
 ends its sessions at once. Logging out deletes the session in Redis, so the cookie is worthless
 even if it was copied. The forms refuse posts from other sites.
 
