@@ -388,6 +388,7 @@
     } catch (error) {
       if (error instanceof Unauthorized) return;
     }
+    if ($("status").textContent === "loading…") status("", false); // every panel refused: each says why
     document.body.dataset.loaded = "true"; // the first answers drawn (the browser tests wait for this)
   }
 
