@@ -3,7 +3,7 @@ chromedriver) against the API over HTTP with the real pipeline behind it: a popu
 retention triangle and lifecycle are worked out by hand below is sent as events, and the page, asked
 through its forms, must draw exactly those numbers (bars, table cells, heat-map cells). Also, over
 plain HTTP: the dashboard's session may ask a funnel (a POST) from its own pages only, and still
-never writes.
+never writes; and a funnel answered as a job (202) is polled until done and drawn the same.
 
 The population uses event types of this run's own (`i<run id>_visit`, `_trial`, `_buy`), so other
 modules' events never enter its answers. Weeks are counted from W0, the Monday five weeks before this
@@ -241,6 +241,27 @@ def test_the_funnel_draws_the_known_answer(page, population):
         ["(none)", "1", "1 (100.00 %)", "1 (100.00 %)"],
     ]
     assert rows(page, "#funnel-table tbody tr")[2] == ["3", BUY, "3", "60.00 %", "42.86 %", "1.0 h"]
+
+
+def test_a_funnel_answered_as_a_job_is_polled_until_done(page, population):
+    """A long query answers 202 and a job; `Prefer: respond-async` makes any one do so. The page
+    sends no such header of its own: the test adds it to the page's funnel requests."""
+    w0 = population["w0"]
+    set_steps(page)
+    fill(page, {"funnel-window": str(WINDOW_DAYS), "funnel-window-unit": "86400", "funnel-from": w0.isoformat(),
+                "funnel-to": (w0 + timedelta(days=7)).isoformat(), "funnel-breakdown": "", "funnel-cohort": ""})
+    page.execute_script("""
+        window.directFetch = window.fetch;
+        window.fetch = (url, init) => window.directFetch(url, String(url) === "/api/analytics/funnels"
+            ? {...init, headers: {...init.headers, Prefer: "respond-async"}} : init);""")
+    try:
+        assert run(page, "funnel") == "done", page.find_element("css selector", "#funnel-form .form-error").text
+    finally:
+        page.execute_script("window.fetch = window.directFetch")
+    assert re.fullmatch(r"answered in [\d,]+ ms \(job [0-9a-f-]+\)", page.find_element("id", "funnel-note").text)
+    assert [r[2:] for r in rows(page, "#funnel-table tbody tr")] == [
+        ["7", "100.00 %", "100.00 %", "–"], ["5", "71.43 %", "71.43 %", "1.0 h"], ["3", "60.00 %", "42.86 %", "1.0 h"]]
+    assert chart(page, "funnel-chart")["series"] == [["persons", [7, 5, 3]]]
 
 
 def test_a_refused_funnel_says_why_at_the_field(page, population):
