@@ -293,10 +293,10 @@ def bearer(authorization: str | None) -> str | None:
 def authorization(environ: dict[str, Any], endpoint: str) -> str | None:
     """The request's credentials: its Authorization header, or for a GET or HEAD of a page or an
     endpoint that needs the read scope (or a read asked by POST, `_reads`) the dashboard's session
-    cookie (as "session <id>"). A cookie
-    rides along on requests a browser makes, so it may only read what the dashboard reads: never
-    write, never an admin read (an export, the keys), whichever key logged in (the session holds
-    the read scope only; SameSite=Strict also keeps other sites from sending it at all)."""
+    cookie (as "session <id>"). A cookie rides along on requests a browser makes, so it may only
+    read what the dashboard reads: never write, never an admin read (an export, the keys), whichever
+    key logged in (the session holds the read scope only; SameSite=Strict also keeps other sites
+    from sending it at all)."""
     header = environ.get("HTTP_AUTHORIZATION")
     if header or not _reads(environ) or "HTTP_COOKIE" not in environ \
             or required_scope(endpoint) not in (READ, PUBLIC):
