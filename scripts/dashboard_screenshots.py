@@ -1,8 +1,9 @@
 """Screenshots of the running stack's dashboard: `python -m scripts.dashboard_screenshots [--out docs]`.
 
 Logs in with the development key (PULSE_API_KEY or var/dev-api-key), waits until the dashboard
-has drawn the customers and `--readings` pipeline readings (rates need two), and writes `dashboard.png`
-and `dashboard-user.png` (the top user by score, or --user). docs/dashboard.md's pictures are made this
+has drawn the customers and `--readings` pipeline readings (rates need two), and writes `dashboard.png`,
+`dashboard-user.png` (the top user by score, or --user) and `dashboard-insights.png` (the insights
+page's default funnel, retention and lifecycle). docs/dashboard.md's pictures are made this
 way after `make dev` and `make demo`.
 """
 import argparse
@@ -43,9 +44,14 @@ def main() -> None:
         driver.get(f"{API}/dashboard/users/{user}")
         wait(lambda: browser.loaded(driver), 60, "the user page")
         driver.save_screenshot(str(args.out / "dashboard-user.png"))
+        driver.set_window_size(1440, 2300)
+        driver.get(f"{API}/dashboard/insights")
+        wait(lambda: browser.loaded(driver), 120, "the insights page")
+        driver.save_screenshot(str(args.out / "dashboard-insights.png"))
     finally:
         driver.quit()
-    print(f"wrote {args.out / 'dashboard.png'} and {args.out / 'dashboard-user.png'}")
+    names = ("dashboard.png", "dashboard-user.png", "dashboard-insights.png")
+    print(f"wrote {', '.join(str(args.out / name) for name in names)}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,11 @@ Steps:
      version;
   4. print the guide's scenarios [1]..[7] from the live API;
   5. [8] a visitor browses and buys as a guest (`anonymous_id`), then signs up with the same id: the
-     profile shows the visits, the sessions and the purchase (issue 23's open event model).
+     profile shows the visits, the sessions and the purchase (issue 23's open event model);
+  6. [9] a funnel of the demo's own events (login → page_view → user_purchase within 7 days, over its
+     whole history), beside the same funnel counted here from what the demo sent, and [10] the weekly
+     retention triangle of first page views (issue 24). Weeks, not days: the history reaches 120 days
+     back, so its first page views fall over some 17 weeks (a triangle of 19 calendar weeks).
 """
 from __future__ import annotations
 
@@ -490,6 +494,109 @@ def visitor_becomes_customer(now: datetime) -> None:
     print(f"    Sessions (30 days): {sessions['last_30_days']}, average {average}")
 
 
+# --------------------------------------------------------------------------- funnel and retention
+
+FUNNEL_STEPS = ("login", "page_view", "user_purchase")
+FUNNEL_WINDOW = timedelta(days=7)
+# The funnel covers the demo's whole history (120 days back from the run that stored it), and that of
+# runs months before this one: re-sent events keep their first timestamps (same event_id).
+FUNNEL_SPAN = timedelta(days=400)
+# The history's 120 days touch up to 19 calendar weeks (Monday to Sunday): every first page view's week.
+RETENTION_WEEKS = 19
+
+
+def insight(method: str, path: str, timeout: float = 300, **kwargs) -> dict:
+    """An insight's answer: at once (200), or a job's result (202 + Location, polled until done)."""
+    response = call(method, path, expect=(200, 202), **kwargs)
+    if response.status_code == 200:
+        return response.json()
+    location = response.headers["Location"]
+    deadline = time.monotonic() + timeout
+    while True:
+        job = call("GET", location).json()
+        if job["status"] == "done":
+            return job["result"]
+        if job["status"] == "failed":
+            raise DemoError(f"{path} job {job['id']} failed: {job['error']['detail']}")
+        if time.monotonic() > deadline:
+            raise DemoError(f"{path} job {job['id']} still {job['status']} after {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+def own_funnel(persons: list[Person], start: datetime, end: datetime) -> list[int]:
+    """Persons at each step of FUNNEL_STEPS among the demo's users, from the events it planned: the
+    API's definition (enter at the first login in [start, end); each next step the earliest event of
+    its type after the previous step and within the window of the entry)."""
+    reached = [0] * len(FUNNEL_STEPS)
+    for person in persons:
+        timed = sorted((datetime.fromisoformat(e["timestamp"]), e["event_type"]) for e in person.events)
+        entry = next((at for at, kind in timed if kind == FUNNEL_STEPS[0] and start <= at < end), None)
+        if entry is None:
+            continue
+        reached[0] += 1
+        previous = entry
+        for k, step in enumerate(FUNNEL_STEPS[1:], start=1):
+            found = next((at for at, kind in timed if kind == step and previous < at <= entry + FUNNEL_WINDOW), None)
+            if found is None:
+                break
+            reached[k] += 1
+            previous = found
+    return reached
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.1f} s"
+
+
+def ratio(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def funnel_and_retention(persons: list[Person], now: datetime) -> None:
+    start, end = now - FUNNEL_SPAN, now + timedelta(minutes=5)
+    body = {"steps": [{"event_type": step, "where": {}} for step in FUNNEL_STEPS],
+            "window_seconds": int(FUNNEL_WINDOW.total_seconds()), "from": start.isoformat(), "to": end.isoformat(),
+            "breakdown": None, "cohort": None}
+    own = own_funnel(persons, start, end)
+
+    # The worker stores the events' rows for the insights as it stores the events: wait until every
+    # step counts the demo's own people (others' events, e.g. the visitor's or a benchmark's, only add).
+    def counted():
+        steps = insight("POST", "/api/analytics/funnels", json=body)["steps"]
+        persons_at = [s["persons"] for s in steps]
+        return all(a >= b for a, b in zip(persons_at, own, strict=True)) and steps, persons_at
+
+    steps = wait_for("the funnel to count the demo's events", counted, timeout=120, interval=2)
+    print(f"\n[9] Funnel: {' → '.join(FUNNEL_STEPS)} within {FUNNEL_WINDOW.days} days "
+          f"(entries from {start:%Y-%m-%d} to {end:%Y-%m-%d}; POST /api/analytics/funnels)")
+    print(f"  {'step':<18}{'persons':>9}{'from previous':>15}{'from first':>12}{'median time':>13}"
+          f"{'demo users':>12}")
+    for i, (step, mine) in enumerate(zip(steps, own, strict=True)):
+        print(f"  {i + 1}. {step['event_type']:<15}{step['persons']:>9}{ratio(step['conversion_from_previous']):>15}"
+              f"{ratio(step['conversion_from_first']):>12}{duration(step['median_seconds_to_convert']):>13}{mine:>12}")
+    print("  (demo users: the same funnel counted here from the events the demo sent; equal when the stack holds "
+          "only the demo's data)")
+
+    monday = (now - timedelta(days=now.weekday())).date()
+    first = monday - timedelta(weeks=RETENTION_WEEKS - 1)
+    answer = insight("GET", "/api/analytics/retention", params={
+        "cohort": "first_event", "period": "week", "periods": RETENTION_WEEKS, "event_type": "page_view",
+        "from": first.isoformat(), "to": (monday + timedelta(weeks=1)).isoformat()})
+    print("\n[10] Weekly retention (GET /api/analytics/retention): of the people whose first page_view fell in a")
+    print("     week (the cohort), the % with a page_view k weeks later")
+    print(f"  {'cohort':<11}{'size':>5} " + "".join(f"{k:>4}" for k in range(RETENTION_WEEKS)))
+    for cohort in answer["cohorts"]:
+        cells = "".join(f"{100 * rate:>4.0f}" for rate in cohort["rates"])
+        print(f"  {cohort['cohort']:<11}{cohort['size']:>5} {cells}")
+    if not answer["cohorts"]:
+        print("  no page views in these weeks")
+
+
 def fit_state(params: dict) -> str:
     state = "converged" if params["converged"] else "did NOT converge"
     return state + (f", at a bound: {', '.join(params['at_bounds'])}" if params["at_bounds"] else "")
@@ -531,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Model v{fitted['version']} fitted and every profile rescored in {time.monotonic() - t0:.1f}s.")
         scenarios(persons, fitted)
         visitor_becomes_customer(datetime.now(UTC))
+        funnel_and_retention(persons, datetime.now(UTC))
+        print(f"\nDrawn, with a form for each: {API}/dashboard/insights")
         print(f"\nThe same, drawn: {API}/dashboard (log in with the development key, {key_file()}).")
         return 0
     except StackError as exc:

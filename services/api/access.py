@@ -91,6 +91,7 @@ REQUIRED_SCOPE: dict[str, str] = {
     # The dashboard's pages need what its charts read; its login form and its scripts are open.
     "dashboard.index": READ,
     "dashboard.user_page": READ,
+    "dashboard.insights": READ,
     "dashboard.login": PUBLIC,
     "dashboard.logout": PUBLIC,
     "dashboard.static": PUBLIC,
@@ -123,6 +124,10 @@ SESSION_COOKIE = "pulse_session"
 OLD_KEY_COOKIE = "pulse_key"
 SESSION_SCHEME = "session"
 SAFE_METHODS = ("GET", "HEAD")
+# Reads whose question is too structured for a query string (a funnel's steps), so they are a POST:
+# the dashboard's session may ask them too, by path (the contract fixes the path, whatever the view
+# is called), and only from the dashboard's own pages (`_same_origin`).
+READS_BY_POST = frozenset({"/api/analytics/funnels"})
 # A made-up key is not made up less a minute later: keys are created with a random secret, so one
 # no one has been given cannot start to exist. The bound is memory (and a Postgres restored from a
 # backup, where a key could come back).
@@ -296,16 +301,33 @@ def bearer(authorization: str | None) -> str | None:
 
 def authorization(environ: dict[str, Any], endpoint: str) -> str | None:
     """The request's credentials: its Authorization header, or for a GET or HEAD of a page or an
-    endpoint that needs the read scope the dashboard's session cookie (as "session <id>"). A cookie
-    rides along on requests a browser makes, so it may only read what the dashboard reads: never
-    write, never an admin read (an export, the keys), whichever key logged in (the session holds
-    the read scope only; SameSite=Strict also keeps other sites from sending it at all)."""
+    endpoint that needs the read scope (or a read asked by POST, `_reads`) the dashboard's session
+    cookie (as "session <id>"). A cookie rides along on requests a browser makes, so it may only
+    read what the dashboard reads: never write, never an admin read (an export, the keys), whichever
+    key logged in (the session holds the read scope only; SameSite=Strict also keeps other sites
+    from sending it at all)."""
     header = environ.get("HTTP_AUTHORIZATION")
-    if header or environ.get("REQUEST_METHOD") not in SAFE_METHODS or "HTTP_COOKIE" not in environ \
+    if header or not _reads(environ) or "HTTP_COOKIE" not in environ \
             or required_scope(endpoint) not in (READ, PUBLIC):
         return header
     session_id = parse_cookie(environ).get(SESSION_COOKIE)
     return f"{SESSION_SCHEME} {session_id}" if session_id else None
+
+
+def _reads(environ: dict[str, Any]) -> bool:
+    """A GET or HEAD, or a POST of a read in READS_BY_POST sent by a page of this server: a browser
+    sends Origin with every POST, so one without it, or from another site, is not the dashboard's
+    (SameSite=Strict already keeps other sites' requests from carrying the cookie; this does not
+    rely on the browser alone)."""
+    method = environ.get("REQUEST_METHOD")
+    if method in SAFE_METHODS:
+        return True
+    return method == "POST" and environ.get("PATH_INFO") in READS_BY_POST and _same_origin(environ)
+
+
+def _same_origin(environ: dict[str, Any]) -> bool:
+    origin, host = environ.get("HTTP_ORIGIN") or "", environ.get("HTTP_HOST") or ""
+    return bool(host) and origin.partition("://")[2] == host
 
 
 def _unauthorized(detail: str, error: str | None = None) -> Decision:

@@ -153,7 +153,7 @@ def test_secure_only_when_a_trusted_proxy_says_https(server):
         settings.trusted_proxies = trusted
 
 
-@pytest.mark.parametrize("path", ["/dashboard/login", "/dashboard", "/dashboard/users/1",
+@pytest.mark.parametrize("path", ["/dashboard/login", "/dashboard", "/dashboard/users/1", "/dashboard/insights",
                                   "/dashboard/static/dashboard.js"])
 def test_every_dashboard_answer_carries_the_security_headers(server, path):
     cookie = log_in(server, admin_key()).cookies["pulse_session"]

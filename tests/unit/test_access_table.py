@@ -35,6 +35,7 @@ NEEDS: dict[str, frozenset[str]] = {
         "tracking_plan.get_plan", "tracking_plan.get_entry", "tracking_plan.list_violations",
         "insights.funnels_view", "insights.retention_view", "insights.lifecycle_view", "insights.list_cohorts",
         "insights.get_cohort")},
+    "dashboard.insights": frozenset({READ}),
     **{e: frozenset({ADMIN}) for e in (
         "analytics.fit_models", "analytics.validate_models", "analytics.cache_stats", "privacy.erase_user",
         "keys.create_key", "keys.list_keys", "keys.revoke_key",
@@ -161,6 +162,24 @@ def test_the_session_cookie_counts_only_for_reads_of_reading_endpoints(endpoint,
     got = authorization(environ(method, cookie=COOKIE), endpoint)
     reads = method in ("GET", "HEAD") and NEEDS[endpoint] <= {READ}
     assert got == (f"{SESSION_SCHEME} abc123" if reads else None)
+
+
+def test_the_session_may_post_a_funnel_from_this_origin_only():
+    """A funnel's question is a body, so the dashboard POSTs it: the one read by POST the cookie counts
+    for (READS_BY_POST), and only when the browser says the page is this server's (Origin = Host)."""
+    def posted(path, origin, host="127.0.0.1:8000", endpoint="analytics.segments"):
+        env = {**environ("POST", cookie=COOKIE), "PATH_INFO": path, "HTTP_HOST": host}
+        if origin is not None:
+            env["HTTP_ORIGIN"] = origin
+        return authorization(env, endpoint)
+
+    funnels = next(iter(access.READS_BY_POST))
+    assert posted(funnels, "http://127.0.0.1:8000") == f"{SESSION_SCHEME} abc123"
+    assert posted(funnels, "https://127.0.0.1:8000") == f"{SESSION_SCHEME} abc123"  # TLS ended at a proxy
+    for origin in (None, "null", "https://evil.example", "http://127.0.0.1:8001", "http://127.0.0.1:8000.evil.example"):
+        assert posted(funnels, origin) is None, origin
+    assert posted("/api/events", "http://127.0.0.1:8000", endpoint="events.publish_event") is None
+    assert posted(funnels, "http://127.0.0.1:8000", endpoint="analytics.fit_models") is None  # not a read
 
 
 @pytest.mark.parametrize("endpoint", sorted(NEEDS))

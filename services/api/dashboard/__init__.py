@@ -1,4 +1,5 @@
-"""The dashboard: `/dashboard` (the pipeline live and the customers) and `/dashboard/users/<id>`.
+"""The dashboard: `/dashboard` (the pipeline live and the customers), `/dashboard/users/<id>` and
+`/dashboard/insights` (a funnel, the retention triangle and the lifecycle, each from a form).
 
 The pages are small HTML shells; their script reads the API's own JSON (`/api/pipeline`,
 `/api/analytics/...`, a user's profile and purchases) and draws it with Chart.js, served from
@@ -9,8 +10,9 @@ key with the read scope, checks it, and exchanges it for a session: a random id 
 HttpOnly, SameSite=Strict cookie (Secure when the request came over HTTPS, as a trusted proxy
 says: services.api.proxies), kept in Redis under its hash with the id of the key, expiring after
 DASHBOARD_SESSION_SECONDS. The key itself is never sent back to the browser. The session stands
-for the key with the read scope only, for GET and HEAD of the pages and the read endpoints
-(services.api.access.authorization), and only while the key is usable: a revoked or expired key
+for the key with the read scope only, for GET and HEAD of the pages and the read endpoints (and the
+funnel's POST from this origin, a read whose question is a body: services.api.access.authorization),
+and only while the key is usable: a revoked or expired key
 ends its sessions at once. Logging out deletes the session in Redis, so the cookie is worthless
 even if it was copied. The forms refuse posts from other sites.
 
@@ -59,6 +61,11 @@ def index():
 @dashboard_bp.get("/users/<int:user_id>")
 def user_page(user_id: int):
     return render_template("dashboard/user.html", user_id=user_id)
+
+
+@dashboard_bp.get("/insights")
+def insights():
+    return render_template("dashboard/insights.html")
 
 
 def _local(target: str | None) -> str:

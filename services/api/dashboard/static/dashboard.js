@@ -12,12 +12,15 @@ const Pulse = (() => {
 
   class Unauthorized extends Error {}
 
+  // The session ended (logged out elsewhere, the key revoked, its time up): to the login form, and back.
+  function toLogin(url) {
+    window.location.assign("/dashboard/login?next=" + encodeURIComponent(window.location.pathname));
+    throw new Unauthorized(url);
+  }
+
   async function getJSON(url) {
     const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
-    if (response.status === 401) {
-      window.location.assign("/dashboard/login?next=" + encodeURIComponent(window.location.pathname));
-      throw new Unauthorized(url);
-    }
+    if (response.status === 401) toLogin(url);
     if (response.status === 404) return null;
     if (!response.ok) {
       let detail = response.statusText;
@@ -532,7 +535,8 @@ const Pulse = (() => {
     document.body.dataset.loaded = "true";
   }
 
-  return { dashboard, userPage, charts };
+  // What the insights page (insights.js) draws with as well.
+  return { dashboard, userPage, charts, draw, palette, fmt, status, toLogin, goToUser, Unauthorized };
 })();
 
 // Each page says which it is on <body> (no inline script: the Content-Security-Policy allows
@@ -541,5 +545,5 @@ const Pulse = (() => {
   const { page, userId } = document.body.dataset;
   if (page === "dashboard") Pulse.dashboard();
   else if (page === "user") Pulse.userPage(Number(userId));
-  else document.getElementById("status").textContent = "";
+  else if (page !== "insights") document.getElementById("status").textContent = ""; // insights.js runs that page
 })();
