@@ -15,12 +15,12 @@ worker's do. Loading is not what is measured (its time is printed).
 
 Three questions at each size, each answered by Pulse (shared.analytics.insights: `funnels.funnel`,
 `retention.retention`, SQL over `person_events`) and by the reference, ONE MongoDB aggregation over
-`events` each, whose grouped output Python finishes (a median, the triangle's shape):
+`events` each; Python only shapes its output (rounding, ratios, the triangle's cells):
 
 * a funnel: page_view where {"page": "pricing"} → trial_started → user_purchase, 7-day window, over
-  the first 15 of the 16 weeks (the aggregation groups each person's step times and picks each step
-  with $filter/$min; Python takes the medians, which SecantusDB's $median does not interpolate as
-  Postgres' percentile_cont does);
+  the first 15 of the 16 weeks (the aggregation groups each person's step times, picks each step
+  with $filter/$min, and takes the medians as Postgres' percentile_cont does: the middle of the
+  sorted deltas, $sortArray; mongod's $median is a discrete percentile, the lower middle value);
 * a 12-week retention matrix, cohort = first page_view;
 * a 12-week retention matrix, cohort = signup: the aggregation knows a user's signup instant from
   the user's `user_created` event (its timestamp is `users.created_at`).
@@ -253,16 +253,21 @@ def _ratio(num: int, den: int, places: int) -> float | None:
     return float((Decimal(num) / Decimal(den)).quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP))
 
 
-def _median(values: list[float]) -> float | None:
-    """Postgres' percentile_cont(0.5), rounded to 3 decimals."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * 0.5
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    value = ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-    return round(value, 3)
+def _median_ms(deltas: str) -> dict:
+    """Postgres' percentile_cont(0.5) of the array's non-null numbers, as an expression: the mean of
+    the two middle values of the sorted array (the one middle value when the count is odd). Not
+    $median: it is mongod's discrete percentile (the lower middle value), not an interpolation."""
+    middle = {"$divide": [{"$subtract": ["$$n", 1]}, 2]}
+    return {"$let": {
+        "vars": {"s": {"$sortArray": {"input": {"$filter": {"input": deltas, "cond": {"$ne": ["$$this", None]}}},
+                                      "sortBy": 1}}},
+        "in": {"$let": {"vars": {"n": {"$size": "$$s"}}, "in": {"$cond": [{"$eq": ["$$n", 0]}, None, {"$avg": [
+            {"$arrayElemAt": ["$$s", {"$toInt": {"$floor": middle}}]},
+            {"$arrayElemAt": ["$$s", {"$toInt": {"$ceil": middle}}]}]}]}}}}}
+
+
+def _reached(deltas: str) -> dict:
+    return {"$size": {"$filter": {"input": deltas, "cond": {"$ne": ["$$this", None]}}}}
 
 
 def reference_funnel(db, start: datetime, end: datetime) -> dict[str, Any]:
@@ -295,17 +300,20 @@ def reference_funnel(db, start: datetime, end: datetime) -> dict[str, Any]:
         {"$group": {"_id": None, "entered": {"$sum": 1},
                     "d2": {"$push": {"$cond": [{"$eq": ["$t2", None]}, None, {"$subtract": ["$t2", "$entry"]}]}},
                     "d3": {"$push": {"$cond": [{"$eq": ["$t3", None]}, None, {"$subtract": ["$t3", "$t2"]}]}}}},
+        {"$project": {"_id": 0, "entered": 1, "reached2": _reached("$d2"), "reached3": _reached("$d3"),
+                      "median2": _median_ms("$d2"), "median3": _median_ms("$d3")}},
     ]
     rows = list(db.events.aggregate(pipeline, allowDiskUse=True))
-    entered = rows[0]["entered"] if rows else 0
-    deltas = [[], *([d / 1000 for d in rows[0][key] if d is not None] if rows else [] for key in ("d2", "d3"))]
-    counts = [entered, len(deltas[1]), len(deltas[2])]
+    row = rows[0] if rows else {"entered": 0, "reached2": 0, "reached3": 0, "median2": None, "median3": None}
+    counts = [row["entered"], row["reached2"], row["reached3"]]
+    # Milliseconds (MongoDB's date arithmetic) to seconds, rounded as the contract says.
+    medians = [None, *(None if row[m] is None else round(row[m] / 1000, 3) for m in ("median2", "median3"))]
     steps = []
     for k, (event_type, _) in enumerate(FUNNEL):
         steps.append({"event_type": event_type, "persons": counts[k],
                       "conversion_from_previous": _ratio(counts[k], counts[k - 1] if k else counts[0], 4),
                       "conversion_from_first": _ratio(counts[k], counts[0], 4),
-                      "median_seconds_to_convert": _median(deltas[k]) if k else None})
+                      "median_seconds_to_convert": medians[k]})
     return {"steps": steps, "breakdown": None}
 
 
