@@ -60,9 +60,8 @@ def store_profiles(db, session, profiles: dict[int, dict[str, Any]]) -> bool:
     # Locked in id order first: two rescorings of overlapping users (a drain and a refit's
     # chunk) then queue behind each other instead of deadlocking. NO KEY UPDATE, as the UPDATE
     # itself takes: it does not block the foreign-key checks of the worker's inserts.
-    before = dict(session.execute(
-        text("SELECT id, segment FROM users WHERE id = ANY(CAST(:ids AS integer[])) ORDER BY id FOR NO KEY UPDATE"),
-        {"ids": sorted(profiles)}).tuples())
+    locked = text("SELECT id, segment FROM users WHERE id = ANY(CAST(:ids AS integer[])) ORDER BY id FOR NO KEY UPDATE")
+    before = {row.id: row.segment for row in session.execute(locked, {"ids": sorted(profiles)})}
     session.execute(
         text(
             "UPDATE users SET profile_score = v.score, segment = v.segment FROM "

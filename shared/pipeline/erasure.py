@@ -372,6 +372,8 @@ def sweep_page(db: Database[Document], page: int) -> dict[str, int]:
         missing = missing_users(session, missing)
         forgotten = sorted(leftover & set(missing))
         task_failures.forget_people(session, missing)
+        # person_events has no foreign key to users to cascade from (one index range per id).
+        person_events.forget_people(session, missing)
         # A signup's published message (name, e-mail, street) of a person deleted by hand; the
         # NOT EXISTS guards a signup committing meanwhile (its row and message commit together).
         session.execute(delete(OutboxMessage).where(

@@ -129,7 +129,8 @@ def test_a_batch_with_copies_inside_and_its_redeliveries_add_one_row_per_stored_
 
     # The same batch redelivered (one batch id, twice through the one storage path): nothing added.
     docs = [{"event_id": uuid.uuid4().hex, "user_id": user_id, "event_type": "search", "geo": None,
-             "timestamp": purchase_time(i), "metadata": {"q": f"q{i}"}} for i in range(3)]
+             "timestamp": purchase_time(i), "received_at": purchase_time(i), "metadata": {"q": f"q{i}"}}
+            for i in range(3)]
     batch = f"redelivered-{uuid.uuid4().hex}"
     first = store_batch(mongo, batch, [dict(d) for d in docs], nothing)
     again = store_batch(mongo, batch, [dict(d) for d in docs], nothing)
@@ -235,7 +236,8 @@ def test_erasing_a_user_leaves_no_row_of_it_or_its_visitors(client, mongo, user_
     # A batch for the erased user that raced the erasure adds no row (the user row is gone).
     store_batch(mongo, f"late-{uuid.uuid4().hex}",
                 [{"event_id": uuid.uuid4().hex, "user_id": user_id, "event_type": "login",
-                  "timestamp": purchase_time(0), "metadata": {}, "geo": None}], nothing)
+                  "timestamp": purchase_time(0), "received_at": purchase_time(0), "metadata": {}, "geo": None}],
+                nothing)
     assert rows_in_postgres(user_id) == {}
     wait_for(lambda: mongo.events.count_documents({"user_id": {"$in": [user_id, -pending_id]}}) == 0,
              what="MongoDB erased too")
