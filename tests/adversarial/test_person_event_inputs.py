@@ -51,8 +51,13 @@ def send(client, events: list[dict]) -> None:
     assert response.status_code == 202, response.get_json()
 
 
-def nothing(_delay: float) -> None:
-    pass
+def schedule(delay: float) -> None:
+    """What the worker's storage path is given: a real drain, so the users these tests change are
+    rescored (a no-op would leave the shared "drain scheduled" flag set with no drain coming, and
+    stall rescoring for the tests after these until it expires)."""
+    from services.worker.tasks import _schedule_rescore
+
+    _schedule_rescore(delay)
 
 
 def test_metadata_jsonb_cannot_hold_does_not_fail_the_batch(client, mongo):
@@ -98,7 +103,7 @@ def test_workers_storing_overlapping_batches_at_once_add_each_event_once(client,
     def batch(worker: int) -> bool:
         docs = [dict(d) for d in common] + [event(random.choice(persons), 1000 + i) for i in range(20)]
         random.Random(worker).shuffle(docs)
-        return store_batch(mongo, f"race-{worker}-{uuid.uuid4().hex}", docs, nothing).applied
+        return store_batch(mongo, f"race-{worker}-{uuid.uuid4().hex}", docs, schedule).applied
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(batch, range(4)))
@@ -123,7 +128,7 @@ def test_a_visitors_batch_killed_before_counting_and_redelivered_after_identify_
     insert_events(mongo.events, [{**d, "user_id": visitor} for d in sent], batch)  # attempt 1, then SIGKILL
     assert client.post("/api/identify", json={"anonymous_id": anon, "user_id": user}).status_code == 200
     wait_for(lambda: mongo.events.count_documents({"user_id": visitor}) == 0, timeout=60, what="the merge")
-    assert not store_batch(mongo, batch, [dict(d) for d in sent], nothing).inserted  # the redelivery
+    assert not store_batch(mongo, batch, [dict(d) for d in sent], schedule).inserted  # the redelivery
     wait_for(lambda: mongo.events.count_documents({"user_id": user}) == 5, timeout=60,
              what="user_created, the visit, k0-k2 under the user")
     assert rows([visitor]) == {}

@@ -89,8 +89,13 @@ def visitor_id(anonymous_id: str) -> int:
         return int(session.scalar(text("SELECT id FROM visitors WHERE anonymous_id = :a"), {"a": anonymous_id}))
 
 
-def nothing(_delay: float) -> None:
-    pass
+def schedule(delay: float) -> None:
+    """What the worker's storage path is given: a real drain, so the users these tests change are
+    rescored (a no-op would leave the shared "drain scheduled" flag set with no drain coming, and
+    stall rescoring for the tests after these until it expires)."""
+    from services.worker.tasks import _schedule_rescore
+
+    _schedule_rescore(delay)
 
 
 def test_a_batch_with_copies_inside_and_its_redeliveries_add_one_row_per_stored_event(client, mongo, user_id):
@@ -132,8 +137,8 @@ def test_a_batch_with_copies_inside_and_its_redeliveries_add_one_row_per_stored_
              "timestamp": purchase_time(i), "received_at": purchase_time(i), "metadata": {"q": f"q{i}"}}
             for i in range(3)]
     batch = f"redelivered-{uuid.uuid4().hex}"
-    first = store_batch(mongo, batch, [dict(d) for d in docs], nothing)
-    again = store_batch(mongo, batch, [dict(d) for d in docs], nothing)
+    first = store_batch(mongo, batch, [dict(d) for d in docs], schedule)
+    again = store_batch(mongo, batch, [dict(d) for d in docs], schedule)
     assert (first.applied, again.applied) == (True, False)
     assert agrees(mongo, user_id, 8)
     assert drift(mongo, user_id)["person_events"] == 0
@@ -206,12 +211,12 @@ def test_a_merge_killed_after_its_commit_and_redelivered_leaves_each_row_once(cl
     # Attempt 1 of the first page applied its copies (and deleted the visitor's rows of them), then
     # died after deleting one of the page's two documents.
     page = list(mongo.events.find({"user_id": -visitor}).sort("event_id", 1).limit(2))
-    store_batch(mongo, merge_batch_id(visitor, page), copies(page, user_id), nothing,
+    store_batch(mongo, merge_batch_id(visitor, page), copies(page, user_id), schedule,
                 resolve_visitors=False, ingested=False, moved_from=-visitor)
     assert set(rows_in_postgres(-visitor)) == {"m2", "m3", "m4"}
     mongo.events.delete_one({"user_id": -visitor, "event_id": page[0]["event_id"]})
-    merge_visitor(mongo, visitor, user_id, nothing, page_size=2)
-    merge_visitor(mongo, visitor, user_id, nothing, page_size=2)
+    merge_visitor(mongo, visitor, user_id, schedule, page_size=2)
+    merge_visitor(mongo, visitor, user_id, schedule, page_size=2)
     assert rows_in_postgres(-visitor) == {}
     assert agrees(mongo, user_id, 6)
 
@@ -230,14 +235,14 @@ def test_erasing_a_user_leaves_no_row_of_it_or_its_visitors(client, mongo, user_
     assert len(rows_in_postgres(-pending_id)) == 2
     version = data_version.current()
     assert client.delete(f"/api/users/{user_id}").status_code == 202
-    # Step 1 (the DELETE's transaction) took them: nothing to wait for.
+    # Step 1 (the DELETE's transaction) took them: schedule to wait for.
     assert rows_in_postgres(user_id) == {} and rows_in_postgres(-pending_id) == {}
     assert data_version.current() > version
     # A batch for the erased user that raced the erasure adds no row (the user row is gone).
     store_batch(mongo, f"late-{uuid.uuid4().hex}",
                 [{"event_id": uuid.uuid4().hex, "user_id": user_id, "event_type": "login",
                   "timestamp": purchase_time(0), "received_at": purchase_time(0), "metadata": {}, "geo": None}],
-                nothing)
+                schedule)
     assert rows_in_postgres(user_id) == {}
     wait_for(lambda: mongo.events.count_documents({"user_id": {"$in": [user_id, -pending_id]}}) == 0,
              what="MongoDB erased too")
