@@ -42,3 +42,27 @@ def test_a_row_is_the_documents_person_id_type_instant_and_properties():
     assert at == datetime(2026, 3, 2, 9, 0, 0, 123000, tzinfo=UTC)
     assert json.loads(props) == {"page": "/pricing"}
     assert row({**doc, "metadata": None})[4] == "{}"
+
+
+def test_a_data_version_bump_redis_refuses_is_logged_and_counted_not_raised(monkeypatch):
+    # After a commit the change is done: a Redis outage must not raise into a task retry that re-runs
+    # the batch's side effects. A real refused connection (nothing listens on port 1), not a mock.
+    import socket
+
+    from shared.contracts.settings import get_settings
+    from shared.infra.cache import get_redis
+    from shared.pipeline import data_version
+
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", 1)) != 0  # nothing listens there
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    get_settings.cache_clear()
+    get_redis.cache_clear()
+    try:
+        before = data_version.failed_bumps
+        assert data_version.changed("test") is None
+        assert data_version.failed_bumps == before + 1
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+        get_redis.cache_clear()
