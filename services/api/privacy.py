@@ -14,7 +14,7 @@ from shared.contracts.users import UserOut
 from shared.infra.db import session_scope
 from shared.infra.logging import get_logger
 from shared.infra.mongo import get_database
-from shared.pipeline import erasure
+from shared.pipeline import data_version, erasure
 
 log = get_logger(__name__)
 # The erasure locks the user's row, then (cascading) rows a worker storing that user's events may
@@ -62,6 +62,8 @@ def erase_user(path: UserPath):
             if not isinstance(exc.orig, DeadlockDetected) or attempt == DEADLOCK_ATTEMPTS:
                 raise
     forget_known_user(path.user_id)
+    # The person's person_events went with that commit: insight answers cached before are stale.
+    data_version.changed("erasure")
     try:
         # At once, so that no cached profile is served after this answer; the worker repeats it.
         erasure.forget_in_redis([path.user_id])

@@ -1,5 +1,5 @@
-"""`pulse summaries rebuild [--check]`: recount activity counters and customer summaries from
-MongoDB events (the recount itself is shared.pipeline.summaries)."""
+"""`pulse summaries rebuild [--check]`: recount activity counters, customer summaries and
+person_events from MongoDB events (the recount itself is shared.pipeline.summaries)."""
 from __future__ import annotations
 
 import argparse
@@ -28,7 +28,7 @@ def _main(argv: list[str] | None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="pulse summaries",
-        description="Recount activity counters and customer summaries from MongoDB events "
+        description="Recount activity counters, customer summaries and person_events from MongoDB events "
         "(run on a quiet stack).",
     )
     parser.add_argument("command", choices=["rebuild"], help="replace the tables with a recount")
@@ -50,6 +50,9 @@ def _main(argv: list[str] | None) -> int:
                 drifts = check(db, session, args.users, progress)
                 session.rollback()
     if args.command == "rebuild":
+        from shared.pipeline import data_version
+
+        data_version.changed("rebuild")  # committed above: insight answers cached before may differ
         print("rebuilt from MongoDB events: " + ", ".join(f"{name} {n:,}" for name, n in written.items()))
         return 0
     total = sum(d.rows for d in drifts)

@@ -363,7 +363,7 @@ def import_events(path: Path, args: argparse.Namespace, plan: Plan, users: dict[
 # were; autovacuum catches up within minutes where it runs, this makes it at once (and where it
 # does not run at all, as on the dev machine).
 GROWN_TABLES = ("users", "addresses", "activity_days", "purchase_days", "customer_summaries",
-                "customer_categories", "category_sales", "rescore_pending", "applied_batches")
+                "customer_categories", "category_sales", "rescore_pending", "applied_batches", "person_events")
 
 
 def refresh_statistics() -> None:

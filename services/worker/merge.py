@@ -27,6 +27,26 @@ Why each event is counted exactly once, whatever is redelivered or killed:
 - A batch that stored a visitor's event under `-visitor_id`, died before committing and is
   redelivered after the link, stores it as the user's: the merge then finds the copy stored by
   that batch and counts nothing for it (or, if the merge came first, the batch does).
+
+`person_events` (shared.pipeline.person_events) holds one row per stored event under its person,
+so the page's events must leave `-visitor_id` there exactly when they are counted under the user.
+The page's batch deletes the visitor's rows of the page's event ids (`moved_from`) in the
+transaction that inserts the user's rows of its copies, so no committed state counts the person
+twice or loses them:
+
+- Killed before that commit: nothing of the page changed in Postgres; the redelivery does it all.
+- Killed after it, before the MongoDB deletion: the page's batch id is claimed and the visitor's
+  rows are gone; the redelivery's first page holds the same documents, its batch id is the same,
+  so it adds nothing and deletes nothing more, then deletes the documents. (A page cut short is the
+  rest of a page whose rows went with that page's commit: deleting them again deletes nothing.)
+- A copy colliding with an event the user already has is not the batch's (not counted, no row
+  added): the user's row of that event exists from when it was stored, and the visitor's row goes
+  all the same, as its document does.
+- The user erased meanwhile: the copies add no row (only persons with a `users` row get one) and
+  the erasure deletes the visitor's rows with the user's (shared.pipeline.erasure).
+
+Lock order: the batch takes the user's row FOR KEY SHARE before touching `person_events`, and an
+erasure takes it FOR UPDATE before deleting the person's rows, so the two run one after the other.
 """
 from collections.abc import Callable
 from typing import Any
@@ -62,7 +82,7 @@ def merge_visitor(db: Database[Document], visitor_id: int, user_id: int, schedul
         # Not an ingestion: the visitor's events were counted as stored, and their lag observed,
         # when they arrived; their copies count in the summaries only.
         stored = store_batch(db, batch_id(visitor_id, page), copies(page, user_id), schedule_rescore,
-                             resolve_visitors=False, ingested=False)
+                             resolve_visitors=False, ingested=False, moved_from=-visitor_id)
         if stored.gone:
             # The user was erased meanwhile: store_batch deleted the copies; the visitor's own
             # documents go too (the erasure's message names the visitor as well).

@@ -17,7 +17,7 @@ from shared.contracts import event_identity
 from shared.infra import counters, ingestion_lag
 from shared.infra.db import session_scope
 from shared.infra.mongo import EVENTS
-from shared.pipeline import erasure, profile_cache, rescore, summaries, visitors
+from shared.pipeline import data_version, erasure, person_events, profile_cache, rescore, summaries, visitors
 
 DUPLICATE_KEY = 11000
 
@@ -117,7 +117,7 @@ def owned(unique: list[dict], duplicates: set[int], stored: dict[event_identity.
 
 
 def store_batch(db, batch_id: str, docs: list[dict[str, Any]], schedule_rescore: Callable[[float], None],
-                resolve_visitors: bool = True, ingested: bool = True) -> Stored:
+                resolve_visitors: bool = True, ingested: bool = True, moved_from: int | None = None) -> Stored:
     """Store event documents (`event_id`, `user_id`, `event_type`, `timestamp` as a datetime, ...)
     as one batch. Safe to repeat with the same `batch_id` and documents: nothing is stored or
     counted twice, and what a killed attempt left half-done is completed.
@@ -128,11 +128,13 @@ def store_batch(db, batch_id: str, docs: list[dict[str, Any]], schedule_rescore:
     link. An anonymous-only event is stored as its visitor's user's when linked, else under the
     negative of the visitor's id; an event with both ids links an unlinked visitor to its user.
     `resolve_visitors=False` (the merge: its copies carry their user already) skips all of that;
-    `ingested=False` (the merge too) keeps the copies out of the stored total and the ingestion lag."""
+    `ingested=False` (the merge too) keeps the copies out of the stored total and the ingestion lag;
+    `moved_from` (the merge: the visitor's negative id) deletes that person's `person_events` rows of
+    the documents' event ids in the transaction that applies the copies."""
     anonymous = sorted({str(doc["anonymous_id"]) for doc in docs if doc.get("anonymous_id") is not None}) \
         if resolve_visitors else []
     if not anonymous:
-        return _store(db, batch_id, docs, schedule_rescore, None, ingested)
+        return _store(db, batch_id, docs, schedule_rescore, None, ingested, moved_from)
     linking = any(doc.get("user_id") is not None and doc.get("anonymous_id") is not None for doc in docs)
     for attempt in range(1, _ENSURE_ATTEMPTS + 1):
         with session_scope() as session:
@@ -162,21 +164,22 @@ class VisitorRowsVanished(RuntimeError):
 
 
 def _store(db, batch_id: str, docs: list[dict[str, Any]], schedule_rescore: Callable[[float], None],
-           session: Session | None, ingested: bool = True) -> Stored:
+           session: Session | None, ingested: bool = True, moved_from: int | None = None) -> Stored:
     """Insert and apply the resolved documents (every `user_id` an int), in `session` (the caller
     commits, then calls `_after_commit`) or in a transaction of its own."""
     # Only users enter the summaries, the profile versions and the rescoring: a visitor's events
-    # (negative ids) are stored and deduplicated, and counted for its user once merged.
+    # (negative ids) are stored and deduplicated, and counted for its user once merged. They do
+    # enter person_events (funnels count visitors): summaries.record_batch takes every owned document.
     user_ids = sorted({int(doc["user_id"]) for doc in docs if int(doc["user_id"]) > 0})
     started = time.perf_counter()
     inserted, owned = insert_events(db[EVENTS], docs, batch_id)
     stored = time.perf_counter()
-    users_owned = [doc for doc in owned if int(doc["user_id"]) > 0]
+    moved = (moved_from, [str(doc["event_id"]) for doc in docs]) if moved_from is not None else None
     if session is None:
         with session_scope() as own:
-            applied, gone = _apply(own, batch_id, users_owned, user_ids)
+            applied, gone = _apply(own, batch_id, owned, user_ids, moved)
     else:
-        applied, gone = _apply(session, batch_id, users_owned, user_ids)
+        applied, gone = _apply(session, batch_id, owned, user_ids, moved)
     counted = time.perf_counter()
     result = Stored(len(docs), len(inserted), applied, len(user_ids), gone,
                     round((stored - started) * 1000, 1), round((counted - stored) * 1000, 1), tuple(user_ids),
@@ -184,8 +187,14 @@ def _store(db, batch_id: str, docs: list[dict[str, Any]], schedule_rescore: Call
     return result if session is not None else _after_commit(db, result, schedule_rescore)
 
 
-def _apply(session: Session, batch_id: str, owned: list[dict[str, Any]], user_ids: list[int]) -> tuple[bool, list[int]]:
+def _apply(session: Session, batch_id: str, owned: list[dict[str, Any]], user_ids: list[int],
+           moved: tuple[int, list[str]] | None = None) -> tuple[bool, list[int]]:
     applied = summaries.record_batch(session, batch_id, owned)
+    if moved is not None:
+        # The merge's page: the visitor's rows go in the transaction that added the user's copies
+        # (services.worker.merge). Whether or not this delivery claimed the batch: on a redelivery
+        # the earlier one deleted them already, and deleting nothing is harmless.
+        person_events.forget_moved(session, *moved)
     # Profiles are computed from the summaries: new cache versions in the same transaction,
     # so no profile cached before it commits is served after (shared.pipeline.profile_cache). Every
     # user of the batch, also on a redelivery (harmless: one more miss).
@@ -205,4 +214,8 @@ def _after_commit(db, result: Stored, schedule_rescore: Callable[[float], None])
     # Every user of the batch, not only the newly counted: a redelivery after a crash between the
     # summaries and this call must still get those users rescored.
     rescore.mark_changed([u for u in result.user_ids if u not in result.gone], schedule_rescore)
+    if result.applied:
+        # After the commit, so a query that misses after the bump reads this batch's person_events.
+        # A redelivery that applied nothing changed nothing. Never raises (data_version.changed).
+        data_version.changed("events")
     return result

@@ -8,7 +8,12 @@ every batch updates would serialise all workers' commits. The cost of that choic
 dies between its commit and the bump leaves answers cached under the old version until the next
 bump or the cache TTL (INSIGHT_CACHE_SECONDS), whichever comes first.
 """
+from redis.exceptions import RedisError
+
 from shared.infra.cache import get_redis, key, reply
+from shared.infra.logging import get_logger
+
+log = get_logger(__name__)
 
 _KEY = ("insights", "data_version")
 
@@ -22,3 +27,23 @@ def current() -> int:
     """The version answers computed now are cached under (0 before the first change)."""
     raw = reply(get_redis().get(key(*_KEY)))
     return int(raw) if raw is not None else 0
+
+
+# Bumps that failed in this process since it started (each is also logged).
+failed_bumps = 0
+
+
+def changed(what: str) -> int | None:
+    """`bump` after a commit that changed what insights read, never raising: the change is
+    committed, so a Redis error here must not fail the task (a retry would re-run its side effects:
+    a batch's rescoring marks and ingestion counters, a merge's next pages) nor lose or duplicate
+    anything. Logged and counted instead; what it costs is answers cached under the old version
+    until the next bump or INSIGHT_CACHE_SECONDS, as a process dying before its bump does.
+    Returns the new version, None when Redis did not answer."""
+    global failed_bumps
+    try:
+        return bump()
+    except RedisError as exc:
+        failed_bumps += 1
+        log.warning("data_version_bump_failed", what=what, error=type(exc).__name__, failed_bumps=failed_bumps)
+        return None

@@ -4,6 +4,7 @@ Erasure runs in two steps, durable like a signup:
 
 1. `erase_in_postgres` (the API's DELETE, one transaction): the person's share of the category
    sales is subtracted, their outbox messages (the signup's carries name and e-mail) deleted,
+   their `person_events` rows and their visitors' deleted (no foreign key cascades those),
    the user and address rows deleted (counters, purchase summaries, categories and pending
    rescoring go with them, ON DELETE CASCADE), and a `user.erase` outbox message written.
 2. The worker, given that message, `forget`s them in MongoDB (events, profile, welcome-e-mail
@@ -76,7 +77,7 @@ from shared.infra import request_ids, task_failures, tracing
 from shared.infra.cache import get_redis, key, reply
 from shared.infra.db import rowcount, session_scope
 from shared.infra.mongo import EVENTS, PROFILES, WELCOME_EMAILS, Document
-from shared.pipeline import profile_cache, rescore, visitors
+from shared.pipeline import person_events, profile_cache, rescore, visitors
 
 # Long enough for any request or task that was computing the person's profile when the first pass
 # ran to have written it (a miss takes milliseconds; its cache lock lasts 10 s), short enough that
@@ -119,6 +120,14 @@ def _delete_visitors(session: Session, user: User, address_id: int | None) -> No
     # The tracking plan's violation examples of the visitor's events (before the link) name the
     # anonymous id, not the user: cleared with the user's (the next step).
     session.info[_ERASED_ANONYMOUS_IDS] = sorted(str(row.anonymous_id) for row in rows)
+
+
+def _delete_person_events(session: Session, user: User, address_id: int | None) -> None:
+    # No foreign key can cascade them (a person is a user or a visitor): deleted by id, the user's and
+    # its visitors' (not merged yet). A batch storing their events holds the user's row FOR KEY SHARE
+    # or the visitors' FOR SHARE until it commits, and both are locked FOR UPDATE above: its rows are
+    # committed before this reads, and a batch after it finds neither row and inserts none.
+    person_events.forget_people(session, [user.id, *visitor_people(session.info.get(_ERASED_VISITORS, []))])
 
 
 def _delete_user(session: Session, user: User, address_id: int | None) -> None:
@@ -177,14 +186,15 @@ def _write_erase_message(session: Session, user: User, address_id: int | None) -
 #   them too, is written;
 # - an address is deleted only when no user lives there any more: after the user row;
 # - the visitors' ids are read (as their rows are deleted) before the ledger row and the erase
-#   message that name them.
+#   message that name them, and before the person_events rows, which name the visitors by them.
 # The ledger row and the message commit with the user row's deletion, or none of them does.
-IN_POSTGRES = ("category_sales", "outbox_messages", "visitors", "user", "address", "task_failures",
-               "violation_examples", "ledger", "erase_message")
+IN_POSTGRES = ("category_sales", "outbox_messages", "visitors", "person_events", "user", "address",
+               "task_failures", "violation_examples", "ledger", "erase_message")
 _IN_POSTGRES_STEPS = {
     "category_sales": _subtract_category_sales,
     "outbox_messages": _delete_outbox_messages,
     "visitors": _delete_visitors,
+    "person_events": _delete_person_events,
     "user": _delete_user,
     "address": _delete_address,
     "task_failures": _forget_task_failures,
@@ -362,6 +372,8 @@ def sweep_page(db: Database[Document], page: int) -> dict[str, int]:
         missing = missing_users(session, missing)
         forgotten = sorted(leftover & set(missing))
         task_failures.forget_people(session, missing)
+        # person_events has no foreign key to users to cascade from (one index range per id).
+        person_events.forget_people(session, missing)
         # A signup's published message (name, e-mail, street) of a person deleted by hand; the
         # NOT EXISTS guards a signup committing meanwhile (its row and message commit together).
         session.execute(delete(OutboxMessage).where(
@@ -425,6 +437,10 @@ def export(db: Database[Document], session: Session, user_id: int) -> dict[str, 
     profile = db[PROFILES].find_one({"_id": user_id})
     welcome = db[WELCOME_EMAILS].find_one({"_id": user_id})
     events = db[EVENTS].find({"user_id": user_id}).sort([("timestamp", 1), ("event_id", 1)])
+    # Not listed: person_events. Each row is a projection of one event under "events" (its id, type,
+    # time and top-level scalar metadata), so it would hand the person the same data twice and
+    # double the export's size for nothing; the rollups above are listed because they hold what the
+    # events do not (counts and sums Pulse computed about the person).
     return {
         "exported_at": datetime.now(UTC).isoformat(),
         "user": UserOut.of(user).model_dump(mode="json") | {"segment": user.segment},

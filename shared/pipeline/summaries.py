@@ -25,6 +25,9 @@ them. An event re-sent in another message belongs to the batch that stored it fi
 Money is `numeric`, summed by Postgres from the individual prices, so the totals do not depend on
 the order in which batches arrive and a recount gives exactly the same values.
 
+`person_events` (shared.pipeline.person_events) is kept in the same transaction, for users' and
+visitors' events alike (every other table is of users).
+
 `pulse summaries rebuild` recounts every table from MongoDB `events` (after an upgrade,
 or to repair); `pulse summaries rebuild --check` recounts into temporary tables and
 reports every row that differs (exit status 1 on drift). Both stream the events once and let Postgres group
@@ -46,7 +49,7 @@ from sqlalchemy.orm import Session
 from shared.contracts.event_time import to_milliseconds
 from shared.infra.db import rowcount
 from shared.infra.mongo import EVENTS, Document
-from shared.pipeline import activity, rescore
+from shared.pipeline import activity, person_events, rescore
 
 PURCHASE = "user_purchase"
 
@@ -164,15 +167,19 @@ def purchase_columns(docs: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
 def record_batch(session: Session, batch_id: str, docs: Sequence[dict[str, Any]]) -> bool:
     """Add the stored events `docs` (all carrying `batch_id`) to every counter and summary, once.
 
+    `docs` may hold visitors' events (negative `user_id`): they enter `person_events` only, every
+    other table is of users (a visitor's events count there once merged into its user).
     Returns False when this batch had been applied before (nothing is added). The caller commits.
     """
     claimed = session.execute(_CLAIM, {"batch_id": batch_id, "events": len(docs)}).first()
     if claimed is None:
         return False
-    session.execute(_LOCK_USERS, {"ids": sorted({int(doc["user_id"]) for doc in docs})})
-    rescore.record_pending(session, (int(doc["user_id"]) for doc in docs))
-    activity.record(session, docs)
-    columns = purchase_columns(docs)
+    users = [doc for doc in docs if int(doc["user_id"]) > 0]
+    session.execute(_LOCK_USERS, {"ids": sorted({int(doc["user_id"]) for doc in users})})
+    rescore.record_pending(session, (int(doc["user_id"]) for doc in users))
+    activity.record(session, users)
+    person_events.record(session, docs)
+    columns = purchase_columns(users)
     if columns["user_ids"]:
         new_days: dict[int, int] = {}
         for row in session.execute(_PURCHASE_DAYS, columns):
@@ -257,6 +264,7 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "customer_categories": (("user_id", "category"), ("purchases", "spent")),
     "category_sales": (("category",), ("purchases", "spent")),
+    "person_events": (("person_id", "event_id"), ("event_type", "at", "properties")),
 }
 
 # From the raw rows of the temporary table `recount_events` to each table, grouped by Postgres
@@ -279,6 +287,11 @@ _RECOUNT = {
         SELECT user_id, category, count(*) AS purchases, sum(price) AS spent FROM recount_purchases GROUP BY 1, 2""",
     "category_sales": """
         SELECT category, count(*) AS purchases, sum(price) AS spent FROM recount_purchases GROUP BY 1""",
+    # Users' and visitors' events, kept by the batch path's own filter (person_events.KNOWN_PERSON).
+    "person_events": "".join(("""
+        SELECT e.person_id, e.event_id, e.event_type, e.at, e.properties
+        FROM (SELECT user_id AS person_id, event_id, event_type, at, properties FROM recount_events) e
+        WHERE """, person_events.KNOWN_PERSON)),
 }
 
 
@@ -304,24 +317,30 @@ def _load_events(db: Database[Document], session: Session, user_ids: Sequence[in
     """Stream MongoDB `events` into the temporary tables `recount_events` and `recount_purchases`.
     Returns the number of events read and the batch ids they carry."""
     session.execute(text("DROP TABLE IF EXISTS recount_events, recount_raw_purchases, recount_purchases"))
-    session.execute(text("CREATE TEMP TABLE recount_events (user_id integer, at timestamptz) ON COMMIT DROP"))
+    # Every event as its person_events row would be (person_events.row): activity_days reads the
+    # person and time of the users' ones.
+    session.execute(text(
+        "CREATE TEMP TABLE recount_events (user_id bigint, event_id text, event_type text, at timestamptz, "
+        "properties jsonb) ON COMMIT DROP"
+    ))
     session.execute(text(
         "CREATE TEMP TABLE recount_raw_purchases (user_id integer, at timestamptz, price float8, category text) "
         "ON COMMIT DROP"
     ))
     query = {"user_id": {"$in": [int(u) for u in user_ids]}} if user_ids is not None else {}
-    projection = {"_id": 0, "user_id": 1, "event_type": 1, "timestamp": 1, "metadata.price": 1,
-                  "metadata.category": 1, "batch_id": 1}
+    projection = {"_id": 0, "user_id": 1, "event_id": 1, "event_type": 1, "timestamp": 1, "metadata": 1,
+                  "batch_id": 1}
     batches: set[str] = set()
     read = 0
     raw = session.connection().connection.driver_connection  # psycopg: COPY needs the DBAPI connection
     assert raw is not None  # None only once a pooled connection is invalidated; this one is checked out
     with raw.cursor() as cursor:
-        with cursor.copy("COPY recount_events (user_id, at) FROM STDIN") as events_copy, \
-                io.StringIO() as purchases_buffer:
+        with cursor.copy("COPY recount_events (user_id, event_id, event_type, at, properties) FROM STDIN") \
+                as events_copy, io.StringIO() as purchases_buffer:
             for doc in db[EVENTS].find(query, projection, batch_size=10_000):
                 at = _stored_instant(doc["timestamp"]).isoformat()
-                events_copy.write_row((int(doc["user_id"]), at))
+                person_id, event_id, event_type, _, props = person_events.row(doc)
+                events_copy.write_row((person_id, event_id, event_type, at, props))
                 if doc.get("batch_id"):
                     batches.add(doc["batch_id"])
                 if doc.get("event_type") == PURCHASE:
@@ -349,9 +368,12 @@ def _copy_text(value: str) -> str:
 
 
 def _scope(table: str, user_ids: Sequence[int] | None) -> tuple[str, dict[str, Any]]:
-    if user_ids is None or "user_id" not in TABLES[table][0]:
+    if user_ids is None:
         return "", {}
-    return " WHERE user_id = ANY(CAST(:scope AS integer[]))", {"scope": [int(u) for u in user_ids]}
+    person = next((k for k in ("user_id", "person_id") if k in TABLES[table][0]), None)
+    if person is None:
+        return "", {}
+    return f" WHERE {person} = ANY(CAST(:scope AS bigint[]))", {"scope": [int(u) for u in user_ids]}
 
 
 def rebuild(db: Database[Document], session: Session, user_ids: Sequence[int] | None = None,

@@ -52,7 +52,8 @@ def drift(mongo, user_id: int) -> dict[str, int]:
     return found
 
 
-NO_DRIFT = {"activity_days": 0, "purchase_days": 0, "customer_summaries": 0, "customer_categories": 0}
+NO_DRIFT = {"activity_days": 0, "purchase_days": 0, "customer_summaries": 0, "customer_categories": 0,
+            "person_events": 0}
 
 
 def test_summaries_follow_purchases_in_any_order_and_count_each_once(client, mongo, user_id):

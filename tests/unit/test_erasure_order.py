@@ -29,6 +29,12 @@ def test_outbox_messages_naming_the_person_go_before_the_erase_message_is_writte
     assert before("outbox_messages", "erase_message")
 
 
+def test_person_events_are_deleted_once_the_visitors_ids_are_known():
+    # person_events has no foreign key to cascade from: the user's rows and its visitors' (named by
+    # the negative ids `_delete_visitors` reads as it deletes their rows) are deleted by id.
+    assert before("visitors", "person_events")
+
+
 def test_the_address_goes_after_the_user_row():
     # Only an address nobody lives at any more is deleted.
     assert before("user", "address")
