@@ -74,6 +74,8 @@ class User(Base):
         # Usernames are unique regardless of case: "Ivan" and "ivan" are one person to a human.
         Index("uq_users_username_lower", func.lower(text("username")), unique=True),
         Index("ix_users_profile_score", "profile_score"),
+        # Retention by signup cohort reads the users who signed up in a range of periods.
+        Index("ix_users_created_at", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
