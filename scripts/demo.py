@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 import requests
 from tqdm import tqdm
 
-from scripts.stack_client import API, StackError, call, key_file, require_stack, run_job
+from scripts.stack_client import API, StackError, answer, call, key_file, require_stack, run_job
 
 SEED = 20240808
 N_GENERATED = 200
@@ -505,24 +505,6 @@ FUNNEL_SPAN = timedelta(days=400)
 RETENTION_WEEKS = 19
 
 
-def insight(method: str, path: str, timeout: float = 300, **kwargs) -> dict:
-    """An insight's answer: at once (200), or a job's result (202 + Location, polled until done)."""
-    response = call(method, path, expect=(200, 202), **kwargs)
-    if response.status_code == 200:
-        return response.json()
-    location = response.headers["Location"]
-    deadline = time.monotonic() + timeout
-    while True:
-        job = call("GET", location).json()
-        if job["status"] == "done":
-            return job["result"]
-        if job["status"] == "failed":
-            raise DemoError(f"{path} job {job['id']} failed: {job['error']['detail']}")
-        if time.monotonic() > deadline:
-            raise DemoError(f"{path} job {job['id']} still {job['status']} after {timeout:.0f}s")
-        time.sleep(0.5)
-
-
 def own_funnel(persons: list[Person], start: datetime, end: datetime) -> list[int]:
     """Persons at each step of FUNNEL_STEPS among the demo's users, from the events it planned: the
     API's definition (enter at the first login in [start, end); each next step the earliest event of
@@ -567,7 +549,7 @@ def funnel_and_retention(persons: list[Person], now: datetime) -> None:
     # The worker stores the events' rows for the insights as it stores the events: wait until every
     # step counts the demo's own people (others' events, e.g. the visitor's or a benchmark's, only add).
     def counted():
-        steps = insight("POST", "/api/analytics/funnels", json=body)["steps"]
+        steps = answer("POST", "/api/analytics/funnels", json=body, timeout=300)["steps"]
         persons_at = [s["persons"] for s in steps]
         return all(a >= b for a, b in zip(persons_at, own, strict=True)) and steps, persons_at
 
@@ -584,16 +566,16 @@ def funnel_and_retention(persons: list[Person], now: datetime) -> None:
 
     monday = (now - timedelta(days=now.weekday())).date()
     first = monday - timedelta(weeks=RETENTION_WEEKS - 1)
-    answer = insight("GET", "/api/analytics/retention", params={
+    matrix = answer("GET", "/api/analytics/retention", timeout=300, params={
         "cohort": "first_event", "period": "week", "periods": RETENTION_WEEKS, "event_type": "page_view",
         "from": first.isoformat(), "to": (monday + timedelta(weeks=1)).isoformat()})
     print("\n[10] Weekly retention (GET /api/analytics/retention): of the people whose first page_view fell in a")
     print("     week (the cohort), the % with a page_view k weeks later")
     print(f"  {'cohort':<11}{'size':>5} " + "".join(f"{k:>4}" for k in range(RETENTION_WEEKS)))
-    for cohort in answer["cohorts"]:
+    for cohort in matrix["cohorts"]:
         cells = "".join(f"{100 * rate:>4.0f}" for rate in cohort["rates"])
         print(f"  {cohort['cohort']:<11}{cohort['size']:>5} {cells}")
-    if not answer["cohorts"]:
+    if not matrix["cohorts"]:
         print("  no page views in these weeks")
 
 

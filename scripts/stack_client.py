@@ -94,9 +94,18 @@ def require_stack() -> None:
 def run_job(path: str, body: dict, *, timeout: float = 600, poll: float = 0.5) -> dict:
     """POST a job (a fit, a validation: 202 with its Location) and poll it until it is done;
     its result. A failed job is a StackError with the job's reason."""
+    return answer("POST", path, json=body, expect=(202,), timeout=timeout, poll=poll)
+
+
+def answer(method: str, path: str, *, expect: tuple[int, ...] = (200, 202), timeout: float = 600,
+           poll: float = 0.5, **kwargs) -> dict:
+    """A request's answer: its body when 200, or, when 202 (a job), the job's result once its
+    Location says done. A failed or overdue job is a StackError with the job's reason."""
     import time
 
-    submitted = call("POST", path, json=body, expect=(202,))
+    submitted = call(method, path, expect=expect, **kwargs)
+    if submitted.status_code != 202:
+        return submitted.json()
     location = submitted.headers["Location"]
     deadline = time.monotonic() + timeout
     while True:
