@@ -24,7 +24,7 @@ from shared.contracts.users import UserOut, with_address
 from shared.infra import request_ids, tracing
 from shared.infra.db import session_scope
 from shared.infra.mongo import get_database
-from shared.pipeline import profile_cache
+from shared.pipeline import data_version, profile_cache
 from shared.pipeline.reference import country_by_code, resolve_city
 
 users_bp = APIBlueprint("users", __name__, url_prefix="/api/users", abp_tags=[Tag(name="users")])
@@ -148,6 +148,8 @@ def signup(body: SignupRequest):
     with session_scope() as session:
         user, linked = register_user(session, body)
         created = SignupCreated(id=user.id, username=user.username, email=user.email, anonymous_id_linked=linked)
+    # Committed: retention by signup counts users by created_at, so answers cached before are stale.
+    data_version.changed("signup")
     return created.model_dump(exclude_none=True), 201, {"Location": f"/api/users/{created.id}"}
 
 
