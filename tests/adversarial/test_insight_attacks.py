@@ -3,12 +3,18 @@ the cache after what it reads changed, and a careless or hostile client gets a 4
 the field, never a 500 nor another client's view.
 
 Each test goes through the real API (the app on the run's Postgres, Redis and pipeline)."""
-import pytest
+import os
+from urllib.parse import urlsplit
 
-from tests.helpers import signup_body
+import pytest
+import requests
+
+from tests.helpers import serve, signup_body
 
 pytestmark = pytest.mark.usefixtures("pipeline")
 
+FUNNEL = {"steps": [{"event_type": "page_view"}, {"event_type": "user_purchase"}], "window_seconds": 3600,
+          "from": "2020-01-01T00:00:00Z", "to": "2020-02-01T00:00:00Z"}
 TODAY_BY_SIGNUP = "/api/analytics/retention?cohort=signup&period=day&periods=1"
 
 
@@ -34,3 +40,31 @@ def test_a_signup_is_in_the_next_signup_retention_answer(client):
     assert client.post("/api/users/signup", json=signup_body()).status_code == 201
     after, cache = _todays_cohort_size(client)
     assert after >= again + 1, f"today's signup cohort was {again}, still {after} after a signup (X-Cache {cache})"
+
+
+@pytest.fixture(scope="module")
+def server(app):
+    with serve(app) as url:
+        yield url
+
+
+def test_the_session_funnel_refuses_spoofed_origins(server):
+    """The dashboard's cookie counts for POST /api/analytics/funnels only from the dashboard's own
+    pages (Origin = Host). The scheme is deliberately not compared (TLS may end at a proxy that is
+    not in TRUSTED_PROXIES; services.api.access._same_origin), so http/https of the same host pass;
+    every other variant a browser could send is refused."""
+    login = requests.post(f"{server}/dashboard/login", data={"key": os.environ["PULSE_API_KEY"]},
+                          allow_redirects=False, timeout=10)
+    jar = {"pulse_session": login.cookies["pulse_session"]}
+    host = urlsplit(server).netloc
+    assert requests.post(f"{server}/api/analytics/funnels", json=FUNNEL, cookies=jar, headers={"Origin": server},
+                         timeout=30).status_code in (200, 202)
+    for origin in ("null", f"http://{host}.evil.example", f"http://x@{host}", f"http://{host}:1",
+                   f"http://{host}/", host, ""):
+        refused = requests.post(f"{server}/api/analytics/funnels", json=FUNNEL, cookies=jar,
+                                headers={"Origin": origin}, timeout=30)
+        assert refused.status_code == 401, (origin, refused.status_code, refused.text)
+    # No Origin but a Referer of the dashboard: not what a browser's POST sends, refused too.
+    refused = requests.post(f"{server}/api/analytics/funnels", json=FUNNEL, cookies=jar,
+                            headers={"Referer": f"{server}/dashboard/insights"}, timeout=30)
+    assert refused.status_code == 401, refused.text
