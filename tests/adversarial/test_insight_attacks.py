@@ -4,11 +4,14 @@ the field, never a 500 nor another client's view.
 
 Each test goes through the real API (the app on the run's Postgres, Redis and pipeline)."""
 import os
+import uuid
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 
+from tests.fixtures import wait_for
 from tests.helpers import serve, signup_body
 
 pytestmark = pytest.mark.usefixtures("pipeline")
@@ -68,3 +71,42 @@ def test_the_session_funnel_refuses_spoofed_origins(server):
     refused = requests.post(f"{server}/api/analytics/funnels", json=FUNNEL, cookies=jar,
                             headers={"Referer": f"{server}/dashboard/insights"}, timeout=30)
     assert refused.status_code == 401, refused.text
+
+
+def test_a_visitor_identified_between_two_queries_is_one_person(client):
+    """A funnel answered (and cached) while the person is a visitor, asked again after the identify:
+    the person is counted once, first as the visitor, then as the user, never both and never zero,
+    and the cached answer is not served once the merge moved the events."""
+    s = uuid.uuid4().hex[:8]
+    anon = f"anon-{s}"
+    now = datetime.now(UTC).replace(microsecond=0)
+    visits = [{"event_id": uuid.uuid4().hex, "anonymous_id": anon, "event_type": f"idv_{s}",
+               "timestamp": (now - timedelta(minutes=10)).isoformat()},
+              {"event_id": uuid.uuid4().hex, "anonymous_id": anon, "event_type": f"idb_{s}",
+               "timestamp": (now - timedelta(minutes=5)).isoformat()}]
+    assert client.post("/api/events/batch", json={"events": visits}).status_code == 202
+    body = {"steps": [{"event_type": f"idv_{s}"}, {"event_type": f"idb_{s}"}], "window_seconds": 3600,
+            "from": (now - timedelta(days=1)).isoformat(), "to": (now + timedelta(days=1)).isoformat(),
+            "breakdown": "signup_week"}
+
+    def asked() -> dict:
+        response = client.post("/api/analytics/funnels", json=body)
+        assert response.status_code == 200, response.get_json()
+        answer = response.get_json()
+        assert [step["persons"] for step in answer["steps"]] in ([0, 0], [1, 1]), answer
+        return answer
+
+    wait_for(lambda: asked()["breakdown"] == {"(none)": asked()["steps"]} and asked()["steps"][0]["persons"] == 1,
+             timeout=60, interval=0.5, what="the visitor in the funnel")
+    assert client.post("/api/analytics/funnels", json=body).headers["X-Cache"] == "HIT"
+
+    user_id = client.post("/api/users/signup", json=signup_body(anonymous_id=anon)).get_json()["id"]
+    assert user_id > 0
+    week = (now.date() - timedelta(days=now.weekday())).isoformat()
+
+    def as_the_user():
+        answer = asked()
+        assert answer["steps"][0]["persons"] == 1, answer  # the person never leaves, never doubles
+        return set(answer["breakdown"]) == {week} and answer
+
+    wait_for(as_the_user, timeout=90, interval=0.5, what="the merged person counted as the user")
