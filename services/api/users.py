@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager
 
 from services.api import identify
+from services.api.insights import members_bounded
 from services.api.problems import FieldProblem, Problem, ProblemError
 from services.api.profile_docs import PROFILE_DOC, ProfileOut
 from shared.analytics.insights import cohorts
@@ -204,7 +205,8 @@ class TopQuery(BaseModel):
     "",
     summary="Users by country and city, with their addresses (one SQL query per page)",
     description=PERSONAL_READ + " `cohort`: a saved cohort's users (its visitors are no users); 404 naming "
-    "`cohort` when no such cohort is saved.",
+    "`cohort` when no such cohort is saved; 503 (Retry-After) when evaluating its members takes longer than "
+    "INSIGHT_INLINE_TIMEOUT_MS.",
     responses={200: UserPage, 404: Problem, 422: Problem},
 )
 def list_users(query: UserListQuery):
@@ -224,7 +226,8 @@ def list_users(query: UserListQuery):
         statement = statement.where(Country.code == query.country.upper())
     if query.city:
         statement = statement.where(func.lower(City.name) == query.city.strip().lower())
-    with session_scope() as session:
+    # A saved cohort's members are an insight query: under its time limit (members_bounded).
+    with members_bounded() if query.cohort else session_scope() as session:
         if query.cohort:
             try:
                 members, params = cohorts.members_of(session, query.cohort, "cohort")

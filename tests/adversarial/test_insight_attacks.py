@@ -5,12 +5,16 @@ the field, never a 500 nor another client's view.
 Each test goes through the real API (the app on the run's Postgres, Redis and pipeline)."""
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 import requests
 
+from tests.conftest import TEST_ENV
 from tests.fixtures import wait_for
 from tests.helpers import serve, signup_body
 
@@ -110,3 +114,38 @@ def test_a_visitor_identified_between_two_queries_is_one_person(client):
         return set(answer["breakdown"]) == {week} and answer
 
     wait_for(as_the_user, timeout=90, interval=0.5, what="the merged person counted as the user")
+
+
+def test_a_cohorts_member_count_is_bounded_by_the_inline_limit(client, monkeypatch):
+    """A saved cohort's members are a query as costly as a funnel (reached_step) and are evaluated on
+    every GET /api/cohorts, /api/cohorts/<name> and /api/users?cohort=: without the insight queries'
+    statement_timeout a read-scope client held a web thread for as long as the count took (here:
+    forever, while another transaction holds person_events). Past the limit the answer is now a 503
+    problem with Retry-After, in about the limit."""
+    from shared.contracts.settings import get_settings
+
+    s = uuid.uuid4().hex[:8]
+    name = f"slow-{s}"
+    steps = [{"event_type": f"sv_{s}"}, {"event_type": f"sb_{s}"}]
+    definition = {"reached_step": {"funnel": {**FUNNEL, "steps": steps}, "step": 2}}
+    assert client.put(f"/api/cohorts/{name}", json={"definition": definition}).status_code == 201
+    monkeypatch.setattr(get_settings(), "insight_inline_timeout_ms", 300)
+    url = TEST_ENV["DATABASE_URL"].replace("postgresql+psycopg", "postgresql")
+    for path in (f"/api/cohorts/{name}", "/api/cohorts", f"/api/users?cohort={name}"):
+        with psycopg.connect(url) as lock, ThreadPoolExecutor(1) as pool:
+            lock.execute("LOCK TABLE person_events IN ACCESS EXCLUSIVE MODE")
+            asked = pool.submit(client.get, path)
+            try:
+                response = asked.result(timeout=15)
+            except FutureTimeout:
+                response = None
+            finally:
+                lock.rollback()
+            if response is None:
+                asked.result(timeout=60)
+            assert response is not None, f"GET {path} still computing 15 s after the 0.3 s limit"
+            assert response.status_code == 503, (path, response.status_code, response.get_json())
+            assert response.mimetype == "application/problem+json" and "Retry-After" in response.headers
+    # The limit was the transaction's own: the pooled connections answer in full again.
+    assert client.get(f"/api/cohorts/{name}").get_json()["persons"] == 0
+    assert client.delete(f"/api/cohorts/{name}").status_code == 204
