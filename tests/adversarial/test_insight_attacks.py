@@ -149,3 +149,28 @@ def test_a_cohorts_member_count_is_bounded_by_the_inline_limit(client, monkeypat
     # The limit was the transaction's own: the pooled connections answer in full again.
     assert client.get(f"/api/cohorts/{name}").get_json()["persons"] == 0
     assert client.delete(f"/api/cohorts/{name}").status_code == 204
+
+
+def test_the_inline_limit_leaves_with_its_transaction(client, monkeypatch):
+    """The inline statement_timeout is the request's transaction's only: after funnels answered at
+    once, as jobs past the limit, and cohort reads, no pooled connection keeps it (a limit left on
+    a connection would cancel the next user's long write or report)."""
+    from shared.contracts.settings import get_settings
+    from shared.infra.db import get_engine
+
+    monkeypatch.setattr(get_settings(), "insight_inline_timeout_ms", 1234)
+    url = TEST_ENV["DATABASE_URL"].replace("postgresql+psycopg", "postgresql")
+    assert client.post("/api/analytics/funnels", json=FUNNEL).status_code == 200
+    with psycopg.connect(url) as lock:
+        lock.execute("LOCK TABLE person_events IN ACCESS EXCLUSIVE MODE")
+        assert client.post("/api/analytics/funnels", json={**FUNNEL, "window_seconds": 3599}).status_code == 202
+        assert client.get("/api/cohorts").status_code in (200, 503)
+        lock.rollback()
+    engine = get_engine()
+    held = [engine.connect() for _ in range(engine.pool.checkedin() + 1)]
+    try:
+        limits = {connection.exec_driver_sql("SHOW statement_timeout").scalar_one() for connection in held}
+    finally:
+        for connection in held:
+            connection.close()
+    assert "1234ms" not in limits, limits
