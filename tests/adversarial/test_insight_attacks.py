@@ -174,3 +174,46 @@ def test_the_inline_limit_leaves_with_its_transaction(client, monkeypatch):
         for connection in held:
             connection.close()
     assert "1234ms" not in limits, limits
+
+
+def _rows(*events: tuple[int, str, datetime]) -> None:
+    """person_events rows as ingestion writes them, then the bump a batch's commit makes."""
+    from shared.contracts.tables import PersonEvent
+    from shared.infra.db import session_scope
+    from shared.pipeline import data_version
+
+    with session_scope() as session:
+        session.add_all(PersonEvent(person_id=person, event_id=uuid.uuid4().hex, event_type=kind, at=moment,
+                                    properties={}) for person, kind, moment in events)
+    data_version.bump()
+
+
+def test_funnel_edges_are_exact(client):
+    """Visitors (negative ids, no user row needed for the query) at every edge of the rules: the
+    same event never counts for two steps, a step at the same instant as the previous one does not
+    count (strictly after), the window is inclusive to the microsecond, `from` is in and `to` out."""
+    s = uuid.uuid4().hex[:8]
+    a, b = f"ea_{s}", f"eb_{s}"
+    t0 = datetime(2012, 6, 1, tzinfo=UTC)
+    base = -(uuid.uuid4().int % 10**12 + 10**13)
+    p = [base - k for k in range(8)]
+    _rows(
+        (p[0], a, t0),                                          # one a: steps a -> a reach 1 only
+        (p[1], a, t0 + timedelta(hours=1)), (p[1], a, t0 + timedelta(hours=1)),  # two a's, same instant
+        (p[2], a, t0 + timedelta(hours=2)), (p[2], b, t0 + timedelta(hours=2)),  # b at the entry's instant
+        (p[3], a, t0 + timedelta(hours=3)), (p[3], b, t0 + timedelta(hours=4)),  # b at entry + window exactly
+        (p[4], a, t0 + timedelta(hours=5)), (p[4], b, t0 + timedelta(hours=6, microseconds=1)),  # 1 µs late
+        (p[5], a, t0 - timedelta(microseconds=1)),              # before `from`: never enters
+        (p[6], a, t0 + timedelta(days=1)),                      # at `to`: never enters
+        (p[7], b, t0 + timedelta(hours=7)), (p[7], a, t0 + timedelta(hours=8)),  # b before a: no conversion
+    )
+    window = {"window_seconds": 3600, "from": t0.isoformat(), "to": (t0 + timedelta(days=1)).isoformat()}
+
+    def persons(*steps: str) -> list[int]:
+        response = client.post("/api/analytics/funnels", json={"steps": [{"event_type": e} for e in steps], **window})
+        assert response.status_code == 200, response.get_json()
+        return [step["persons"] for step in response.get_json()["steps"]]
+
+    assert persons(a, a) == [6, 0]
+    assert persons(a, b) == [6, 1]  # p3 only
+    assert persons(a, a, a) == [6, 0, 0]
