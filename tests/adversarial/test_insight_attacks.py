@@ -261,3 +261,32 @@ def test_a_visitor_merged_over_several_pages_is_one_person_between_pages(client,
         merge_visitor(mongo, visitor, user_id, _schedule_rescore, page_size=1)
     assert [st["persons"] for st in client.post("/api/analytics/funnels", json=body).get_json()["steps"]] == [1, 1]
     assert between == [1, 1], f"between two merge pages the funnel counted {between}"
+
+
+def test_a_cohorts_users_are_pseudonymous_without_the_personal_scope(app, client):
+    """GET /api/users?cohort= lists people: a read key without the `personal` scope sees neither
+    their e-mail, name nor username, as on the unfiltered list."""
+    from shared.infra import api_keys
+    from shared.infra.db import session_scope
+
+    body = signup_body(country="UA", full_name="Olena Cohortova")
+    assert client.post("/api/users/signup", json=body).status_code == 201
+    name = f"ua-{uuid.uuid4().hex[:8]}"
+    assert client.put(f"/api/cohorts/{name}", json={"definition": {"country": "UA"}}).status_code == 201
+    with session_scope() as session:
+        _, key = api_keys.create(session, ["read"], name="cohort reader")
+    reader = app.test_client()
+    reader.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    total = reader.get(f"/api/users?cohort={name}&per_page=100").get_json()["total"]
+    assert total >= 1
+    # Ordered by id: the newest signup is on the last page.
+    last = reader.get(f"/api/users?cohort={name}&per_page=100&page={(total - 1) // 100 + 1}")
+    assert last.status_code == 200
+    assert len(last.get_json()["items"]) >= 1
+    text_ = last.get_data(as_text=True)
+    # The same page to the development key (every scope): the person is on it, named.
+    assert body["email"] in client.get(f"/api/users?cohort={name}&per_page=100&page={(total - 1) // 100 + 1}") \
+        .get_data(as_text=True)
+    for personal_value in (body["email"], body["username"], body["full_name"], body["address"]["street"]):
+        assert personal_value not in text_, personal_value
+    assert client.delete(f"/api/cohorts/{name}").status_code == 204
