@@ -219,13 +219,12 @@ def test_funnel_edges_are_exact(client):
     assert persons(a, a, a) == [6, 0, 0]
 
 
-@pytest.mark.xfail(strict=True, reason="open: a merge moves a visitor's events one page (MERGE_PAGE) per "
-                   "transaction, and between two pages the funnel counts the person as the user and as the visitor")
 def test_a_visitor_merged_over_several_pages_is_one_person_between_pages(client, mongo):
     """A visitor with more events than a merge page (services/worker/merge.py, MERGE_PAGE = 1000)
-    is moved one page per transaction. Each event is counted once at every commit, but a person is
-    not: between two pages the user holds the first page's events and the visitor the rest, and a
-    funnel asked then counts two persons (here: one who did step 1 twice becomes two entrants)."""
+    has its documents moved one page per transaction. Were its person_events rows moved the same
+    way, between two pages the user would hold the first page's events and the visitor the rest,
+    and a funnel asked then would count two persons (here: one who did step 1 twice, two entrants).
+    The first page moves every row of the visitor."""
     from sqlalchemy import text
 
     from services.worker.merge import batch_id, copies, merge_visitor
