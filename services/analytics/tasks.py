@@ -53,13 +53,12 @@ def profile_document(profile: dict) -> dict[str, Any]:
     }
 
 
-def store_profiles(db, session, profiles: dict[int, dict[str, Any]]) -> bool:
+def store_profiles(db, session, profiles: dict[int, dict[str, Any]]) -> None:
     """Profiles to MongoDB, engagement and segment back to users (one statement each).
     Whole documents are replaced by key (shared.infra.mongo: profiles are keyed by user id): on the dev
-    server that costs two thirds of a $set on a looked-up field. Returns whether a user's segment
-    changed (what the insight queries' breakdowns and cohorts read)."""
+    server that costs two thirds of a $set on a looked-up field."""
     if not profiles:
-        return False
+        return
     db[PROFILES].bulk_write(
         [ReplaceOne({"_id": user_id}, profile_document(profile), upsert=True)
          for user_id, profile in profiles.items()],
@@ -68,8 +67,8 @@ def store_profiles(db, session, profiles: dict[int, dict[str, Any]]) -> bool:
     # Locked in id order first: two rescorings of overlapping users (a drain and a refit's
     # chunk) then queue behind each other instead of deadlocking. NO KEY UPDATE, as the UPDATE
     # itself takes: it does not block the foreign-key checks of the worker's inserts.
-    locked = text("SELECT id, segment FROM users WHERE id = ANY(CAST(:ids AS integer[])) ORDER BY id FOR NO KEY UPDATE")
-    before = {row.id: row.segment for row in session.execute(locked, {"ids": sorted(profiles)})}
+    session.execute(text("SELECT id FROM users WHERE id = ANY(CAST(:ids AS integer[])) ORDER BY id FOR NO KEY UPDATE"),
+                    {"ids": sorted(profiles)})
     session.execute(
         text(
             "UPDATE users SET profile_score = v.score, segment = v.segment FROM "
@@ -82,7 +81,6 @@ def store_profiles(db, session, profiles: dict[int, dict[str, Any]]) -> bool:
         {"ids": list(profiles), "scores": [p["engagement"] for p in profiles.values()],
          "segments": [p["segment"] for p in profiles.values()]},
     )
-    return any(user_id in before and before[user_id] != profile["segment"] for user_id, profile in profiles.items())
 
 
 def rescore_users(user_ids: list[int]) -> int:
@@ -94,10 +92,13 @@ def rescore_users(user_ids: list[int]) -> int:
         # Read before the data: a change committed after this read keeps its user pending.
         seen = rescore.changes_seen(session, user_ids)
         profiles = compute_profiles(db, session, user_ids)
-        segments_changed = store_profiles(db, session, profiles)
+        store_profiles(db, session, profiles)
         rescore.clear_seen(session, seen)
-    if segments_changed:
-        data_version.changed("segments")  # committed: insight breakdowns by segment are stale
+    if profiles:
+        # Committed: breakdowns by segment and saved cohorts by segment or RFM code read these. Any
+        # rewrite, not only a changed segment: the RFM code lives in the profile document alone (a
+        # rescoring after a refit or with time passing changes it with the segment unchanged).
+        data_version.changed("profiles")
     profile_cache.write_many({user_id: (versions.get(user_id), profile) for user_id, profile in profiles.items()})
     with session_scope() as session:
         # After every write: whoever was erased meanwhile is forgotten again (shared.pipeline.erasure). All

@@ -10,6 +10,8 @@ longer is cancelled and handed to the analytics worker as a job (202 with
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
@@ -258,6 +260,29 @@ def _check_span(first: date, end: date, period: str, field: str) -> None:
         raise _problem(422, field, f"at most {periods.MAX_PERIODS[period]} {period}s from from to to")
 
 
+def limit_to_inline(session: Session) -> None:
+    """INSIGHT_INLINE_TIMEOUT_MS as the statement_timeout of this transaction only: the pooled
+    connection goes back without a time limit."""
+    session.execute(text("SELECT set_config('statement_timeout', :ms, true)"),
+                    {"ms": str(get_settings().insight_inline_timeout_ms)})
+
+
+@contextmanager
+def members_bounded() -> Iterator[Session]:
+    """A transaction that evaluates saved cohorts' members (GET /api/cohorts, /api/users?cohort=):
+    as costly as a funnel (reached_step), so under the same limit. Past it, a 503 problem with
+    Retry-After, rather than a web thread held for as long as the count takes."""
+    try:
+        with session_scope() as session:
+            limit_to_inline(session)
+            yield session
+    except OperationalError as exc:
+        if not isinstance(exc.orig, QueryCanceled):
+            raise
+        raise ProblemError(503, "Evaluating the saved cohort's members took longer than "
+                           "INSIGHT_INLINE_TIMEOUT_MS; retry later") from exc
+
+
 def _run(kind: str, params: dict[str, Any]):
     """The answer now (200, X-Cache) or, past INSIGHT_INLINE_TIMEOUT_MS or when asked to
     (`Prefer: respond-async`), a job (202 + Location)."""
@@ -268,9 +293,7 @@ def _run(kind: str, params: dict[str, Any]):
             if asynchronous:
                 insights.cache_key(session, kind, params, 0)  # an unknown cohort is a 404 now, not a failed job
             else:
-                # Local to this transaction: the pooled connection goes back without a time limit.
-                session.execute(text("SELECT set_config('statement_timeout', :ms, true)"),
-                                {"ms": str(get_settings().insight_inline_timeout_ms)})
+                limit_to_inline(session)
                 try:
                     body, cache = insights.answer(session, kind, params)
                 except OperationalError as exc:
@@ -373,17 +396,22 @@ def put_cohort(path: CohortPath, body: CohortPut):
     return answer, 201 if created else 200, {"Location": f"/api/cohorts/{name}"}
 
 
-@insights_bp.get("/cohorts", summary="Every saved cohort with its member count now", responses={200: CohortsOut})
+MEMBERS_DOC = ("Members are counted under the insight queries' time limit: 503 (Retry-After) when that takes longer "
+               "than INSIGHT_INLINE_TIMEOUT_MS.")
+
+
+@insights_bp.get("/cohorts", summary="Every saved cohort with its member count now", description=MEMBERS_DOC,
+                 responses={200: CohortsOut})
 def list_cohorts():
-    with session_scope() as session:
+    with members_bounded() as session:
         return {"items": [_described(session, c) for c in session.scalars(select(Cohort).order_by(Cohort.name))]}
 
 
-@insights_bp.get("/cohorts/<name>", summary="A saved cohort with its member count now",
+@insights_bp.get("/cohorts/<name>", summary="A saved cohort with its member count now", description=MEMBERS_DOC,
                  responses={200: CohortOut, 404: Problem, 422: Problem})
 def get_cohort(path: CohortPath):
     name = path.name
-    with session_scope() as session:
+    with members_bounded() as session:
         cohort = session.get(Cohort, name)
         if cohort is None:
             raise _problem(404, "name", f"No saved cohort {name!r}")

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, contains_eager
 
 from services.api import identify
+from services.api.insights import members_bounded
 from services.api.problems import FieldProblem, Problem, ProblemError
 from services.api.profile_docs import PROFILE_DOC, ProfileOut
 from shared.analytics.insights import cohorts
@@ -24,7 +25,7 @@ from shared.contracts.users import UserOut, with_address
 from shared.infra import request_ids, tracing
 from shared.infra.db import session_scope
 from shared.infra.mongo import get_database
-from shared.pipeline import profile_cache
+from shared.pipeline import data_version, profile_cache
 from shared.pipeline.reference import country_by_code, resolve_city
 
 users_bp = APIBlueprint("users", __name__, url_prefix="/api/users", abp_tags=[Tag(name="users")])
@@ -148,6 +149,8 @@ def signup(body: SignupRequest):
     with session_scope() as session:
         user, linked = register_user(session, body)
         created = SignupCreated(id=user.id, username=user.username, email=user.email, anonymous_id_linked=linked)
+    # Committed: retention by signup counts users by created_at, so answers cached before are stale.
+    data_version.changed("signup")
     return created.model_dump(exclude_none=True), 201, {"Location": f"/api/users/{created.id}"}
 
 
@@ -202,7 +205,8 @@ class TopQuery(BaseModel):
     "",
     summary="Users by country and city, with their addresses (one SQL query per page)",
     description=PERSONAL_READ + " `cohort`: a saved cohort's users (its visitors are no users); 404 naming "
-    "`cohort` when no such cohort is saved.",
+    "`cohort` when no such cohort is saved; 503 (Retry-After) when evaluating its members takes longer than "
+    "INSIGHT_INLINE_TIMEOUT_MS.",
     responses={200: UserPage, 404: Problem, 422: Problem},
 )
 def list_users(query: UserListQuery):
@@ -222,7 +226,8 @@ def list_users(query: UserListQuery):
         statement = statement.where(Country.code == query.country.upper())
     if query.city:
         statement = statement.where(func.lower(City.name) == query.city.strip().lower())
-    with session_scope() as session:
+    # A saved cohort's members are an insight query: under its time limit (members_bounded).
+    with members_bounded() if query.cohort else session_scope() as session:
         if query.cohort:
             try:
                 members, params = cohorts.members_of(session, query.cohort, "cohort")

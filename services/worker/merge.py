@@ -28,22 +28,22 @@ Why each event is counted exactly once, whatever is redelivered or killed:
   redelivered after the link, stores it as the user's: the merge then finds the copy stored by
   that batch and counts nothing for it (or, if the merge came first, the batch does).
 
-`person_events` (shared.pipeline.person_events) holds one row per stored event under its person,
-so the page's events must leave `-visitor_id` there exactly when they are counted under the user.
-The page's batch deletes the visitor's rows of the page's event ids (`moved_from`) in the
-transaction that inserts the user's rows of its copies, so no committed state counts the person
-twice or loses them:
+`person_events` (shared.pipeline.person_events) holds one row per stored event under its person.
+The first page's batch moves EVERY row of the visitor to the user (`moved_from`), in the
+transaction that inserts the user's rows of its copies: a page at a time, a funnel asked between two
+pages would count the visitor and the user as two persons. So no committed state counts the person
+twice or loses an event:
 
-- Killed before that commit: nothing of the page changed in Postgres; the redelivery does it all.
-- Killed after it, before the MongoDB deletion: the page's batch id is claimed and the visitor's
-  rows are gone; the redelivery's first page holds the same documents, its batch id is the same,
-  so it adds nothing and deletes nothing more, then deletes the documents. (A page cut short is the
-  rest of a page whose rows went with that page's commit: deleting them again deletes nothing.)
-- A copy colliding with an event the user already has is not the batch's (not counted, no row
-  added): the user's row of that event exists from when it was stored, and the visitor's row goes
-  all the same, as its document does.
-- The user erased meanwhile: the copies add no row (only persons with a `users` row get one) and
-  the erasure deletes the visitor's rows with the user's (shared.pipeline.erasure).
+- Killed before that commit: nothing changed in Postgres; the redelivery does it all.
+- Killed after it: the visitor has no rows left (none are added under its id once linked), so the
+  redelivery's and the later pages' moves move nothing, and their copies' rows exist already
+  (insert ON CONFLICT DO NOTHING).
+- An event the user already has (the same `event_id`, sent with the `user_id`) keeps its one row,
+  the user's; the visitor's row of it goes, as its document does.
+- The user erased meanwhile: the move adds no row (only to a user whose `users` row exists) and the
+  erasure deletes the visitor's rows with the user's (shared.pipeline.erasure).
+- Until the pages' documents are moved too, `summaries rebuild --check` reads those events under
+  the visitor in MongoDB and under the user in `person_events`: run it on a quiet stack, as it says.
 
 Lock order: the batch takes the user's row FOR KEY SHARE before touching `person_events`, and an
 erasure takes it FOR UPDATE before deleting the person's rows, so the two run one after the other.

@@ -129,8 +129,8 @@ def store_batch(db, batch_id: str, docs: list[dict[str, Any]], schedule_rescore:
     negative of the visitor's id; an event with both ids links an unlinked visitor to its user.
     `resolve_visitors=False` (the merge: its copies carry their user already) skips all of that;
     `ingested=False` (the merge too) keeps the copies out of the stored total and the ingestion lag;
-    `moved_from` (the merge: the visitor's negative id) deletes that person's `person_events` rows of
-    the documents' event ids in the transaction that applies the copies."""
+    `moved_from` (the merge: the visitor's negative id) moves that person's `person_events` rows to
+    the copies' user in the transaction that applies the copies."""
     anonymous = sorted({str(doc["anonymous_id"]) for doc in docs if doc.get("anonymous_id") is not None}) \
         if resolve_visitors else []
     if not anonymous:
@@ -174,7 +174,7 @@ def _store(db, batch_id: str, docs: list[dict[str, Any]], schedule_rescore: Call
     started = time.perf_counter()
     inserted, owned = insert_events(db[EVENTS], docs, batch_id)
     stored = time.perf_counter()
-    moved = (moved_from, [str(doc["event_id"]) for doc in docs]) if moved_from is not None else None
+    moved = (moved_from, user_ids[0]) if moved_from is not None and user_ids else None
     if session is None:
         with session_scope() as own:
             applied, gone = _apply(own, batch_id, owned, user_ids, moved)
@@ -188,13 +188,13 @@ def _store(db, batch_id: str, docs: list[dict[str, Any]], schedule_rescore: Call
 
 
 def _apply(session: Session, batch_id: str, owned: list[dict[str, Any]], user_ids: list[int],
-           moved: tuple[int, list[str]] | None = None) -> tuple[bool, list[int]]:
+           moved: tuple[int, int] | None = None) -> tuple[bool, list[int]]:
     applied = summaries.record_batch(session, batch_id, owned)
     if moved is not None:
-        # The merge's page: the visitor's rows go in the transaction that added the user's copies
-        # (services.worker.merge). Whether or not this delivery claimed the batch: on a redelivery
-        # the earlier one deleted them already, and deleting nothing is harmless.
-        person_events.forget_moved(session, *moved)
+        # The merge's page: every row of the visitor becomes the user's in this transaction
+        # (services.worker.merge), whether or not this delivery claimed the batch: on a redelivery,
+        # or on a later page, the visitor has no rows left and moving nothing is harmless.
+        person_events.move_person(session, *moved)
     # Profiles are computed from the summaries: new cache versions in the same transaction,
     # so no profile cached before it commits is served after (shared.pipeline.profile_cache). Every
     # user of the batch, also on a redelivery (harmless: one more miss).

@@ -7,9 +7,9 @@ Kept like the summaries (shared.pipeline.summaries), and for the same reasons ex
   killed. Unlike the other summaries it takes visitors' events too (person_id = the negative
   `user_id` MongoDB stores them under), since funnels and retention count visitors not yet
   identified;
-* merge (services.worker.merge): the user's copies enter through the same path, and `forget_moved`
-  deletes the visitor's rows of the page in that same transaction, so a person is never counted as
-  both the visitor and the user;
+* merge (services.worker.merge): the user's copies enter through the same path, and `move_person`
+  moves all of the visitor's rows to the user in the first page's transaction, so a person is never
+  counted as both the visitor and the user;
 * erasure (shared.pipeline.erasure): `forget_people` deletes the user's and its visitors' rows in
   the erasure's transaction. A batch racing it writes nothing for a person whose row is gone: the
   insert keeps only persons whose `users` / `visitors` row exists when it runs, and the batch holds
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,9 +60,21 @@ _INSERT = text("".join(("""
     ON CONFLICT (person_id, event_id) DO NOTHING
     """)))
 
-_FORGET_MOVED = text(
-    "DELETE FROM person_events WHERE person_id = :person_id AND event_id = ANY(CAST(:event_ids AS text[]))"
-)
+# A merge moves ALL of the visitor's rows to its user in the transaction of its first page, not a
+# page's rows per page: between two pages a funnel would otherwise count the person twice (the user
+# with the first pages' events, the visitor with the rest). The copies' rows that later pages add
+# then conflict and add nothing. A visitor's event id the user has already (the same id sent with
+# the user_id) stays the user's one row, as its document does. Only to a user that still exists:
+# the batch holds the user's row FOR KEY SHARE, so an erasure comes wholly before or after.
+_MOVE_PERSON = text("""
+    WITH moved AS (DELETE FROM person_events WHERE person_id = :from_id
+                   RETURNING event_id, event_type, at, properties)
+    INSERT INTO person_events (person_id, event_id, event_type, at, properties)
+    SELECT CAST(:to_id AS bigint), m.event_id, m.event_type, m.at, m.properties FROM moved m
+    WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = :to_id)
+    ORDER BY m.event_id
+    ON CONFLICT (person_id, event_id) DO NOTHING
+""")
 
 _FORGET_PEOPLE = text("DELETE FROM person_events WHERE person_id = ANY(CAST(:person_ids AS bigint[]))")
 
@@ -120,13 +132,11 @@ def record(session: Session, docs: Iterable[Mapping[str, Any]]) -> int:
     }))
 
 
-def forget_moved(session: Session, person_id: int, event_ids: Sequence[str]) -> int:
-    """Delete a visitor's rows (person_id < 0) of events just copied to its user, in the
-    transaction that applied the copies (services.worker.merge). Returns the rows deleted."""
-    if not event_ids:
-        return 0
-    return rowcount(session.execute(_FORGET_MOVED, {"person_id": int(person_id),
-                                                    "event_ids": sorted(str(e) for e in event_ids)}))
+def move_person(session: Session, from_id: int, to_id: int) -> int:
+    """Move every row of a visitor (`from_id` < 0) to its user (`to_id`), in the transaction that
+    applies a merge page's copies (services.worker.merge). Idempotent: once moved, the visitor has
+    no rows left (no batch stores under its negative id after the link). Returns the rows added."""
+    return rowcount(session.execute(_MOVE_PERSON, {"from_id": int(from_id), "to_id": int(to_id)}))
 
 
 def forget_people(session: Session, person_ids: Iterable[int]) -> int:
