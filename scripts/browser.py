@@ -36,3 +36,8 @@ def log_in(driver: webdriver.Chrome, base: str, path: str, key: str) -> None:
 def loaded(driver: webdriver.Chrome) -> bool:
     """Whether the page has drawn its first readings (dashboard.js sets the flag)."""
     return bool(driver.execute_script("return document.body && document.body.dataset.loaded === 'true'"))
+
+
+def console_errors(driver: webdriver.Chrome) -> list[str]:
+    """The SEVERE console messages logged since the last call (reading the log empties it)."""
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]

@@ -212,3 +212,31 @@ def mongo(services):
     from shared.infra.mongo import get_database
 
     return get_database()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless chromium for a module's dashboard tests, skipped (failed under PULSE_REQUIRE_BROWSER)
+    where Debian's chromium is missing."""
+    from scripts import browser as browsers
+
+    if not browsers.available():
+        message = "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
+        if os.environ.get("PULSE_REQUIRE_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
+    driver = browsers.chromium()
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture()
+def killable():
+    """A worker of the test's own that SIGKILL can take down (tests.helpers.KillableWorker)."""
+    from tests.helpers import KillableWorker  # tests.helpers imports this module
+
+    worker = KillableWorker()
+    try:
+        yield worker
+    finally:
+        worker.stop()  # whatever the test did, no worker outlives it

@@ -156,21 +156,9 @@ def test_customer_distributions_count_what_the_profiles_show(client, customers, 
 
 # ------------------------------------------------------------------------------- in the browser
 
-@pytest.fixture(scope="module")
-def browser():
-    if not browsers.available():
-        message = "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
-        if os.environ.get("PULSE_REQUIRE_BROWSER"):
-            pytest.fail(message)
-        pytest.skip(message)
-    driver = browsers.chromium()
+def screenshot(driver, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    yield driver
-    driver.quit()
-
-
-def console_errors(driver) -> list[str]:
-    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    driver.save_screenshot(str(SCREENSHOTS / name))
 
 
 def loaded(driver, what: str):
@@ -195,8 +183,8 @@ def test_dashboard_draws_what_the_api_reports(browser, server, customers, client
         assert client.get(f"/api/users/{customers['ids'][0]}/profile").status_code == 200
     log_in(browser, server, "/dashboard")
     loaded(browser, "the dashboard's first pipeline and customer readings")
-    browser.save_screenshot(str(SCREENSHOTS / "dashboard.png"))
-    assert console_errors(browser) == []  # a Content-Security-Policy violation would be one
+    screenshot(browser, "dashboard.png")
+    assert browsers.console_errors(browser) == []  # a Content-Security-Policy violation would be one
     # The browser holds a session, never the key; its script cannot read the cookie at all.
     cookies = browser.get_cookies()
     assert [c["name"] for c in cookies] == ["pulse_session"]
@@ -264,8 +252,8 @@ def test_user_page_shows_the_profile_and_purchase_timeline(browser, server, cust
     if "/dashboard/login" in browser.current_url:  # run alone: this test logs in itself
         log_in(browser, server, f"/dashboard/users/{user_id}")
     loaded(browser, "the user page")
-    browser.save_screenshot(str(SCREENSHOTS / "dashboard-user.png"))
-    assert console_errors(browser) == []
+    screenshot(browser, "dashboard-user.png")
+    assert browsers.console_errors(browser) == []
     profile = client.get(f"/api/users/{user_id}/profile").get_json()
     purchases = client.get(f"/api/users/{user_id}/purchases").get_json()["items"]
     assert len(purchases) == 5
@@ -308,13 +296,13 @@ def test_dashboard_draws_the_validation_and_the_rolling_holdout(browser, server,
     wait_for(lambda: not pipeline_busy(client.get("/api/pipeline").get_json())
              and not tasks_held(client.application.extensions["celery"].control),
              timeout=90, what="the rescoring and distributions after the refit")
-    console_errors(browser)  # read and forget what earlier pages logged (the user page of nobody's 404s)
+    browsers.console_errors(browser)  # read and forget what earlier pages logged (the user page of nobody's 404s)
     browser.get(f"{server}/dashboard")
     if "/dashboard/login" in browser.current_url:  # run alone: this test logs in itself
         log_in(browser, server, "/dashboard")
     loaded(browser, "the dashboard with a validation and a rolling holdout")
-    browser.save_screenshot(str(SCREENSHOTS / "dashboard-model-check.png"))
-    assert console_errors(browser) == []
+    screenshot(browser, "dashboard-model-check.png")
+    assert browsers.console_errors(browser) == []
 
     result = validation["result"]
     blocks = {name: m["holdout"] for name, m in result["models"].items() if "holdout" in m}

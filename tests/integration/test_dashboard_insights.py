@@ -146,18 +146,6 @@ def test_the_session_asks_a_funnel_from_its_own_pages_only(server, population):
 # ------------------------------------------------------------------------------- in the browser
 
 @pytest.fixture(scope="module")
-def browser():
-    if not browsers.available():
-        message = "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
-        if os.environ.get("PULSE_REQUIRE_BROWSER"):
-            pytest.fail(message)
-        pytest.skip(message)
-    driver = browsers.chromium()
-    yield driver
-    driver.quit()
-
-
-@pytest.fixture(scope="module")
 def page(browser, server, population):
     """The insights page, logged in, its first (default) answers drawn."""
     browsers.log_in(browser, server, "/dashboard/insights", os.environ["PULSE_API_KEY"])
@@ -166,8 +154,7 @@ def page(browser, server, population):
     return browser
 
 
-def console_errors(driver) -> list[str]:
-    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
 
 
 def fill(driver, values: dict[str, str]) -> None:
@@ -219,7 +206,7 @@ def test_the_funnel_draws_the_known_answer(page, population):
                 "funnel-to": (w0 + timedelta(days=7)).isoformat(), "funnel-breakdown": "", "funnel-cohort": "",
                 "funnel-orientation": "y"})
     assert run(page, "funnel") == "done", page.find_element("css selector", "#funnel-form .form-error").text
-    assert console_errors(page) == []
+    assert browsers.console_errors(page) == []
     labels = [f"1. {VISIT}", f"2. {TRIAL}", f"3. {BUY}"]
     assert chart(page, "funnel-chart") == {"labels": labels, "series": [["persons", [7, 5, 3]]], "horizontal": True}
     assert rows(page, "#funnel-table tbody tr") == [

@@ -148,15 +148,6 @@ def purchase_time(i: int) -> datetime:
     return datetime(2026, 4, 1 + i, 10, 0, tzinfo=UTC)
 
 
-@pytest.fixture()
-def killable():
-    worker = KillableWorker()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-
-
 def test_a_worker_killed_mid_batch_then_redelivered_adds_each_row_once(mongo, user_id, killable):
     from shared.contracts.settings import Settings
     from shared.infra.celery_app import create_celery_app

@@ -119,15 +119,6 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
-@pytest.fixture()
-def killable():
-    worker = KillableWorker()
-    try:
-        yield worker
-    finally:
-        worker.stop()  # whatever the test did, no worker outlives it
-
-
 def test_a_worker_killed_between_storing_and_counting_leaves_correct_summaries(client, mongo, user_id, killable):
     from shared.contracts.settings import Settings
     from shared.contracts.topology import STORE_EVENTS
